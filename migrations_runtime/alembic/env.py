@@ -1,0 +1,7 @@
+"""Alembic environment for svcmig: everything is in migrations_runtime.alembic_env."""
+
+from alembic import context
+
+from migrations_runtime.alembic_env import run
+
+run(context)

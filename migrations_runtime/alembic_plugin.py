@@ -1,0 +1,187 @@
+"""The `alembic.plugins` entry point: makes stock Alembic see svcmig's conventions.
+
+Alembic (>= 1.18) imports this module when `alembic` itself is imported, before any revision is
+loaded. It teaches `Script._from_path` three things:
+- a `.sql` file under `services/<name>/migrations/` is a revision (no companion `.py` shim);
+- every service revision (SQL or Python) runs as `<service>_owner` with `search_path=<service>`;
+- `alembic revision --head users@head -m "add email"` names the file
+  `<YYYY-MM-DDThhmm>__users__add_email.py` with a timestamp-derived revision id.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic.script.base import Script, ScriptDirectory
+
+from .discover import Service
+from .errors import MigrationFileError
+from .load import (
+    Revision,
+    load_revision,
+    next_timestamp,
+    parse_filename,
+    revision_files,
+    revision_id,
+    service_of_revision_id,
+    slugify,
+)
+from .statements import enter_service_sql, leave_service_sql, revision_statements
+
+_INSTALLED_FLAG = "_svcmig_installed"
+
+
+def service_for(path: Path) -> Service | None:
+    """The service whose migrations folder holds `path`, or None for an ordinary file."""
+    folder = path.parent
+    if folder.name != "migrations" or folder.parent.parent.name != "services":
+        return None
+    return Service(folder.parent.name, folder.parent)
+
+
+@functools.lru_cache(maxsize=256)
+def _previous_ids(folder: Path, _mtime_ns: int) -> dict[str, str | None]:
+    """file name → id of the previous revision file in the same folder (a SQL file's parent)."""
+    previous: str | None = None
+    parents: dict[str, str | None] = {}
+    service = Service(folder.parent.name, folder.parent)
+    for name in revision_files(service):
+        parents[name.path.name] = previous
+        previous = name.revision_id
+    return parents
+
+
+def _emit(statements: list[str]) -> None:
+    """Run (online) or print (offline, `--sql`) statements through the current Alembic context."""
+    from alembic import op
+
+    context = op.get_context()
+    if context.as_sql:
+        for sql in statements:
+            context.impl.static_output(sql.strip() + context.impl.command_terminator)
+    else:
+        bind = op.get_bind()
+        for sql in statements:
+            bind.exec_driver_sql(sql)
+
+
+def in_service(service: Service, transactional: bool,
+               body: Callable[[], Any]) -> Callable[[], None]:
+    """Wrap a revision's upgrade/downgrade so it runs inside its service."""
+
+    def run() -> None:
+        from alembic import op
+
+        if transactional:
+            _emit(enter_service_sql(service, transactional=True))
+            body()
+            _emit(leave_service_sql())
+            return
+        with op.get_context().autocommit_block():
+            _emit(enter_service_sql(service, transactional=False))
+            try:
+                body()
+            finally:
+                _emit(leave_service_sql())
+
+    run.__doc__ = body.__doc__
+    return run
+
+
+def _sql_module(revision: Revision) -> types.ModuleType:
+    """A module object standing for a SQL file, with what Alembic reads from a revision."""
+    module = types.ModuleType(f"svcmig_sql_{revision.id}")
+    module.__file__ = str(revision.path)
+    module.__doc__ = revision.slug.replace("_", " ")
+    module.revision = revision.id  # type: ignore[attr-defined]
+    module.down_revision = revision.down_revision  # type: ignore[attr-defined]
+    module.branch_labels = revision.branch_labels or None  # type: ignore[attr-defined]
+    module.depends_on = revision.depends_on or None  # type: ignore[attr-defined]
+    module.phase = revision.phase  # type: ignore[attr-defined]
+
+    def upgrade() -> None:
+        _emit([s.sql for s in revision_statements(revision, upgrade=True)])
+
+    def downgrade() -> None:
+        _emit([s.sql for s in revision_statements(revision, upgrade=False)])
+
+    module.upgrade = upgrade  # type: ignore[attr-defined]
+    module.downgrade = downgrade  # type: ignore[attr-defined]
+    return module
+
+
+def _load_for_alembic(path: Path, service: Service) -> Revision:
+    folder = path.parent
+    previous = _previous_ids(folder, folder.stat().st_mtime_ns).get(path.name)
+    return load_revision(parse_filename(path), service, previous)
+
+
+def install() -> None:
+    """Patch Alembic once (idempotent)."""
+    if getattr(Script, _INSTALLED_FLAG, False):
+        return
+    original_from_path = Script._from_path.__func__  # type: ignore[attr-defined]
+    original_generate = ScriptDirectory.generate_revision
+    original_rev_path = ScriptDirectory._rev_path
+
+    def _from_path(cls: type[Script], scriptdir: ScriptDirectory, path: Any) -> Script | None:
+        path = Path(path)
+        service = service_for(path)
+        if service is None:
+            return original_from_path(cls, scriptdir, path)
+        if path.suffix not in (".sql", ".py") or path.name == "__init__.py":
+            return None
+        try:
+            revision = _load_for_alembic(path, service)
+        except MigrationFileError as err:
+            from alembic.util import CommandError
+
+            raise CommandError(str(err)) from err
+        if path.suffix == ".sql":
+            module = _sql_module(revision)
+            script = Script(module, revision.id, path)
+        else:
+            script = original_from_path(cls, scriptdir, path)
+            if script is None:
+                return None
+            module = script.module
+        for direction in ("upgrade", "downgrade"):
+            body = getattr(module, direction)
+            setattr(module, direction, in_service(service, revision.transactional, body))
+        return script
+
+    def generate_revision(self: ScriptDirectory, revid: str, message: str | None,
+                          head: Any = None, *args: Any, **kw: Any) -> Script | None:
+        heads = self.revision_map.get_revisions(head or "head")
+        tip = heads[0] if len(heads) == 1 else None
+        service = service_for(Path(tip.path)) if isinstance(tip, Script) else None
+        if service is not None:
+            chain = revision_files(service)
+            stamp = next_timestamp(chain[-1].timestamp if chain else None, datetime.now(UTC))
+            revid = revision_id(service.name, stamp)
+            slugify(message or "", service.migrations_dir)  # refuse an empty slug up front
+        return original_generate(self, revid, message, head, *args, **kw)
+
+    def _rev_path(self: ScriptDirectory, path: Any, rev_id: str, message: str | None,
+                  create_date: datetime) -> Path:
+        parsed = service_of_revision_id(rev_id)
+        service = service_for(Path(path) / "x.py")
+        if parsed is None or service is None or parsed[0] != service.name:
+            return original_rev_path(self, path, rev_id, message, create_date)
+        _, stamp = parsed
+        return Path(path) / f"{stamp}__{service.name}__{slugify(message or '')}.py"
+
+    Script._from_path = classmethod(_from_path)  # type: ignore[assignment,method-assign]
+    ScriptDirectory.generate_revision = generate_revision  # type: ignore[method-assign]
+    ScriptDirectory._rev_path = _rev_path  # type: ignore[method-assign]
+    setattr(Script, _INSTALLED_FLAG, True)
+
+
+def setup(plugin: Any) -> None:
+    """Entry point called by Alembic's plugin loader."""
+    install()

@@ -1,0 +1,137 @@
+"""`svcmig`: the command line. It only adapts arguments and output; the work is in the flow's
+modules.
+
+Exit codes: 0 ok, 1 a problem was found (refused plan, failed revision, lock timeout),
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .apply import RunSettings, json_log_to_stderr, migrate, read_plan
+from .database import resolve_url
+from .discover import find_project_root
+from .errors import SvcmigError
+from .plan import PHASE_CHOICES
+from .repair import baseline, repair
+from .report import status_text
+
+DATABASE_URL_HELP = ("Postgres URL; default: $DATABASE_URL, else the project's embedded Postgres "
+                     "under .svcmig/ (started on demand and reused)")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except SvcmigError as err:
+        _fail(str(err))
+
+
+def _root() -> Path:
+    return _run(find_project_root)  # type: ignore[no-any-return]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """svcmig: per-service Postgres migrations (Alembic branches + SQL files), applied under a
+    lock with a checksummed ledger.
+
+    Exit codes: 0 ok, 1 a problem was found, 2 usage error."""
+
+
+database_url_option = click.option("--database-url", envvar=None, default=None,
+                                   help=DATABASE_URL_HELP)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+
+
+@cli.command("migrate")
+@click.option("--phase", type=click.Choice(PHASE_CHOICES), default="all", show_default=True,
+              help="expand: before new code goes live; contract: after it; all: both.")
+@database_url_option
+@json_option
+@click.option("--lock-wait", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for another migrator's lock.")
+@click.option("--lock-timeout-ms", type=int, default=5000, show_default=True,
+              help="lock_timeout of each revision's transaction.")
+def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wait: float,
+                    lock_timeout_ms: int) -> None:
+    """Apply pending revisions of every service, in dependency order."""
+    root = _root()
+    url = _run(lambda: resolve_url(database_url, root))
+    settings = RunSettings(lock_wait_seconds=lock_wait, lock_timeout_ms=lock_timeout_ms)
+    result = _run(lambda: migrate(url, root, phase, settings,  # type: ignore[arg-type]
+                                  log=json_log_to_stderr))
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2, default=str))
+        return
+    click.echo(f"applied {len(result.results)} revision(s) ({phase} phase)")
+    click.echo(status_text(result.plan))
+
+
+@cli.command("status")
+@database_url_option
+@json_option
+def status_command(database_url: str | None, as_json: bool) -> None:
+    """Per service: applied head, code head, pending revisions, anomalies. Exit 1 on errors."""
+    root = _root()
+    url = _run(lambda: resolve_url(database_url, root))
+    plan = _run(lambda: read_plan(url, root))
+    if as_json:
+        click.echo(json.dumps({
+            "services": [s.as_dict() for s in plan.services],
+            "anomalies": [a.as_dict() for a in plan.anomalies],
+        }, indent=2))
+    else:
+        click.echo(status_text(plan))
+    if plan.errors:
+        sys.exit(1)
+
+
+@cli.command("baseline")
+@click.argument("targets", nargs=-1, required=True)
+@database_url_option
+def baseline_command(targets: tuple[str, ...], database_url: str | None) -> None:
+    """Adopt svcmig on an existing database: mark TARGETS (services, meaning their code head, or
+    revision ids) and everything before them as applied, without running them."""
+    root = _root()
+    url = _run(lambda: resolve_url(database_url, root))
+    marked = _run(lambda: baseline(url, root, list(targets)))
+    click.echo(f"baselined {len(marked)} revision(s): {', '.join(marked)}")
+
+
+@cli.command("repair")
+@click.argument("revision")
+@click.option("--applied", "action", flag_value="applied",
+              help="A dirty revision did finish: mark it applied.")
+@click.option("--rolled-back", "action", flag_value="rolled-back",
+              help="A dirty revision left nothing behind (you cleaned up): run it again next time.")
+@click.option("--accept-checksum", "action", flag_value="accept-checksum",
+              help="An applied file was edited cosmetically: record its new checksum.")
+@database_url_option
+def repair_command(revision: str, action: str | None, database_url: str | None) -> None:
+    """Settle a dirty or edited revision after checking the database by hand."""
+    if action is None:
+        raise click.UsageError("say what to do: --applied, --rolled-back or --accept-checksum")
+    root = _root()
+    url = _run(lambda: resolve_url(database_url, root))
+    click.echo(_run(lambda: repair(url, root, revision, action)))  # type: ignore[arg-type]
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

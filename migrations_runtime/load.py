@@ -1,0 +1,345 @@
+"""Step 2 of the flow: every migration file becomes a `Revision`.
+
+Loading never imports a revision file: SQL files are read as text, Python revisions are read
+with `ast` (their module-level `revision`, `down_revision`, `branch_labels`, `depends_on`,
+`phase`). Importing happens only when a Python revision is executed, so planning a no-op run
+stays cheap as history grows.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from .discover import Service
+from .errors import MigrationFileError
+
+FILENAME_RE = re.compile(
+    r"^(?P<timestamp>\d{4}-\d{2}-\d{2}T\d{4})__(?P<service>[a-z][a-z0-9_]*)__"
+    r"(?P<slug>[a-z0-9][a-z0-9_]*)\.(?P<ext>sql|py)$"
+)
+FILENAME_HINT = ("YYYY-MM-DDThhmm__<service>__<slug>.sql (or .py), "
+                 "e.g. 2026-11-25T1405__users__add_email.sql")
+PHASES = ("expand", "contract")
+UP_MARKER = "-- migrate:up"
+DOWN_MARKER = "-- migrate:down"
+NO_TRANSACTION = "-- migrate:no-transaction"
+DIRECTIVE_RE = re.compile(r"^--\s*(?P<key>phase|depends-on)\s*:\s*(?P<value>.*?)\s*$")
+
+Phase = Literal["expand", "contract"]
+Kind = Literal["sql", "python"]
+
+
+def revision_id(service: str, timestamp: str) -> str:
+    """`users` + `2026-11-25T1405` → `users_202611251405`: unique per service and minute,
+    at most 32 characters, and free of Alembic's revision syntax (`@ - + :`)."""
+    return f"{service}_{timestamp.replace('-', '').replace('T', '')}"
+
+
+@dataclass(frozen=True)
+class RevisionFile:
+    """What a migration file's name says about it."""
+
+    path: Path
+    timestamp: str
+    service: str
+    slug: str
+    kind: Kind
+
+    @property
+    def revision_id(self) -> str:
+        return revision_id(self.service, self.timestamp)
+
+
+def parse_filename(path: Path) -> RevisionFile:
+    match = FILENAME_RE.match(path.name)
+    if not match:
+        raise MigrationFileError(path, f"file name does not follow {FILENAME_HINT}")
+    kind: Kind = "sql" if match["ext"] == "sql" else "python"
+    return RevisionFile(path, match["timestamp"], match["service"], match["slug"], kind)
+
+
+def normalise(text: str) -> str:
+    """The text a checksum is taken of: LF line ends, no trailing whitespace, no trailing blank
+    lines, so an editor's whitespace changes do not look like tampering."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def checksum(text: str) -> str:
+    return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SqlSource:
+    """A SQL revision split into its parts. Line numbers are 1-based lines of the file."""
+
+    up: str
+    up_line: int
+    down: str | None
+    down_line: int | None
+    transactional: bool
+    phase: Phase
+    depends_on: tuple[str, ...]
+
+
+def _has_sql(text: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
+
+
+def parse_sql_source(text: str, path: Path) -> SqlSource:
+    """Split a SQL file into up/down sections and header directives.
+
+    A plain file is all "up". Directives live in the leading comment block:
+    `-- phase: contract`, `-- depends-on: <rev>[, <rev>]`, `-- migrate:no-transaction`.
+    """
+    lines = normalise(text).split("\n")
+    phase: Phase = "expand"
+    depends_on: list[str] = []
+    transactional = True
+    up_at: int | None = None
+    down_at: int | None = None
+    in_header = True
+    for index, raw in enumerate(lines):
+        line = raw.strip()
+        number = index + 1
+        if line.startswith("-- migrate:"):
+            marker = line.split()[1] if len(line.split()) > 1 else line
+            if line == UP_MARKER:
+                if up_at is not None:
+                    raise MigrationFileError(
+                        path, f"second '{UP_MARKER}' marker (first on line {up_at + 1}); "
+                        "keep one up section", number)
+                if down_at is not None:
+                    raise MigrationFileError(
+                        path, f"'{UP_MARKER}' after '{DOWN_MARKER}'; put the up section first",
+                        number)
+                up_at = index
+            elif line == DOWN_MARKER:
+                if down_at is not None:
+                    raise MigrationFileError(
+                        path, f"second '{DOWN_MARKER}' marker (first on line {down_at + 1}); "
+                        "keep one down section", number)
+                down_at = index
+            elif line == NO_TRANSACTION:
+                if not in_header:
+                    raise MigrationFileError(
+                        path, f"'{NO_TRANSACTION}' must be in the header, before any SQL", number)
+                transactional = False
+            else:
+                raise MigrationFileError(
+                    path, f"unknown marker {marker!r}; known: migrate:up, migrate:down, "
+                    "migrate:no-transaction", number)
+            continue
+        directive = DIRECTIVE_RE.match(line)
+        if directive and in_header:
+            if directive["key"] == "phase":
+                value = directive["value"]
+                if value not in PHASES:
+                    raise MigrationFileError(
+                        path, f"unknown phase {value!r}; use 'expand' or 'contract'", number)
+                phase = value  # type: ignore[assignment]
+            else:
+                targets = [t.strip() for t in directive["value"].split(",") if t.strip()]
+                if not targets:
+                    raise MigrationFileError(path, "'-- depends-on:' names no revision", number)
+                depends_on.extend(targets)
+            continue
+        if line and not line.startswith("--"):
+            in_header = False
+
+    up_start = 0 if up_at is None else up_at + 1
+    up_end = down_at if down_at is not None else len(lines)
+    up = "\n".join(lines[up_start:up_end])
+    if not _has_sql(up):
+        raise MigrationFileError(
+            path, "the up section has no SQL; write the migration or delete the file",
+            up_start + 1)
+    if up_at is None and down_at is not None:
+        # Everything before the down marker is "up": allowed, and the header stays there.
+        pass
+    down: str | None = None
+    if down_at is not None:
+        down = "\n".join(lines[down_at + 1:])
+        if not _has_sql(down):
+            down = None  # an empty down section declares the revision irreversible
+    return SqlSource(
+        up=up,
+        up_line=up_start + 1,
+        down=down,
+        down_line=(down_at + 2) if down_at is not None else None,
+        transactional=transactional,
+        phase=phase,
+        depends_on=tuple(depends_on),
+    )
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One migration, as the planner and runner see it."""
+
+    id: str
+    service: str
+    path: Path
+    timestamp: str
+    slug: str
+    kind: Kind
+    down_revision: str | None
+    depends_on: tuple[str, ...]
+    branch_labels: tuple[str, ...]
+    phase: Phase
+    transactional: bool
+    reversible: bool
+    checksum: str = field(repr=False)
+
+    @property
+    def file(self) -> str:
+        """The path relative to the project root's services folder, as the ledger stores it."""
+        parts = self.path.parts
+        return "/".join(parts[parts.index("services"):]) if "services" in parts else self.path.name
+
+
+_PY_ATTRIBUTES = ("revision", "down_revision", "branch_labels", "depends_on", "phase",
+                  "transactional")
+
+
+def read_python_header(text: str, path: Path) -> dict[str, object]:
+    """Module-level literal assignments of a Python revision, without importing it."""
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except SyntaxError as err:
+        raise MigrationFileError(path, f"Python syntax error: {err.msg}", err.lineno) from err
+    found: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in _PY_ATTRIBUTES:
+            try:
+                found[target.id] = ast.literal_eval(value)
+            except ValueError as err:
+                raise MigrationFileError(
+                    path, f"{target.id} must be a literal (a string, tuple or None)",
+                    node.lineno) from err
+    found["_has_downgrade"] = any(
+        isinstance(node, ast.FunctionDef) and node.name == "downgrade"
+        and not all(isinstance(s, ast.Pass | ast.Expr) for s in node.body)
+        for node in tree.body
+    )
+    return found
+
+
+def _as_tuple(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)  # type: ignore[attr-defined]
+
+
+def load_revision(name: RevisionFile, service: Service, previous: str | None) -> Revision:
+    """Read one file. `previous` is the id of the service's previous file in name order: a SQL
+    revision's parent; a Python revision states its own `down_revision`."""
+    path = name.path
+    if name.service != service.name:
+        raise MigrationFileError(
+            path, f"file names service {name.service!r} but lives in services/{service.name}/; "
+            f"move it to services/{name.service}/migrations/ or rename it")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise MigrationFileError(path, "not UTF-8 text; save the file as UTF-8") from err
+    rev_id = name.revision_id
+    if name.kind == "sql":
+        source = parse_sql_source(text, path)
+        return Revision(
+            id=rev_id, service=service.name, path=path, timestamp=name.timestamp, slug=name.slug,
+            kind="sql", down_revision=previous, depends_on=source.depends_on,
+            branch_labels=(service.name,) if previous is None else (),
+            phase=source.phase, transactional=source.transactional,
+            reversible=source.down is not None, checksum=checksum(text),
+        )
+    header = read_python_header(text, path)
+    declared = header.get("revision")
+    if declared != rev_id:
+        raise MigrationFileError(
+            path, f"revision = {declared!r} but the file name gives {rev_id!r}; "
+            f"set revision = {rev_id!r}")
+    if "down_revision" not in header:
+        raise MigrationFileError(path, "no down_revision; set it to the previous revision id")
+    phase = header.get("phase", "expand")
+    if phase not in PHASES:
+        raise MigrationFileError(path, f"phase = {phase!r}; use 'expand' or 'contract'")
+    down = header["down_revision"]
+    if down is not None and not isinstance(down, str):
+        raise MigrationFileError(
+            path, "down_revision must be one revision id: one branch per service, no merges")
+    return Revision(
+        id=rev_id, service=service.name, path=path, timestamp=name.timestamp, slug=name.slug,
+        kind="python", down_revision=down, depends_on=_as_tuple(header.get("depends_on")),
+        branch_labels=_as_tuple(header.get("branch_labels")), phase=phase,  # type: ignore[arg-type]
+        transactional=bool(header.get("transactional", True)),
+        reversible=bool(header["_has_downgrade"]), checksum=checksum(text),
+    )
+
+
+def revision_files(service: Service) -> list[RevisionFile]:
+    """The service's migration files in name (= time) order. Other files are refused, so a typo
+    in a name never makes a migration silently disappear."""
+    names: list[RevisionFile] = []
+    for path in sorted(service.migrations_dir.iterdir()):
+        if path.name.startswith(".") or path.name in ("__init__.py", "__pycache__", "README.md"):
+            continue
+        names.append(parse_filename(path))
+    return names
+
+
+def load_service(service: Service) -> list[Revision]:
+    revisions: list[Revision] = []
+    previous: str | None = None
+    for name in revision_files(service):
+        revision = load_revision(name, service, previous)
+        revisions.append(revision)
+        previous = revision.id
+    return revisions
+
+
+SLUG_WORD_RE = re.compile(r"[a-z0-9]+")
+
+
+def slugify(message: str, path_hint: Path | None = None) -> str:
+    """`"Add email!"` → `add_email`; a message with no letters or digits is refused."""
+    slug = "_".join(SLUG_WORD_RE.findall(message.lower()))[:40].rstrip("_")
+    if not slug:
+        raise MigrationFileError(
+            path_hint or Path("."), f"message {message!r} has no letters or digits to name the "
+            "file after; use a few words such as 'add email to users'")
+    return slug
+
+
+def next_timestamp(newest: str | None, now: datetime) -> str:
+    """A timestamp (`YYYY-MM-DDThhmm`, UTC) for a new revision: now, or one minute after the
+    service's newest revision when that is not earlier, so a service's files stay in order."""
+    candidate = now.astimezone(UTC).replace(second=0, microsecond=0, tzinfo=None)
+    if newest is not None:
+        latest = datetime.strptime(newest, "%Y-%m-%dT%H%M")
+        if candidate <= latest:
+            candidate = latest + timedelta(minutes=1)
+    return candidate.strftime("%Y-%m-%dT%H%M")
+
+
+def service_of_revision_id(rev_id: str) -> tuple[str, str] | None:
+    """`users_202611251405` → (`users`, `2026-11-25T1405`), or None for another kind of id."""
+    match = re.match(r"^([a-z][a-z0-9_]*)_(\d{4})(\d{2})(\d{2})(\d{4})$", rev_id)
+    if not match:
+        return None
+    service, year, month, day, hhmm = match.groups()
+    return service, f"{year}-{month}-{day}T{hhmm}"

@@ -1,0 +1,68 @@
+"""The migrator's session advisory lock: one migrator per database at a time.
+
+Acquired by polling `pg_try_advisory_lock` until a deadline (never a blocking
+`pg_advisory_lock`, which could wait forever and cannot name who holds it), on a connection in
+autocommit mode so the lock query leaves no transaction open, and before `lock_timeout` is set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from .errors import LockTimeout
+
+# "svcmig" in ASCII: one key for the whole framework in each database.
+LOCK_KEY = int.from_bytes(b"svcmig", "big")
+POLL_SECONDS = 0.1
+
+
+def lock_holders(conn: psycopg.Connection) -> list[tuple[int, str, str]]:
+    """(pid, application_name, state) of sessions holding the migrator lock."""
+    return conn.execute(
+        """SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.state, '')
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+                 SELECT oid FROM pg_database WHERE datname = current_database())
+             AND l.classid = (%s >> 32)::oid AND l.objid = (%s & 4294967295)::oid
+             AND l.objsubid = 1""",
+        (LOCK_KEY, LOCK_KEY),
+    ).fetchall()
+
+
+def acquire(conn: psycopg.Connection, wait_seconds: float) -> None:
+    if not conn.autocommit:
+        raise ValueError("the migrator lock needs a connection in autocommit mode")
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        if row is not None and row[0]:
+            return
+        if time.monotonic() >= deadline:
+            holders = lock_holders(conn)
+            who = ", ".join(f"pid {pid} ({app or 'no application_name'}, {state})"
+                            for pid, app, state in holders) or "a session that just ended"
+            raise LockTimeout(
+                f"another migrator holds the svcmig lock after waiting {wait_seconds:g}s: {who}. "
+                "Wait for it to finish, or if it is stuck, end it with "
+                "SELECT pg_terminate_backend(<pid>) and run again")
+        time.sleep(POLL_SECONDS)
+
+
+def release(conn: psycopg.Connection) -> None:
+    if not conn.closed:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+
+
+@contextmanager
+def migrator_lock(conn: psycopg.Connection, wait_seconds: float) -> Iterator[None]:
+    acquire(conn, wait_seconds)
+    try:
+        yield
+    finally:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            release(conn)
+        # Otherwise the connection is broken or mid-transaction; closing it releases the lock.

@@ -1,0 +1,174 @@
+"""Step 4 of the flow: graph + database state → the ordered steps of one phase, and anomalies.
+
+Planning reads no migration file beyond what loading already did and touches the database only
+through the `DatabaseState` it is given, so it is cheap and easy to test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .ledger import DatabaseState, LedgerRow
+from .load import Revision, service_of_revision_id
+from .validate import Graph, topological_order
+
+PhaseChoice = Literal["expand", "contract", "all"]
+PHASE_CHOICES: tuple[PhaseChoice, ...] = ("expand", "contract", "all")
+AnomalyKind = Literal["tampered", "missing", "out_of_order", "dirty", "ahead",
+                      "expand_after_contract", "expand_pending", "blocked"]
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    kind: AnomalyKind
+    service: str
+    revision: str
+    message: str
+    fatal: bool = True
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "service": self.service, "revision": self.revision,
+                "message": self.message, "severity": "error" if self.fatal else "warning"}
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service: str
+    applied_head: str | None
+    code_head: str | None
+    pending: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"service": self.service, "applied_head": self.applied_head,
+                "code_head": self.code_head, "pending": list(self.pending)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    phase: PhaseChoice
+    steps: tuple[Revision, ...]
+    anomalies: tuple[Anomaly, ...]
+    services: tuple[ServiceStatus, ...] = field(default=())
+
+    @property
+    def errors(self) -> list[Anomaly]:
+        return [a for a in self.anomalies if a.fatal]
+
+    @property
+    def warnings(self) -> list[Anomaly]:
+        return [a for a in self.anomalies if not a.fatal]
+
+
+def _ledger_anomalies(graph: Graph, state: DatabaseState) -> list[Anomaly]:
+    found: list[Anomaly] = []
+    for row in sorted(state.ledger.values(), key=lambda r: r.revision):
+        revision = graph.revisions.get(row.revision)
+        if revision is None:
+            found.append(_unknown_row(graph, row))
+            continue
+        if row.state == "dirty":
+            found.append(Anomaly(
+                "dirty", row.service, row.revision,
+                f"{revision.path}: revision {row.revision} is dirty: a non-transactional revision "
+                "stopped halfway. Check what it left behind (e.g. an INVALID index), fix it by "
+                f"hand, then run `svcmig repair {row.revision} --applied` (or --rolled-back)"))
+        if row.checksum != revision.checksum:
+            found.append(Anomaly(
+                "tampered", row.service, row.revision,
+                f"{revision.path}: applied revision {row.revision} was edited (checksum "
+                f"{row.checksum[:12]} applied, {revision.checksum[:12]} now). Applied migrations "
+                "are append-only: revert the edit and put the change in a new revision; if the "
+                f"edit is cosmetic, run `svcmig repair {row.revision} --accept-checksum`"))
+    return found
+
+
+def _unknown_row(graph: Graph, row: LedgerRow) -> Anomaly:
+    """An applied revision the code does not have: newer than the code's head means the code was
+    rolled back (a warning, never a downgrade); otherwise its file was deleted."""
+    head = graph.head(row.service)
+    parsed = service_of_revision_id(row.revision)
+    if head is None or (parsed is not None and parsed[1] > head.timestamp):
+        return Anomaly(
+            "ahead", row.service, row.revision,
+            f"the database has revision {row.revision} ({row.file}) that this code does not know: "
+            "the code was rolled back to an older release. Nothing is downgraded; deploy the "
+            "newer code to continue", fatal=False)
+    return Anomaly(
+        "missing", row.service, row.revision,
+        f"revision {row.revision} ({row.file}) is applied but its file is gone; migrations are "
+        "append-only: restore the file from git")
+
+
+def _service_plan(chain: tuple[Revision, ...], state: DatabaseState, phase: PhaseChoice,
+                  anomalies: list[Anomaly]) -> tuple[list[Revision], ServiceStatus | None]:
+    if not chain:
+        return [], None
+    service = chain[0].service
+    applied = [r for r in chain if r.id in state.ledger]
+    pending = [r for r in chain if r.id not in state.ledger]
+    ahead = sorted(row.revision for row in state.ledger.values()
+                   if row.service == service and row.revision not in {r.id for r in chain})
+    if applied:
+        latest = max(applied, key=lambda r: r.timestamp)
+        for rev in pending:
+            if rev.timestamp < latest.timestamp:
+                anomalies.append(Anomaly(
+                    "out_of_order", service, rev.id,
+                    f"{rev.path}: revision {rev.id} is older than {latest.id}, which is already "
+                    "applied, so it would run out of order (stock Alembic would skip it). Give it "
+                    f"a timestamp after {latest.timestamp} (rename the file, or recreate it with "
+                    "`svcmig revision`)"))
+    first_contract = next((r for r in pending if r.phase == "contract"), None)
+    if first_contract is not None:
+        for rev in pending[pending.index(first_contract):]:
+            if rev.phase == "expand":
+                anomalies.append(Anomaly(
+                    "expand_after_contract", service, rev.id,
+                    f"{rev.path}: expand revision {rev.id} comes after pending contract revision "
+                    f"{first_contract.id}; contract revisions wait for the code deploy, so it "
+                    "would wait too. Mark it '-- phase: contract' (or phase = \"contract\"), "
+                    f"or deploy {first_contract.id} first"))
+    if phase == "all":
+        selected = pending
+    elif phase == "expand":
+        selected = pending[: pending.index(first_contract)] if first_contract else pending
+    else:
+        selected = [r for r in pending if r.phase == "contract"]
+        waiting = [r for r in pending if r.phase == "expand"]
+        if selected and waiting:
+            anomalies.append(Anomaly(
+                "expand_pending", service, waiting[0].id,
+                f"{waiting[0].path}: expand revision {waiting[0].id} is still pending; run "
+                "`svcmig migrate --phase expand` before the contract phase"))
+    status = ServiceStatus(
+        service=service,
+        applied_head=ahead[-1] if ahead else (applied[-1].id if applied else None),
+        code_head=chain[-1].id,
+        pending=tuple(r.id for r in pending),
+    )
+    return selected, status
+
+
+def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all") -> Plan:
+    """What `svcmig migrate --phase <phase>` would run, in order, and what stops it."""
+    if phase not in PHASE_CHOICES:
+        raise ValueError(f"unknown phase {phase!r}; use one of {', '.join(PHASE_CHOICES)}")
+    anomalies = _ledger_anomalies(graph, state)
+    selected: list[Revision] = []
+    statuses: list[ServiceStatus] = []
+    for service in graph.services:
+        steps, status = _service_plan(graph.chains.get(service.name, ()), state, phase, anomalies)
+        selected.extend(steps)
+        if status is not None:
+            statuses.append(status)
+    chosen = {r.id for r in selected}
+    for rev in selected:
+        for target in rev.depends_on:
+            if target not in state.ledger and target not in chosen:
+                anomalies.append(Anomaly(
+                    "blocked", rev.service, rev.id,
+                    f"{rev.path}: depends on {target}, which is neither applied nor part of the "
+                    f"{phase} phase; apply {target} first (is it a contract revision?)"))
+    return Plan(phase, tuple(topological_order(selected, graph.revisions)), tuple(anomalies),
+                tuple(statuses))

@@ -1,0 +1,86 @@
+"""The ways out of a refused plan, each explicit and recorded in the ledger:
+
+- `baseline`: a team adopting svcmig on a database whose schema already exists marks revisions
+  as applied without running them;
+- `repair --applied` / `--rolled-back`: settle a dirty non-transactional revision after checking
+  the database by hand;
+- `repair --accept-checksum`: record the current file after a cosmetic edit of an applied one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from . import ledger
+from .database import connect
+from .errors import SvcmigError
+from .lock import migrator_lock
+from .validate import build_graph
+
+RepairAction = Literal["applied", "rolled-back", "accept-checksum"]
+
+
+def baseline(url: str, root: Path, targets: list[str],
+             lock_wait_seconds: float = 60.0) -> list[str]:
+    """Mark each target revision and everything before it in its service as `baselined`.
+
+    `targets` are revision ids or service names (meaning the service's code head). Refuses a
+    service that already has ledger rows: baselining is for adoption, not for skipping work."""
+    graph = build_graph(root)
+    conn = connect(url)
+    marked: list[str] = []
+    try:
+        with migrator_lock(conn, lock_wait_seconds):
+            ledger.bootstrap(conn, graph.services)
+            state = ledger.read_state(conn)
+            for target in targets:
+                head = graph.head(target) if target in graph.chains else graph.revisions.get(target)
+                if head is None:
+                    raise SvcmigError(f"baseline target {target!r} is neither a service nor a "
+                                      "revision id; `svcmig status` lists both")
+                chain = graph.chains[head.service]
+                if any(row.service == head.service for row in state.ledger.values()):
+                    raise SvcmigError(
+                        f"service {head.service!r} already has applied revisions; baseline only a "
+                        "database svcmig has never migrated")
+                upto = chain[: chain.index(head) + 1]
+                with conn.transaction():
+                    for revision in upto:
+                        ledger.record(conn, revision, "baselined", None)
+                    ledger.move_version(conn, None, head.id)
+                marked.extend(r.id for r in upto)
+    finally:
+        conn.close()
+    return marked
+
+
+def repair(url: str, root: Path, revision_id: str, action: RepairAction,
+           lock_wait_seconds: float = 60.0) -> str:
+    """Settle one ledger row; returns a sentence saying what was done."""
+    graph = build_graph(root)
+    conn = connect(url)
+    try:
+        with migrator_lock(conn, lock_wait_seconds):
+            row = ledger.read_state(conn).ledger.get(revision_id)
+            if row is None:
+                raise SvcmigError(f"revision {revision_id} has no ledger row; nothing to repair")
+            revision = graph.revisions.get(revision_id)
+            if revision is None:
+                raise SvcmigError(f"revision {revision_id} is not in the code; restore its file "
+                                  "before repairing it")
+            with conn.transaction():
+                if action == "accept-checksum":
+                    ledger.record(conn, revision, row.state, row.duration_ms)
+                    return f"{revision_id}: checksum updated to {revision.checksum[:12]}"
+                if row.state != "dirty":
+                    raise SvcmigError(f"revision {revision_id} is {row.state}, not dirty; "
+                                      "--applied/--rolled-back settle dirty revisions only")
+                if action == "applied":
+                    ledger.record(conn, revision, "applied", row.duration_ms)
+                    ledger.move_version(conn, revision.down_revision, revision.id)
+                    return f"{revision_id}: marked applied"
+                ledger.forget(conn, revision_id)
+                return f"{revision_id}: marked not applied; the next migrate runs it again"
+    finally:
+        conn.close()

@@ -1,0 +1,80 @@
+"""Step 6 of the flow: one result object for the CLI, the Lambda response and the tests, plus the
+structured log line written per revision."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .load import Revision
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+
+def _duration_ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+@dataclass(frozen=True)
+class RevisionResult:
+    service: str
+    revision: str
+    phase: str
+    file: str
+    duration_ms: int
+    outcome: str
+
+    @classmethod
+    def of(cls, revision: Revision, started: float, outcome: str) -> RevisionResult:
+        return cls(revision.service, revision.id, revision.phase, revision.file,
+                   _duration_ms(started), outcome)
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    plan: Plan  # as it stands after the run: what is still pending, and the warnings
+    results: tuple[RevisionResult, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "phase": self.plan.phase,
+            "applied": [r.as_dict() for r in self.results],
+            "warnings": [a.as_dict() for a in self.plan.warnings],
+            "services": [s.as_dict() for s in self.plan.services],
+        }
+
+
+def json_log(revision: Revision, upgrade: bool, started: float, outcome: str,
+             error: str | None = None) -> dict[str, object]:
+    """The structured line logged for each revision run."""
+    line: dict[str, object] = {
+        "event": "revision",
+        "service": revision.service,
+        "revision": revision.id,
+        "phase": revision.phase,
+        "direction": "up" if upgrade else "down",
+        "file": revision.file,
+        "duration_ms": _duration_ms(started),
+        "outcome": outcome,
+    }
+    if error:
+        line["error"] = error
+    return line
+
+
+def status_text(plan: Plan) -> str:
+    """A table a person reads: one line per service, then anomalies."""
+    rows = [("service", "applied head", "code head", "pending")]
+    for s in plan.services:
+        rows.append((s.service, s.applied_head or "-", s.code_head or "-", str(len(s.pending))))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    for anomaly in plan.anomalies:
+        lines.append(f"{'error' if anomaly.fatal else 'warning'}: {anomaly.message}")
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""Step 3 of the flow: check the loaded revisions form one linear branch per service, and build
+the `Graph` the planner works on.
+
+Each problem is one line naming the file and what to do; all problems are collected, not just
+the first, so a CI run shows everything at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .discover import Service, discover_services
+from .errors import MigrationFileError, ProjectError, SvcmigError
+from .load import Revision, load_service
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Every service's revisions in order, plus the cross-service dependencies."""
+
+    root: Path
+    services: tuple[Service, ...]
+    chains: dict[str, tuple[Revision, ...]]  # service → revisions, root first
+    revisions: dict[str, Revision]  # id → revision
+
+    def head(self, service: str) -> Revision | None:
+        chain = self.chains.get(service, ())
+        return chain[-1] if chain else None
+
+    def ordered(self) -> list[Revision]:
+        """All revisions in an order that honours parents and `depends_on`, oldest first."""
+        return topological_order(self.revisions.values(), self.revisions)
+
+
+class GraphError(ProjectError):
+    """One or more validation problems, each on its own line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def parents(revision: Revision) -> tuple[str, ...]:
+    own = (revision.down_revision,) if revision.down_revision else ()
+    return own + revision.depends_on
+
+
+def topological_order(selected: Iterable[Revision], known: dict[str, Revision]) -> list[Revision]:
+    """Kahn's algorithm over `selected`, ties broken by (timestamp, service) so the order is
+    stable and reads like history. Parents outside `selected` count as already satisfied."""
+    chosen = {r.id: r for r in selected}
+    waiting: dict[str, int] = {}
+    children: dict[str, list[str]] = {}
+    for rev in chosen.values():
+        inside = [p for p in parents(rev) if p in chosen]
+        waiting[rev.id] = len(inside)
+        for parent in inside:
+            children.setdefault(parent, []).append(rev.id)
+    ready = [(r.timestamp, r.service, r.id) for r in chosen.values() if waiting[r.id] == 0]
+    heapq.heapify(ready)
+    ordered: list[Revision] = []
+    while ready:
+        _, _, rev_id = heapq.heappop(ready)
+        ordered.append(chosen[rev_id])
+        for child in children.get(rev_id, ()):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, (chosen[child].timestamp, chosen[child].service, child))
+    if len(ordered) != len(chosen):
+        stuck = sorted(set(chosen) - {r.id for r in ordered})
+        raise GraphError([f"dependency cycle among revisions {', '.join(stuck)}; "
+                          "remove one of their depends-on entries"])
+    return ordered
+
+
+def _chain(service: Service, revisions: list[Revision],
+           problems: list[str]) -> tuple[Revision, ...]:
+    """Order one service's revisions by following down_revision from its root; report anything
+    that is not a single line (two roots, two heads, a parent in another service)."""
+    by_id = {r.id: r for r in revisions}
+    roots = [r for r in revisions if r.down_revision is None]
+    children: dict[str, list[Revision]] = {}
+    for rev in revisions:
+        if rev.down_revision is None:
+            continue
+        if rev.down_revision not in by_id:
+            problems.append(
+                f"{rev.path}: down_revision {rev.down_revision!r} is not a revision of service "
+                f"{service.name!r}; set it to the previous revision of this service")
+            continue
+        children.setdefault(rev.down_revision, []).append(rev)
+    if len(roots) != 1:
+        names = ", ".join(str(r.path.name) for r in roots) or "none"
+        if revisions:
+            problems.append(
+                f"{service.migrations_dir}: service {service.name!r} must have exactly one root "
+                f"revision (down_revision None), found {names}")
+        return ()
+    root = roots[0]
+    if service.name not in root.branch_labels:
+        problems.append(
+            f"{root.path}: the root revision of {service.name!r} must carry its branch label; "
+            f"set branch_labels = ({service.name!r},)")
+    for rev in revisions:
+        if rev is not root and rev.branch_labels:
+            problems.append(
+                f"{rev.path}: only the root revision carries a branch label; remove branch_labels")
+    chain = [root]
+    while True:
+        nexts = children.get(chain[-1].id, [])
+        if len(nexts) > 1:
+            files = ", ".join(r.path.name for r in nexts)
+            problems.append(
+                f"{service.migrations_dir}: service {service.name!r} has two heads: {files} both "
+                f"follow {chain[-1].id}; set the newer one's down_revision to the other's id so "
+                "the service stays one line")
+            return tuple(chain)
+        if not nexts:
+            break
+        chain.append(nexts[0])
+    unreached = [r for r in revisions if r not in chain]
+    for rev in unreached:
+        problems.append(f"{rev.path}: not reachable from the root of {service.name!r}; "
+                        "check its down_revision")
+    return tuple(chain)
+
+
+def build_graph(root: Path, services: list[Service] | None = None) -> Graph:
+    """Discover, load and validate the whole project; raise `GraphError` listing every problem."""
+    services = discover_services(root) if services is None else services
+    problems: list[str] = []
+    chains: dict[str, tuple[Revision, ...]] = {}
+    revisions: dict[str, Revision] = {}
+    for service in services:
+        try:
+            loaded = load_service(service)
+        except MigrationFileError as err:
+            problems.append(str(err))
+            continue
+        for rev in loaded:
+            if rev.id in revisions or any(r.id == rev.id for r in loaded if r is not rev):
+                other = revisions.get(rev.id) or next(r for r in loaded if r.id == rev.id)
+                problems.append(
+                    f"{rev.path}: revision id {rev.id} is also {other.path.name} (two files with "
+                    "the same timestamp in one service); give one of them a later minute")
+                continue
+            revisions[rev.id] = rev
+        if not problems:
+            chains[service.name] = _chain(service, loaded, problems)
+    for rev in revisions.values():
+        for target in rev.depends_on:
+            if target not in revisions:
+                problems.append(
+                    f"{rev.path}: depends-on {target!r} is not a known revision; use an id like "
+                    "users_202611251405 (svcmig status lists them)")
+            elif revisions[target].service == rev.service:
+                problems.append(
+                    f"{rev.path}: depends-on {target!r} is in the same service; order within a "
+                    "service comes from the file names, remove it")
+    if problems:
+        raise GraphError(problems)
+    graph = Graph(root, tuple(services), chains, revisions)
+    graph.ordered()  # raises on a dependency cycle
+    return graph
+
+
+def check_alembic_ini(graph: Graph) -> None:
+    """Every service must be a version location in alembic.ini, or stock `alembic` misses it."""
+    from configparser import ConfigParser
+
+    ini = ConfigParser()
+    ini.read(graph.root / "alembic.ini")
+    locations = ini.get("alembic", "version_locations", fallback="").split()
+    listed = {Path(loc.replace("%(here)s", str(graph.root))).resolve() for loc in locations}
+    missing = [s for s in graph.services if s.migrations_dir.resolve() not in listed]
+    if missing:
+        raise SvcmigError(
+            f"{graph.root / 'alembic.ini'}: version_locations lacks "
+            + ", ".join(f"%(here)s/services/{s.name}/migrations" for s in missing)
+            + "; add them (space-separated) so stock alembic sees every service")
