@@ -23,7 +23,7 @@ from psycopg import errors as pg_errors
 
 from . import ledger
 from .database import connect
-from .errors import MigrationFailed, PlanError
+from .errors import MigrationFailed, MigrationFileError, PlanError
 from .load import Revision
 from .lock import migrator_lock
 from .plan import PhaseChoice, Plan, make_plan
@@ -142,11 +142,9 @@ class Runner:
 
     def apply(self, revision: Revision, upgrade: bool = True) -> RevisionResult:
         """Run one revision in one direction and record it; raises `MigrationFailed`."""
-        statements = None if revision.kind == "python" else revision_statements(revision, upgrade)
-        if revision.kind == "python":
-            self.python.prepare()
         started = time.monotonic()
         try:
+            statements = self._statements(revision, upgrade)
             if revision.transactional:
                 self._apply_transactional(revision, upgrade, statements)
             else:
@@ -157,6 +155,16 @@ class Runner:
         result = RevisionResult.of(revision, started, "applied" if upgrade else "reverted")
         self.log(json_log(revision, upgrade, started, result.outcome))
         return result
+
+    def _statements(self, revision: Revision, upgrade: bool) -> list[Statement] | None:
+        """A SQL revision's statements (parsed before anything runs), or None for Python."""
+        if revision.kind == "python":
+            self.python.prepare()
+            return None
+        try:
+            return revision_statements(revision, upgrade)
+        except MigrationFileError as err:
+            raise MigrationFailed(revision.id, revision.path, err.message, err.line) from err
 
     def _write_ledger(self, revision: Revision, upgrade: bool, duration_ms: int) -> None:
         own_parent = revision.down_revision

@@ -68,6 +68,7 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         create_role(app, "LOGIN"),
         f"GRANT {owner} TO CURRENT_USER",
         f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}",
+        f"ALTER SCHEMA {schema} OWNER TO {owner}",  # an adopted schema becomes the service's
         f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
         f"GRANT USAGE ON SCHEMA {schema} TO {app}",
         f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schema} "
@@ -180,3 +181,20 @@ def move_version(conn: Executes, old: str | None, new: str | None) -> None:
         conn.execute(f"DELETE FROM {QUALIFIED_VERSION_TABLE} WHERE version_num = %s", (old,))
     if new is not None:
         conn.execute(f"INSERT INTO {QUALIFIED_VERSION_TABLE} (version_num) VALUES (%s)", (new,))
+
+
+def adopt_relations(conn: Executes, service: Service) -> list[str]:
+    """Hand the service's existing tables, views and sequences to its owner role, so revisions
+    (which run as that role) can alter them. Used when baselining an existing database."""
+    rows = conn.execute(
+        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+             AND pg_get_userbyid(c.relowner) <> %s AND NOT EXISTS (
+                 SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                 AND d.objid = c.oid AND d.deptype IN ('a', 'i'))""",
+        (service.schema, service.owner_role),
+    ).fetchall()
+    for (name,) in rows:
+        conn.execute(f"ALTER TABLE {quote_ident(service.schema)}.{quote_ident(name)} "
+                     f"OWNER TO {quote_ident(service.owner_role)}")
+    return [name for (name,) in rows]

@@ -25,7 +25,8 @@ def baseline(url: str, root: Path, targets: list[str],
              lock_wait_seconds: float = 60.0) -> list[str]:
     """Mark each target revision and everything before it in its service as `baselined`.
 
-    `targets` are revision ids or service names (meaning the service's code head). Refuses a
+    `targets` are revision ids or service names (meaning the service's code head). The service's
+    existing tables, views and sequences are handed to `<service>_owner`. Refuses a
     service that already has ledger rows: baselining is for adoption, not for skipping work."""
     graph = build_graph(root)
     conn = connect(url)
@@ -45,7 +46,9 @@ def baseline(url: str, root: Path, targets: list[str],
                         f"service {head.service!r} already has applied revisions; baseline only a "
                         "database svcmig has never migrated")
                 upto = chain[: chain.index(head) + 1]
+                service = next(s for s in graph.services if s.name == head.service)
                 with conn.transaction():
+                    ledger.adopt_relations(conn, service)
                     for revision in upto:
                         ledger.record(conn, revision, "baselined", None)
                     ledger.move_version(conn, None, head.id)

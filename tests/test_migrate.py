@@ -1,0 +1,268 @@
+"""The runner on a real Postgres: apply, phases, failures, anomalies, isolation, repair."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migrations_runtime.apply import RunSettings, migrate, read_plan
+from migrations_runtime.errors import LockTimeout, MigrationFailed, PlanError
+from migrations_runtime.lock import LOCK_KEY
+from migrations_runtime.repair import baseline, repair
+from tests.conftest import query, write_project
+
+FAST = RunSettings(lock_wait_seconds=2, lock_timeout_ms=200, lock_retries=1, backoff_seconds=0.05)
+
+
+def ledger(url: str) -> dict[str, str]:
+    return dict(query(url, "SELECT revision, state FROM svcmig.schema_migrations"))
+
+
+def versions(url: str) -> set[str]:
+    return {r[0] for r in query(url, "SELECT version_num FROM svcmig.alembic_version")}
+
+
+def lock_is_free(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        return bool(got and got[0])
+
+
+def five_revisions(third: str) -> dict[str, str]:
+    return {
+        "2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int);",
+        "2026-01-02T0000__shop__two.sql": "CREATE TABLE two (id int);",
+        "2026-01-03T0000__shop__three.sql": third,
+        "2026-01-04T0000__shop__four.sql": "CREATE TABLE four (id int);",
+        "2026-01-05T0000__shop__five.sql": "CREATE TABLE five (id int);",
+    }
+
+
+def test_applies_every_service_then_is_a_noop(project: Path, database_url: str) -> None:
+    lines: list[dict[str, object]] = []
+    result = migrate(database_url, project, log=lines.append)
+    assert len(result.results) == 10
+    assert set(ledger(database_url).values()) == {"applied"}
+    assert versions(database_url) == {"users_202611200900", "orders_202611210900"}
+    revision_lines = [line for line in lines if line["event"] == "revision"]
+    assert {"service", "revision", "phase", "duration_ms", "outcome"} <= set(revision_lines[0])
+    assert all(line["outcome"] == "applied" for line in revision_lines)
+    owners = dict(query(database_url, "SELECT schemaname || '.' || tablename, tableowner "
+                                      "FROM pg_tables WHERE schemaname IN ('users', 'orders')"))
+    assert owners == {"users.users": "users_owner", "orders.orders": "orders_owner"}
+    again = migrate(database_url, project, log=lines.append)
+    assert again.results == ()
+
+
+def test_phases_expand_then_contract(project: Path, database_url: str) -> None:
+    expand = migrate(database_url, project, phase="expand", log=lambda _: None)
+    assert {r.phase for r in expand.results} == {"expand"}
+    pending = {s.service: s.pending for s in read_plan(database_url, project).services}
+    assert pending == {"orders": ("orders_202611210900",), "users": ("users_202611200900",)}
+    contract = migrate(database_url, project, phase="contract", log=lambda _: None)
+    assert [r.revision for r in contract.results] == ["users_202611200900", "orders_202611210900"]
+
+
+def test_syntax_error_in_third_of_five(tmp_path: Path, database_url: str) -> None:
+    root = write_project(tmp_path, {"shop": five_revisions(
+        "CREATE TABLE three (id int);\nCREATE TABEL broken (id int);\n")})
+    with pytest.raises(MigrationFailed) as caught:
+        migrate(database_url, root, log=lambda _: None)
+    assert "2026-01-03T0000__shop__three.sql:2" in str(caught.value)
+    assert "syntax error" in str(caught.value)
+    assert ledger(database_url) == {"shop_202601010000": "applied", "shop_202601020000": "applied"}
+    tables = {r[0] for r in query(database_url, "SELECT tablename FROM pg_tables "
+                                                "WHERE schemaname = 'shop'")}
+    assert tables == {"one", "two"}
+    assert lock_is_free(database_url)
+
+
+def test_runtime_error_rolls_back_the_whole_revision(tmp_path: Path, database_url: str) -> None:
+    root = write_project(tmp_path, {"shop": five_revisions(
+        "CREATE TABLE three (id int);\n\nINSERT INTO missing VALUES (1);\n")})
+    with pytest.raises(MigrationFailed) as caught:
+        migrate(database_url, root, log=lambda _: None)
+    assert "2026-01-03T0000__shop__three.sql:3" in str(caught.value)
+    assert "missing" in str(caught.value)
+    assert query(database_url, "SELECT to_regclass('shop.three')") == [(None,)]
+    assert versions(database_url) == {"shop_202601020000"}
+    assert lock_is_free(database_url)
+
+
+def test_python_revision_error_names_its_line(tmp_path: Path, database_url: str) -> None:
+    root = write_project(tmp_path, {"shop": {
+        "2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int);",
+        "2026-01-02T0000__shop__two.py": (
+            "from alembic import op\nrevision = 'shop_202601020000'\n"
+            "down_revision = 'shop_202601010000'\n\ndef upgrade():\n"
+            "    op.execute('CREATE TABLE two (id int)')\n    op.drop_column('nope', 'x')\n"),
+    }})
+    with pytest.raises(MigrationFailed) as caught:
+        migrate(database_url, root, log=lambda _: None)
+    assert "2026-01-02T0000__shop__two.py:7" in str(caught.value)
+    assert query(database_url, "SELECT to_regclass('shop.two')") == [(None,)]
+    assert ledger(database_url) == {"shop_202601010000": "applied"}
+
+
+def test_lock_held_past_deadline_names_the_holder(project: Path, database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True, application_name="other-deploy") as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        started = time.monotonic()
+        with pytest.raises(LockTimeout) as caught:
+            migrate(database_url, project, settings=FAST, log=lambda _: None)
+        assert time.monotonic() - started < 30
+        pid = other.info.backend_pid
+    assert f"pid {pid} (other-deploy" in str(caught.value)
+    assert query(database_url, "SELECT to_regclass('svcmig.schema_migrations')") == [(None,)]
+
+
+def test_locked_table_fails_fast_on_lock_timeout(tmp_path: Path, database_url: str) -> None:
+    files = {"2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int);"}
+    root = write_project(tmp_path, {"shop": files})
+    migrate(database_url, root, log=lambda _: None)
+    (root / "services/shop/migrations/2026-01-02T0000__shop__two.sql").write_text(
+        "ALTER TABLE one ADD COLUMN note text;")
+    retries: list[dict[str, object]] = []
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE shop.one IN ACCESS SHARE MODE")  # a long read transaction
+        started = time.monotonic()
+        with pytest.raises(MigrationFailed) as caught:
+            migrate(database_url, root, settings=FAST, log=retries.append)
+        elapsed = time.monotonic() - started
+        blocker.rollback()
+    assert "lock timeout" in str(caught.value) and "2 attempts" in str(caught.value)
+    assert any(line["event"] == "lock_timeout_retry" for line in retries)
+    assert elapsed < 10
+    assert ledger(database_url) == {"shop_202601010000": "applied"}
+    assert lock_is_free(database_url)
+
+
+def test_cross_service_write_fails_in_postgres(project: Path, database_url: str) -> None:
+    migrate(database_url, project, log=lambda _: None)
+    (project / "services/orders/migrations/2026-12-01T0000__orders__sneaky.sql").write_text(
+        "INSERT INTO users.users (email) VALUES ('x@example.com');")
+    with pytest.raises(MigrationFailed, match="permission denied"):
+        migrate(database_url, project, log=lambda _: None)
+    assert query(database_url, "SELECT count(*) FROM users.users") == [(0,)]
+
+
+def test_app_role_reaches_only_its_own_schema(project: Path, database_url: str) -> None:
+    migrate(database_url, project, log=lambda _: None)
+    rows = query(database_url, """
+        SELECT has_table_privilege('users_app', 'users.users', 'INSERT'),
+               has_table_privilege('orders_app', 'users.users', 'SELECT'),
+               has_schema_privilege('orders_app', 'users', 'USAGE'),
+               has_table_privilege('orders_app', 'orders.orders', 'DELETE')""")
+    assert rows == [(True, False, False, True)]
+
+
+def test_tampered_file_is_refused(project: Path, database_url: str) -> None:
+    migrate(database_url, project, log=lambda _: None)
+    path = project / "services/users/migrations/2026-11-02T0900__users__create_users.sql"
+    path.write_text(path.read_text().replace("text NOT NULL", "varchar(100) NOT NULL"))
+    with pytest.raises(PlanError, match="users_202611020900 was edited"):
+        migrate(database_url, project, log=lambda _: None)
+    path.write_text(path.read_text() + "\n\n   \n")  # whitespace alone is not tampering
+    assert "repair users_202611020900 --accept-checksum" in str(
+        read_plan(database_url, project).errors[0].message)
+    repair(database_url, project, "users_202611020900", "accept-checksum")
+    assert migrate(database_url, project, log=lambda _: None).results == ()
+
+
+def test_whitespace_edits_are_not_tampering(project: Path, database_url: str) -> None:
+    migrate(database_url, project, log=lambda _: None)
+    path = project / "services/users/migrations/2026-11-02T0900__users__create_users.sql"
+    path.write_bytes(path.read_bytes().replace(b"\n", b"  \r\n") + b"\r\n\r\n")
+    assert read_plan(database_url, project).anomalies == ()
+
+
+def test_missing_file_is_refused(project: Path, database_url: str) -> None:
+    migrate(database_url, project, log=lambda _: None)
+    (project / "services/orders/migrations/2026-11-13T0900__orders__validate_user_fk.sql").rename(
+        project / "deleted.sql")
+    with pytest.raises(PlanError, match="orders_202611130900 .* its file is gone"):
+        migrate(database_url, project, log=lambda _: None)
+
+
+def test_out_of_order_revision_is_refused(project: Path, database_url: str) -> None:
+    migrate(database_url, project, log=lambda _: None)
+    (project / "services/users/migrations/2026-11-15T0000__users__late.sql").write_text(
+        "ALTER TABLE users ADD COLUMN late text;")
+    with pytest.raises(PlanError) as caught:
+        migrate(database_url, project, log=lambda _: None)
+    assert "users_202611150000 is older than users_202611200900" in str(caught.value)
+    assert "2026-11-15T0000__users__late.sql" in str(caught.value)
+
+
+def test_expand_after_pending_contract_is_refused(project: Path, database_url: str) -> None:
+    migrate(database_url, project, phase="expand", log=lambda _: None)
+    (project / "services/users/migrations/2026-11-22T0000__users__add_phone.sql").write_text(
+        "ALTER TABLE users ADD COLUMN phone text;")
+    with pytest.raises(PlanError, match="expand revision users_202611220000 comes after pending "
+                                        "contract revision users_202611200900"):
+        migrate(database_url, project, phase="expand", log=lambda _: None)
+
+
+def test_database_ahead_of_code_is_a_warning_and_a_noop(project: Path, database_url: str) -> None:
+    migrate(database_url, project, log=lambda _: None)
+    (project / "services/orders/migrations/2026-11-21T0900__orders__drop_note.sql").unlink()
+    lines: list[dict[str, object]] = []
+    result = migrate(database_url, project, log=lines.append)
+    assert result.results == ()
+    assert [w.kind for w in result.plan.warnings] == ["ahead"]
+    assert any(line.get("kind") == "ahead" for line in lines)
+    assert "orders_202611210900" in ledger(database_url)  # nothing was downgraded
+    columns = query(database_url, "SELECT column_name FROM information_schema.columns "
+                                  "WHERE table_schema = 'orders' AND column_name = 'note'")
+    assert columns == []
+
+
+def test_dirty_non_transactional_revision_then_repair(tmp_path: Path, database_url: str) -> None:
+    index = "2026-01-02T0000__shop__index.sql"
+    root = write_project(tmp_path, {"shop": {
+        "2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int);",
+        index: "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY one_id ON one (id);\n"
+               "CREATE INDEX CONCURRENTLY one_x ON one (missing_column);\n",
+    }})
+    with pytest.raises(MigrationFailed, match=f"{index}:3"):
+        migrate(database_url, root, log=lambda _: None)
+    assert ledger(database_url)["shop_202601020000"] == "dirty"
+    assert lock_is_free(database_url)
+    with pytest.raises(PlanError, match="shop_202601020000 is dirty"):
+        migrate(database_url, root, log=lambda _: None)
+    query(database_url, "DROP INDEX shop.one_id")
+    repair(database_url, root, "shop_202601020000", "rolled-back")
+    (root / "services/shop/migrations" / index).write_text(
+        "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY one_id ON one (id);\n")
+    result = migrate(database_url, root, log=lambda _: None)
+    assert [r.revision for r in result.results] == ["shop_202601020000"]
+    assert ledger(database_url)["shop_202601020000"] == "applied"
+
+
+def test_baseline_adopts_an_existing_schema(tmp_path: Path, database_url: str) -> None:
+    root = write_project(tmp_path, {"shop": {
+        "2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int);",
+        "2026-01-02T0000__shop__two.sql": "CREATE TABLE two (id int);",
+    }})
+    query(database_url, "CREATE SCHEMA shop; CREATE TABLE shop.one (id int)")
+    assert baseline(database_url, root, ["shop_202601010000"]) == ["shop_202601010000"]
+    result = migrate(database_url, root, log=lambda _: None)
+    assert [r.revision for r in result.results] == ["shop_202601020000"]
+    assert ledger(database_url) == {"shop_202601010000": "baselined",
+                                    "shop_202601020000": "applied"}
+    with pytest.raises(Exception, match="already has applied revisions"):
+        baseline(database_url, root, ["shop"])
+
+
+def test_migrator_waits_for_a_running_one(project: Path, database_url: str) -> None:
+    """A second migrator polls for the lock and then finds nothing to do."""
+    holder = psycopg.connect(database_url, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    threading.Timer(1.0, holder.close).start()
+    result = migrate(database_url, project, settings=RunSettings(lock_wait_seconds=20),
+                     log=lambda _: None)
+    assert len(result.results) == 10
