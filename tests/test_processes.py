@@ -1,0 +1,145 @@
+"""Real processes: the console script, stock alembic, a killed migrator, ten at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.conftest import query, run_alembic, run_cli
+
+SLEEPY = ("SELECT pg_sleep(CASE WHEN current_setting('svcmig.test_sleep', true) = 'on' "
+          "THEN 60 ELSE 0 END);\n")
+
+
+def test_cli_migrate_and_status_json(project: Path, database_url: str) -> None:
+    done = run_cli(project, "migrate", "--json", "--database-url", database_url)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert len(report["applied"]) == 10
+    logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert {line["revision"] for line in logged} == {r["revision"] for r in report["applied"]}
+    status = run_cli(project, "status", "--json", database_url=database_url)
+    assert status.returncode == 0, status.stderr
+    services = {s["service"]: s for s in json.loads(status.stdout)["services"]}
+    assert services["users"]["applied_head"] == services["users"]["code_head"]
+    assert services["orders"]["pending"] == []
+
+
+def test_cli_refused_plan_exits_1_with_the_reason(project: Path, database_url: str) -> None:
+    assert run_cli(project, "migrate", database_url=database_url).returncode == 0
+    (project / "services/users/migrations/2026-11-01T0000__users__early.sql").write_text(
+        "SELECT 1;")
+    done = run_cli(project, "migrate", database_url=database_url)
+    assert done.returncode == 1
+    assert "users_202611010000 is older than" in done.stderr
+    assert run_cli(project, "status", database_url=database_url).returncode == 1
+    assert run_cli(project, "migrate", "--phase", "sideways").returncode == 2
+
+
+def test_cli_defaults_to_embedded_postgres(project: Path) -> None:
+    """No URL and no DATABASE_URL: an embedded Postgres under .svcmig/, reused by the next run."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    try:
+        first = run_cli(project, "migrate", env=env, timeout=180)
+        assert first.returncode == 0, first.stderr
+        assert "applied 10 revision(s)" in first.stdout
+        assert (project / ".svcmig" / "pgdata" / "PG_VERSION").exists()
+        second = run_cli(project, "status", env=env)
+        assert second.returncode == 0 and "users_202611200900" in second.stdout
+    finally:
+        pid_file = project / ".svcmig" / "pgdata" / "postmaster.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+
+
+def test_stock_alembic_commands(project: Path, database_url: str) -> None:
+    heads = run_alembic(project, "heads")
+    assert heads.returncode == 0, heads.stderr
+    assert sorted(heads.stdout.split("\n")[:2]) == [
+        "orders_202611210900 (orders) (head)", "users_202611200900 (users) (head)"]
+    history = run_alembic(project, "history")
+    assert "<base> -> users_202611020900 (users), create users" in history.stdout
+    assert "users_202611101415 -> users_202611120800 (users), grant orders reference" in (
+        history.stdout)
+    offline = run_alembic(project, "upgrade", "heads", "--sql")
+    assert offline.returncode == 0, offline.stderr
+    assert "SET LOCAL ROLE \"users_owner\";" in offline.stdout
+    assert "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_email_key" in offline.stdout
+
+    upgraded = run_alembic(project, "upgrade", "heads", database_url=database_url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    states = dict(query(database_url, "SELECT revision, state FROM svcmig.schema_migrations"))
+    assert len(states) == 10 and set(states.values()) == {"applied"}
+    svcmig_noop = run_cli(project, "migrate", "--json", database_url=database_url)
+    assert json.loads(svcmig_noop.stdout)["applied"] == []
+
+    down = run_alembic(project, "downgrade", "users@-1", database_url=database_url)
+    assert down.returncode == 0, down.stderr
+    assert query(database_url, "SELECT count(*) FROM information_schema.columns WHERE "
+                               "table_schema = 'users' AND column_name = 'username'") == [(1,)]
+    assert "users_202611200900" not in dict(query(
+        database_url, "SELECT revision, state FROM svcmig.schema_migrations"))
+    again = run_cli(project, "migrate", "--json", database_url=database_url)
+    assert [r["revision"] for r in json.loads(again.stdout)["applied"]] == ["users_202611200900"]
+
+
+def test_stock_alembic_revision_names_the_file(project: Path) -> None:
+    made = run_alembic(project, "revision", "--head", "users@head", "-m", "add email")
+    assert made.returncode == 0, made.stderr
+    created = sorted((project / "services/users/migrations").glob("*__users__add_email.py"))
+    assert len(created) == 1
+    text = created[0].read_text()
+    stamp = created[0].name.split("__")[0]
+    rev_id = "users_" + stamp.replace("-", "").replace("T", "")
+    assert stamp > "2026-11-20T0900"
+    assert f"revision = '{rev_id}'" in text
+    assert "down_revision = 'users_202611200900'" in text
+    heads = run_alembic(project, "heads")
+    assert f"{rev_id} (users) (head)" in heads.stdout
+
+
+def test_killed_migrator_resumes_cleanly(project: Path, database_url: str) -> None:
+    assert run_cli(project, "migrate", database_url=database_url).returncode == 0
+    (project / "services/users/migrations/2026-12-01T0000__users__slow.sql").write_text(
+        "ALTER TABLE users ADD COLUMN slow text;\n" + SLEEPY)
+    database = query(database_url, "SELECT current_database()")[0][0]
+    query(database_url, f'ALTER DATABASE "{database}" SET svcmig.test_sleep = on')
+    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(project), "DATABASE_URL": database_url}
+    victim = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate"],
+                              cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not query(database_url, "SELECT 1 FROM pg_stat_activity WHERE query LIKE "
+                                  "'SELECT pg_sleep(CASE%%'"):
+        if victim.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"migrator never got there: {victim.communicate()}")
+        time.sleep(0.1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    query(database_url, f'ALTER DATABASE "{database}" RESET svcmig.test_sleep')
+    resumed = run_cli(project, "migrate", "--json", "--lock-wait", "30", database_url=database_url)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["revision"] for r in json.loads(resumed.stdout)["applied"]] == ["users_202612010000"]
+    states = dict(query(database_url, "SELECT revision, state FROM svcmig.schema_migrations"))
+    assert len(states) == 11 and set(states.values()) == {"applied"}
+
+
+def test_ten_migrators_at_once(project: Path, database_url: str) -> None:
+    def one(_: int) -> subprocess.CompletedProcess[str]:
+        return run_cli(project, "migrate", "--json", "--lock-wait", "120",
+                       database_url=database_url, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        runs = list(pool.map(one, range(10)))
+    assert [r.returncode for r in runs] == [0] * 10, [r.stderr for r in runs if r.returncode]
+    applied = [a["revision"] for r in runs for a in json.loads(r.stdout)["applied"]]
+    assert len(applied) == 10 and len(set(applied)) == 10  # each revision exactly once
+    rows = query(database_url, "SELECT revision, state FROM svcmig.schema_migrations")
+    assert len(rows) == 10 and {state for _, state in rows} == {"applied"}
+    assert {r[0] for r in query(database_url, "SELECT version_num FROM svcmig.alembic_version")} \
+        == {"users_202611200900", "orders_202611210900"}
