@@ -72,7 +72,11 @@ def normalise(text: str) -> str:
 
 
 def checksum(text: str) -> str:
-    return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
+    return _checksum_of_normalised(normalise(text))
+
+
+def _checksum_of_normalised(normal: str) -> str:
+    return hashlib.sha256(normal.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,11 @@ def parse_sql_source(text: str, path: Path) -> SqlSource:
     A plain file is all "up". Directives live in the leading comment block:
     `-- phase: contract`, `-- depends-on: <rev>[, <rev>]`, `-- migrate:no-transaction`.
     """
-    lines = normalise(text).split("\n")
+    return _parse_normalised(normalise(text), path)
+
+
+def _parse_normalised(normal: str, path: Path) -> SqlSource:
+    lines = normal.split("\n")
     phase: Phase = "expand"
     depends_on: list[str] = []
     transactional = True
@@ -258,14 +266,16 @@ def load_revision(name: RevisionFile, service: Service, previous: str | None) ->
     except UnicodeDecodeError as err:
         raise MigrationFileError(path, "not UTF-8 text; save the file as UTF-8") from err
     rev_id = name.revision_id
+    normal = normalise(text)
+    digest = _checksum_of_normalised(normal)
     if name.kind == "sql":
-        source = parse_sql_source(text, path)
+        source = _parse_normalised(normal, path)
         return Revision(
             id=rev_id, service=service.name, path=path, timestamp=name.timestamp, slug=name.slug,
             kind="sql", down_revision=previous, depends_on=source.depends_on,
             branch_labels=(service.name,) if previous is None else (),
             phase=source.phase, transactional=source.transactional,
-            reversible=source.down is not None, checksum=checksum(text),
+            reversible=source.down is not None, checksum=digest,
         )
     header = read_python_header(text, path)
     declared = header.get("revision")
@@ -287,7 +297,7 @@ def load_revision(name: RevisionFile, service: Service, previous: str | None) ->
         kind="python", down_revision=down, depends_on=_as_tuple(header.get("depends_on")),
         branch_labels=_as_tuple(header.get("branch_labels")), phase=phase,  # type: ignore[arg-type]
         transactional=bool(header.get("transactional", True)),
-        reversible=bool(header["_has_downgrade"]), checksum=checksum(text),
+        reversible=bool(header["_has_downgrade"]), checksum=digest,
     )
 
 

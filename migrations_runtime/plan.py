@@ -107,8 +107,9 @@ def _service_plan(chain: tuple[Revision, ...], state: DatabaseState, phase: Phas
     service = chain[0].service
     applied = [r for r in chain if r.id in state.ledger]
     pending = [r for r in chain if r.id not in state.ledger]
+    known = {r.id for r in chain}
     ahead = sorted(row.revision for row in state.ledger.values()
-                   if row.service == service and row.revision not in {r.id for r in chain})
+                   if row.service == service and row.revision not in known)
     if applied:
         latest = max(applied, key=lambda r: r.timestamp)
         for rev in pending:

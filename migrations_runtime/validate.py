@@ -121,7 +121,8 @@ def _chain(service: Service, revisions: list[Revision],
         if not nexts:
             break
         chain.append(nexts[0])
-    unreached = [r for r in revisions if r not in chain]
+    in_chain = {r.id for r in chain}
+    unreached = [r for r in revisions if r.id not in in_chain]
     for rev in unreached:
         problems.append(f"{rev.path}: not reachable from the root of {service.name!r}; "
                         "check its down_revision")
@@ -140,15 +141,18 @@ def build_graph(root: Path, services: list[Service] | None = None) -> Graph:
         except MigrationFileError as err:
             problems.append(str(err))
             continue
+        first_file: dict[str, Revision] = {}
+        duplicated = False
         for rev in loaded:
-            if rev.id in revisions or any(r.id == rev.id for r in loaded if r is not rev):
-                other = revisions.get(rev.id) or next(r for r in loaded if r.id == rev.id)
+            if rev.id in first_file:
+                duplicated = True
                 problems.append(
-                    f"{rev.path}: revision id {rev.id} is also {other.path.name} (two files with "
-                    "the same timestamp in one service); give one of them a later minute")
+                    f"{rev.path}: revision id {rev.id} is also {first_file[rev.id].path.name} (two "
+                    "files with the same timestamp in one service); give one a later minute")
                 continue
+            first_file[rev.id] = rev
             revisions[rev.id] = rev
-        if not problems:
+        if not duplicated:
             chains[service.name] = _chain(service, loaded, problems)
     for rev in revisions.values():
         for target in rev.depends_on:
