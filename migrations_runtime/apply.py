@@ -183,11 +183,10 @@ class Runner:
             self.conn.autocommit = False
             try:
                 with self._failure_as(revision):
-                    for sql in enter_service_sql(service, True, self.settings.lock_timeout_ms):
-                        self.conn.execute(sql)
+                    self.conn.execute(
+                        "; ".join(enter_service_sql(service, True, self.settings.lock_timeout_ms)))
                     self._execute(revision, upgrade, statements)
-                    for sql in leave_service_sql():
-                        self.conn.execute(sql)
+                    self.conn.execute("; ".join(leave_service_sql()))
                     self._write_ledger(revision, upgrade, int((time.monotonic() - started) * 1000))
                     self.conn.commit()
                 return
@@ -216,13 +215,12 @@ class Runner:
         if upgrade:
             ledger.record(self.conn, revision, "dirty", None)
         with self._failure_as(revision):
-            for sql in enter_service_sql(service, False, self.settings.lock_timeout_ms):
-                self.conn.execute(sql)
+            self.conn.execute(
+                "; ".join(enter_service_sql(service, False, self.settings.lock_timeout_ms)))
             try:
                 self._execute(revision, upgrade, statements)
             finally:
-                for sql in leave_service_sql():
-                    self.conn.execute(sql)
+                self.conn.execute("; ".join(leave_service_sql()))
             with self.conn.transaction():
                 self._write_ledger(revision, upgrade, int((time.monotonic() - started) * 1000))
 
