@@ -129,6 +129,9 @@ def repair_command(revision: str, action: str | None, database_url: str | None) 
     click.echo(_run(lambda: repair(url, root, revision, action)))  # type: ignore[arg-type]
 
 
+# Commands defined in their own modules are registered here, one line each.
+
+
 def main() -> None:
     cli()
 
