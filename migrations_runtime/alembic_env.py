@@ -10,7 +10,14 @@ from typing import Any
 
 from .database import connect, resolve_url, sqlalchemy_url
 from .discover import FRAMEWORK_SCHEMA, discover_services
-from .ledger import VERSION_TABLE, bootstrap, forget, record
+from .ledger import (
+    FRAMEWORK_DDL,
+    VERSION_TABLE,
+    bootstrap,
+    forget,
+    record,
+    service_bootstrap_sql,
+)
 from .lock import migrator_lock
 
 DEFAULT_LOCK_WAIT_SECONDS = 60.0
@@ -32,6 +39,12 @@ def run(context: Any) -> None:
         url = os.environ.get("DATABASE_URL", "postgresql://")
         context.configure(url=sqlalchemy_url(url), literal_binds=True, **common)
         with context.begin_transaction():
+            # What `svcmig migrate` bootstraps, so the script also runs on an empty database.
+            for sql in FRAMEWORK_DDL[:2]:
+                context.execute(sql)
+            for service in discover_services(root):
+                for sql in service_bootstrap_sql(service):
+                    context.execute(sql)
             context.run_migrations()
         return
 

@@ -74,6 +74,7 @@ def in_service(service: Service, transactional: bool,
                body: Callable[[], Any]) -> Callable[[], None]:
     """Wrap a revision's upgrade/downgrade so it runs inside its service."""
 
+    @functools.wraps(body)
     def run() -> None:
         from alembic import op
 
@@ -89,7 +90,6 @@ def in_service(service: Service, transactional: bool,
             finally:
                 _emit(leave_service_sql())
 
-    run.__doc__ = body.__doc__
     return run
 
 
@@ -104,11 +104,19 @@ def _sql_module(revision: Revision) -> types.ModuleType:
     module.depends_on = revision.depends_on or None  # type: ignore[attr-defined]
     module.phase = revision.phase  # type: ignore[attr-defined]
 
+    def statements(upgrade: bool) -> list[str]:
+        from alembic.util import CommandError
+
+        try:
+            return [s.sql for s in revision_statements(revision, upgrade)]
+        except MigrationFileError as err:
+            raise CommandError(str(err)) from err
+
     def upgrade() -> None:
-        _emit([s.sql for s in revision_statements(revision, upgrade=True)])
+        _emit(statements(upgrade=True))
 
     def downgrade() -> None:
-        _emit([s.sql for s in revision_statements(revision, upgrade=False)])
+        _emit(statements(upgrade=False))
 
     module.upgrade = upgrade  # type: ignore[attr-defined]
     module.downgrade = downgrade  # type: ignore[attr-defined]

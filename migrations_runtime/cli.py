@@ -19,6 +19,7 @@ from .apply import RunSettings, json_log_to_stderr, migrate, read_plan
 from .database import resolve_url
 from .discover import find_project_root
 from .errors import SvcmigError
+from .guard.cli import lint
 from .plan import PHASE_CHOICES
 from .repair import baseline, repair
 from .report import status_text
@@ -130,6 +131,7 @@ def repair_command(revision: str, action: str | None, database_url: str | None) 
 
 
 # Commands defined in their own modules are registered here, one line each.
+cli.add_command(lint)
 
 
 def main() -> None:

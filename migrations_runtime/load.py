@@ -239,10 +239,16 @@ def read_python_header(text: str, path: Path) -> dict[str, object]:
                     node.lineno) from err
     found["_has_downgrade"] = any(
         isinstance(node, ast.FunctionDef) and node.name == "downgrade"
-        and not all(isinstance(s, ast.Pass | ast.Expr) for s in node.body)
+        and not all(_does_nothing(statement) for statement in node.body)
         for node in tree.body
     )
     return found
+
+
+def _does_nothing(statement: ast.stmt) -> bool:
+    """`pass`, `...` or a docstring: what an empty generated `downgrade()` holds."""
+    return isinstance(statement, ast.Pass) or (
+        isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))
 
 
 def _as_tuple(value: object) -> tuple[str, ...]:

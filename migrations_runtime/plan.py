@@ -107,9 +107,7 @@ def _service_plan(chain: tuple[Revision, ...], state: DatabaseState, phase: Phas
     service = chain[0].service
     applied = [r for r in chain if r.id in state.ledger]
     pending = [r for r in chain if r.id not in state.ledger]
-    known = {r.id for r in chain}
-    ahead = sorted(row.revision for row in state.ledger.values()
-                   if row.service == service and row.revision not in known)
+    ahead = sorted(a.revision for a in anomalies if a.kind == "ahead" and a.service == service)
     if applied:
         latest = max(applied, key=lambda r: r.timestamp)
         for rev in pending:
@@ -120,7 +118,10 @@ def _service_plan(chain: tuple[Revision, ...], state: DatabaseState, phase: Phas
                     "applied, so it would run out of order (stock Alembic would skip it). Give it "
                     f"a timestamp after {latest.timestamp} (rename the file, or recreate it with "
                     "`svcmig revision`)"))
-    first_contract = next((r for r in pending if r.phase == "contract"), None)
+    # With nothing applied yet no code runs against the service, so contract revisions need not
+    # wait for a deploy: a fresh database (a new stage, a preview stack) gets all in one phase.
+    fresh = not applied
+    first_contract = None if fresh else next((r for r in pending if r.phase == "contract"), None)
     if first_contract is not None:
         for rev in pending[pending.index(first_contract):]:
             if rev.phase == "expand":
@@ -135,7 +136,7 @@ def _service_plan(chain: tuple[Revision, ...], state: DatabaseState, phase: Phas
     elif phase == "expand":
         selected = pending[: pending.index(first_contract)] if first_contract else pending
     else:
-        selected = [r for r in pending if r.phase == "contract"]
+        selected = [] if fresh else [r for r in pending if r.phase == "contract"]
         waiting = [r for r in pending if r.phase == "expand"]
         if selected and waiting:
             anomalies.append(Anomaly(

@@ -120,3 +120,17 @@ def write_project(root: Path, services: dict[str, dict[str, str]]) -> Path:
         for filename, text in files.items():
             (folder / filename).write_text(text)
     return root
+
+
+def code_heads(root: Path) -> dict[str, str]:
+    """service → id of its newest revision in the code."""
+    from migrations_runtime.validate import build_graph
+
+    graph = build_graph(root)
+    return {name: chain[-1].id for name, chain in graph.chains.items()}
+
+
+def revision_count(root: Path) -> int:
+    from migrations_runtime.validate import build_graph
+
+    return len(build_graph(root).revisions)

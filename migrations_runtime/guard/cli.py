@@ -1,0 +1,103 @@
+"""`svcmig lint`: the CI guard's command line.
+
+Exit codes: 0 no errors (warnings are printed; --strict fails on them), 1 errors,
+2 usage errors or a file that does not parse.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..discover import Service, discover_services, find_project_root
+from ..errors import SvcmigError
+from . import rules
+from .engine import Linter, is_revision_file
+from .findings import Finding, Severity
+from .formatters import FORMATTERS
+from .gitbase import diff_against
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+DEFAULT_PG_VERSION = 16
+
+
+def _all_revision_files(services: list[Service]) -> list[Path]:
+    return [path for service in services for path in sorted(service.migrations_dir.iterdir())
+            if is_revision_file(path)]
+
+
+def _expand(paths: tuple[Path, ...], services: list[Service]) -> list[Path]:
+    """Files as given; folders become the revision files of the service folders inside them."""
+    everything = _all_revision_files(services)
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            folder = path.resolve()
+            found.extend(p for p in everything
+                         if p.resolve() == folder or folder in p.resolve().parents)
+        else:
+            found.append(path)
+    return found
+
+
+def _under(path: Path, roots: list[Path]) -> bool:
+    resolved = path.resolve()
+    return any(resolved == r or r in resolved.parents for r in roots)
+
+
+def exit_code(findings: list[Finding], strict: bool) -> int:
+    if any(f.rule is rules.PARSE_ERROR for f in findings):
+        return EXIT_USAGE
+    if any(f.severity is Severity.ERROR for f in findings):
+        return EXIT_FINDINGS
+    if strict and findings:
+        return EXIT_FINDINGS
+    return EXIT_OK
+
+
+@click.command("lint")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--base", metavar="GIT_REV",
+              help="Lint revisions changed since GIT_REV; edited, renamed, deleted or "
+              "out-of-order revisions are errors.")
+@click.option("--all", "lint_all", is_flag=True, help="Lint every revision of every service.")
+@click.option("--format", "output_format", type=click.Choice(sorted(FORMATTERS)),
+              default="text", show_default=True)
+@click.option("--pg-version", type=click.IntRange(10, 99), default=DEFAULT_PG_VERSION,
+              show_default=True, help="PostgreSQL major version the migrations run on.")
+@click.option("--strict", is_flag=True, help="Fail (exit 1) on warnings too.")
+def lint(paths: tuple[Path, ...], base: str | None, lint_all: bool, output_format: str,
+         pg_version: int, strict: bool) -> None:
+    """Check migration files for locking, rewriting, destructive or cross-service SQL.
+
+    With no PATHS and no --base, every revision is linted (same as --all).
+    """
+    if lint_all and (base or paths):
+        raise click.UsageError("--all lints everything; do not combine it with PATHS or --base")
+    try:
+        root = find_project_root()
+        services = discover_services(root)
+        findings: list[Finding] = []
+        if base:
+            diff = diff_against(root, base)
+            targets = diff.changed
+            findings.extend(diff.findings)
+            if paths:
+                roots = [p.resolve() for p in paths]
+                targets = [p for p in targets if _under(p, roots)]
+                findings = [f for f in findings if _under(f.path, roots)]
+        elif paths:
+            targets = _expand(paths, services)
+        else:
+            targets = _all_revision_files(services)
+        findings.extend(Linter(services, pg_version).lint_paths(targets))
+    except SvcmigError as err:
+        click.echo(f"svcmig lint: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+    findings.sort(key=Finding.sort_key)
+    output = FORMATTERS[output_format](findings, root)
+    if output:
+        click.echo(output)
+    sys.exit(exit_code(findings, strict))

@@ -1,0 +1,396 @@
+"""The guard's engine: migration files → parsed statements → findings.
+
+SQL is parsed with PostgreSQL's own parser (pglast / libpg_query), never with regular
+expressions, so comments, string literals and function bodies are never mistaken for
+statements. Each service's revisions are read in order so that a rule knows what earlier
+revisions built (tables created in the same revision are "new"; validated CHECKs prove
+NOT NULL); files that are not being linted are replayed for that state only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import os
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pglast import parser
+
+from .. import load
+from ..discover import Service
+from ..errors import MigrationFileError
+from . import rules
+from .findings import Finding
+from .sqltree import RevisionContext, SchemaModel, Statement
+
+SUPPRESSION_RE = re.compile(r"^(?:--|#)\s*svcmig:ignore\b\s*(?P<rule>[\w-]*)\s*(?P<reason>.*?)\s*$")
+EXAMPLE_SEPARATOR = "-- next revision"
+PARALLEL_FILES = 500
+"""From this many files, services are linted in parallel processes (one per CPU)."""
+_MIGRATIONS_DIR = "migrations"
+
+
+class SqlSyntaxError(Exception):
+    """SQL that PostgreSQL's parser refuses, with where it stopped (1-based line and column)."""
+
+    def __init__(self, message: str, line: int, column: int) -> None:
+        super().__init__(message)
+        self.message, self.line, self.column = message, line, column
+
+
+class _Lines:
+    """Offset → (line, column) within a text that starts at `first_line` of its file."""
+
+    def __init__(self, text: str, first_line: int) -> None:
+        self.starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+        self.first_line = first_line
+
+    def at(self, offset: int) -> tuple[int, int]:
+        index = bisect.bisect_right(self.starts, offset) - 1
+        return self.first_line + index, offset - self.starts[index] + 1
+
+
+@dataclass
+class ParsedSql:
+    statements: list[Statement]
+    bad_suppressions: list[tuple[int, int, str]] = field(default_factory=list)
+    """(line, column, message) of suppression comments that name no rule or give no reason."""
+
+
+def parse_statements(sql: str, first_line: int = 1) -> ParsedSql:
+    """Split `sql` into statements with their file positions and suppression comments."""
+    lines = _Lines(sql, first_line)
+    try:
+        raw = parser.parse_sql(sql)
+    except parser.ParseError as err:
+        offset = err.args[1] if len(err.args) > 1 and isinstance(err.args[1], int) else 0
+        line, column = lines.at(max(0, min(offset, len(sql))))
+        raise SqlSyntaxError(str(err.args[0]), line, column) from err
+    statements: list[Statement] = []
+    ends: list[int] = []
+    for item in raw:
+        start = location = item.stmt_location or 0
+        while start < len(sql) and sql[start].isspace():
+            start += 1
+        line, column = lines.at(start)
+        if item.stmt is not None:
+            statements.append(Statement(item.stmt, line, column))
+            ends.append(location + (item.stmt_len or len(sql) - location))
+    parsed = ParsedSql(statements)
+    if "svcmig:ignore" in sql:
+        _attach_suppressions(sql, lines, parsed, ends)
+    return parsed
+
+
+def check_syntax(sql: str, first_line: int = 1) -> None:
+    """Only check that `sql` parses (down sections are not linted): libpg_query's JSON output
+    skips building a Python AST, which costs ~20 times the parse itself."""
+    try:
+        parser.parse_sql_json(sql)
+    except parser.ParseError:
+        parse_statements(sql, first_line)  # raises SqlSyntaxError with the right position
+
+
+def _attach_suppressions(sql: str, lines: _Lines, parsed: ParsedSql, ends: list[int]) -> None:
+    """A suppression belongs to the statement it precedes or sits in, or to the statement that
+    ends on its line (a trailing comment after `;`)."""
+    for token in parser.scan(sql):
+        if token.name != "SQL_COMMENT":
+            continue
+        match = SUPPRESSION_RE.match(sql[token.start:token.end + 1])
+        if not match:
+            continue
+        line, column = lines.at(token.start)
+        if not match["rule"] or match["rule"] not in rules.BY_NAME:
+            known = "a rule name" if not match["rule"] else f"a known rule, not {match['rule']!r}"
+            parsed.bad_suppressions.append((line, column, f"svcmig:ignore needs {known}"))
+            continue
+        if not match["reason"]:
+            parsed.bad_suppressions.append(
+                (line, column, f"svcmig:ignore {match['rule']} gives no reason"))
+            continue
+        index = bisect.bisect_right(ends, token.start)
+        if index > 0 and lines.at(ends[index - 1])[0] == line:
+            index -= 1
+        if parsed.statements:
+            target = parsed.statements[min(index, len(parsed.statements) - 1)]
+            target.suppressions[match["rule"]] = match["reason"]
+
+
+def lint_statements(statements: Sequence[Statement], ctx: RevisionContext,
+                    path: Path) -> list[Finding]:
+    """Run every SQL rule on each statement, then record what the statement builds."""
+    findings: list[Finding] = []
+    for stmt in statements:
+        for rule in rules.STATEMENT_RULES:
+            if rule.name in stmt.suppressions:
+                continue
+            findings.extend(Finding(path, stmt.line, stmt.column, rule, message)
+                            for message in rule.check(stmt, ctx))
+        ctx.record(stmt.node)
+    return findings
+
+
+def lint_sql_text(text: str, ctx: RevisionContext, path: Path) -> list[Finding]:
+    """Lint a whole SQL revision file (header directives, up/down sections) in `ctx`."""
+    try:
+        source = load.parse_sql_source(text, path)
+    except MigrationFileError as err:
+        return [Finding(path, err.line or 1, 1, rules.PARSE_ERROR, err.message)]
+    ctx.transactional, ctx.phase = source.transactional, source.phase
+    findings: list[Finding] = []
+    try:
+        parsed = parse_statements(source.up, source.up_line)
+        if source.down is not None and source.down_line is not None:
+            check_syntax(source.down, source.down_line)
+    except SqlSyntaxError as err:
+        return [Finding(path, err.line, err.column, rules.PARSE_ERROR,
+                        f"SQL syntax error: {err.message}")]
+    findings.extend(Finding(path, line, column, rules.INVALID_SUPPRESSION, message)
+                    for line, column, message in parsed.bad_suppressions)
+    findings.extend(lint_statements(parsed.statements, ctx, path))
+    if source.down_line is None:
+        findings.append(Finding(path, 1, 1, rules.MISSING_DOWN,
+                                "no '-- migrate:down' section: svcmig downgrade cannot undo it"))
+    return findings
+
+
+def replay_sql_text(text: str, ctx: RevisionContext, path: Path) -> None:
+    """Record what an already-linted revision builds, for the rules of later revisions."""
+    try:
+        source = load.parse_sql_source(text, path)
+        statements = parse_statements(source.up, source.up_line).statements
+    except (MigrationFileError, SqlSyntaxError):
+        return
+    for stmt in statements:
+        ctx.record(stmt.node)
+
+
+def lint_python_text(text: str, ctx: RevisionContext, path: Path, *, replay: bool = False,
+                     ) -> list[Finding]:
+    """Render a Python revision's upgrade() to SQL with Alembic and lint that SQL; findings
+    point at `def upgrade`. `# svcmig:ignore <rule> <reason>` anywhere in the file applies to
+    the whole revision."""
+    # Imports Alembic and SQLAlchemy: only when a Python revision is linted.
+    from .render import render_upgrade
+
+    try:
+        header = load.read_python_header(text, path)
+        sql, line = render_upgrade(text, path)
+        statements = parse_statements(sql).statements
+    except MigrationFileError as err:
+        return [] if replay else [Finding(path, err.line or 1, 1, rules.PARSE_ERROR, err.message)]
+    except SqlSyntaxError as err:
+        return [] if replay else [Finding(path, 1, 1, rules.PARSE_ERROR,
+                                          f"upgrade() renders invalid SQL: {err.message}")]
+    if replay:
+        for stmt in statements:
+            ctx.record(stmt.node)
+        return []
+    ctx.transactional = bool(header.get("transactional", True))
+    ctx.phase = str(header.get("phase", "expand"))
+    findings: list[Finding] = []
+    suppressions: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        match = SUPPRESSION_RE.match(raw.strip())
+        if not match:
+            continue
+        if match["rule"] in rules.BY_NAME and match["reason"]:
+            suppressions[match["rule"]] = match["reason"]
+        else:
+            findings.append(Finding(path, number, 1, rules.INVALID_SUPPRESSION,
+                                    "svcmig:ignore needs a known rule and a reason"))
+    for stmt in statements:
+        stmt.line, stmt.column = line, 1
+        stmt.suppressions.update(suppressions)
+    findings.extend(lint_statements(statements, ctx, path))
+    if not header["_has_downgrade"] and "missing-down" not in suppressions:
+        findings.append(Finding(path, 1, 1, rules.MISSING_DOWN,
+                                "downgrade() is empty: svcmig downgrade cannot undo it"))
+    return findings
+
+
+@dataclass
+class Linter:
+    """Lints migration files of one project; knows its services to resolve schemas."""
+
+    services: Sequence[Service]
+    pg_version: int = 16
+    workers: int | None = None
+    """Processes for services linted in parallel; None: one per CPU once there is enough work."""
+
+    @property
+    def service_names(self) -> frozenset[str]:
+        return frozenset(service.name for service in self.services)
+
+    def context(self, path: Path, service: str, model: SchemaModel | None = None,
+                ) -> RevisionContext:
+        return RevisionContext(path=path, service=service, services=self.service_names,
+                               pg_version=self.pg_version, model=model or SchemaModel())
+
+    def lint_paths(self, paths: Iterable[Path]) -> list[Finding]:
+        """Lint `paths` (revision files); each service's earlier revisions are replayed."""
+        selected = {_resolve(path) for path in paths}
+        jobs: list[tuple[Service, set[Path]]] = []
+        for service in self.services:
+            folder = _resolve(service.migrations_dir)
+            mine = {p for p in selected if p.parent == folder}
+            if mine:
+                jobs.append((service, mine))
+        workers = self.workers or (os.cpu_count() or 1 if len(selected) >= PARALLEL_FILES else 1)
+        findings: list[Finding] = []
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                for found in pool.map(self._lint_service, *zip(*jobs, strict=True)):
+                    findings.extend(found)
+        else:
+            for service, mine in jobs:
+                findings.extend(self._lint_service(service, mine))
+        placed = set().union(*(mine for _, mine in jobs))
+        for path in sorted(selected - placed):
+            findings.extend(self._lint_stray(path))
+        return sorted(findings, key=Finding.sort_key)
+
+    def _lint_service(self, service: Service, selected: set[Path]) -> list[Finding]:
+        findings: list[Finding] = []
+        folder = _resolve(service.migrations_dir)
+        files = sorted(folder / p.name for p in folder.iterdir() if is_revision_file(p))
+        last = max(selected)
+        model = SchemaModel()
+        for path in files:
+            if path > last:
+                break
+            name_ok = self._check_name(path, service.name, findings if path in selected else [])
+            ctx = self.context(path, service.name, model)
+            text = _read(path, findings if path in selected else [])
+            if text is None:
+                continue
+            if path in selected:
+                if path.suffix == ".py":
+                    findings.extend(lint_python_text(text, ctx, path))
+                else:
+                    findings.extend(lint_sql_text(text, ctx, path))
+            elif name_ok:
+                if path.suffix == ".py":
+                    lint_python_text(text, ctx, path, replay=True)
+                else:
+                    replay_sql_text(text, ctx, path)
+        findings.extend(check_one_head(files, selected))
+        return findings
+
+    def _check_name(self, path: Path, service: str, findings: list[Finding]) -> bool:
+        try:
+            name = load.parse_filename(path)
+        except MigrationFileError as err:
+            findings.append(Finding(path, 1, 1, rules.FILENAME_CONVENTION, err.message))
+            return False
+        if name.service != service:
+            findings.append(Finding(
+                path, 1, 1, rules.WRONG_SERVICE_FOLDER,
+                f"file names service {name.service!r} but lives in services/{service}/; move it "
+                f"to services/{name.service}/migrations/"))
+            return False
+        return True
+
+    def _lint_stray(self, path: Path) -> list[Finding]:
+        """A file outside every services/<name>/migrations/ folder: report, then lint its SQL
+        as the service its name gives."""
+        findings: list[Finding] = []
+        try:
+            service = load.parse_filename(path).service
+        except MigrationFileError as err:
+            return [Finding(path, 1, 1, rules.FILENAME_CONVENTION, err.message)]
+        findings.append(Finding(
+            path, 1, 1, rules.WRONG_SERVICE_FOLDER,
+            f"not in a services/<name>/migrations/ folder; move it to "
+            f"services/{service}/migrations/"))
+        text = _read(path, findings)
+        if text is not None:
+            ctx = self.context(path, service)
+            lint = lint_python_text if path.suffix == ".py" else lint_sql_text
+            findings.extend(lint(text, ctx, path))
+        return findings
+
+
+@functools.cache
+def _resolve_folder(folder: Path) -> Path:
+    return folder.resolve()
+
+
+def _resolve(path: Path) -> Path:
+    """`path.resolve()`, with the folder's resolution cached: resolving costs several stat
+    calls, and a 10,000-file run has only a few folders."""
+    return _resolve_folder(path.parent) / path.name
+
+
+def is_revision_file(path: Path) -> bool:
+    """Files of a migrations folder that must be revisions (others are refused by name)."""
+    return (path.is_file() and not path.name.startswith(".")
+            and path.name not in ("__init__.py", "README.md"))
+
+
+def _read(path: Path, findings: list[Finding]) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        findings.append(Finding(path, 1, 1, rules.PARSE_ERROR, f"cannot read as UTF-8: {err}"))
+        return None
+
+
+def check_one_head(files: Sequence[Path], selected: set[Path]) -> list[Finding]:
+    """One root, one head, no duplicate ids and no unknown parents in a service's history.
+    Reported only on selected files, so linting a change does not report old history."""
+    parents: dict[str, str | None] = {}
+    where: dict[str, Path] = {}
+    findings: list[Finding] = []
+    previous: str | None = None
+    for path in files:
+        try:
+            name = load.parse_filename(path)
+        except MigrationFileError:
+            continue
+        rev = name.revision_id
+        parent = previous
+        if name.kind == "python":
+            try:
+                header = load.read_python_header(path.read_text(encoding="utf-8"), path)
+            except (MigrationFileError, OSError, UnicodeDecodeError):
+                continue
+            declared = header.get("down_revision")
+            parent = declared if isinstance(declared, str) else None
+        if rev in where and path in selected:
+            findings.append(Finding(path, 1, 1, rules.ONE_HEAD,
+                                    f"revision id {rev} is also {where[rev].name}: "
+                                    "two revisions of a service in the same minute"))
+        where[rev], parents[rev], previous = path, parent, rev
+    for rev, parent in parents.items():
+        if parent is not None and parent not in parents and where[rev] in selected:
+            findings.append(Finding(where[rev], 1, 1, rules.ONE_HEAD,
+                                    f"down_revision {parent!r} is not a revision of this service"))
+    heads = sorted(set(parents) - {p for p in parents.values() if p})
+    if len(heads) > 1:
+        newest = max(where[h] for h in heads)
+        if newest in selected or any(where[h] in selected for h in heads):
+            findings.append(Finding(newest, 1, 1, rules.ONE_HEAD,
+                                    f"the service has {len(heads)} heads: {', '.join(heads)}"))
+    return findings
+
+
+def lint_example(sql: str, service: str = "users",
+                 services: Iterable[str] = ("users", "orders"),
+                 pg_version: int = 16) -> list[Finding]:
+    """Lint a rule example: revisions of `service` separated by `-- next revision` lines.
+    Findings of every part are returned, in order, without missing-down warnings."""
+    model = SchemaModel()
+    findings: list[Finding] = []
+    for index, part in enumerate(sql.split(f"\n{EXAMPLE_SEPARATOR}\n")):
+        path = Path(f"example-{index + 1}.sql")
+        ctx = RevisionContext(path=path, service=service, services=frozenset(services),
+                              pg_version=pg_version, model=model)
+        findings.extend(f for f in lint_sql_text(part, ctx, path)
+                        if f.rule is not rules.MISSING_DOWN)
+    return findings

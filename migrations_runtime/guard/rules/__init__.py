@@ -1,0 +1,72 @@
+"""The guard's rules, one per module, each with its doc, hint and examples.
+
+SQL rules (`STATEMENT_RULES`) run on every statement of a revision's up section; framework
+rules are checked by the engine on file names, history and the git base.
+"""
+
+from ..findings import Rule, StatementRule
+from . import (
+    append_only,
+    cluster,
+    column_type_change,
+    concurrently_in_transaction,
+    constraint_without_not_valid,
+    create_index_non_concurrently,
+    cross_service_write,
+    destructive_change_in_expand,
+    dml_without_where,
+    drop_index_non_concurrently,
+    filename_convention,
+    invalid_suppression,
+    lock_table,
+    missing_down,
+    not_null_column_without_default,
+    one_head,
+    out_of_order,
+    parse_error,
+    reindex_non_concurrently,
+    session_override,
+    set_not_null_without_check,
+    truncate,
+    unique_without_index,
+    vacuum_full,
+    volatile_default,
+    wrong_service_folder,
+)
+
+STATEMENT_RULES: tuple[StatementRule, ...] = (
+    dml_without_where.RULE,
+    truncate.RULE,
+    create_index_non_concurrently.RULE,
+    drop_index_non_concurrently.RULE,
+    concurrently_in_transaction.RULE,
+    not_null_column_without_default.RULE,
+    volatile_default.RULE,
+    column_type_change.RULE,
+    set_not_null_without_check.RULE,
+    constraint_without_not_valid.RULE,
+    unique_without_index.RULE,
+    destructive_change_in_expand.RULE,
+    vacuum_full.RULE,
+    cluster.RULE,
+    reindex_non_concurrently.RULE,
+    lock_table.RULE,
+    cross_service_write.RULE,
+    session_override.RULE,
+)
+
+PARSE_ERROR = parse_error.RULE
+INVALID_SUPPRESSION = invalid_suppression.RULE
+FILENAME_CONVENTION = filename_convention.RULE
+WRONG_SERVICE_FOLDER = wrong_service_folder.RULE
+APPEND_ONLY = append_only.RULE
+OUT_OF_ORDER = out_of_order.RULE
+ONE_HEAD = one_head.RULE
+MISSING_DOWN = missing_down.RULE
+
+FRAMEWORK_RULES: tuple[Rule, ...] = (
+    PARSE_ERROR, INVALID_SUPPRESSION, FILENAME_CONVENTION, WRONG_SERVICE_FOLDER, APPEND_ONLY,
+    OUT_OF_ORDER, ONE_HEAD, MISSING_DOWN,
+)
+ALL_RULES: tuple[Rule, ...] = STATEMENT_RULES + FRAMEWORK_RULES
+BY_NAME: dict[str, Rule] = {rule.name: rule for rule in ALL_RULES}

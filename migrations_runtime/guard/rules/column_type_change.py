@@ -1,0 +1,91 @@
+"""ALTER COLUMN ... TYPE rewrites the table under an ACCESS EXCLUSIVE lock unless it only widens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pglast import ast
+from pglast.enums import AlterTableType
+
+from ..findings import Severity, StatementRule
+from ..sqltree import ColumnType, RevisionContext, Statement, alter_commands, column_type
+
+BAD = (
+    "ALTER TABLE users ALTER COLUMN id TYPE bigint;",
+    "CREATE TABLE notes (body varchar(200), id int);\n-- next revision\n"
+    "ALTER TABLE notes ALTER COLUMN body TYPE varchar(10);",
+    "CREATE TABLE notes (body varchar(200), id int);\n-- next revision\n"
+    "ALTER TABLE notes ALTER COLUMN id TYPE bigint;",
+    "CREATE TABLE notes (body text);\n-- next revision\n"
+    "ALTER TABLE notes ALTER COLUMN body TYPE text USING upper(body);",
+)
+GOOD = (
+    "CREATE TABLE notes (body varchar(50), price numeric(8, 2));\n-- next revision\n"
+    "ALTER TABLE notes ALTER COLUMN body TYPE varchar(200),\n"
+    "  ALTER COLUMN price TYPE numeric(12, 2);",
+    "CREATE TABLE notes (body varchar(50));\n-- next revision\n"
+    "ALTER TABLE notes ALTER COLUMN body TYPE text;",
+    "CREATE TABLE notes (body varchar(50));\nALTER TABLE notes ALTER COLUMN body TYPE int "
+    "USING length(body);",
+)
+
+_TEXTUAL = frozenset({"varchar", "text"})
+
+
+def is_widening(old: ColumnType, new: ColumnType) -> bool:
+    """Binary-compatible changes Postgres applies without a rewrite."""
+    (old_name, old_mods), (new_name, new_mods) = old, new
+    if old == new:
+        return True
+    if new_name == "text" and old_name in _TEXTUAL:
+        return True
+    if old_name == new_name == "varchar":
+        return not new_mods or (bool(old_mods) and new_mods[0] >= old_mods[0])
+    if old_name == new_name == "numeric":
+        if not new_mods:
+            return True
+        if not old_mods:
+            return False
+        old_scale = old_mods[1] if len(old_mods) > 1 else 0
+        new_scale = new_mods[1] if len(new_mods) > 1 else 0
+        return new_scale == old_scale and new_mods[0] >= old_mods[0]
+    return False
+
+
+def _render(kind: ColumnType) -> str:
+    name, mods = kind
+    return f"{name}({', '.join(map(str, mods))})" if mods else name
+
+
+def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
+    for alter, cmd in alter_commands(stmt):
+        if cmd.subtype != AlterTableType.AT_AlterColumnType or ctx.is_new_table(alter.relation):
+            continue
+        column = cmd.def_
+        if not isinstance(column, ast.ColumnDef):
+            continue
+        table = ctx.qualify(alter.relation)
+        new = column_type(column.typeName)
+        old = ctx.model.columns.get(table, {}).get(cmd.name or "")
+        where = f"{'.'.join(table)}.{cmd.name}"
+        if column.raw_default is not None:
+            yield f"changing the type of {where} with USING rewrites the table"
+        elif old is None:
+            yield (f"changing the type of {where} to {_render(new)} may rewrite the table: its "
+                   "current type is not known from this service's migrations")
+        elif not is_widening(old, new):
+            yield (f"changing the type of {where} from {_render(old)} to {_render(new)} "
+                   "rewrites the table")
+
+
+RULE = StatementRule(
+    name="column-type-change",
+    severity=Severity.ERROR,
+    doc=__doc__ or "",
+    hint="Add a new column of the new type, dual-write and backfill it, switch readers, then "
+    "drop the old column in a contract revision. Widening varchar(n), varchar→text and "
+    "numeric precision increases are safe.",
+    check=check,
+    bad=BAD,
+    good=GOOD,
+)

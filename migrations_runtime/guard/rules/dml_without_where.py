@@ -1,0 +1,68 @@
+"""UPDATE or DELETE without a real row filter touches (and locks) every row of the table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pglast import ast
+
+from ..findings import Severity, StatementRule
+from ..sqltree import RevisionContext, Statement, seq, walk
+
+BAD = (
+    "UPDATE users SET active = true;",
+    "DELETE FROM users WHERE true;",
+    "UPDATE users SET active = false WHERE 1 = 1;",
+    "WITH stale AS (SELECT id FROM users WHERE last_seen < '2020-01-01')\n"
+    "DELETE FROM users;",
+    "UPDATE users SET plan = p.name FROM plans p;",
+)
+GOOD = (
+    "DELETE FROM users WHERE last_seen < '2020-01-01';",
+    "UPDATE users SET plan = p.name FROM plans p WHERE users.plan_id = p.id;",
+    "WITH stale AS (SELECT id FROM users WHERE last_seen < '2020-01-01')\n"
+    "DELETE FROM users WHERE id IN (SELECT id FROM stale);",
+    "CREATE TABLE flags (id int, on_ boolean);\nUPDATE flags SET on_ = true;",
+)
+
+_AND, _OR = 0, 1
+
+
+def has_row_filter(where: ast.Node | None) -> bool:
+    """True when `where` depends on the row: a constant (`true`, `1 = 1`) filters nothing."""
+    if where is None:
+        return False
+    if isinstance(where, ast.BoolExpr):
+        if where.boolop == _AND:
+            return any(has_row_filter(arg) for arg in seq(where.args))
+        if where.boolop == _OR:
+            return all(has_row_filter(arg) for arg in seq(where.args))
+        return all(has_row_filter(arg) for arg in seq(where.args))
+    if isinstance(where, ast.CurrentOfExpr):
+        return True
+    return any(isinstance(node, ast.ColumnRef | ast.SubLink | ast.ParamRef)
+               for node in walk(where))
+
+
+def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
+    if not isinstance(stmt.node, ast.SelectStmt | ast.InsertStmt | ast.UpdateStmt
+                      | ast.DeleteStmt):
+        return
+    for node in walk(stmt.node):
+        if isinstance(node, ast.UpdateStmt | ast.DeleteStmt) and not ctx.is_new_table(
+                node.relation) and not has_row_filter(node.whereClause):
+            verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"
+            table = ".".join(ctx.qualify(node.relation))
+            yield f"{verb} on {table} has no row filter: it locks and rewrites every row"
+
+
+RULE = StatementRule(
+    name="dml-without-where",
+    severity=Severity.ERROR,
+    doc=__doc__ or "",
+    hint="Add a WHERE clause that selects the rows (WHERE true / 1 = 1 do not count); "
+    "backfill big tables in batches.",
+    check=check,
+    bad=BAD,
+    good=GOOD,
+)

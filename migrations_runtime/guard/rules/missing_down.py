@@ -1,0 +1,13 @@
+"""A revision without a down section cannot be rolled back by svcmig downgrade."""
+
+from ..findings import Rule, Severity
+
+RULE = Rule(
+    name="missing-down",
+    severity=Severity.WARNING,
+    doc=__doc__ or "",
+    hint=(
+        "Add a '-- migrate:down' section (Python: a downgrade() body), or leave it empty to "
+        "declare the revision irreversible on purpose."
+    ),
+)

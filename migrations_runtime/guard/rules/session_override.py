@@ -1,0 +1,50 @@
+"""SET search_path / SET ROLE escape the runner's per-service role and schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pglast import ast
+
+from ..findings import Severity, StatementRule
+from ..sqltree import RevisionContext, Statement, last_name, seq, walk
+
+BAD = (
+    "SET search_path = orders;",
+    "SET LOCAL ROLE orders_owner;",
+    "RESET ROLE;",
+    "SET SESSION AUTHORIZATION postgres;",
+    "SELECT set_config('search_path', 'orders', true);",
+)
+GOOD = ("SET LOCAL statement_timeout = '5min';", "SELECT current_setting('search_path');")
+
+GUARDED = frozenset({"search_path", "role", "session_authorization"})
+
+
+def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
+    node = stmt.node
+    if isinstance(node, ast.VariableSetStmt) and node.name in GUARDED:
+        yield f"changing {node.name} escapes the runner's role {ctx.service}_owner and schema"
+        return
+    if not isinstance(node, ast.SelectStmt):
+        return
+    for call in walk(node):
+        if not (isinstance(call, ast.FuncCall) and last_name(call.funcname) == "set_config"):
+            continue
+        first = seq(call.args)[:1]
+        if (first and isinstance(first[0], ast.A_Const) and isinstance(first[0].val, ast.String)
+                and (first[0].val.sval or "").lower() in GUARDED):
+            yield (f"set_config({first[0].val.sval!r}) escapes the runner's role "
+                   f"{ctx.service}_owner and schema")
+
+
+RULE = StatementRule(
+    name="session-override",
+    severity=Severity.ERROR,
+    doc=__doc__ or "",
+    hint="Write the migration for the service's own schema; qualify names only with the "
+    "service's schema. Another service's objects change in that service's migrations.",
+    check=check,
+    bad=BAD,
+    good=GOOD,
+)
