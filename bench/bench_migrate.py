@@ -263,6 +263,7 @@ class Result:
     svcmig_full: float
     svcmig_noop: float
     svcmig_noop_rss_kb: int
+    svcmig_manifest_noop: float
     baseline_full: float
     baseline_noop: float
 
@@ -275,7 +276,7 @@ class Result:
             f"{self.svcmig_full:.2f}", f"{self.baseline_full:.2f}",
             f"{self.svcmig_noop:.3f}", f"{self.baseline_noop:.3f}",
             ms(self.svcmig_full, self.svcmig_noop), ms(self.baseline_full, self.baseline_noop),
-            f"{self.svcmig_noop_rss_kb / 1024:.0f}",
+            f"{self.svcmig_noop_rss_kb / 1024:.0f}", f"{self.svcmig_manifest_noop:.3f}",
         ]
         return "| " + " | ".join(cells) + " |"
 
@@ -283,8 +284,8 @@ class Result:
 TABLE_HEADER = (
     "| size | revisions | svcmig full apply (s) | baseline full apply (s) | svcmig no-op (s) "
     "| baseline no-op (s) | svcmig ms/revision | baseline ms/revision "
-    "| svcmig no-op peak RSS (MiB) |\n"
-    "|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+    "| svcmig no-op peak RSS (MiB) | svcmig no-op from manifest (s) |\n"
+    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 )
 
 
@@ -350,6 +351,10 @@ class Bench:
                 raise RuntimeError(f"svcmig recorded {applied} of {size.total} revisions")
             if profile:
                 self.profile_noop(command, svcmig_root, env)
+            manifest = svcmig_root / "migrations.manifest.json"
+            timed([str(SVCMIG), "manifest", "--output", str(manifest)], svcmig_root, env, log)
+            manifest_noops = [timed([*command, "--manifest", str(manifest)], svcmig_root, env,
+                                    log).seconds for _ in range(NOOP_RUNS)]
 
             base_url = self.fresh_database(databases[1])
             base_command = [sys.executable, str(runner), str(baseline_root), base_url]
@@ -369,6 +374,7 @@ class Bench:
             svcmig_full=svcmig_full,
             svcmig_noop=statistics.median(r.seconds for r in svcmig_noops),
             svcmig_noop_rss_kb=max(r.max_rss_kb for r in svcmig_noops),
+            svcmig_manifest_noop=statistics.median(manifest_noops),
             baseline_full=baseline_full,
             baseline_noop=statistics.median(baseline_noops),
         )

@@ -24,7 +24,7 @@ from psycopg import errors as pg_errors
 from . import ledger
 from .database import connect
 from .errors import MigrationFailed, MigrationFileError, PlanError
-from .load import Revision
+from .load import Revision, checksum
 from .lock import migrator_lock
 from .plan import PhaseChoice, Plan, make_plan
 from .report import RevisionResult, RunResult, json_log
@@ -158,13 +158,19 @@ class Runner:
 
     def _statements(self, revision: Revision, upgrade: bool) -> list[Statement] | None:
         """A SQL revision's statements (parsed before anything runs), or None for Python."""
-        if revision.kind == "python":
-            self.python.prepare()
-            return None
         try:
+            if checksum(revision.path.read_text(encoding="utf-8")) != revision.checksum:
+                raise MigrationFileError(revision.path, "the file changed after it was planned "
+                                         "(or since the manifest was built); run again")
+            if revision.kind == "python":
+                self.python.prepare()
+                return None
             return revision_statements(revision, upgrade)
         except MigrationFileError as err:
             raise MigrationFailed(revision.id, revision.path, err.message, err.line) from err
+        except OSError as err:
+            raise MigrationFailed(revision.id, revision.path, f"cannot read the file: {err}",
+                                  None) from err
 
     def _write_ledger(self, revision: Revision, upgrade: bool, duration_ms: int) -> None:
         own_parent = revision.down_revision

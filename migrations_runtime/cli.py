@@ -20,6 +20,7 @@ from .database import resolve_url
 from .discover import find_project_root
 from .errors import SvcmigError
 from .guard.cli import lint
+from .manifest import MANIFEST_NAME, load_manifest, write_manifest
 from .plan import PHASE_CHOICES
 from .repair import baseline, repair
 from .report import status_text
@@ -66,19 +67,35 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON o
               help="Seconds to wait for another migrator's lock.")
 @click.option("--lock-timeout-ms", type=int, default=5000, show_default=True,
               help="lock_timeout of each revision's transaction.")
+@click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Plan from this build-time manifest instead of every file.")
 def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wait: float,
-                    lock_timeout_ms: int) -> None:
+                    lock_timeout_ms: int, manifest_path: Path | None) -> None:
     """Apply pending revisions of every service, in dependency order."""
     root = _root()
     url = _run(lambda: resolve_url(database_url, root))
+    graph = _run(lambda: load_manifest(manifest_path, root)) if manifest_path else None
     settings = RunSettings(lock_wait_seconds=lock_wait, lock_timeout_ms=lock_timeout_ms)
     result = _run(lambda: migrate(url, root, phase, settings,  # type: ignore[arg-type]
-                                  log=json_log_to_stderr))
+                                  log=json_log_to_stderr, graph=graph))
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2, default=str))
         return
     click.echo(f"applied {len(result.results)} revision(s) ({phase} phase)")
     click.echo(status_text(result.plan))
+
+
+@cli.command("manifest")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"Where to write it; default: <project root>/{MANIFEST_NAME}.")
+def manifest_command(output: Path | None) -> None:
+    """Validate every migration and write the build-time manifest the deploy-time migrator
+    plans from (`migrate --manifest`), so a no-op deploy reads one file, not every revision."""
+    root = _root()
+    target = output or root / MANIFEST_NAME
+    graph = _run(lambda: write_manifest(root, target))
+    click.echo(f"wrote {target}: {len(graph.revisions)} revisions of {len(graph.services)} "
+               "services")
 
 
 @cli.command("status")
