@@ -10,9 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pglast
-from pglast.parser import ParseError
-
 from .discover import Service
 from .errors import MigrationFileError
 from .load import Revision, SqlSource, parse_sql_source
@@ -29,7 +26,11 @@ class Statement:
 def split_statements(text: str, first_line: int, path: Path) -> list[Statement]:
     """Split SQL into statements with libpg_query, keeping each one's line in the file.
 
-    A syntax error is reported with the file and line, before anything runs."""
+    A syntax error is reported with the file and line, before anything runs. pglast is
+    imported here, not at module load, so a run with nothing to apply never loads it."""
+    import pglast
+    from pglast.parser import ParseError
+
     try:
         slices = list(pglast.split(text, with_parser=True, only_slices=True))
     except ParseError as err:
