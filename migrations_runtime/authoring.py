@@ -1,0 +1,306 @@
+"""Authoring: create a service (`svcmig new-service`) or the next revision of one
+(`svcmig revision`), following the same conventions the loader enforces.
+
+Everything is written to a temporary place first and moved into position only once it is
+complete and loads, so a refusal or a crash never leaves half a service or half a file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .discover import Service, service_name_problem
+from .errors import MigrationFileError, ProjectError, SvcmigError
+from .load import (
+    Revision,
+    load_revision,
+    next_timestamp,
+    parse_filename,
+    revision_id,
+    slugify,
+)
+from .validate import Graph, build_graph
+
+
+class UsageProblem(SvcmigError):
+    """The command line asked for something impossible (unknown service, bad name, ...): the
+    CLI exits 2, like any other usage error."""
+
+
+VERSION_LOCATIONS_RE = re.compile(r"^(?P<key>version_locations[ \t]*=[ \t]*)(?P<value>.*)$",
+                                  re.MULTILINE)
+PATH_SEPARATOR_RE = re.compile(r"^path_separator[ \t]*=[ \t]*(?P<value>\S+)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Created:
+    """What an authoring command wrote, for the CLI's text and JSON output."""
+
+    service: str
+    revision: str
+    files: tuple[Path, ...]
+    kind: str
+    phase: str
+    depends_on: tuple[str, ...] = ()
+
+    def as_dict(self, root: Path) -> dict[str, object]:
+        return {"service": self.service, "revision": self.revision,
+                "files": [_relative(p, root) for p in self.files], "kind": self.kind,
+                "phase": self.phase, "depends_on": list(self.depends_on)}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- new-service -------------------------------------------------------------------------------
+
+HANDLER_TEMPLATE = '''"""The {name} service's Lambda handler: a placeholder that answers 200.
+
+The users service (services/users/) is the reference to copy: its event handler with pydantic
+validation, logger, metrics and the shared Postgres pool. This skeleton only proves the wiring.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Answer every request with 200 and the service's name until real routes exist."""
+    return {{
+        "statusCode": 200,
+        "headers": {{"content-type": "application/json"}},
+        "body": json.dumps({{"service": "{name}", "ok": True}}),
+    }}
+'''
+
+ROOT_SQL_TEMPLATE = """-- The {name} service's first table. Make it the service's real schema before
+-- the first deploy; once applied, a migration is append-only.
+-- migrate:up
+CREATE TABLE {name} (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- migrate:down
+DROP TABLE {name};
+"""
+
+
+def location_of(name: str) -> str:
+    return f"%(here)s/services/{name}/migrations"
+
+
+def with_version_location(ini_text: str, name: str) -> str:
+    """alembic.ini with the service's migrations folder added to `version_locations` (sorted,
+    space-separated); every other byte of the file is kept."""
+    match = VERSION_LOCATIONS_RE.search(ini_text)
+    if match is None:
+        raise ProjectError(
+            "alembic.ini has no version_locations line; add `version_locations = "
+            f"{location_of(name)}` (space-separated, one per service) under [alembic]")
+    separator = PATH_SEPARATOR_RE.search(ini_text)
+    if separator is None or separator["value"] != "space":
+        raise ProjectError(
+            "alembic.ini must say `path_separator = space` under [alembic] (version_locations "
+            "is a space-separated list); add it and run again")
+    locations = set(match["value"].split()) | {location_of(name)}
+    key = match["key"] if match["key"].endswith((" ", "\t")) else match["key"] + " "
+    line = key + " ".join(sorted(locations))
+    return ini_text[: match.start()] + line + ini_text[match.end():]
+
+
+@contextmanager
+def _staging(parent: Path, prefix: str) -> Iterator[Path]:
+    """A hidden temporary folder in `parent` (same filesystem, so moving out of it is atomic),
+    removed on the way out whatever happened. Loaders skip dot-folders."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{prefix}.", suffix=".svcmig-tmp", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the moved folder must look mkdir-made
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_service(root: Path, name: str, now: datetime | None = None) -> Created:
+    """Create `services/<name>/` (handler skeleton + root revision) and register its migrations
+    folder in alembic.ini, so `alembic heads` and `svcmig plan` see it at once."""
+    problem = service_name_problem(name)
+    if problem:
+        raise UsageProblem(f"service name {name!r} {problem}; choose a name like 'payments'")
+    services_dir = root / "services"
+    folder = services_dir / name
+    if folder.exists():
+        raise UsageProblem(f"{folder} already exists; pick another name (new-service never "
+                           "overwrites) or add a revision with `svcmig revision {name} -m ...`")
+    ini_path = root / "alembic.ini"
+    ini_text = ini_path.read_text(encoding="utf-8")
+    new_ini = with_version_location(ini_text, name)
+    stamp = next_timestamp(None, now or _now())
+    filename = f"{stamp}__{name}__create_{name}.sql"
+    services_dir.mkdir(exist_ok=True)
+    with _staging(services_dir, name) as staging:
+        (staging / "handler.py").write_text(HANDLER_TEMPLATE.format(name=name), encoding="utf-8")
+        migrations = staging / "migrations"
+        migrations.mkdir()
+        (migrations / filename).write_text(ROOT_SQL_TEMPLATE.format(name=name), encoding="utf-8")
+        staged_service = Service(name, staging)
+        root_revision = load_revision(parse_filename(migrations / filename), staged_service, None)
+        ini_tmp = root / f".alembic.ini.{name}.svcmig-tmp"  # beside it: the swap is atomic
+        try:
+            ini_tmp.write_text(new_ini, encoding="utf-8")
+            shutil.copymode(ini_path, ini_tmp)
+            os.rename(staging, folder)
+            try:
+                os.replace(ini_tmp, ini_path)
+            except OSError:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+        finally:
+            ini_tmp.unlink(missing_ok=True)
+    return Created(name, root_revision.id,
+                   (folder / "handler.py", folder / "migrations" / filename, ini_path),
+                   "sql", root_revision.phase)
+
+
+# --- revision ----------------------------------------------------------------------------------
+
+SQL_REVISION_TEMPLATE = """-- {message}
+{directives}-- migrate:up
+-- Write the change here (it runs as {service}_owner with search_path = {service}), e.g.
+--   ALTER TABLE {service} ADD COLUMN note text;
+SELECT 1;
+
+-- migrate:down
+-- Undo it here, e.g. ALTER TABLE {service} DROP COLUMN note;
+-- Leave this section empty to declare the revision irreversible.
+SELECT 1;
+"""
+
+
+def _service_of(graph: Graph, service: str) -> Service:
+    for candidate in graph.services:
+        if candidate.name == service:
+            return candidate
+    known = ", ".join(s.name for s in graph.services) or "none yet"
+    raise UsageProblem(f"unknown service {service!r} (known: {known}); create it with "
+                       f"`svcmig new-service {service}`")
+
+
+def resolve_depends_on(graph: Graph, service: str, targets: Sequence[str]) -> tuple[str, ...]:
+    """Revision ids, or service names meaning that service's current head."""
+    resolved: list[str] = []
+    for target in targets:
+        head = graph.head(target) if target in graph.chains else None
+        rev = head or graph.revisions.get(target)
+        if rev is None:
+            raise UsageProblem(f"--depends-on {target!r} is neither a revision id nor a service; "
+                               "`svcmig plan --offline --json` lists revision ids")
+        if rev.service == service:
+            raise UsageProblem(f"--depends-on {target!r} is in service {service!r} itself; "
+                               "order within a service comes from the file names, drop it")
+        if rev.id not in resolved:
+            resolved.append(rev.id)
+    return tuple(resolved)
+
+
+def _python_text(root: Path, rev_id: str, head: Revision, message: str,
+                 depends_on: tuple[str, ...], contract: bool, now: datetime) -> str:
+    """Render the project's `script.py.mako` exactly as `alembic revision` does."""
+    from alembic import util
+    from alembic.config import Config
+    from alembic.script import revision as alembic_revision
+    from mako.template import Template
+
+    config = Config(str(root / "alembic.ini"))
+    location = config.get_main_option("script_location")
+    if not location:
+        raise ProjectError("alembic.ini has no script_location; it should point at "
+                           "migrations_runtime/alembic")
+    template = Path(util.coerce_resource_to_filename(location)) / "script.py.mako"
+    text: str = Template(filename=str(template)).render_unicode(
+        up_revision=rev_id,
+        down_revision=head.id,
+        branch_labels=None,
+        depends_on=alembic_revision.tuple_rev_as_scalar(depends_on or None),
+        create_date=now,
+        comma=util.format_as_comma,
+        message=message,
+        imports=None,
+        upgrades=None,
+        downgrades=None,
+    )
+    if contract:
+        text, count = re.subn(r'^phase = "expand"', 'phase = "contract"', text, flags=re.M)
+        if count != 1:
+            raise ProjectError(f"{template}: no `phase = \"expand\"` line to turn into contract; "
+                               "restore the line in the template")
+    return text
+
+
+def _sql_text(service: str, message: str, depends_on: tuple[str, ...], contract: bool) -> str:
+    directives = ""
+    if contract:
+        directives += "-- phase: contract\n"
+    if depends_on:
+        directives += f"-- depends-on: {', '.join(depends_on)}\n"
+    first_line = " ".join(message.split())
+    return SQL_REVISION_TEMPLATE.format(message=first_line, directives=directives,
+                                        service=service)
+
+
+def new_revision(root: Path, service: str, message: str, *, sql: bool = False,
+                 contract: bool = False, depends_on: Sequence[str] = (),
+                 now: datetime | None = None) -> Created:
+    """Create the service's next revision after its head, with a timestamp later than its
+    newest file. Refuses when the project does not validate (e.g. the service has two heads)."""
+    now = now or _now()
+    try:
+        graph = build_graph(root)
+    except ProjectError as err:
+        raise ProjectError(f"{err}; fix that before adding a revision") from err
+    target = _service_of(graph, service)
+    try:
+        slug = slugify(message, target.migrations_dir)
+    except MigrationFileError as err:
+        raise UsageProblem(err.message) from err
+    head = graph.head(service)
+    if head is None:
+        raise ProjectError(f"service {service!r} has no revisions; create it with "
+                           f"`svcmig new-service {service}` or add a root revision by hand")
+    deps = resolve_depends_on(graph, service, depends_on)
+    stamp = next_timestamp(head.timestamp, now)
+    rev_id = revision_id(service, stamp)
+    filename = f"{stamp}__{service}__{slug}.{'sql' if sql else 'py'}"
+    final = target.migrations_dir / filename
+    if sql:
+        text = _sql_text(service, message, deps, contract)
+    else:
+        text = _python_text(root, rev_id, head, message, deps, contract, now)
+    with _staging(target.migrations_dir, service) as staging:
+        staged = staging / filename
+        staged.write_text(text, encoding="utf-8")
+        loaded = load_revision(parse_filename(staged), target, head.id)
+        if final.exists():
+            raise ProjectError(f"{final} appeared while writing; run again")
+        os.rename(staged, final)
+    return Created(service, loaded.id, (final,), loaded.kind, loaded.phase, loaded.depends_on)
