@@ -1,0 +1,1 @@
+"""The CDK app (Python) that deploys svcmig services: see docs/deploy.md."""

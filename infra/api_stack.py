@@ -1,0 +1,87 @@
+"""The API stack: one function per service folder, the HTTP API routes they declare, the
+shared dependency layer, and the migrations ordered around the functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import aws_apigatewayv2 as apigwv2
+from aws_cdk import aws_apigatewayv2_authorizers as authorizers
+from aws_cdk import aws_apigatewayv2_integrations as integrations
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from .bundling import Target, layer_code, service_code
+from .db_stack import DbStack, log_retention
+from .fingerprint import fingerprint
+from .migrations_resources import Migrations
+from .service_function import ServiceFunction
+from .service_spec import ServiceSpec, layer_requirements
+from .settings import StageSettings
+
+RUNTIMES = {"3.12": lambda_.Runtime.PYTHON_3_12, "3.13": lambda_.Runtime.PYTHON_3_13,
+            "3.14": lambda_.Runtime.PYTHON_3_14}
+
+
+class ApiStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, root: Path,
+                 stage: StageSettings, specs: list[ServiceSpec], db: DbStack, target: Target,
+                 **kwargs: object) -> None:
+        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        runtime = RUNTIMES[target.python]
+        assert db.master_secret is not None
+        removal = RemovalPolicy.RETAIN if stage.retain_data else RemovalPolicy.DESTROY
+        self.alarm_topic = sns.Topic(self, "Alarms", enforce_ssl=True,
+                                     display_name=f"svcmig {stage.name} alarms")
+        self.migrations = Migrations(
+            self, "Migrations", root=root, target=target, runtime=runtime, stage=stage,
+            fingerprint=fingerprint(root), vpc=db.vpc,
+            security_group=db.migrator_security_group, cluster=db.cluster,
+            master_secret=db.master_secret, app_secrets=db.app_secrets,
+            alarm_topic=self.alarm_topic)
+
+        with_function = [s for s in specs if s.has_function]
+        layers: list[lambda_.ILayerVersion] = []
+        requirements = layer_requirements(specs)
+        if requirements:
+            layers.append(lambda_.LayerVersion(
+                self, "Dependencies", code=layer_code(root, requirements, target),
+                compatible_runtimes=[runtime],
+                compatible_architectures=[lambda_.Architecture.ARM_64],
+                removal_policy=removal, description="dependencies shared by the app functions"))
+
+        access_logs = logs.LogGroup(self, "ApiAccessLogs", removal_policy=removal,
+                                    retention=log_retention(stage.log_retention_days))
+        self.api = apigwv2.HttpApi(self, "Api", api_name=f"{stage.prefix}-api")
+        stage_resource = self.api.default_stage
+        assert stage_resource is not None
+        cfn_stage = stage_resource.node.default_child
+        assert isinstance(cfn_stage, apigwv2.CfnStage)
+        cfn_stage.access_log_settings = apigwv2.CfnStage.AccessLogSettingsProperty(
+            destination_arn=access_logs.log_group_arn,
+            format='{"requestId":"$context.requestId","ip":"$context.identity.sourceIp",'
+                   '"method":"$context.httpMethod","path":"$context.path",'
+                   '"status":"$context.status","latency":"$context.integrationLatency",'
+                   '"error":"$context.integrationErrorMessage"}')
+        iam_auth = authorizers.HttpIamAuthorizer()
+
+        self.functions: dict[str, ServiceFunction] = {}
+        for spec in with_function:
+            service = ServiceFunction(
+                self, f"{spec.name.capitalize()}Service", spec=spec, stage=stage,
+                code=service_code(root, spec, target), runtime=runtime, layers=layers,
+                vpc=db.vpc, security_group=db.app_security_group, proxy=db.proxy,
+                secret=db.app_secrets.get(spec.name), alarm_topic=self.alarm_topic)
+            self.migrations.run_before(service.function)
+            self.migrations.run_after(service)
+            integration = integrations.HttpLambdaIntegration(
+                f"{spec.name.capitalize()}Integration", service.alias)
+            for route in spec.routes:
+                self.api.add_routes(
+                    path=route.path, methods=[apigwv2.HttpMethod(route.method)],
+                    integration=integration,
+                    authorizer=None if route.public else iam_auth)
+            self.functions[spec.name] = service

@@ -1,0 +1,96 @@
+"""The migrator function and its two custom resources: expand runs before the app functions
+change, contract after all of them did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack, Token
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_rds as rds
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sns as sns
+from aws_cdk import custom_resources as cr
+from constructs import Construct, IConstruct
+
+from .alarms import function_alarms
+from .bundling import Target, migrator_code
+from .db_stack import log_retention
+from .fingerprint import MigrationsFingerprint
+from .settings import StageSettings
+
+RESOURCE_TYPE = "Custom::SvcmigMigrations"
+MIGRATOR_TIMEOUT = Duration.minutes(15)  # Lambda's maximum; the handler keeps its own margin
+
+
+def cdk_token_port(cluster: rds.DatabaseCluster) -> str:
+    return Token.as_string(cluster.cluster_endpoint.port)
+
+
+class Migrations(Construct):
+    """`expand` and `contract` custom resources through a CDK `Provider` whose `on_event`
+    handler is the migrator. Their properties carry the migrations hash and code heads, so
+    CloudFormation calls the migrator exactly when a migration file changed.
+
+    Call `run_before(fn)` for each app function and `run_after(fn)` to order the phases."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, root: Path, target: Target,
+                 runtime: lambda_.Runtime, stage: StageSettings,
+                 fingerprint: MigrationsFingerprint, vpc: ec2.IVpc,
+                 security_group: ec2.ISecurityGroup, cluster: rds.DatabaseCluster,
+                 master_secret: secretsmanager.ISecret,
+                 app_secrets: dict[str, secretsmanager.ISecret],
+                 alarm_topic: sns.ITopic) -> None:
+        super().__init__(scope, construct_id)
+        removal = RemovalPolicy.RETAIN if stage.retain_data else RemovalPolicy.DESTROY
+        retention = log_retention(stage.log_retention_days)
+        self.function = lambda_.Function(
+            self, "Migrator",
+            runtime=runtime, architecture=lambda_.Architecture.ARM_64,
+            handler="infra.migrator.handler.handler", code=migrator_code(root, target),
+            memory_size=1024, timeout=MIGRATOR_TIMEOUT,
+            vpc=vpc, vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
+            security_groups=[security_group],
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=logs.LogGroup(self, "MigratorLogs", retention=retention,
+                                    removal_policy=removal),
+            environment={
+                "SVCMIG_MASTER_SECRET_ARN": master_secret.secret_arn,
+                # The cluster's writer endpoint, never the proxy: advisory locks need a session.
+                "SVCMIG_DB_HOST": cluster.cluster_endpoint.hostname,
+                "SVCMIG_DB_PORT": cdk_token_port(cluster),
+                "SVCMIG_DB_SSLMODE": "require",
+                "SVCMIG_APP_SECRETS": Stack.of(self).to_json_string(
+                    {name: s.secret_arn for name, s in sorted(app_secrets.items())}),
+            },
+            description=f"svcmig migrator ({stage.name}): applies migrations at deploy time",
+        )
+        master_secret.grant_read(self.function)
+        for secret in app_secrets.values():
+            secret.grant_read(self.function)
+        function_alarms(self, self.function, MIGRATOR_TIMEOUT, alarm_topic)
+        provider = cr.Provider(
+            self, "Provider", on_event_handler=self.function,
+            log_group=logs.LogGroup(self, "ProviderLogs", retention=retention,
+                                    removal_policy=removal))
+        self.expand = self._resource("Expand", provider, fingerprint, "expand", stage)
+        self.contract = self._resource("Contract", provider, fingerprint, "contract", stage)
+        self.contract.node.add_dependency(self.expand)
+
+    def _resource(self, construct_id: str, provider: cr.Provider,
+                  fingerprint: MigrationsFingerprint, phase: str,
+                  stage: StageSettings) -> CustomResource:
+        return CustomResource(
+            self, construct_id, service_token=provider.service_token,
+            resource_type=RESOURCE_TYPE,
+            properties={**fingerprint.properties(phase), "Stage": stage.name})
+
+    def run_before(self, construct: IConstruct) -> None:
+        """`construct`'s resources wait for the expand phase (CloudFormation DependsOn)."""
+        construct.node.add_dependency(self.expand)
+
+    def run_after(self, construct: IConstruct) -> None:
+        """The contract phase waits for `construct`'s resources."""
+        self.contract.node.add_dependency(construct)

@@ -1,0 +1,1 @@
+"""The migrator Lambda: CloudFormation custom resource events → the migration engine."""

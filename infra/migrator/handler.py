@@ -1,0 +1,198 @@
+"""The migrator Lambda, the `on_event` handler of a CDK `Provider`: adapts CloudFormation
+Create/Update/Delete events of the expand and contract custom resources to
+`migrations_runtime.apply.migrate`.
+
+- Create, and Update with newer code heads: apply the phase's pending revisions.
+- Update whose code heads are older than the ones deployed (CloudFormation rolling back) and
+  Delete: succeed without touching the database; a rollback never downgrades.
+- A failure raises `MigrationError` whose message (the file and line, the statement, the
+  Postgres error) the Provider framework hands to CloudFormation as the reason the console shows.
+
+It connects to the cluster endpoint with the master secret, never through RDS Proxy: the
+engine needs a real session for its advisory lock and `SET ROLE`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+
+from migrations_runtime.apply import RunSettings, migrate
+from migrations_runtime.errors import MigrationFailed, SvcmigError
+from migrations_runtime.load import service_of_revision_id
+from migrations_runtime.manifest import MANIFEST_NAME, load_manifest
+from migrations_runtime.validate import Graph
+
+PHASES = ("expand", "contract")
+MAX_REASON = 1500  # CloudFormation rejects responses over 4 KiB; leave room for the framework's
+LOCK_WAIT_CAP_SECONDS = 600.0
+SAFETY_MARGIN_SECONDS = 120.0  # left for reporting after the lock wait gives up
+
+
+class MigrationError(Exception):
+    """Raised to fail the custom resource; its message becomes the CloudFormation reason."""
+
+
+def project_root() -> Path:
+    """The bundle's root (/var/task in Lambda): alembic.ini, services/*/migrations, manifest."""
+    explicit = os.environ.get("SVCMIG_PROJECT_ROOT") or os.environ.get("LAMBDA_TASK_ROOT")
+    return Path(explicit) if explicit else Path(__file__).resolve().parents[2]
+
+
+def log(line: dict[str, object]) -> None:
+    """One JSON line per event on stdout, which Lambda sends to CloudWatch Logs."""
+    print(json.dumps(line, default=str), file=sys.stdout, flush=True)
+
+
+def read_secret(arn: str) -> dict[str, Any]:
+    import boto3  # provided by the Lambda runtime
+
+    client = boto3.client("secretsmanager")
+    value: dict[str, Any] = json.loads(client.get_secret_value(SecretId=arn)["SecretString"])
+    return value
+
+
+def database_url(secret: dict[str, Any]) -> str:
+    """A URL from an RDS secret (host, port, username, password, dbname). `SVCMIG_DB_HOST`, set
+    by the stack to the cluster's writer endpoint, wins over the secret's host."""
+    # quoted: tests point it at a Unix socket directory
+    host = quote(str(os.environ.get("SVCMIG_DB_HOST") or secret["host"]), safe="")
+    port = os.environ.get("SVCMIG_DB_PORT") or secret.get("port", 5432)
+    user, password = quote(str(secret["username"]), safe=""), quote(str(secret["password"]),
+                                                                     safe="")
+    dbname = quote(str(secret.get("dbname") or "postgres"), safe="")
+    sslmode = os.environ.get("SVCMIG_DB_SSLMODE", "require")
+    return f"postgresql://{user}:{password}@{host}:{port}/{dbname}?sslmode={sslmode}"
+
+
+def _timestamp(revision_id: str) -> str:
+    parsed = service_of_revision_id(revision_id)
+    return parsed[1] if parsed else ""
+
+
+def is_rollback(new_heads: dict[str, str], old_heads: dict[str, str]) -> bool:
+    """True when the new properties' code is older than the deployed one: some service's head
+    went back in time (or disappeared) and none moved forward. That is what CloudFormation
+    sends when it rolls back a failed deploy."""
+    went_back = moved_on = False
+    for service in set(new_heads) | set(old_heads):
+        new, old = new_heads.get(service), old_heads.get(service)
+        if old is not None and (new is None or _timestamp(new) < _timestamp(old)):
+            went_back = True
+        if new is not None and (old is None or _timestamp(new) > _timestamp(old)):
+            moved_on = True
+    return went_back and not moved_on
+
+
+def _statement_line(err: MigrationFailed) -> str:
+    """The source line the error points at, so the reason shows the statement."""
+    if err.line is None:
+        return ""
+    try:
+        text = err.path.read_text().splitlines()[err.line - 1].strip()
+    except (OSError, IndexError):
+        return ""
+    return text[:200]
+
+
+def failure_reason(err: SvcmigError, root: Path) -> str:
+    """What CloudFormation shows: the file (relative to the project) and line, the statement,
+    the Postgres error and the engine's advice."""
+    if isinstance(err, MigrationFailed):
+        path = err.path.relative_to(root) if err.path.is_relative_to(root) else err.path
+        where = f"{path}:{err.line}" if err.line else f"{path}"
+        statement = _statement_line(err)
+        reason = f"{where}: revision {err.revision} failed: {err.message}"
+        if statement:
+            reason += f" | statement: {statement}"
+    else:
+        reason = str(err).replace(f"{root}/", "")
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
+
+
+def load_graph(root: Path) -> Graph | None:
+    """The build-time manifest when the bundle has one (no file parsing for planning)."""
+    path = root / MANIFEST_NAME
+    return load_manifest(path, root) if path.is_file() else None
+
+
+def sync_app_passwords(url: str, app_secrets: dict[str, str]) -> list[str]:
+    """Give each `<service>_app` role the password of its own secret, so RDS Proxy (which logs
+    in with that secret) can connect. The password is sent as a SCRAM verifier computed here,
+    never in clear text, so it cannot end up in a server log."""
+    synced = []
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        for service, arn in sorted(app_secrets.items()):
+            secret = read_secret(arn)
+            user = str(secret["username"])
+            if user != f"{service}_app":
+                raise MigrationError(f"secret of {service} names user {user!r}, expected "
+                                     f"{service}_app")
+            verifier = conn.pgconn.encrypt_password(str(secret["password"]).encode(),
+                                                    user.encode(), b"scram-sha-256")
+            conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
+                sql.Identifier(user), sql.Literal(verifier.decode())))
+            synced.append(service)
+    return synced
+
+
+def _settings(context: Any) -> RunSettings:
+    """Wait for the migrator lock no longer than the Lambda has left, minus time to report."""
+    remaining = LOCK_WAIT_CAP_SECONDS + SAFETY_MARGIN_SECONDS
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        remaining = context.get_remaining_time_in_millis() / 1000
+    return RunSettings(lock_wait_seconds=max(10.0, min(LOCK_WAIT_CAP_SECONDS,
+                                                       remaining - SAFETY_MARGIN_SECONDS)))
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Provider framework `on_event` entry point."""
+    request = event["RequestType"]
+    props = event.get("ResourceProperties", {})
+    phase = props.get("Phase")
+    if phase not in PHASES:
+        raise MigrationError(f"custom resource property Phase must be one of {PHASES}, "
+                             f"got {phase!r}")
+    stage = props.get("Stage", "default")
+    physical_id = event.get("PhysicalResourceId") or f"svcmig-{stage}-{phase}"  # stable per stage
+    heads = dict(props.get("CodeHeads", {}))
+    log({"event": "custom_resource", "request": request, "phase": phase,
+         "migrations_hash": props.get("MigrationsHash"), "code_heads": heads})
+    if request == "Delete":
+        return {"PhysicalResourceId": physical_id, "Data": {"Applied": 0, "Skipped": "delete"}}
+    if request == "Update":
+        old_heads = dict(event.get("OldResourceProperties", {}).get("CodeHeads", {}))
+        if is_rollback(heads, old_heads):
+            log({"event": "rollback_noop", "phase": phase, "from": old_heads, "to": heads})
+            return {"PhysicalResourceId": physical_id,
+                    "Data": {"Applied": 0, "Skipped": "rollback"}}
+    root = project_root()
+    secret = read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"])
+    url = database_url(secret)
+    try:
+        result = migrate(url, root, phase, settings=_settings(context), log=log,
+                         graph=load_graph(root))
+        app_secrets = json.loads(os.environ.get("SVCMIG_APP_SECRETS", "{}"))
+        synced = sync_app_passwords(url, app_secrets) if phase == "expand" else []
+    except SvcmigError as err:
+        reason = failure_reason(err, root)
+        log({"event": "failed", "phase": phase, "reason": reason})
+        raise MigrationError(reason) from err
+    except psycopg.Error as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        reason = f"database error: {first}"
+        log({"event": "failed", "phase": phase, "reason": reason})
+        raise MigrationError(reason) from err
+    summary = result.as_dict()
+    pending = sum(len(s.pending) for s in result.plan.services)
+    log({"event": "done", **summary, "passwords_synced": synced})
+    return {"PhysicalResourceId": physical_id,
+            "Data": {"Applied": len(result.results), "Pending": pending,
+                     "Warnings": len(result.plan.warnings)}}

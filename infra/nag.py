@@ -1,0 +1,87 @@
+"""cdk-nag's AwsSolutions checks, and every acknowledgement with the reason it is acceptable.
+
+cdk-nag 3 runs as a policy-validation plugin: an unacknowledged finding fails the synth.
+Acknowledgements name the exact finding (`Rule[finding]`) and sit on the narrowest construct
+the reason holds for. docs/deploy.md lists the same reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import Acknowledgment, App, CfnElement, Stack, Validations
+from cdk_nag import AwsSolutionsChecks
+from constructs import IConstruct
+
+from .api_stack import ApiStack
+from .db_stack import DbStack
+
+BASIC_ROLE = ("AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+              "AWSLambdaBasicExecutionRole]")
+VPC_ROLE = ("AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AWSLambdaVPCAccessExecutionRole]")
+
+
+@dataclass(frozen=True)
+class Ack:
+    finding: str
+    reason: str
+
+
+MANAGED_ROLES = [
+    Ack(BASIC_ROLE, "AWSLambdaBasicExecutionRole only lets the function write its own logs; "
+        "CDK attaches it to every function it creates."),
+    Ack(VPC_ROLE, "AWSLambdaVPCAccessExecutionRole only manages the function's network "
+        "interfaces in the VPC; data access is granted separately on exact ARNs."),
+]
+XRAY = Ack("AwsSolutions-IAM5[Resource::*]", "xray:PutTraceSegments/PutTelemetryRecords for "
+           "active tracing: X-Ray has no resource-level permissions. Secrets and rds-db:connect "
+           "are granted on exact ARNs (tests/infra asserts it).")
+ENDPOINT_SG = Ack("AwsSolutions-EC23", "The interface endpoint's security group admits HTTPS "
+                  "from the VPC's own CIDR (a token, hence the rule's evaluation error); nothing "
+                  "outside the VPC can reach it.")
+NON_PROD_DELETION = Ack("AwsSolutions-RDS10", "Deletion protection is on in prod only: dev and "
+                        "preview-<n> databases are disposable and `cdk destroy` must delete them.")
+
+
+def _ack(scope: IConstruct, *acks: Ack) -> None:
+    for ack in acks:
+        Validations.of(scope).acknowledge(Acknowledgment(id=ack.finding, reason=ack.reason))
+
+
+def acknowledge_db(stack: DbStack) -> list[Ack]:
+    endpoints = [stack.vpc.node.find_child(name) for name in ("SecretsManager", "XRay")]
+    for endpoint in endpoints:
+        _ack(endpoint, ENDPOINT_SG)
+    if not stack.deletion_protected:
+        _ack(stack.cluster, NON_PROD_DELETION)
+        return [ENDPOINT_SG, NON_PROD_DELETION]
+    return [ENDPOINT_SG]
+
+
+def acknowledge_api(stack: ApiStack) -> list[Ack]:
+    migrator = stack.migrations.function
+    cfn_migrator = migrator.node.default_child
+    assert isinstance(cfn_migrator, CfnElement)
+    versions = Ack(
+        f"AwsSolutions-IAM5[Resource::<{stack.get_logical_id(cfn_migrator)}.Arn>:*]",
+        "The CDK Provider framework may invoke any version of the migrator function "
+        "(`<arn>:*`); it is that one function only.")
+    functions = [migrator, *(s.function for s in stack.functions.values())]
+    for fn in functions:
+        _ack(fn, *MANAGED_ROLES, XRAY)
+    provider = stack.migrations.node.find_child("Provider")
+    _ack(provider, MANAGED_ROLES[0], versions)
+    return [*MANAGED_ROLES, XRAY, versions]
+
+
+def add_nag(app: App, stacks: list[Stack]) -> list[Ack]:
+    """Acknowledge what is listed here, then run AwsSolutions on synth; returns the acks."""
+    acks: list[Ack] = []
+    for stack in stacks:
+        if isinstance(stack, DbStack):
+            acks += acknowledge_db(stack)
+        elif isinstance(stack, ApiStack):
+            acks += acknowledge_api(stack)
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return acks

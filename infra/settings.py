@@ -1,0 +1,54 @@
+"""Stage settings (dev, prod, preview-<n>) read from CDK context, so a stage differs from another
+by `-c stage=...` and cdk.json, never by a code edit."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+STAGE_RE = re.compile(r"^(dev|prod|preview-[0-9]{1,6})$")
+STAGES_KEY = "svcmig:stages"
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """What a stage decides; defaults are the cheap, disposable dev shape."""
+
+    name: str
+    writer_instance: str = "serverless"  # "serverless" (Aurora Serverless v2) or a class: r7g.large
+    readers: int = 0
+    min_capacity_acu: float = 0.5
+    max_capacity_acu: float = 2.0
+    deletion_protection: bool = False
+    retain_data: bool = False  # True: snapshot/retain the cluster, keep secrets and logs
+    backup_retention_days: int = 1
+    log_retention_days: int = 14
+    reserve_concurrency: bool = True  # False where the account's concurrency quota is small
+    provisioned_concurrency: int = 0  # per latency-critical function
+    rotation_days: int = 30
+
+    @property
+    def kind(self) -> str:
+        """`preview-42` shares the `preview` settings."""
+        return "preview" if self.name.startswith("preview-") else self.name
+
+    @property
+    def prefix(self) -> str:
+        return f"svcmig-{self.name}"
+
+
+def stage_settings(context: dict[str, Any] | Any, stage: str) -> StageSettings:
+    """The settings of `stage` from the `svcmig:stages` context map (keyed dev/prod/preview)."""
+    if not STAGE_RE.match(stage):
+        raise ValueError(f"stage {stage!r}: use dev, prod or preview-<number> (-c stage=...)")
+    kind = "preview" if stage.startswith("preview-") else stage
+    table = context or {}
+    if kind not in table:
+        raise ValueError(f"cdk.json context {STAGES_KEY} has no entry for {kind!r}")
+    known = {f.name for f in fields(StageSettings)} - {"name"}
+    values = dict(table[kind])
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{STAGES_KEY}.{kind}: unknown settings {sorted(unknown)}")
+    return StageSettings(name=stage, **values)

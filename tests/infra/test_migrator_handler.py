@@ -1,0 +1,171 @@
+"""The migrator Lambda handler with CloudFormation-shaped events, against real Postgres, with
+Secrets Manager from moto."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from infra.migrator import handler as migrator
+from migrations_runtime.manifest import MANIFEST_NAME, write_manifest
+from tests.conftest import code_heads, query
+
+moto = pytest.importorskip("moto")
+
+
+@pytest.fixture
+def aws(project: Path, database_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A master secret pointing at the test database and one secret per service's app role."""
+    import boto3
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with moto.mock_aws():
+        client = boto3.client("secretsmanager")
+        info = psycopg.conninfo.conninfo_to_dict(database_url)
+        master = client.create_secret(Name="master", SecretString=json.dumps({
+            "host": info.get("host", "localhost"), "port": int(str(info.get("port", 5432))),
+            "username": info.get("user", "postgres"), "password": info.get("password", ""),
+            "dbname": info["dbname"], "engine": "postgres"}))["ARN"]
+        apps = {name: client.create_secret(Name=f"{name}_app", SecretString=json.dumps({
+            "username": f"{name}_app", "password": f"pw-{name}-secret"}))["ARN"]
+            for name in ("orders", "users")}
+        monkeypatch.setenv("SVCMIG_MASTER_SECRET_ARN", master)
+        monkeypatch.setenv("SVCMIG_APP_SECRETS", json.dumps(apps))
+        monkeypatch.setenv("SVCMIG_DB_SSLMODE", "prefer")
+        monkeypatch.delenv("SVCMIG_DB_HOST", raising=False)
+        yield {"master": master, **apps}
+
+
+def event(request: str, phase: str, heads: dict[str, str], old_heads: dict[str, str] | None = None,
+          physical_id: str | None = None) -> dict[str, Any]:
+    """What the CDK Provider framework hands its on_event handler."""
+    props = {"ServiceToken": "arn:aws:lambda:eu-west-1:1:function:provider", "Phase": phase,
+             "MigrationsHash": "h" * 64, "CodeHeads": heads, "Stage": "test"}
+    body: dict[str, Any] = {
+        "RequestType": request, "ServiceToken": props["ServiceToken"],
+        "ResponseURL": "https://example.invalid", "StackId": "arn:aws:cloudformation:stack/x",
+        "RequestId": "r1", "LogicalResourceId": f"Migrations{phase.title()}",
+        "ResourceType": "Custom::SvcmigMigrations", "ResourceProperties": props}
+    if physical_id:
+        body["PhysicalResourceId"] = physical_id
+    if old_heads is not None:
+        body["OldResourceProperties"] = {**props, "CodeHeads": old_heads}
+    return body
+
+
+def ledger_count(url: str) -> int:
+    return int(query(url, "SELECT count(*) FROM svcmig.schema_migrations")[0][0])
+
+
+def test_create_applies_then_retry_is_idempotent(project: Path, database_url: str,
+                                                  aws: dict[str, str]) -> None:
+    heads = code_heads(project)
+    first = migrator.handler(event("Create", "expand", heads))
+    assert first["PhysicalResourceId"] == "svcmig-test-expand"
+    assert first["Data"]["Applied"] > 0
+    applied = ledger_count(database_url)
+    assert applied == first["Data"]["Applied"]
+    again = migrator.handler(event("Create", "expand", heads))  # CloudFormation retries
+    assert again["Data"]["Applied"] == 0
+    contract = migrator.handler(event("Create", "contract", heads))
+    assert ledger_count(database_url) == applied + contract["Data"]["Applied"]
+    assert contract["Data"]["Pending"] == 0
+
+
+def test_expand_gives_app_roles_their_secret_password(project: Path, database_url: str,
+                                                       aws: dict[str, str]) -> None:
+    migrator.handler(event("Create", "expand", code_heads(project)))
+    rows = query(database_url, "SELECT rolname, starts_with(rolpassword, 'SCRAM-SHA-256$') "
+                 "FROM pg_authid WHERE rolname IN ('users_app', 'orders_app') ORDER BY 1")
+    assert rows == [("orders_app", True), ("users_app", True)]
+
+
+def test_update_with_newer_code_applies_it(project: Path, database_url: str,
+                                           aws: dict[str, str]) -> None:
+    old = code_heads(project)
+    migrator.handler(event("Create", "expand", old))
+    before = ledger_count(database_url)
+    new_file = project / "services" / "users" / "migrations" / "2027-01-01T0000__users__add_bio.sql"
+    new_file.write_text("ALTER TABLE users ADD COLUMN bio text;\n")
+    result = migrator.handler(event("Update", "expand", code_heads(project), old,
+                                    "svcmig-test-expand"))
+    assert result["Data"]["Applied"] == 1
+    assert ledger_count(database_url) == before + 1
+
+
+def test_rollback_update_and_delete_are_noops(project: Path, database_url: str,
+                                              aws: dict[str, str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    heads = code_heads(project)
+    older = {**heads, "users": "users_202601010000"}
+    # No database access at all: a broken secret would fail any attempt to connect.
+    monkeypatch.setenv("SVCMIG_MASTER_SECRET_ARN", "arn:aws:secretsmanager:nowhere")
+    rollback = migrator.handler(event("Update", "expand", older, heads, "svcmig-test-expand"))
+    assert rollback == {"PhysicalResourceId": "svcmig-test-expand",
+                        "Data": {"Applied": 0, "Skipped": "rollback"}}
+    deleted = migrator.handler(event("Delete", "contract", heads, None, "svcmig-test-contract"))
+    assert deleted["PhysicalResourceId"] == "svcmig-test-contract"
+    assert deleted["Data"]["Skipped"] == "delete"
+
+
+def test_rollback_detection() -> None:
+    old = {"users": "users_202611200900", "orders": "orders_202611210900"}
+    assert migrator.is_rollback({**old, "users": "users_202611100900"}, old)
+    assert not migrator.is_rollback(old, old)
+    assert not migrator.is_rollback({**old, "users": "users_202612010000"}, old)
+    assert not migrator.is_rollback({**old, "billing": "billing_202612010000"}, old)
+    assert migrator.is_rollback({"users": old["users"]}, old)  # a service added, now removed
+
+
+def test_failure_reason_names_file_statement_and_error(project: Path, database_url: str,
+                                                       aws: dict[str, str]) -> None:
+    bad = project / "services" / "users" / "migrations" / "2027-01-01T0000__users__bad.sql"
+    bad.write_text("-- a broken migration\nALTER TABLE users ADD COLUMN ok text;\n"
+                   "ALTER TABLE no_such_table ADD COLUMN x int;\n")
+    with pytest.raises(migrator.MigrationError) as raised:
+        migrator.handler(event("Create", "expand", code_heads(project)))
+    reason = str(raised.value)
+    assert "services/users/migrations/2027-01-01T0000__users__bad.sql:3" in reason
+    assert "statement: ALTER TABLE no_such_table ADD COLUMN x int;" in reason
+    assert 'relation "no_such_table" does not exist' in reason
+    assert str(project) not in reason and "pw-" not in reason
+    # Earlier revisions stay applied; the broken one is not in the ledger.
+    assert query(database_url, "SELECT count(*) FROM svcmig.schema_migrations "
+                 "WHERE revision = 'users_202701010000'") == [(0,)]
+
+
+def test_unreachable_database_is_a_reason_without_the_password(project: Path,
+                                                               aws: dict[str, str],
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    monkeypatch.setenv("SVCMIG_DB_HOST", "127.0.0.1")
+    monkeypatch.setenv("SVCMIG_DB_PORT", "1")
+    with pytest.raises(migrator.MigrationError) as raised:
+        migrator.handler(event("Create", "expand", code_heads(project)))
+    assert "cannot connect" in str(raised.value)
+
+
+def test_plans_from_the_manifest_when_bundled(project: Path, database_url: str,
+                                              aws: dict[str, str]) -> None:
+    write_manifest(project, project / MANIFEST_NAME)
+    assert migrator.load_graph(project) is not None
+    result = migrator.handler(event("Create", "expand", code_heads(project)))
+    assert result["Data"]["Applied"] > 0
+
+
+def test_database_url_prefers_the_cluster_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = {"host": "proxy.example", "port": 5432, "username": "a@b", "password": "p:w/@",
+              "dbname": "app"}
+    monkeypatch.setenv("SVCMIG_DB_HOST", "cluster.example")
+    monkeypatch.delenv("SVCMIG_DB_SSLMODE", raising=False)
+    url = migrator.database_url(secret)
+    assert url == "postgresql://a%40b:p%3Aw%2F%40@cluster.example:5432/app?sslmode=require"
+    assert psycopg.conninfo.conninfo_to_dict(url)["password"] == "p:w/@"
