@@ -55,7 +55,8 @@ class ServiceSpec:
         return f"{self.name}_app"
 
 
-def _load(folder: Path) -> ServiceSpec:
+def load_spec(folder: Path) -> ServiceSpec:
+    """What `services/<name>/service.toml` declares, checked; defaults when it is absent."""
     path = folder / SPEC_FILE
     data = tomllib.loads(path.read_text()) if path.is_file() else {}
     function = dict(data.get("function", {}))
@@ -88,7 +89,7 @@ def discover_specs(root: Path) -> list[ServiceSpec]:
     """Every service folder with a `service.toml` or a `migrations/` folder, sorted by name."""
     services = root / "services"
     folders = sorted(p for p in services.iterdir() if p.is_dir()) if services.is_dir() else []
-    return [_load(f) for f in folders
+    return [load_spec(f) for f in folders
             if not f.name.startswith(("_", ".")) and f.name != "shared"
             and ((f / SPEC_FILE).is_file() or (f / "migrations").is_dir())]
 

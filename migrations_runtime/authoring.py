@@ -91,6 +91,22 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     }}
 '''
 
+SERVICE_SPEC_TEMPLATE = """\
+# What infra/ builds for this service (docs/deploy.md, "Declaring a service").
+# The function is services.{name}.handler.handler; its dependencies go into the shared layer.
+[function]
+memory_mb = 512
+timeout_seconds = 10
+reserved_concurrency = 10
+latency_critical = false
+requirements = []
+
+# Every route needs SigV4 (IAM) unless `public = true` with a `why_public = "..."` reason.
+[[routes]]
+method = "GET"
+path = "/{name}"
+"""
+
 ROOT_SQL_TEMPLATE = """-- The {name} service's first table. Make it the service's real schema before
 -- the first deploy; once applied, a migration is append-only.
 -- migrate:up
@@ -142,8 +158,9 @@ def _staging(parent: Path, prefix: str) -> Iterator[Path]:
 
 
 def new_service(root: Path, name: str, now: datetime | None = None) -> Created:
-    """Create `services/<name>/` (handler skeleton + root revision) and register its migrations
-    folder in alembic.ini, so `alembic heads` and `svcmig plan` see it at once."""
+    """Create `services/<name>/` (handler skeleton, `service.toml` for infra/, root revision) and
+    register its migrations folder in alembic.ini, so `alembic heads`, `svcmig plan` and the CDK
+    app see it at once."""
     problem = service_name_problem(name)
     if problem:
         raise UsageProblem(f"service name {name!r} {problem}; choose a name like 'payments'")
@@ -160,6 +177,8 @@ def new_service(root: Path, name: str, now: datetime | None = None) -> Created:
     services_dir.mkdir(exist_ok=True)
     with _staging(services_dir, name) as staging:
         (staging / "handler.py").write_text(HANDLER_TEMPLATE.format(name=name), encoding="utf-8")
+        (staging / "service.toml").write_text(SERVICE_SPEC_TEMPLATE.format(name=name),
+                                              encoding="utf-8")
         migrations = staging / "migrations"
         migrations.mkdir()
         (migrations / filename).write_text(ROOT_SQL_TEMPLATE.format(name=name), encoding="utf-8")
@@ -178,7 +197,8 @@ def new_service(root: Path, name: str, now: datetime | None = None) -> Created:
         finally:
             ini_tmp.unlink(missing_ok=True)
     return Created(name, root_revision.id,
-                   (folder / "handler.py", folder / "migrations" / filename, ini_path),
+                   (folder / "handler.py", folder / "service.toml",
+                    folder / "migrations" / filename, ini_path),
                    "sql", root_revision.phase)
 
 
