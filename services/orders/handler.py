@@ -19,9 +19,9 @@ from services.shared.http import (
     BIGINT_MAX,
     NotFound,
     Unprocessable,
+    created_response,
     decode_cursor,
     encode_cursor,
-    json_response,
     make_resolver,
 )
 from services.shared.idempotency import IdempotentWrites
@@ -63,10 +63,7 @@ def create_order(order: NewOrder, idempotency_key: IdempotencyKey = None) -> Res
     created, replayed = writes.run(idempotency_key, "POST /orders",
                                    order.model_dump(mode="json"), insert,
                                    context=app.lambda_context)
-    headers = {"Location": f"/orders/{created['id']}"}
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return json_response(201, created, headers)
+    return created_response(created, f"/orders/{created['id']}", replayed)
 
 
 @app.get("/orders/<order_id>")

@@ -79,6 +79,14 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None
                     headers=headers or {})
 
 
+def created_response(created: dict[str, Any], location: str, replayed: bool) -> Response[Any]:
+    """201 for an idempotent create; a replay of a completed request says so in a header."""
+    headers = {"Location": location}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(201, created, headers)
+
+
 def max_body_bytes() -> int:
     return int(os.environ.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
 

@@ -21,6 +21,7 @@ from services.shared.http import (
     Conflict,
     NotFound,
     ServiceUnavailable,
+    created_response,
     decode_cursor,
     encode_cursor,
     json_response,
@@ -63,10 +64,7 @@ def create_user(user: NewUser, idempotency_key: IdempotencyKey = None) -> Respon
 
     created, replayed = writes.run(idempotency_key, "POST /users", user.model_dump(mode="json"),
                                    insert, context=app.lambda_context)
-    headers = {"Location": f"/users/{created['id']}"}
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return json_response(201, created, headers)
+    return created_response(created, f"/users/{created['id']}", replayed)
 
 
 @app.get("/users/<user_id>")
