@@ -1,5 +1,6 @@
 """The API stack: one function per service folder, the HTTP API routes they declare, the
-shared dependency layer, and the migrations ordered around the functions."""
+shared dependency layer, the migrations ordered around the functions, and the upload buckets
+of the services that declare `[uploads]` (with one access-log bucket for them)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aws_cdk import aws_apigatewayv2_authorizers as authorizers
 from aws_cdk import aws_apigatewayv2_integrations as integrations
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
@@ -21,6 +23,7 @@ from .migrations_resources import Migrations
 from .service_function import ServiceFunction
 from .service_spec import ServiceSpec, layer_requirements
 from .settings import StageSettings
+from .uploads import access_log_bucket, upload_bucket
 
 RUNTIMES = {"3.12": lambda_.Runtime.PYTHON_3_12, "3.13": lambda_.Runtime.PYTHON_3_13,
             "3.14": lambda_.Runtime.PYTHON_3_14}
@@ -68,13 +71,23 @@ class ApiStack(Stack):
                    '"error":"$context.integrationErrorMessage"}')
         iam_auth = authorizers.HttpIamAuthorizer()
 
+        # Only created when some service declares [uploads]: no empty bucket otherwise.
+        self.upload_logs: s3.Bucket | None = None
+        if any(s.uploads for s in with_function):
+            self.upload_logs = access_log_bucket(self, "UploadAccessLogs", stage)
         self.functions: dict[str, ServiceFunction] = {}
         for spec in with_function:
+            bucket = None
+            if spec.uploads is not None and self.upload_logs is not None:
+                bucket = upload_bucket(
+                    self, f"{spec.name.capitalize()}Uploads", service=spec.name,
+                    uploads=spec.uploads, stage=stage, log_bucket=self.upload_logs)
             service = ServiceFunction(
                 self, f"{spec.name.capitalize()}Service", spec=spec, stage=stage,
                 code=service_code(root, spec, target), runtime=runtime, layers=layers,
                 vpc=db.vpc, security_group=db.app_security_group, proxy=db.proxy,
-                secret=db.app_secrets.get(spec.name), alarm_topic=self.alarm_topic)
+                secret=db.app_secrets.get(spec.name), alarm_topic=self.alarm_topic,
+                upload_bucket=bucket)
             self.migrations.run_before(service.function)
             self.migrations.run_after(service)
             integration = integrations.HttpLambdaIntegration(

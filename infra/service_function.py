@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
@@ -21,7 +23,9 @@ from .settings import StageSettings
 class ServiceFunction(Construct):
     """arm64 function in the VPC with X-Ray, bounded concurrency, a DLQ for async invokes, its
     own log group and alarms, and the narrowest database access: read its own secret and
-    `rds-db:connect` to the proxy as its own `<service>_app` user, nothing else.
+    `rds-db:connect` to the proxy as its own `<service>_app` user, nothing else. With an upload
+    bucket, also `s3:PutObject` on that bucket's objects only: a presigned PUT URL is signed with
+    the function's role, so the role itself must be allowed the PUT.
 
     Callers go through the `live` alias, which carries provisioned concurrency when the stage
     asks for it and the service is latency-critical."""
@@ -30,7 +34,8 @@ class ServiceFunction(Construct):
                  stage: StageSettings, code: lambda_.Code, runtime: lambda_.Runtime,
                  layers: list[lambda_.ILayerVersion], vpc: ec2.IVpc,
                  security_group: ec2.ISecurityGroup, proxy: rds.IDatabaseProxy,
-                 secret: secretsmanager.ISecret | None, alarm_topic: sns.ITopic) -> None:
+                 secret: secretsmanager.ISecret | None, alarm_topic: sns.ITopic,
+                 upload_bucket: s3.IBucket | None = None) -> None:
         super().__init__(scope, construct_id)
         removal = RemovalPolicy.RETAIN if stage.retain_data else RemovalPolicy.DESTROY
         timeout = Duration.seconds(spec.timeout_seconds)
@@ -52,6 +57,9 @@ class ServiceFunction(Construct):
         }
         if secret is not None:  # services/shared/db.py reads it; DB_HOST overrides its host
             environment["DB_SECRET_ID"] = secret.secret_arn
+        self.upload_bucket = upload_bucket
+        if upload_bucket is not None:  # services/users/handler.py answers 503 without it
+            environment["UPLOAD_BUCKET"] = upload_bucket.bucket_name
         self.function = lambda_.Function(
             self, "Function",
             runtime=runtime, architecture=lambda_.Architecture.ARM_64,
@@ -74,4 +82,7 @@ class ServiceFunction(Construct):
         if secret is not None:
             secret.grant_read(self.function)
         proxy.grant_connect(self.function, spec.app_user)
+        if upload_bucket is not None:  # not grant_put: that adds tagging, retention and Abort*
+            self.function.add_to_role_policy(iam.PolicyStatement(
+                actions=["s3:PutObject"], resources=[upload_bucket.arn_for_objects("*")]))
         function_alarms(self, self.function, timeout, alarm_topic, self.dlq)

@@ -26,6 +26,14 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Uploads:
+    """`[uploads]`: a private bucket the function presigns PUT URLs for; objects are transient
+    hand-offs, so they expire."""
+
+    expire_days: int = 7
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     folder: Path
@@ -35,6 +43,7 @@ class ServiceSpec:
     latency_critical: bool = False
     requirements: tuple[str, ...] = ()
     routes: tuple[Route, ...] = ()
+    uploads: Uploads | None = None  # None: no bucket, no UPLOAD_BUCKET (the route answers 503)
 
     @property
     def handler(self) -> str:
@@ -79,10 +88,29 @@ def load_spec(folder: Path) -> ServiceSpec:
         raise ValueError(f"{path}: unknown [function] keys {sorted(unknown)}")
     if "requirements" in function:
         function["requirements"] = tuple(function["requirements"])
-    spec = ServiceSpec(name=folder.name, folder=folder, routes=tuple(routes), **function)
+    spec = ServiceSpec(name=folder.name, folder=folder, routes=tuple(routes),
+                       uploads=_uploads(path, data.get("uploads")), **function)
     if not 1 <= spec.timeout_seconds <= 29:  # API Gateway's integration limit is 30 s
         raise ValueError(f"{path}: timeout_seconds must be 1..29")
     return spec
+
+
+def _uploads(path: Path, table: object) -> Uploads | None:
+    """`[uploads]` checked strictly: a typo must not silently drop the bucket."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: [uploads] must be a table")
+    unknown = set(table) - {"enabled", "expire_days"}
+    if unknown:
+        raise ValueError(f"{path}: unknown [uploads] keys {sorted(unknown)}")
+    enabled = table.get("enabled")
+    if not isinstance(enabled, bool):
+        raise ValueError(f"{path}: [uploads] needs enabled = true or false")
+    days = table.get("expire_days", Uploads.expire_days)
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ValueError(f"{path}: [uploads] expire_days must be a whole number of days >= 1")
+    return Uploads(expire_days=days) if enabled else None
 
 
 def discover_specs(root: Path) -> list[ServiceSpec]:

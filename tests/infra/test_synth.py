@@ -1,5 +1,5 @@
-"""The synthesized app (bundling skipped): phase ordering, migration hash, narrow IAM, stage
-settings, cdk-nag (the synth fails on an unacknowledged finding) and cfn-lint."""
+"""The synthesized app (bundling skipped): phase ordering, migration hash, narrow IAM, upload
+buckets, stage settings, cdk-nag (the synth fails on an unacknowledged finding) and cfn-lint."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from aws_cdk.assertions import Match, Template
 
 from infra.fingerprint import fingerprint
 from infra.migrations_resources import RESOURCE_TYPE
+from infra.service_spec import Uploads, load_spec
 
 from .conftest import Synth
 
@@ -191,6 +193,103 @@ def test_prod_stage_protects_data_and_warms_latency_critical(
                for k, v in prod.resources("api", "AWS::Lambda::Alias").items()}
     warmed = sorted(k for k, v in aliases.items() if v)
     assert len(warmed) == 1 and warmed[0].startswith("UsersService")  # latency_critical
+    buckets = prod.resources("api", "AWS::S3::Bucket").values()
+    assert buckets and {(b["DeletionPolicy"], b["UpdateReplacePolicy"]) for b in buckets} == {
+        ("Retain", "Retain")}
+    assert not prod.resources("api", "Custom::S3AutoDeleteObjects")
+
+
+def _upload_bucket(synth: Synth) -> tuple[str, dict[str, Any]]:
+    """The one bucket that is not the access-log bucket (the users service's)."""
+    buckets = {k: v for k, v in synth.resources("api", "AWS::S3::Bucket").items()
+               if "LoggingConfiguration" in v["Properties"]}
+    assert len(buckets) == 1, sorted(buckets)
+    return next(iter(buckets.items()))
+
+
+def _app_function(synth: Synth, service: str) -> dict[str, Any]:
+    return next(v for v in _app_functions(synth).values()
+                if v["Properties"]["Handler"] == f"services.{service}.handler.handler")
+
+
+def test_only_services_declaring_uploads_get_a_bucket(dev: Synth) -> None:
+    bucket, _ = _upload_bucket(dev)  # users only: orders and billing have no [uploads]
+    assert bucket.startswith("UsersUploads")
+    assert len(dev.resources("api", "AWS::S3::Bucket")) == 2  # + the access-log bucket
+    env = _app_function(dev, "users")["Properties"]["Environment"]["Variables"]
+    assert env["UPLOAD_BUCKET"] == {"Ref": bucket}
+    for service in ("orders", "billing"):
+        assert "UPLOAD_BUCKET" not in _app_function(dev, service)["Properties"]["Environment"][
+            "Variables"]
+
+
+def test_upload_grant_is_put_object_on_the_buckets_objects_only(dev: Synth) -> None:
+    bucket, _ = _upload_bucket(dev)
+    role = _app_function(dev, "users")["Properties"]["Role"]["Fn::GetAtt"][0]
+    s3_statements = []
+    for policy in dev.resources("api", "AWS::IAM::Policy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [
+                statement["Action"]]
+            if any(a.startswith("s3:") or a == "*" for a in actions):
+                s3_statements.append((policy["Properties"]["Roles"], statement))
+    assert s3_statements == [([{"Ref": role}], {
+        "Action": "s3:PutObject", "Effect": "Allow",
+        "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": [bucket, "Arn"]}, "/*"]]}})]
+
+
+def test_upload_bucket_is_private_encrypted_tls_only_logged_and_expiring(dev: Synth) -> None:
+    bucket, resource = _upload_bucket(dev)
+    props = resource["Properties"]
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True}
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"] == [
+        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+    assert "CorsConfiguration" not in props
+    [rule] = props["LifecycleConfiguration"]["Rules"]
+    assert rule["ExpirationInDays"] == 7 and rule["Status"] == "Enabled"
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    log_bucket = props["LoggingConfiguration"]["DestinationBucketName"]["Ref"]
+    assert resource["DeletionPolicy"] == "Delete"  # dev; prod retains (test above)
+    policies = {v["Properties"]["Bucket"]["Ref"]: v["Properties"]["PolicyDocument"]["Statement"]
+                for v in dev.resources("api", "AWS::S3::BucketPolicy").values()}
+    for name in (bucket, log_bucket):
+        assert {"Action": "s3:*", "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                "Effect": "Deny", "Principal": {"AWS": "*"},
+                "Resource": [{"Fn::GetAtt": [name, "Arn"]}, {"Fn::Join": ["", [
+                    {"Fn::GetAtt": [name, "Arn"]}, "/*"]]}]} in policies[name]
+    logs = dev.templates["api"]["Resources"][log_bucket]["Properties"]
+    assert logs["PublicAccessBlockConfiguration"] == props["PublicAccessBlockConfiguration"]
+    assert logs["BucketEncryption"] == props["BucketEncryption"]  # log delivery needs SSE-S3
+
+
+@pytest.mark.parametrize(("toml", "expected"), [
+    ("", None),
+    ("[uploads]\nenabled = false\n", None),
+    ("[uploads]\nenabled = true\n", Uploads(expire_days=7)),
+    ("[uploads]\nenabled = true\nexpire_days = 2\n", Uploads(expire_days=2)),
+])
+def test_uploads_declaration(tmp_path: Path, toml: str, expected: Uploads | None) -> None:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "service.toml").write_text(toml)
+    assert load_spec(folder).uploads == expected
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[uploads]\nenabled = true\nexpiry_days = 2\n", "unknown \\[uploads\\] keys"),
+    ("[uploads]\nexpire_days = 2\n", "needs enabled"),
+    ("[uploads]\nenabled = true\nexpire_days = 0\n", "expire_days"),
+    ("[uploads]\nenabled = true\nexpire_days = \"7\"\n", "expire_days"),
+    ("uploads = true\n", "must be a table"),
+])
+def test_uploads_declaration_is_checked(tmp_path: Path, toml: str, message: str) -> None:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "service.toml").write_text(toml)
+    with pytest.raises(ValueError, match=message):
+        load_spec(folder)
 
 
 def test_cfn_lint_passes_on_every_template(dev: Synth) -> None:
