@@ -113,14 +113,19 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wa
 @cli.command("manifest")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Where to write it; default: <project root>/{MANIFEST_NAME}.")
-def manifest_command(output: Path | None) -> None:
+@json_option
+def manifest_command(output: Path | None, as_json: bool) -> None:
     """Validate every migration and write the build-time manifest the deploy-time migrator
     plans from (`migrate --manifest`), so a no-op deploy reads one file, not every revision."""
     root = _root()
     target = output or root / MANIFEST_NAME
     graph = _run(lambda: write_manifest(root, target))
-    click.echo(f"wrote {target}: {len(graph.revisions)} revisions of {len(graph.services)} "
-               "services")
+    if as_json:
+        click.echo(json.dumps({"manifest": str(target), "revisions": len(graph.revisions),
+                               "services": [s.name for s in graph.services]}, indent=2))
+    else:
+        click.echo(f"wrote {target}: {len(graph.revisions)} revisions of "
+                   f"{len(graph.services)} services")
 
 
 @cli.command("status")
@@ -145,13 +150,17 @@ def status_command(database_url: str | None, as_json: bool) -> None:
 @cli.command("baseline")
 @click.argument("targets", nargs=-1, required=True)
 @database_url_option
-def baseline_command(targets: tuple[str, ...], database_url: str | None) -> None:
+@json_option
+def baseline_command(targets: tuple[str, ...], database_url: str | None, as_json: bool) -> None:
     """Adopt svcmig on an existing database: mark TARGETS (services, meaning their code head, or
     revision ids) and everything before them as applied, without running them."""
     root = _root()
     url = _run(lambda: resolve_url(database_url, root))
     marked = _run(lambda: baseline(url, root, list(targets)))
-    click.echo(f"baselined {len(marked)} revision(s): {', '.join(marked)}")
+    if as_json:
+        click.echo(json.dumps({"baselined": marked}, indent=2))
+    else:
+        click.echo(f"baselined {len(marked)} revision(s): {', '.join(marked)}")
 
 
 @cli.command("repair")
@@ -163,13 +172,19 @@ def baseline_command(targets: tuple[str, ...], database_url: str | None) -> None
 @click.option("--accept-checksum", "action", flag_value="accept-checksum",
               help="An applied file was edited cosmetically: record its new checksum.")
 @database_url_option
-def repair_command(revision: str, action: str | None, database_url: str | None) -> None:
+@json_option
+def repair_command(revision: str, action: str | None, database_url: str | None,
+                   as_json: bool) -> None:
     """Settle a dirty or edited revision after checking the database by hand."""
     if action is None:
         raise click.UsageError("say what to do: --applied, --rolled-back or --accept-checksum")
     root = _root()
     url = _run(lambda: resolve_url(database_url, root))
-    click.echo(_run(lambda: repair(url, root, revision, action)))  # type: ignore[arg-type]
+    done = _run(lambda: repair(url, root, revision, action))  # type: ignore[arg-type]
+    if as_json:
+        click.echo(json.dumps({"revision": revision, "action": action, "result": done}, indent=2))
+    else:
+        click.echo(done)
 
 
 def main() -> None:

@@ -146,3 +146,23 @@ def test_ten_migrators_at_once(project: Path, database_url: str) -> None:
     assert len(rows) == count and {state for _, state in rows} == {"applied"}
     assert {r[0] for r in query(database_url, "SELECT version_num FROM svcmig.alembic_version")} \
         == set(code_heads(project).values())
+
+
+def test_baseline_and_repair_report_json(tmp_path: Path, database_url: str) -> None:
+    from tests.conftest import write_project
+
+    root = write_project(tmp_path / "p", {"shop": {
+        "2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int);"}})
+    query(database_url, "CREATE SCHEMA shop; CREATE TABLE shop.one (id int)")
+    done = run_cli(root, "baseline", "shop", "--json", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"baselined": ["shop_202601010000"]}
+    (root / "services/shop/migrations/2026-01-01T0000__shop__one.sql").write_text(
+        "-- the table the service started with\nCREATE TABLE one (id int);")
+    assert run_cli(root, "migrate", database_url=database_url).returncode == 1  # tampered
+    fixed = run_cli(root, "repair", "shop_202601010000", "--accept-checksum", "--json",
+                    database_url=database_url)
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads(fixed.stdout)["action"] == "accept-checksum"
+    assert run_cli(root, "migrate", database_url=database_url).returncode == 0
+    assert run_cli(root, "repair", "shop_202601010000", database_url=database_url).returncode == 2
