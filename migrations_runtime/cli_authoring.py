@@ -130,12 +130,11 @@ def offline_state(graph: Graph, applied: Sequence[str]) -> DatabaseState:
     rows: dict[str, LedgerRow] = {}
     now = datetime.now(UTC)
     for target in applied:
-        head = graph.head(target) if target in graph.chains else graph.revisions.get(target)
-        if head is None:
+        upto = graph.upto(target)
+        if upto is None:
             raise UsageProblem(f"--from {target!r} is neither a revision id nor a service; "
                                "`svcmig plan --offline` lists the revision ids")
-        chain = graph.chains[head.service]
-        for rev in chain[: chain.index(head) + 1]:
+        for rev in upto:
             rows[rev.id] = LedgerRow(rev.id, rev.service, rev.file, rev.checksum, rev.phase,
                                      "applied", now, None, "svcmig plan --from")
     heads = frozenset(max((r for r in rows.values() if r.service == s), key=lambda r: r.revision)

@@ -36,16 +36,15 @@ def baseline(url: str, root: Path, targets: list[str],
             ledger.bootstrap(conn, graph.services)
             state = ledger.read_state(conn)
             for target in targets:
-                head = graph.head(target) if target in graph.chains else graph.revisions.get(target)
-                if head is None:
+                upto = graph.upto(target)
+                if upto is None:
                     raise SvcmigError(f"baseline target {target!r} is neither a service nor a "
                                       "revision id; `svcmig status` lists both")
-                chain = graph.chains[head.service]
+                head = upto[-1]
                 if any(row.service == head.service for row in state.ledger.values()):
                     raise SvcmigError(
                         f"service {head.service!r} already has applied revisions; baseline only a "
                         "database svcmig has never migrated")
-                upto = chain[: chain.index(head) + 1]
                 service = next(s for s in graph.services if s.name == head.service)
                 with conn.transaction():
                     ledger.adopt_relations(conn, service)

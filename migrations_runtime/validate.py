@@ -30,6 +30,15 @@ class Graph:
         chain = self.chains.get(service, ())
         return chain[-1] if chain else None
 
+    def upto(self, target: str) -> tuple[Revision, ...] | None:
+        """`target` (a revision id, or a service name meaning its code head) and everything
+        before it in its service; None when it is neither."""
+        head = self.head(target) if target in self.chains else self.revisions.get(target)
+        if head is None:
+            return None
+        chain = self.chains[head.service]
+        return chain[: chain.index(head) + 1]
+
     def ordered(self) -> list[Revision]:
         """All revisions in an order that honours parents and `depends_on`, oldest first."""
         return topological_order(self.revisions.values(), self.revisions)
