@@ -209,6 +209,18 @@ def alter_commands(stmt: Statement) -> Iterator[tuple[ast.AlterTableStmt, ast.Al
                 yield node, cmd
 
 
+def constraints_added_to_existing_tables(
+        stmt: Statement, ctx: RevisionContext,
+) -> Iterator[tuple[ast.AlterTableStmt, ast.Constraint]]:
+    """`ALTER TABLE … ADD CONSTRAINT` on a table that existed before this revision: the ones
+    that lock or scan a table in use (a table created in the same revision is empty)."""
+    for alter, cmd in alter_commands(stmt):
+        if (cmd.subtype == AlterTableType.AT_AddConstraint
+                and isinstance(cmd.def_, ast.Constraint)
+                and not ctx.is_new_table(alter.relation)):
+            yield alter, cmd.def_
+
+
 def function_names(expr: ast.Node | None) -> Iterator[str]:
     """Names of the functions an expression calls (lower case, without schema)."""
     for node in walk(expr):

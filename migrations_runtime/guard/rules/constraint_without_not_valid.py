@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pglast import ast
-from pglast.enums import AlterTableType, ConstrType
+from pglast.enums import ConstrType
 
 from ..findings import Severity, StatementRule
-from ..sqltree import RevisionContext, Statement, alter_commands
+from ..sqltree import RevisionContext, Statement, constraints_added_to_existing_tables
 
 BAD = (
     "ALTER TABLE users ADD CONSTRAINT users_org_fk FOREIGN KEY (org_id) REFERENCES orgs (id);",
@@ -28,12 +27,8 @@ _KINDS = {ConstrType.CONSTR_FOREIGN: "FOREIGN KEY", ConstrType.CONSTR_CHECK: "CH
 
 
 def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
-    for alter, cmd in alter_commands(stmt):
-        constraint = cmd.def_
-        if (cmd.subtype == AlterTableType.AT_AddConstraint
-                and isinstance(constraint, ast.Constraint)
-                and constraint.contype in _KINDS and not constraint.skip_validation
-                and not ctx.is_new_table(alter.relation)):
+    for alter, constraint in constraints_added_to_existing_tables(stmt, ctx):
+        if constraint.contype in _KINDS and not constraint.skip_validation:
             name = f" {constraint.conname}" if constraint.conname else ""
             yield (f"{_KINDS[constraint.contype]}{name} on {'.'.join(ctx.qualify(alter.relation))}"
                    " is validated while the table is locked")

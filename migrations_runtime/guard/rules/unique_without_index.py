@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pglast import ast
-from pglast.enums import AlterTableType, ConstrType
+from pglast.enums import ConstrType
 
 from ..findings import Severity, StatementRule
-from ..sqltree import RevisionContext, Statement, alter_commands
+from ..sqltree import RevisionContext, Statement, constraints_added_to_existing_tables
 
 BAD = (
     "ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE (email);",
@@ -27,12 +26,8 @@ _KINDS = {ConstrType.CONSTR_UNIQUE: "UNIQUE", ConstrType.CONSTR_PRIMARY: "PRIMAR
 
 
 def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
-    for alter, cmd in alter_commands(stmt):
-        constraint = cmd.def_
-        if (cmd.subtype == AlterTableType.AT_AddConstraint
-                and isinstance(constraint, ast.Constraint)
-                and constraint.contype in _KINDS and not constraint.indexname
-                and not ctx.is_new_table(alter.relation)):
+    for alter, constraint in constraints_added_to_existing_tables(stmt, ctx):
+        if constraint.contype in _KINDS and not constraint.indexname:
             yield (f"{_KINDS[constraint.contype]} on {'.'.join(ctx.qualify(alter.relation))} "
                    "builds its index while writes are blocked")
 
