@@ -40,6 +40,7 @@ class StormResult:
     messages: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     max_backends: int = 0
+    max_pooler_servers: int = 0  # server connections PgBouncer itself held (SHOW SERVERS)
 
     @property
     def errors(self) -> int:
@@ -108,10 +109,20 @@ def backends(admin_url: str, database: str) -> int:
     return int(row[0]) if row else 0
 
 
+def pooler_servers(pooler_url: str) -> int:
+    """Server connections PgBouncer holds now, from its admin console (simple query protocol)."""
+    info = psycopg.conninfo.conninfo_to_dict(pooler_url)
+    info["dbname"] = "pgbouncer"
+    with psycopg.connect(psycopg.conninfo.make_conninfo(**info), autocommit=True,  # type: ignore[arg-type]
+                         cursor_factory=psycopg.ClientCursor) as conn:
+        return len(conn.execute("SHOW SERVERS").fetchall())
+
+
 def run_storm(database_url: str, admin_url: str, workers: int = 100,
-              pool_timeout: float = 10.0) -> StormResult:
+              pool_timeout: float = 10.0, pooler_url: str | None = None) -> StormResult:
     """Start `workers` instances, release them together, collect what they saw, and sample
-    how many app backends the server had meanwhile."""
+    how many app backends the server had meanwhile (and, through a pooler, how many server
+    connections the pooler held)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(HANDLER_MODULES)
     start, done, results = context.Event(), context.Event(), context.Queue()
@@ -122,13 +133,15 @@ def run_storm(database_url: str, admin_url: str, workers: int = 100,
     for process in processes:
         process.start()
     database = psycopg.conninfo.conninfo_to_dict(database_url).get("dbname", "postgres")
-    peak = 0
+    peak = pooler_peak = 0
     sampling = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, pooler_peak
         while not sampling.is_set():
             peak = max(peak, backends(admin_url, str(database)))
+            if pooler_url:
+                pooler_peak = max(pooler_peak, pooler_servers(pooler_url))
             time.sleep(0.02)
 
     spawn_seconds = time.perf_counter() - spawning
@@ -153,6 +166,7 @@ def run_storm(database_url: str, admin_url: str, workers: int = 100,
             if process.is_alive():
                 process.kill()
     result.max_backends = peak
+    result.max_pooler_servers = pooler_peak
     return result
 
 
@@ -204,7 +218,7 @@ def pgbouncer(server_url: str, database: str, pool_size: int) -> Iterator[str]:
         f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
         "pool_mode = transaction\n"
         f"default_pool_size = {pool_size}\nmax_db_connections = {pool_size}\n"
-        "max_client_conn = 2000\nserver_login_retry = 1\n"
+        "max_client_conn = 2000\nserver_login_retry = 1\nadmin_users = postgres\n"
         f"logfile = {folder / 'pgbouncer.log'}\npidfile = {folder / 'pgbouncer.pid'}\n")
     command = [binary, str(folder / "pgbouncer.ini")]
     if os.geteuid() == 0:  # PgBouncer refuses to run as root: run as a user that can reach
