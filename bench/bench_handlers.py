@@ -41,8 +41,8 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from migrations_runtime.apply import migrate  # noqa: E402
-from migrations_runtime.database import embedded_url  # noqa: E402
+from migrations_runtime.dev.embedded import embedded_url  # noqa: E402
+from migrations_runtime.engine.apply import migrate  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 COLD_SNIPPET = """

@@ -80,7 +80,7 @@ def main() -> None:
         root = Path(tmp)
         files = generate(root, args.services, args.revisions)
         svcmig_s, svcmig_rc = timed(
-            [sys.executable, "-m", "migrations_runtime.guard", "--all", "--format", "json"],
+            [sys.executable, "-m", "migrations_runtime.cli", "lint", "--all", "--format", "json"],
             cwd=root)
         if svcmig_rc not in (0, 1):
             sys.exit(f"svcmig lint failed with exit code {svcmig_rc}")

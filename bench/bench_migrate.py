@@ -252,7 +252,7 @@ def choose_url(explicit: str | None) -> str:
         return url
     if port_open("127.0.0.1", 5432):
         return DEFAULT_URL
-    from migrations_runtime.database import embedded_url
+    from migrations_runtime.dev.embedded import embedded_url
 
     return embedded_url(REPO)
 

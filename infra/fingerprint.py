@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrations_runtime.validate import build_graph
+from migrations_runtime.engine.validate import build_graph
 
 SKIP_PARTS = frozenset({"__pycache__"})
 

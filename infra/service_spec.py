@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrations_runtime.discover import service_name_problem
+from migrations_runtime.engine.discover import service_name_problem
 
 SPEC_FILE = "service.toml"
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ANY"})

@@ -128,13 +128,13 @@ def write_project(root: Path, services: dict[str, dict[str, str]]) -> Path:
 
 def code_heads(root: Path) -> dict[str, str]:
     """service → id of its newest revision in the code."""
-    from migrations_runtime.validate import build_graph
+    from migrations_runtime.engine.validate import build_graph
 
     graph = build_graph(root)
     return {name: chain[-1].id for name, chain in graph.chains.items()}
 
 
 def revision_count(root: Path) -> int:
-    from migrations_runtime.validate import build_graph
+    from migrations_runtime.engine.validate import build_graph
 
     return len(build_graph(root).revisions)

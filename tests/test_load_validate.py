@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from migrations_runtime.discover import ProjectError, discover_services
-from migrations_runtime.errors import MigrationFileError
-from migrations_runtime.load import next_timestamp, parse_sql_source, slugify
-from migrations_runtime.validate import GraphError, build_graph, check_alembic_ini
+from migrations_runtime.engine.discover import ProjectError, discover_services
+from migrations_runtime.engine.errors import MigrationFileError
+from migrations_runtime.engine.load import next_timestamp, parse_sql_source, slugify
+from migrations_runtime.engine.validate import GraphError, build_graph, check_alembic_ini
 from tests.conftest import REPO, write_project
 
 CREATE = "CREATE TABLE t (id int);\n"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from migrations_runtime.apply import migrate
-from migrations_runtime.errors import MigrationFailed, ProjectError
-from migrations_runtime.manifest import load_manifest, write_manifest
-from migrations_runtime.validate import build_graph
+from migrations_runtime.engine.apply import migrate
+from migrations_runtime.engine.errors import MigrationFailed, ProjectError
+from migrations_runtime.engine.manifest import load_manifest, write_manifest
+from migrations_runtime.engine.validate import build_graph
 from tests.conftest import revision_count, run_cli
 
 

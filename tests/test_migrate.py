@@ -9,10 +9,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from migrations_runtime.apply import RunSettings, migrate, read_plan
-from migrations_runtime.errors import LockTimeout, MigrationFailed, PlanError
-from migrations_runtime.lock import LOCK_KEY
-from migrations_runtime.repair import baseline, repair
+from migrations_runtime.engine.apply import RunSettings, migrate, read_plan
+from migrations_runtime.engine.errors import LockTimeout, MigrationFailed, PlanError
+from migrations_runtime.engine.lock import LOCK_KEY
+from migrations_runtime.engine.repair import baseline, repair
 from tests.conftest import code_heads, query, revision_count, write_project
 
 FAST = RunSettings(lock_wait_seconds=2, lock_timeout_ms=200, lock_retries=1, backoff_seconds=0.05)

@@ -1,6 +1,6 @@
 """The migrator Lambda, the `on_event` handler of a CDK `Provider`: adapts CloudFormation
 Create/Update/Delete events of the expand and contract custom resources to
-`migrations_runtime.apply.migrate`.
+`migrations_runtime.engine.apply.migrate`.
 
 - Create, and Update with newer code heads: apply the phase's pending revisions.
 - Update whose code heads are older than the ones deployed (CloudFormation rolling back) and
@@ -24,11 +24,11 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from migrations_runtime.apply import RunSettings, migrate
-from migrations_runtime.errors import MigrationFailed, SvcmigError
-from migrations_runtime.load import service_of_revision_id
-from migrations_runtime.manifest import MANIFEST_NAME, load_manifest
-from migrations_runtime.validate import Graph
+from migrations_runtime.engine.apply import RunSettings, migrate
+from migrations_runtime.engine.errors import MigrationFailed, SvcmigError
+from migrations_runtime.engine.load import service_of_revision_id
+from migrations_runtime.engine.manifest import MANIFEST_NAME, load_manifest
+from migrations_runtime.engine.validate import Graph
 
 PHASES = ("expand", "contract")
 MAX_REASON = 1500  # CloudFormation rejects responses over 4 KiB; leave room for the framework's

@@ -1,7 +1,7 @@
-"""Alembic environment for svcmig: everything is in migrations_runtime.alembic_env."""
+"""Alembic environment for svcmig: everything is in migrations_runtime.alembic.environment."""
 
 from alembic import context
 
-from migrations_runtime.alembic_env import run
+from migrations_runtime.alembic.environment import run
 
 run(context)

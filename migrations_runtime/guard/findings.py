@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from .sqltree import RevisionContext, Statement
 
 
+# Every rule by name, filled as rule modules create their `RULE`: findings cross process
+# boundaries pickled by rule name, and the receiving process has imported the same rules.
+_RULES_BY_NAME: dict[str, Rule] = {}
+
+
 class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
@@ -29,6 +34,9 @@ class Rule:
     severity: Severity
     doc: str
     hint: str
+
+    def __post_init__(self) -> None:
+        _RULES_BY_NAME.setdefault(self.name, self)
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
         """Pickle by name (findings cross process boundaries), so `finding.rule is RULE`
@@ -51,9 +59,7 @@ class StatementRule(Rule):
 
 
 def _rule_named(name: str) -> Rule:
-    from .rules import BY_NAME
-
-    return BY_NAME[name]
+    return _RULES_BY_NAME[name]
 
 
 @dataclass(frozen=True)

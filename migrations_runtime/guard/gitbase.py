@@ -12,8 +12,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .. import load
-from ..errors import MigrationFileError, SvcmigError
+from ..engine import load
+from ..engine.errors import MigrationFileError, SvcmigError
 from . import rules
 from .findings import Finding
 

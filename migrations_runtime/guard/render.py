@@ -13,7 +13,7 @@ from pathlib import Path
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
-from ..errors import MigrationFileError
+from ..engine.errors import MigrationFileError
 
 
 def upgrade_line(text: str) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from migrations_runtime.validate import build_graph
+from migrations_runtime.engine.validate import build_graph
 from tests.authoring.helpers import assert_one_line_error, tree
 from tests.conftest import (
     code_heads,

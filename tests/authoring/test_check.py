@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from migrations_runtime.progress import Progress
-from migrations_runtime.pytest_plugin import (  # noqa: F401 - fixtures used by name
+from migrations_runtime.tools.progress import Progress
+from migrations_runtime.tools.pytest_plugin import (  # noqa: F401 - fixtures used by name
     assert_check_passes,
     svcmig_check,
     svcmig_project_root,

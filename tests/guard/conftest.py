@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from migrations_runtime.guard.cli import lint
+from migrations_runtime.cli.lint import lint
 
 
 @dataclass

@@ -182,18 +182,18 @@ def test_history_of_earlier_revisions_is_used(project: Project, run_lint: RunLin
 
 def test_runs_as_a_module(project: Project) -> None:
     project.revision("users", "2026-11-25T1400", "x", "TRUNCATE users;")
-    done = subprocess.run([sys.executable, "-m", "migrations_runtime.guard", "--format", "json"],
-                          capture_output=True, text=True, cwd=project.root, check=False,
+    done = subprocess.run([sys.executable, "-m", "migrations_runtime.cli", "lint", "--format",
+                           "json"], capture_output=True, text=True, cwd=project.root, check=False,
                           env={"PYTHONPATH": str(Path(__file__).parents[2]), "PATH": ""})
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout)[0]["rule"] == "truncate"
 
 
 def test_parallel_run_matches_serial_run(project: Project) -> None:
-    from migrations_runtime.discover import discover_services
+    from migrations_runtime.cli.lint import _all_revision_files
+    from migrations_runtime.engine.discover import discover_services
     from migrations_runtime.guard import rules
-    from migrations_runtime.guard.cli import _all_revision_files
-    from migrations_runtime.guard.engine import Linter
+    from migrations_runtime.guard.linter import Linter
 
     for service in ("users", "orders"):
         project.revision(service, "2026-11-25T1400", "create", f"CREATE TABLE {service} (i int);")

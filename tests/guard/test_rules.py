@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from migrations_runtime.guard import rules
-from migrations_runtime.guard.engine import lint_example
 from migrations_runtime.guard.findings import StatementRule
+from migrations_runtime.guard.linter import lint_example
 
 BAD = [(rule, sql) for rule in rules.STATEMENT_RULES for sql in rule.bad]
 GOOD = [(rule, sql) for rule in rules.STATEMENT_RULES for sql in rule.good]

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from infra.migrator import handler as migrator
-from migrations_runtime.manifest import MANIFEST_NAME, write_manifest
+from migrations_runtime.engine.manifest import MANIFEST_NAME, write_manifest
 from tests.conftest import code_heads, query
 
 moto = pytest.importorskip("moto")

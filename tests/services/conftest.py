@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from migrations_runtime.apply import migrate
+from migrations_runtime.engine.apply import migrate
 from services.orders import handler as orders_handler
 from services.shared.events import LocalContext, http_api_event, response_body
 from services.users import handler as users_handler

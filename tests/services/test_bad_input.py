@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from migrations_runtime.dev_server import find_route, load_services
+from migrations_runtime.dev.server import find_route, load_services
 from tests.conftest import REPO, query
 from tests.services.conftest import call
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from moto import mock_aws
 
-from migrations_runtime.apply import migrate
+from migrations_runtime.engine.apply import migrate
 from services.shared.db import Database, SecretsManagerCredentials
 from services.shared.http import ServiceUnavailable
 from tests.conftest import REPO

@@ -1,4 +1,4 @@
-"""Error types shared by every step of the flow.
+"""Every step of the flow: the error types they raise.
 
 Each error names the file (and line, when known) and says what to do next, so the CLI, the
 Lambda handler and the tests can show it as it is.
@@ -11,6 +11,11 @@ from pathlib import Path
 
 class SvcmigError(Exception):
     """Base class: a problem the user can act on (exit code 1 in the CLI)."""
+
+
+class UsageProblem(SvcmigError):
+    """The command asked for something impossible (unknown service or revision, a name that is
+    taken, ...): the CLI exits 2, like any other usage error."""
 
 
 class MigrationFileError(SvcmigError):

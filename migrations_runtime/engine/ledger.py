@@ -1,5 +1,6 @@
-"""The database side of the flow: the framework schema, each service's schema and roles, the
-ledger (`svcmig.schema_migrations`) and Alembic's version table (`svcmig.alembic_version`).
+"""Step 5 of the flow, the database side (with apply): the framework schema, each service's schema
+and roles, the ledger (`svcmig.schema_migrations`) and Alembic's version table
+(`svcmig.alembic_version`).
 
 The ledger row and the version row of a revision are written in the revision's own
 transaction, so the database and the ledger can never disagree after a failure.

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from ..dev.embedded import embedded_url
+from ..engine.discover import find_project_root
 from .check import CheckReport, run_check
-from .database import embedded_url
-from .discover import find_project_root
 from .progress import Progress
 
 

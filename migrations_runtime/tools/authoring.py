@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .discover import Service, service_name_problem
-from .errors import MigrationFileError, ProjectError, SvcmigError
-from .load import (
+from ..engine.discover import Service, service_name_problem
+from ..engine.errors import MigrationFileError, ProjectError, UsageProblem
+from ..engine.load import (
     Revision,
     load_revision,
     next_timestamp,
@@ -27,13 +27,7 @@ from .load import (
     revision_id,
     slugify,
 )
-from .validate import Graph, build_graph
-
-
-class UsageProblem(SvcmigError):
-    """The command line asked for something impossible (unknown service, bad name, ...): the
-    CLI exits 2, like any other usage error."""
-
+from ..engine.validate import Graph, build_graph
 
 VERSION_LOCATIONS_RE = re.compile(r"^(?P<key>version_locations[ \t]*=[ \t]*)(?P<value>.*)$",
                                   re.MULTILINE)

@@ -1,9 +1,11 @@
-"""`svcmig dev`: every service's real Lambda handler behind one local HTTP server.
+"""The local dev server behind `svcmig dev`: every service's real Lambda handler behind one
+local HTTP server.
 
-It starts (or reuses) the project's embedded Postgres, migrates it through the same
-`apply.migrate` the deploy runs, then serves `http://127.0.0.1:<port>`: each HTTP request becomes
-an API Gateway HTTP API (payload 2.0) event for the service that owns the route (routes come
-from each service's OpenAPI document), and the handler's response goes back as HTTP.
+The command (`migrations_runtime.cli.dev`) migrates the local database through the same
+`engine.apply.migrate` the deploy runs; this module then serves `http://127.0.0.1:<port>`: each
+HTTP request becomes an API Gateway HTTP API (payload 2.0) event for the service that owns the
+route (routes come from each service's OpenAPI document), and the handler's response goes back
+as HTTP.
 
 Like API Gateway + Lambda, a service handles one request at a time (Powertools keeps the current
 event on the resolver, so a handler is not thread-safe), bodies over 6 MB are refused before any
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import signal
 import sys
@@ -31,11 +32,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from .apply import json_log_to_stderr, migrate
-from .database import redact, resolve_url
-from .discover import discover_services, find_project_root
-from .errors import SvcmigError
-from .report import status_text
+from ..engine.discover import discover_services
 
 LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024
 HOST = "127.0.0.1"
@@ -236,40 +233,3 @@ def serve(services: list[ServiceRoutes], port: int,
         server.server_close()
         for service in services:
             service.module.db.close()
-
-
-@click.command("dev")
-@click.option("--port", type=int, default=8000, show_default=True,
-              help="Port on 127.0.0.1.")
-@click.option("--database-url", default=None,
-              help="Postgres URL; default: $DATABASE_URL, else the project's embedded Postgres "
-                   "under .svcmig/ (started on demand and reused)")
-def dev(port: int, database_url: str | None) -> None:
-    """Migrate the local database and serve every service's handler on 127.0.0.1."""
-    try:
-        root = find_project_root()
-        url = resolve_url(database_url, root)
-        result = migrate(url, root, "all", log=json_log_to_stderr)
-    except SvcmigError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    click.echo(f"database {redact(url)}: applied {len(result.results)} revision(s)\n"
-               f"{status_text(result.plan)}", err=True)
-    os.environ["DATABASE_URL"] = url  # the handlers log in as <service>_app on this server
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    os.environ.setdefault("SVCMIG_LOCAL", "1")
-    services = load_services(root)
-
-    def ready(server: ThreadingHTTPServer) -> None:
-        names = ", ".join(s.name for s in services)
-        click.echo(f"serving {names} on http://{HOST}:{server.server_port} (Ctrl-C stops)\n"
-                   f"try:\n{curl_examples(server.server_port)}", err=False)
-
-    try:
-        serve(services, port, ready)
-    except OSError as err:
-        click.echo(f"error: cannot listen on {HOST}:{port}: {err.strerror}; pick another "
-                   "--port", err=True)
-        sys.exit(1)
-    click.echo("stopped", err=True)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .errors import SvcmigError
-from .ledger import DatabaseState
-from .load import Revision
-from .validate import Graph, parents
+from ..engine.errors import SvcmigError
+from ..engine.ledger import DatabaseState
+from ..engine.load import Revision
+from ..engine.validate import Graph, parents
 
 Format = Literal["mermaid", "dot", "svg", "png"]
 FORMATS: tuple[Format, ...] = ("mermaid", "dot", "svg", "png")

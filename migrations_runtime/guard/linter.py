@@ -1,4 +1,4 @@
-"""The guard's engine: migration files → parsed statements → findings.
+"""The guard's linter: migration files → parsed statements → findings.
 
 SQL is parsed with PostgreSQL's own parser (pglast / libpg_query), never with regular
 expressions, so comments, string literals and function bodies are never mistaken for
@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pglast import parser
 
-from .. import load
-from ..discover import Service
-from ..errors import MigrationFileError
+from ..engine import load
+from ..engine.discover import Service
+from ..engine.errors import MigrationFileError
 from . import rules
 from .findings import Finding
 from .sqltree import RevisionContext, SchemaModel, Statement

@@ -1,8 +1,8 @@
-"""A build-time manifest of the validated graph: every revision's metadata and checksum in one
-JSON file, so the deploy-time migrator plans (and answers "nothing to do") without reading,
-parsing or importing every migration file. Pending revisions are still read from disk, and
-their checksum must match the manifest's, so a stale manifest is refused instead of trusted.
-"""
+"""Steps 1–3 of the flow done at build time: a manifest of the validated graph, every revision's
+metadata and checksum in one JSON file, so the deploy-time migrator plans (and answers "nothing
+to do") without reading, parsing or importing every migration file. Pending revisions are still
+read from disk, and their checksum must match the manifest's, so a stale manifest is refused
+instead of trusted."""
 
 from __future__ import annotations
 

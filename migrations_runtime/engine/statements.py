@@ -1,5 +1,6 @@
-"""What a revision executes: its SQL statements (split by the real Postgres parser) and the
-session settings that put it inside its service (role, search_path, lock_timeout).
+"""Step 5 of the flow, per revision: what a revision executes: its SQL statements (split by the real
+Postgres parser) and the session settings that put it inside its service (role, search_path,
+lock_timeout).
 
 Both the svcmig runner and the stock-Alembic path use these, so a revision runs the same way
 whichever tool applies it.

@@ -19,9 +19,9 @@ from typing import Any
 
 from alembic.script.base import Script, ScriptDirectory
 
-from .discover import Service
-from .errors import MigrationFileError
-from .load import (
+from ..engine.discover import Service
+from ..engine.errors import MigrationFileError
+from ..engine.load import (
     Revision,
     load_revision,
     next_timestamp,
@@ -31,7 +31,7 @@ from .load import (
     service_of_revision_id,
     slugify,
 )
-from .statements import enter_service_sql, leave_service_sql, revision_statements
+from ..engine.statements import enter_service_sql, leave_service_sql, revision_statements
 
 _INSTALLED_FLAG = "_svcmig_installed"
 

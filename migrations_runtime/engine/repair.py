@@ -1,4 +1,5 @@
-"""The ways out of a refused plan, each explicit and recorded in the ledger:
+"""Beside step 4 of the flow: the ways out of a refused plan, each explicit and recorded in the
+ledger:
 
 - `baseline`: a team adopting svcmig on a database whose schema already exists marks revisions
   as applied without running them;

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import click
 
-from ..discover import Service, discover_services, find_project_root
-from ..errors import SvcmigError
-from . import rules
-from .engine import Linter, is_revision_file
-from .findings import Finding, Severity
-from .formatters import FORMATTERS
-from .gitbase import diff_against
+from ..engine.discover import Service, discover_services, find_project_root
+from ..engine.errors import SvcmigError
+from ..guard import rules
+from ..guard.findings import Finding, Severity
+from ..guard.formatters import FORMATTERS
+from ..guard.gitbase import diff_against
+from ..guard.linter import Linter, is_revision_file
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 DEFAULT_PG_VERSION = 16

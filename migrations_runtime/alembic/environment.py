@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .database import connect, resolve_url, sqlalchemy_url
-from .discover import FRAMEWORK_SCHEMA, discover_services
-from .ledger import (
+from ..engine.database import connect, sqlalchemy_url
+from ..engine.discover import FRAMEWORK_SCHEMA, discover_services
+from ..engine.ledger import (
     FRAMEWORK_DDL,
     VERSION_TABLE,
     bootstrap,
@@ -18,7 +18,7 @@ from .ledger import (
     record,
     service_bootstrap_sql,
 )
-from .lock import migrator_lock
+from ..engine.lock import migrator_lock
 
 DEFAULT_LOCK_WAIT_SECONDS = 60.0
 
@@ -51,7 +51,8 @@ def run(context: Any) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import StaticPool
 
-    from .alembic_plugin import _load_for_alembic, service_for
+    from ..dev.embedded import resolve_url
+    from .plugin import _load_for_alembic, service_for
 
     raw = connect(resolve_url(None, root))
     try:

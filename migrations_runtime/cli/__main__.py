@@ -1,0 +1,5 @@
+"""`python -m migrations_runtime.cli` is the `svcmig` console script."""
+
+from .main import main
+
+main()

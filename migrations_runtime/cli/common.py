@@ -1,0 +1,52 @@
+"""What every `svcmig` command shares: one-line errors with the documented exit code, the project
+root, the database option and JSON output.
+
+Exit codes: 0 ok; 1 a problem was found (refused plan, failed revision, lock timeout, failed
+check); 2 a usage error (bad arguments, unknown service or revision, a name that is taken).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from ..engine.discover import find_project_root
+from ..engine.errors import SvcmigError, UsageProblem
+
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+DATABASE_URL_HELP = ("Postgres URL; default: $DATABASE_URL, else the project's embedded Postgres "
+                     "under .svcmig/ (started on demand and reused)")
+
+
+def fail(message: str, code: int = EXIT_PROBLEM) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def run(action: Callable[[], Any]) -> Any:
+    """Run `action`, turning svcmig errors into a one-line message and the right exit code."""
+    try:
+        return action()
+    except UsageProblem as err:
+        fail(str(err), EXIT_USAGE)
+    except SvcmigError as err:
+        fail(str(err), EXIT_PROBLEM)
+
+
+def project_root() -> Path:
+    return run(find_project_root)  # type: ignore[no-any-return]
+
+
+def echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+database_url_option = click.option("--database-url", envvar=None, default=None,
+                                   help=DATABASE_URL_HELP)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
