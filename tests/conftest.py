@@ -60,10 +60,7 @@ def database_url(server_url: str) -> Iterator[str]:
 def copy_project(root: Path) -> Path:
     """alembic.ini and every service's migrations, copied so a test may edit them."""
     root.mkdir(parents=True)
-    ini = (REPO / "alembic.ini").read_text()
-    (root / "alembic.ini").write_text(ini.replace(
-        "script_location = %(here)s/migrations_runtime/alembic",
-        f"script_location = {REPO / 'migrations_runtime' / 'alembic'}"))
+    shutil.copy(REPO / "alembic.ini", root / "alembic.ini")
     for service in (REPO / "services").iterdir():
         if (service / "migrations").is_dir():
             shutil.copytree(service / "migrations",
@@ -116,7 +113,7 @@ def write_project(root: Path, services: dict[str, dict[str, str]]) -> Path:
     locations = " ".join(f"%(here)s/services/{name}/migrations" for name in services)
     (root / "alembic.ini").write_text(
         "[alembic]\n"
-        f"script_location = {REPO / 'migrations_runtime' / 'alembic'}\n"
+        "script_location = migrations_runtime:alembic\n"
         f"version_locations = {locations}\npath_separator = space\n")
     for name, files in services.items():
         folder = root / "services" / name / "migrations"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,10 @@ def imports_of(path: Path, root: Path, known: set[str]) -> set[str]:
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and _call_name(node) in ("import_module", "__import__") \
+                and node.args and isinstance(node.args[0], ast.Constant):
+            targets = [str(node.args[0].value)]
+        elif isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -60,6 +65,11 @@ def imports_of(path: Path, root: Path, known: set[str]) -> set[str]:
     return found
 
 
+def _call_name(node: ast.Call) -> str:
+    func = node.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
 def import_graph(root: Path) -> dict[str, set[str]]:
     files = [p for p in root.rglob("*.py") if "__pycache__" not in p.parts]
     known = {module_name(p, root) for p in files}
@@ -71,7 +81,8 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
         parts = module.split(".")
         return parts[1] if len(parts) > 1 and parts[1] in ALLOWED else None
 
-    found = []
+    found = [f"{PACKAGE} imports {target}: the top-level package runs before every module, so "
+             "it imports nothing" for target in sorted(graph.get(PACKAGE, ()))]
     for module, targets in sorted(graph.items()):
         source = layer(module)
         if source is None:
@@ -134,6 +145,22 @@ def test_no_import_cycles() -> None:
     assert cycles(import_graph(REPO / PACKAGE)) == []
 
 
+def test_every_module_imports_on_its_own() -> None:
+    """A fresh interpreter per module: an import cycle through a third-party package (Alembic
+    imports its plugins while `import alembic` runs) shows only when that module comes first."""
+    skip = {f"{PACKAGE}.cli.__main__", f"{PACKAGE}.alembic.env"}  # they run, not import
+    modules = sorted(m for m in import_graph(REPO / PACKAGE) if m not in skip)
+    running = {m: subprocess.Popen([sys.executable, "-c", f"import {m}"], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for m in modules}
+    failed = {}
+    for module, process in running.items():
+        output, _ = process.communicate(timeout=120)
+        if process.returncode != 0:
+            failed[module] = output.strip().splitlines()[-1]
+    assert failed == {}
+
+
 @pytest.fixture
 def package_copy(tmp_path: Path) -> Path:
     copy = tmp_path / PACKAGE
@@ -148,6 +175,9 @@ def package_copy(tmp_path: Path) -> Path:
     ("engine/lock.py", "import migrations_runtime.cli.main", "engine may not depend on cli"),
     ("guard/sqltree.py", "from ..tools import progress", "guard may not depend on tools"),
     ("dev/server.py", "from ..cli.common import fail", "dev may not depend on cli"),
+    ("engine/plan.py", "    importlib.import_module('migrations_runtime.tools.check')",
+     "engine may not depend on tools"),
+    ("__init__.py", "from .cli.main import cli", "the top-level package runs before every"),
 ])
 def test_a_planted_forbidden_import_is_caught(package_copy: Path, module: str, planted: str,
                                               expected: str) -> None:

@@ -15,9 +15,7 @@ import types
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from alembic.script.base import Script, ScriptDirectory
+from typing import TYPE_CHECKING, Any
 
 from ..engine.discover import Service
 from ..engine.errors import MigrationFileError
@@ -32,6 +30,9 @@ from ..engine.load import (
     slugify,
 )
 from ..engine.statements import enter_service_sql, leave_service_sql, revision_statements
+
+if TYPE_CHECKING:
+    from alembic.script.base import Script, ScriptDirectory
 
 _INSTALLED_FLAG = "_svcmig_installed"
 
@@ -130,7 +131,10 @@ def _load_for_alembic(path: Path, service: Service) -> Revision:
 
 
 def install() -> None:
-    """Patch Alembic once (idempotent)."""
+    """Patch Alembic once (idempotent). Alembic is imported here, not at module level: Alembic
+    imports this module while `import alembic` is still running."""
+    from alembic.script.base import Script, ScriptDirectory
+
     if getattr(Script, _INSTALLED_FLAG, False):
         return
     original_from_path = Script._from_path.__func__  # type: ignore[attr-defined]

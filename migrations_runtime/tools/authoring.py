@@ -248,8 +248,8 @@ def _python_text(root: Path, rev_id: str, head: Revision, message: str,
     config = Config(str(root / "alembic.ini"))
     location = config.get_main_option("script_location")
     if not location:
-        raise ProjectError("alembic.ini has no script_location; it should point at "
-                           "migrations_runtime/alembic")
+        raise ProjectError("alembic.ini has no script_location; set it to "
+                           "migrations_runtime:alembic")
     template = Path(util.coerce_resource_to_filename(location)) / "script.py.mako"
     text: str = Template(filename=str(template)).render_unicode(
         up_revision=rev_id,

