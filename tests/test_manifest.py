@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from migrations_runtime.engine.apply import migrate
-from migrations_runtime.engine.errors import MigrationFailed, ProjectError
+from migrations_runtime.engine.errors import PlanError, ProjectError
 from migrations_runtime.engine.manifest import load_manifest, write_manifest
 from migrations_runtime.engine.validate import build_graph
 from tests.conftest import revision_count, run_cli
@@ -40,7 +40,7 @@ def test_stale_manifest_is_refused(project: Path, database_url: str, tmp_path: P
     graph = write_manifest(project, tmp_path / "m.json")
     first = graph.ordered()[0]
     first.path.write_text(first.path.read_text().replace("email", "mail"))
-    with pytest.raises(MigrationFailed, match="changed after it was planned"):
+    with pytest.raises(PlanError, match="changed after it was loaded"):
         migrate(database_url, project, graph=load_manifest(tmp_path / "m.json", project),
                 log=lambda _: None)
 

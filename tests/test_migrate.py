@@ -83,18 +83,22 @@ def test_fresh_database_gets_every_revision_in_the_expand_phase(
     assert "contract" in {r.phase for r in result.results}
 
 
-def test_syntax_error_in_third_of_five(tmp_path: Path, database_url: str) -> None:
+def test_syntax_error_in_third_of_five_refuses_the_whole_plan(
+        tmp_path: Path, database_url: str) -> None:
+    """Every pending revision is parsed before the first one runs: nothing is applied."""
     root = write_project(tmp_path, {"shop": five_revisions(
         "CREATE TABLE three (id int);\nCREATE TABEL broken (id int);\n")})
-    with pytest.raises(MigrationFailed) as caught:
+    with pytest.raises(PlanError) as caught:
         migrate(database_url, root, log=lambda _: None)
     assert "2026-01-03T0000__shop__three.sql:2" in str(caught.value)
     assert "syntax error" in str(caught.value)
-    assert ledger(database_url) == {"shop_202601010000": "applied", "shop_202601020000": "applied"}
-    tables = {r[0] for r in query(database_url, "SELECT tablename FROM pg_tables "
-                                                "WHERE schemaname = 'shop'")}
-    assert tables == {"one", "two"}
+    assert ledger(database_url) == {}
+    assert query(database_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'shop'") == \
+        [(0,)]
     assert lock_is_free(database_url)
+    status = read_plan(database_url, root)
+    assert [(a.kind, a.revision) for a in status.errors] == [
+        ("invalid_revision", "shop_202601030000")]
 
 
 def test_runtime_error_rolls_back_the_whole_revision(tmp_path: Path, database_url: str) -> None:

@@ -1,83 +1,155 @@
-"""What `env.py` runs for stock `alembic` commands, so they keep svcmig's guarantees: the same
-advisory lock, the same bootstrap of schemas and roles, the version table and the ledger in the
-`svcmig` schema, one transaction per revision with its ledger row inside it."""
+"""What `env.py` runs for stock `alembic` commands, so they keep svcmig's guarantees.
+
+Online, Alembic only decides *what* to run (its revision arithmetic: `heads`, `users@+1`,
+`orders@base`, stamps); svcmig's runner runs it: the same validation, advisory lock, bootstrap,
+per-service owner sessions, ledger rows and lock_timeout policy as `svcmig migrate`. Offline
+(`--sql`), Alembic renders the script, with each revision inside its service's role and
+search_path (`plugin.in_service`).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from ..engine.database import connect, sqlalchemy_url
+from ..engine import ledger
+from ..engine.apply import Runner, RunSettings
+from ..engine.database import connect, refuse_pooler, sqlalchemy_url
 from ..engine.discover import FRAMEWORK_SCHEMA, discover_services
-from ..engine.ledger import (
-    FRAMEWORK_DDL,
-    VERSION_TABLE,
-    bootstrap,
-    forget,
-    record,
-    service_bootstrap_sql,
-)
+from ..engine.errors import SvcmigError
 from ..engine.lock import migrator_lock
+from ..engine.validate import Graph, build_graph, parents
 
-DEFAULT_LOCK_WAIT_SECONDS = 60.0
+log = logging.getLogger("alembic.runtime.migration")
+
+COMMON_OPTIONS = {
+    "version_table": ledger.VERSION_TABLE,
+    "version_table_schema": FRAMEWORK_SCHEMA,
+    "transaction_per_migration": True,
+}
 
 
-def lock_wait_seconds() -> float:
-    return float(os.environ.get("SVCMIG_LOCK_WAIT_SECONDS", DEFAULT_LOCK_WAIT_SECONDS))
+def settings_from_environment() -> RunSettings:
+    """The runner's settings for stock commands: the defaults, with the lock wait from
+    `SVCMIG_LOCK_WAIT_SECONDS`."""
+    wait = os.environ.get("SVCMIG_LOCK_WAIT_SECONDS")
+    return RunSettings(lock_wait_seconds=float(wait)) if wait else RunSettings()
 
 
 def run(context: Any) -> None:
     """Entry point for `migrations_runtime/alembic/env.py`."""
     root = Path(context.config.config_file_name).resolve().parent
-    common = {
-        "version_table": VERSION_TABLE,
-        "version_table_schema": FRAMEWORK_SCHEMA,
-        "transaction_per_migration": True,
-    }
     if context.is_offline_mode():
-        url = os.environ.get("DATABASE_URL", "postgresql://")
-        context.configure(url=sqlalchemy_url(url), literal_binds=True, **common)
-        with context.begin_transaction():
-            # What `svcmig migrate` bootstraps, so the script also runs on an empty database.
-            for sql in FRAMEWORK_DDL[:2]:
-                context.execute(sql)
-            for service in discover_services(root):
-                for sql in service_bootstrap_sql(service):
-                    context.execute(sql)
-            context.run_migrations()
-        return
+        _run_offline(context, root)
+    else:
+        _run_online(context, root)
 
+
+def _run_offline(context: Any, root: Path) -> None:
+    url = os.environ.get("DATABASE_URL", "postgresql://")
+    context.configure(url=sqlalchemy_url(url), literal_binds=True, **COMMON_OPTIONS)
+    with context.begin_transaction():
+        # What `svcmig migrate` bootstraps, so the script also runs on an empty database.
+        for sql in ledger.FRAMEWORK_DDL:
+            context.execute(sql)
+        for service in discover_services(root):
+            for sql in ledger.service_bootstrap_sql(service):
+                context.execute(sql)
+        context.run_migrations()
+
+
+def alembic_heads(graph: Graph, rows: set[str]) -> tuple[str, ...]:
+    """The version rows as Alembic itself would keep them. svcmig keeps one row per service;
+    Alembic drops a head that another head depends on, and refuses to upgrade from heads that
+    "overlap" (one an ancestor of another through `depends_on`)."""
+    covered: set[str] = set()
+    for head in rows:
+        stack = [p for p in parents(graph.revisions[head])] if head in graph.revisions else []
+        while stack:
+            rev_id = stack.pop()
+            if rev_id in covered or rev_id not in graph.revisions:
+                continue
+            covered.add(rev_id)
+            stack.extend(parents(graph.revisions[rev_id]))
+    return tuple(sorted(rows - covered))
+
+
+def _run_online(context: Any, root: Path) -> None:
+    from alembic.runtime.migration import RevisionStep
+    from alembic.util import CommandError
     from sqlalchemy import create_engine
     from sqlalchemy.pool import StaticPool
 
     from ..dev.embedded import resolve_url
-    from .plugin import _load_for_alembic, service_for
 
-    raw = connect(resolve_url(None, root))
+    settings = settings_from_environment()
     try:
-        with migrator_lock(raw, lock_wait_seconds()):
-            bootstrap(raw, discover_services(root))
-            raw.autocommit = False  # from here SQLAlchemy's transactions are real ones
-            engine = create_engine(sqlalchemy_url("postgresql://"), creator=lambda: raw,
-                                   poolclass=StaticPool, pool_reset_on_return=None)
-
-            def write_ledger(ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
-                path = Path(step.up_revision.path) if step.up_revision is not None else None
-                service = service_for(path) if path is not None else None
-                if service is None or path is None:
-                    return
-                if step.is_upgrade:
-                    revision = _load_for_alembic(path, service)
-                    record(raw, revision, "baselined" if step.is_stamp else "applied", None)
-                else:
-                    forget(raw, step.up_revision_id)
-
-            with engine.connect() as connection:
-                context.configure(connection=connection, on_version_apply=write_ledger, **common)
-                with context.begin_transaction():
-                    context.run_migrations()
-                connection.commit()
-            raw.autocommit = True
+        graph = build_graph(root)
+        url = resolve_url(None, root)
+        migrator = connect(url, idle_in_transaction_ms=settings.idle_timeout_ms)
+    except SvcmigError as err:
+        raise CommandError(str(err)) from err
+    try:
+        refuse_pooler(migrator, url)
+        engine = create_engine(sqlalchemy_url("postgresql://"), creator=lambda: migrator,
+                               poolclass=StaticPool, pool_reset_on_return=None)
+        with engine.connect() as connection:
+            context.configure(connection=connection, **COMMON_OPTIONS)
+            migration_context = context.get_context()
+            # `current`, `check` and the like pass dont_mutate: they read and never write
+            read_only = bool(migration_context.opts.get("dont_mutate"))
+            lock = nullcontext() if read_only else migrator_lock(
+                migrator, settings.lock_wait_seconds, settings.idle_timeout_ms)
+            with lock:
+                if not read_only:
+                    ledger.bootstrap(migrator, graph.services)
+                heads = alembic_heads(graph, set(migration_context.get_current_heads()))
+                work = migration_context.opts.get("fn")
+                steps = list(work(heads, migration_context)) if work else []
+                if steps and read_only:
+                    raise CommandError("this command may not change the database")
+                runner = Runner(migrator, url, settings, _log)
+                try:
+                    for step in steps:
+                        if isinstance(step, RevisionStep):
+                            log.info("Running %s", step)
+                            runner.apply(graph.revisions[step.revision.revision],
+                                         step.is_upgrade)
+                        else:
+                            _stamp(migration_context, graph, step, heads)
+                finally:
+                    runner.close()
+    except SvcmigError as err:
+        raise CommandError(str(err)) from err
     finally:
-        raw.close()
+        migrator.close()
+
+
+def _stamp(migration_context: Any, graph: Graph, step: Any, heads: tuple[str, ...]) -> None:
+    """A stamp moves version rows without running anything; the ledger follows it."""
+    from alembic.runtime.migration import HeadMaintainer
+
+    log.info("Running %s", step)
+    connection = migration_context.connection
+    with connection.begin():
+        HeadMaintainer(migration_context, heads).update_to_step(step)
+        raw = connection.connection.dbapi_connection
+        if step.is_upgrade:
+            for rev_id in step.to_revisions:
+                revision = graph.revisions.get(rev_id)
+                if revision is not None:
+                    ledger.record(raw, revision, "baselined", None)
+        else:
+            for rev_id in step.from_revisions:
+                ledger.forget(raw, rev_id)
+
+
+def _log(line: dict[str, object]) -> None:
+    """The runner's structured lines, through Alembic's logger (alembic.ini configures it)."""
+    if line.get("event") == "revision" and line.get("outcome") == "failed":
+        log.error("%s", line.get("error"))
+    elif line.get("event") in ("warning", "lock_timeout_retry", "invalid_index_dropped"):
+        log.warning("%s", line)

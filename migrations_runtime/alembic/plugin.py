@@ -80,12 +80,12 @@ def in_service(service: Service, transactional: bool,
         from alembic import op
 
         if transactional:
-            _emit(enter_service_sql(service, transactional=True))
+            _emit(enter_service_sql(service, transactional=True, set_role=True))
             body()
             _emit(leave_service_sql())
             return
         with op.get_context().autocommit_block():
-            _emit(enter_service_sql(service, transactional=False))
+            _emit(enter_service_sql(service, transactional=False, set_role=True))
             try:
                 body()
             finally:

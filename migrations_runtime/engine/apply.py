@@ -1,18 +1,28 @@
 """Step 5 of the flow: apply a plan to one database, under the migrator lock.
 
-Per revision: its own transaction, `lock_timeout` with bounded retries and backoff on SQLSTATE
-55P03, the service's role and search_path, the ledger row and Alembic's version row written in
-the same transaction. A non-transactional revision runs in autocommit and keeps its ledger row
-`dirty` until it has finished, so a crash halfway is visible on the next run.
+The migrator's session holds the advisory lock, bootstraps and reads the ledger; every revision
+runs in its service's own session, logged in as `<service>_owner` (`sessions.py`), so Postgres
+itself keeps a revision inside its service whatever the revision contains. Each revision starts
+from a clean session (`statements.SESSION_RESET_SQL`): nothing an earlier revision set, of any
+service, is visible to the next one.
+
+Per transactional revision: one transaction holding the reset, the service's settings
+(search_path, lock_timeout with bounded retries on SQLSTATE 55P03, statement_timeout), the
+statements, and the revision's ledger row and Alembic version row, then COMMIT. A
+non-transactional revision runs in autocommit and keeps its ledger row `dirty` until it has
+finished; when it fails, INVALID indexes its concurrent builds left are dropped, and a revision
+that changed nothing is not left dirty.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -20,21 +30,27 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
 
 from . import ledger
-from .database import connect
+from .database import DEFAULT_IDLE_IN_TRANSACTION_MS, connect, refuse_pooler
 from .errors import MigrationFailed, MigrationFileError, PlanError
-from .load import Revision, checksum
+from .load import Revision, checksum, read_text
 from .lock import migrator_lock
 from .plan import PhaseChoice, Plan, make_plan
+from .preflight import preflight
 from .report import RevisionResult, RunResult, json_log
+from .sessions import GuardedConnection, RevisionSessions
 from .statements import (
     DEFAULT_LOCK_TIMEOUT_MS,
+    SESSION_RESET_SQL,
     Statement,
+    check_statements,
     enter_service_sql,
-    leave_service_sql,
+    forbidden_reason,
     revision_statements,
     service_of,
+    split_statements,
 )
 from .validate import Graph, build_graph
 
@@ -45,25 +61,49 @@ class RunSettings:
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
     lock_retries: int = 4
     backoff_seconds: float = 0.5
+    # Per statement of a revision; None: no limit beyond the server's own setting.
+    statement_timeout_ms: int | None = None
+    # A frozen migrator's revision session (idle in a transaction) and its lock session (idle,
+    # no heartbeat) end after this long, so their locks go with them.
+    idle_timeout_ms: int = DEFAULT_IDLE_IN_TRANSACTION_MS
 
 
 class PythonRevisions:
-    """Runs Python revisions through Alembic's `op` on the runner's own connection. SQLAlchemy
-    and Alembic are imported only when the first Python revision runs."""
+    """Runs Python revisions through Alembic's `op` on one revision session. SQLAlchemy and
+    Alembic are imported only when the first Python revision runs.
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    Every statement the revision sends is parsed first and refused when a revision may not
+    contain it (SQL built at run time escapes the preflight check), `autocommit_block()` is
+    refused in a transactional revision (a no-op in a non-transactional one, which already runs
+    in autocommit), and the session refuses `commit()` while the revision runs."""
+
+    def __init__(self, conn: GuardedConnection) -> None:
         self._raw = conn
         self._connection: Any = None
+        self._transactional = True
+        self._path = Path(".")
 
     def prepare(self) -> None:
         """Bind SQLAlchemy to the raw connection while it is idle (its first connect rolls back)."""
         if self._connection is None:
-            from sqlalchemy import create_engine
+            from sqlalchemy import create_engine, event
             from sqlalchemy.pool import StaticPool
 
             engine = create_engine("postgresql+psycopg://", creator=lambda: self._raw,
                                    poolclass=StaticPool, pool_reset_on_return=None)
+            event.listen(engine, "before_cursor_execute", self._refuse_forbidden)
             self._connection = engine.connect()
+
+    def _refuse_forbidden(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        try:
+            parsed = split_statements(statement, 1, self._path)
+        except MigrationFileError:
+            return  # not parseable on its own (bound parameters): the server decides
+        for found in parsed:
+            reason = forbidden_reason(found, self._transactional)
+            if reason:
+                raise MigrationFileError(self._path, f"not allowed in a revision: {reason} "
+                                         f"(statement: {statement.strip()[:200]})")
 
     def run(self, revision: Revision, upgrade: bool) -> None:
         from alembic.operations import Operations
@@ -71,12 +111,27 @@ class PythonRevisions:
 
         module = _import_revision(revision)
         context = MigrationContext.configure(connection=self._connection)
-        with Operations.context(context):
-            (module.upgrade if upgrade else module.downgrade)()
+        context.autocommit_block = _autocommit_block(revision)  # type: ignore[method-assign]
+        self._transactional, self._path = revision.transactional, revision.path
+        self._raw.guarded = True
+        try:
+            with Operations.context(context):
+                (module.upgrade if upgrade else module.downgrade)()
+        finally:
+            self._raw.guarded = False
 
     def close(self) -> None:
         if self._connection is not None and not self._raw.closed:
             self._connection.close()
+
+
+def _autocommit_block(revision: Revision) -> Callable[[], Any]:
+    def refuse() -> Any:
+        raise MigrationFileError(
+            revision.path, "autocommit_block() in a transactional revision: it would commit the "
+            "runner's transaction before the ledger row; set `transactional = False`")
+
+    return (lambda: nullcontext()) if not revision.transactional else refuse
 
 
 def _import_revision(revision: Revision) -> ModuleType:
@@ -100,29 +155,47 @@ def _describe(err: psycopg.Error) -> str:
     return f"{text}{detail} [SQLSTATE {err.sqlstate}]{hint}"
 
 
-class Runner:
-    """Applies revisions on one direct connection that holds the migrator lock."""
+def _script(conn: psycopg.Connection, *parts: str | sql.Composable) -> str:
+    """Statements joined into one simple-protocol query: one round trip for all of them."""
+    return "; ".join(p if isinstance(p, str) else p.as_string(conn) for p in parts)
 
-    def __init__(self, conn: psycopg.Connection, settings: RunSettings,
-                 log: Callable[[dict[str, object]], None]) -> None:
-        self.conn = conn
+
+class Runner:
+    """Applies revisions, each in its service's own session, while the migrator's session
+    (`migrator`) holds the lock. `prepared` holds statements the preflight already parsed."""
+
+    def __init__(self, migrator: psycopg.Connection, url: str, settings: RunSettings,
+                 log: Callable[[dict[str, object]], None],
+                 prepared: dict[str, list[Statement]] | None = None) -> None:
         self.settings = settings
         self.log = log
-        self.python = PythonRevisions(conn)
+        self.sessions = RevisionSessions(migrator, url, settings.idle_timeout_ms, log)
+        self.prepared = prepared or {}
+        self._python: dict[str, PythonRevisions] = {}
 
-    def _execute(self, revision: Revision, upgrade: bool,
-                 statements: list[Statement] | None) -> None:
+    def _python_for(self, service: str, conn: GuardedConnection) -> PythonRevisions:
+        runner = self._python.get(service)
+        if runner is None or runner._raw is not conn:
+            runner = self._python[service] = PythonRevisions(conn)
+        return runner
+
+    def _execute(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
+                 statements: list[Statement] | None) -> int:
+        """Run the revision's body; returns how many SQL statements completed."""
         if statements is None:
-            self.python.run(revision, upgrade)
-            return
+            self._python_for(revision.service, conn).run(revision, upgrade)  # type: ignore[arg-type]
+            return 0
+        done = 0
         for statement in statements:
             try:
-                self.conn.execute(statement.sql)
+                conn.execute(statement.sql)
             except psycopg.Error as err:
                 position = err.diag.statement_position
                 extra = statement.sql[: int(position) - 1].count("\n") if position else 0
                 err.add_note(f"svcmig-line:{statement.line + extra}")
                 raise
+            done += 1
+        return done
 
     @contextmanager
     def _failure_as(self, revision: Revision) -> Iterator[None]:
@@ -131,6 +204,9 @@ class Runner:
             yield
         except MigrationFailed:
             raise
+        except MigrationFileError as err:
+            raise MigrationFailed(revision.id, revision.path, err.message,
+                                  err.line or _python_error_line(err, revision.path)) from err
         except psycopg.Error as err:
             notes = [n for n in getattr(err, "__notes__", []) if n.startswith("svcmig-line:")]
             line = int(notes[-1].split(":")[1]) if notes else _python_error_line(err, revision.path)
@@ -157,111 +233,215 @@ class Runner:
         return result
 
     def _statements(self, revision: Revision, upgrade: bool) -> list[Statement] | None:
-        """A SQL revision's statements (parsed before anything runs), or None for Python."""
+        """A SQL revision's statements, checked before anything runs (None for Python)."""
         try:
-            if checksum(revision.path.read_text(encoding="utf-8")) != revision.checksum:
+            if checksum(read_text(revision.path)) != revision.checksum:
                 raise MigrationFileError(revision.path, "the file changed after it was planned "
                                          "(or since the manifest was built); run again")
             if revision.kind == "python":
-                self.python.prepare()
                 return None
-            return revision_statements(revision, upgrade)
+            statements = self.prepared.get(revision.id) if upgrade else None
+            if statements is None:
+                statements = revision_statements(revision, upgrade)
+                check_statements(statements, revision.transactional, revision.path)
+            return statements
         except MigrationFileError as err:
             raise MigrationFailed(revision.id, revision.path, err.message, err.line) from err
         except OSError as err:
             raise MigrationFailed(revision.id, revision.path, f"cannot read the file: {err}",
                                   None) from err
 
-    def _write_ledger(self, revision: Revision, upgrade: bool, duration_ms: int) -> None:
-        own_parent = revision.down_revision
+    def _session(self, revision: Revision) -> GuardedConnection:
+        try:
+            return self.sessions.session(service_of(revision))
+        except Exception as err:
+            raise MigrationFailed(revision.id, revision.path, str(err)) from err
+
+    def _ledger_sql(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
+                    duration_ms: int) -> list[sql.Composable]:
         if upgrade:
-            ledger.record(self.conn, revision, "applied", duration_ms)
-            ledger.move_version(self.conn, own_parent, revision.id)
-        else:
-            ledger.forget(self.conn, revision.id)
-            ledger.move_version(self.conn, revision.id, own_parent)
+            return [ledger.record_sql(revision, "applied", duration_ms),
+                    *ledger.move_version_sql(revision.down_revision, revision.id)]
+        return [ledger.forget_sql(revision.id),
+                *ledger.move_version_sql(revision.id, revision.down_revision)]
+
+    def _enter(self, revision: Revision, transactional: bool) -> list[str]:
+        return [*SESSION_RESET_SQL, *enter_service_sql(
+            service_of(revision), transactional, self.settings.lock_timeout_ms,
+            self.settings.statement_timeout_ms)]
 
     def _apply_transactional(self, revision: Revision, upgrade: bool,
                              statements: list[Statement] | None) -> None:
-        service = service_of(revision)
+        conn = self._session(revision)
         for attempt in range(self.settings.lock_retries + 1):
             started = time.monotonic()
-            self.conn.autocommit = False
             try:
                 with self._failure_as(revision):
-                    self.conn.execute(
-                        "; ".join(enter_service_sql(service, True, self.settings.lock_timeout_ms)))
-                    self._execute(revision, upgrade, statements)
-                    self.conn.execute("; ".join(leave_service_sql()))
-                    self._write_ledger(revision, upgrade, int((time.monotonic() - started) * 1000))
-                    self.conn.commit()
+                    if statements is None:
+                        self._python_for(revision.service, conn).prepare()
+                    conn.execute(_script(conn, "BEGIN", *self._enter(revision, True)))
+                    self._execute(conn, revision, upgrade, statements)
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+                        raise MigrationFileError(
+                            revision.path, "the revision ended the runner's transaction "
+                            "(a rollback or commit from inside it); nothing of it was recorded")
+                    duration = int((time.monotonic() - started) * 1000)
+                    conn.execute(_script(conn, *self._ledger_sql(conn, revision, upgrade,
+                                                                 duration), "COMMIT"))
                 return
             except MigrationFailed as err:
-                self.conn.rollback()
+                self._rollback(conn)
                 timed_out = isinstance(err.__cause__, pg_errors.LockNotAvailable)
                 if not timed_out or attempt == self.settings.lock_retries:
                     if timed_out:
-                        err.message += (f" after {attempt + 1} attempts with lock_timeout "
-                                        f"{self.settings.lock_timeout_ms}ms: a long transaction "
-                                        "holds a lock on the table; find it in pg_stat_activity")
-                        err.args = (f"{err.path}: revision {err.revision} failed: {err.message}",)
+                        err.add(f" after {attempt + 1} attempts with lock_timeout "
+                                f"{self.settings.lock_timeout_ms}ms: a long transaction holds a "
+                                "lock on the table; find it in pg_stat_activity")
                     raise
                 self.log({"event": "lock_timeout_retry", "revision": revision.id,
                           "attempt": attempt + 1})
                 time.sleep(self.settings.backoff_seconds * (2 ** attempt))
-            finally:
-                self.conn.autocommit = True
+
+    @staticmethod
+    def _rollback(conn: psycopg.Connection) -> None:
+        if conn.closed:
+            return
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+        except psycopg.Error:
+            conn.close()  # a broken session: the server rolls back; the next use reconnects
 
     def _apply_autocommit(self, revision: Revision, upgrade: bool,
                           statements: list[Statement] | None) -> None:
-        """CREATE INDEX CONCURRENTLY and friends: no transaction, so mark the ledger row dirty
-        first and clean only after every statement succeeded."""
-        service = service_of(revision)
+        """CREATE INDEX CONCURRENTLY and friends: no transaction, so the ledger row says `dirty`
+        from before the first statement until every statement has succeeded."""
+        conn = self._session(revision)
+        schema = service_of(revision).schema
         started = time.monotonic()
-        if upgrade:
-            ledger.record(self.conn, revision, "dirty", None)
+        done = 0
         with self._failure_as(revision):
-            self.conn.execute(
-                "; ".join(enter_service_sql(service, False, self.settings.lock_timeout_ms)))
-            try:
-                self._execute(revision, upgrade, statements)
-            finally:
-                self.conn.execute("; ".join(leave_service_sql()))
-            with self.conn.transaction():
-                self._write_ledger(revision, upgrade, int((time.monotonic() - started) * 1000))
+            if statements is None:
+                self._python_for(revision.service, conn).prepare()
+            before = {i.name for i in ledger.invalid_indexes(conn, [schema])}
+            conn.execute(_script(conn, *self._enter(revision, False), *(
+                [ledger.record_sql(revision, "dirty", None)] if upgrade else [])))
+        try:
+            with self._failure_as(revision):
+                for statement in statements or []:
+                    self._drop_invalid_target(conn, statement, schema)
+                    self._execute(conn, revision, upgrade, [statement])
+                    done += 1
+                if statements is None:
+                    self._execute(conn, revision, upgrade, None)
+                    done = -1  # a Python revision's progress is unknown
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    raise MigrationFileError(
+                        revision.path, "the revision left a transaction open; end every "
+                        "BEGIN it starts with COMMIT")
+                duration = int((time.monotonic() - started) * 1000)
+                conn.execute(_script(conn, "BEGIN", *self._ledger_sql(conn, revision, upgrade,
+                                                                      duration), "COMMIT"))
+        except MigrationFailed as err:
+            self._rollback(conn)
+            left = self._clean_up_invalid(conn, schema, before)
+            if upgrade and done == 0 and left is not None:
+                self._forget_dirty(conn, revision)
+                err.add(f"; nothing was left behind{left} and the revision is not applied")
+            elif upgrade:
+                err.add(f"; the revision is dirty: {done if done >= 0 else 'some'} of its "
+                        f"statements completed{left or ''}. Check what they left, then "
+                        f"`svcmig repair {revision.id} --applied` (or --rolled-back)")
+            raise
+
+    def _drop_invalid_target(self, conn: psycopg.Connection, statement: Statement,
+                             schema: str) -> None:
+        """A named concurrent index build whose index already exists INVALID (an earlier build
+        failed) would be skipped by IF NOT EXISTS, or fail: drop the leftover first."""
+        node = statement.node or {}
+        if statement.kind != "IndexStmt" or not node.get("concurrent") or not node.get("idxname"):
+            return
+        name = node["idxname"]
+        if any(i.name == name for i in ledger.invalid_indexes(conn, [schema])):
+            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(name)))
+            self.log({"event": "invalid_index_dropped", "index": f"{schema}.{name}",
+                      "reason": "left INVALID by an earlier build; building it again"})
+
+    def _clean_up_invalid(self, conn: psycopg.Connection, schema: str,
+                          before: set[str]) -> str | None:
+        """Drop (concurrently) the INVALID indexes this revision's failed builds left. Returns
+        a note for the error message, or None when the clean-up itself failed."""
+        if conn.closed:
+            return None
+        try:
+            left = [i for i in ledger.invalid_indexes(conn, [schema]) if i.name not in before]
+            for index in left:
+                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                    sql.Identifier(index.schema), sql.Identifier(index.name)))
+                self.log({"event": "invalid_index_dropped", "index": f"{schema}.{index.name}",
+                          "reason": "left INVALID by the failed build"})
+        except psycopg.Error:
+            return None
+        names = ", ".join(f"{schema}.{i.name}" for i in left)
+        return f" (dropped the INVALID index {names} the failed build left)" if left else ""
+
+    def _forget_dirty(self, conn: psycopg.Connection, revision: Revision) -> None:
+        try:
+            conn.execute(ledger.forget_sql(revision.id))
+        except psycopg.Error:
+            pass  # the row stays dirty; status reports it
 
     def close(self) -> None:
-        self.python.close()
+        for python in self._python.values():
+            python.close()
+        self.sessions.close()
+
+
+def _connect_migrator(url: str, settings: RunSettings) -> psycopg.Connection:
+    conn = connect(url, idle_in_transaction_ms=settings.idle_timeout_ms)
+    try:
+        refuse_pooler(conn, url)
+    except Exception:
+        conn.close()
+        raise
+    return conn
 
 
 def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             settings: RunSettings | None = None,
             log: Callable[[dict[str, object]], None] | None = None,
             graph: Graph | None = None) -> RunResult:
-    """Load, plan and apply under the migrator lock. The one API behind the CLI, the Lambda
-    handler and the tests. Raises `PlanError` (nothing applied) or `MigrationFailed` (earlier
-    revisions stay applied, the failed one rolled back, the lock released)."""
+    """Load, plan, check and apply under the migrator lock. The one API behind the CLI, the
+    Lambda handler and the tests. Raises `PlanError` (nothing applied; `.plan` has the
+    anomalies) or `MigrationFailed` (earlier revisions stay applied and are in `.applied`, the
+    failed one rolled back or left dirty, the lock released)."""
     settings = settings or RunSettings()
     log = log or json_log_to_stderr
     graph = graph or build_graph(root)
-    conn = connect(url)
+    conn = _connect_migrator(url, settings)
+    schemas = [s.schema for s in graph.services]
     results: list[RevisionResult] = []
     try:
-        with migrator_lock(conn, settings.lock_wait_seconds):
+        with migrator_lock(conn, settings.lock_wait_seconds, settings.idle_timeout_ms):
             ledger.bootstrap(conn, graph.services)
-            plan = make_plan(graph, ledger.read_state(conn), phase)
+            plan = make_plan(graph, ledger.read_state(conn, schemas), phase)
+            plan, prepared = preflight(graph, plan)
             for warning in plan.warnings:
                 log({"event": "warning", "kind": warning.kind, "revision": warning.revision,
                      "message": warning.message})
             if plan.errors:
-                raise PlanError("\n".join(a.message for a in plan.errors))
-            runner = Runner(conn, settings, log)
+                raise PlanError("\n".join(a.message for a in plan.errors), plan)
+            runner = Runner(conn, url, settings, log, prepared)
             try:
                 for revision in plan.steps:
                     results.append(runner.apply(revision))
+            except MigrationFailed as err:
+                err.applied = tuple(results)
+                raise
             finally:
                 runner.close()
-            after = make_plan(graph, ledger.read_state(conn), phase) if results else plan
+            after = make_plan(graph, ledger.read_state(conn, schemas), phase) if results else plan
     finally:
         conn.close()
     return RunResult(plan=after, results=tuple(results))
@@ -269,17 +449,16 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
 
 def read_plan(url: str, root: Path, phase: PhaseChoice = "all",
               graph: Graph | None = None) -> Plan:
-    """The plan without applying it (no lock needed: reading is harmless)."""
+    """The plan without applying it (no lock needed: reading is harmless), with the pending
+    revisions checked as `migrate` checks them."""
     graph = graph or build_graph(root)
     conn = connect(url)
     try:
-        return make_plan(graph, ledger.read_state(conn), phase)
+        plan = make_plan(graph, ledger.read_state(conn, [s.schema for s in graph.services]), phase)
     finally:
         conn.close()
+    return preflight(graph, plan)[0]
 
 
 def json_log_to_stderr(line: dict[str, object]) -> None:
-    import json
-    import sys
-
     print(json.dumps(line, default=str), file=sys.stderr, flush=True)

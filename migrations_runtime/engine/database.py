@@ -28,20 +28,68 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection:
-    """A direct connection for the migrator (never through RDS Proxy or a transaction pooler:
-    session advisory locks and `SET ROLE` need a real session)."""
+# Dead peers are noticed within about a minute either way: the client's TCP keepalives (libpq)
+# and the server's own (tcp_keepalives_*, set for this session) probe after 30 s idle, every
+# 10 s, 3 times; unacknowledged data gives up after 60 s (tcp_user_timeout).
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+              "keepalives_count": 3, "tcp_user_timeout": 60_000}
+DEFAULT_IDLE_IN_TRANSACTION_MS = 60_000
+
+
+def session_options(idle_in_transaction_ms: int) -> str:
+    """Server settings of every migrator and revision session (libpq `options`):
+    - `client_connection_check_interval`: a killed migrator's backend notices within a second
+      and ends, which frees its locks even mid-statement;
+    - `idle_in_transaction_session_timeout`: a frozen migrator (a Lambda frozen, a stopped
+      process) cannot hold a revision's locks longer than this;
+    - the server's TCP keepalives, for a peer that vanished without closing the socket."""
+    settings = {
+        "client_connection_check_interval": 1000,
+        "idle_in_transaction_session_timeout": int(idle_in_transaction_ms),
+        "tcp_keepalives_idle": KEEPALIVES["keepalives_idle"],
+        "tcp_keepalives_interval": KEEPALIVES["keepalives_interval"],
+        "tcp_keepalives_count": KEEPALIVES["keepalives_count"],
+    }
+    return " ".join(f"-c {name}={value}" for name, value in settings.items())
+
+
+def connect(url: str, *, autocommit: bool = True, role: str = APPLICATION_NAME,
+            idle_in_transaction_ms: int = DEFAULT_IDLE_IN_TRANSACTION_MS,
+            cls: type[psycopg.Connection] = psycopg.Connection,  # type: ignore[type-arg]
+            **overrides: str) -> psycopg.Connection:  # type: ignore[type-arg]
+    """A direct session (never through RDS Proxy or a transaction pooler: the advisory lock and
+    the per-revision session settings need a real, stable session), with the session settings
+    above. `overrides` replace parts of the URL (`user`, `password` for a revision session)."""
     try:
-        return psycopg.connect(
+        return cls.connect(
             libpq_url(url),
             autocommit=autocommit,
-            application_name=f"{APPLICATION_NAME}@{socket.gethostname()}:{os.getpid()}",
+            application_name=f"{role}@{socket.gethostname()}:{os.getpid()}",
             connect_timeout=10,
-            # A killed migrator's backend notices within a second and frees the lock.
-            options="-c client_connection_check_interval=1000",
+            options=session_options(idle_in_transaction_ms),
+            **KEEPALIVES,  # type: ignore[arg-type]
+            **overrides,  # type: ignore[arg-type]
         )
     except psycopg.OperationalError as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
         raise SvcmigError(
             f"cannot connect to {redact(url)}: {first_line}; check --database-url / DATABASE_URL"
         ) from err
+
+
+def refuse_pooler(conn: psycopg.Connection, url: str) -> None:
+    """Refuse a session that is not a direct, stable server session.
+
+    A pooler (PgBouncer, RDS Proxy) answers the startup with its own backend key, so the pid it
+    reports differs from the server's `pg_backend_pid()`; in transaction mode two transactions
+    may also reach different server backends. Either way a session advisory lock and session
+    settings would mean nothing, so the run stops before it takes the lock."""
+    first = conn.execute("SELECT pg_backend_pid()").fetchone()
+    second = conn.execute("SELECT pg_backend_pid()").fetchone()
+    server_pids = {row[0] for row in (first, second) if row}
+    if server_pids != {conn.info.backend_pid}:
+        raise SvcmigError(
+            f"{redact(url)} is not a direct PostgreSQL session (the connection reports backend "
+            f"pid {conn.info.backend_pid}, the server {sorted(server_pids)}): a connection "
+            "pooler such as PgBouncer or RDS Proxy is in between. The migrator needs a real "
+            "session for its lock; connect to the database's writer endpoint directly")

@@ -7,6 +7,7 @@ Lambda handler and the tests can show it as it is.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class SvcmigError(Exception):
@@ -34,7 +35,12 @@ class ProjectError(SvcmigError):
 
 
 class PlanError(SvcmigError):
-    """The database and the code disagree in a way that must not be applied blindly."""
+    """The database and the code disagree in a way that must not be applied blindly; `plan`
+    (an `engine.plan.Plan`) holds the anomalies. Nothing was applied."""
+
+    def __init__(self, message: str, plan: Any = None) -> None:
+        self.plan = plan
+        super().__init__(message)
 
 
 class LockTimeout(SvcmigError):
@@ -42,12 +48,22 @@ class LockTimeout(SvcmigError):
 
 
 class MigrationFailed(SvcmigError):
-    """A revision failed while being applied; its transaction was rolled back."""
+    """A revision failed while being applied; its transaction was rolled back (or, for a
+    non-transactional one, its ledger row says how far it got)."""
 
     def __init__(self, revision: str, path: Path, message: str, line: int | None = None) -> None:
         self.revision = revision
         self.path = path
         self.line = line
         self.message = message
-        where = f"{path}:{line}" if line else f"{path}"
-        super().__init__(f"{where}: revision {revision} failed: {message}")
+        self.applied: tuple[Any, ...] = ()  # `RevisionResult`s of the run that came before
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else f"{self.path}"
+        return f"{where}: revision {self.revision} failed: {self.message}"
+
+    def add(self, text: str) -> None:
+        """Append to the message (what the runner did about the failure)."""
+        self.message += text
+        self.args = (self._text(),)

@@ -14,14 +14,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from psycopg import sql
+
 from .discover import FRAMEWORK_SCHEMA, Service
 from .load import Revision
-from .statements import quote_ident
+from .statements import quote_ident, sql_literal
 
 LEDGER_TABLE = f"{FRAMEWORK_SCHEMA}.schema_migrations"
 VERSION_TABLE = "alembic_version"
 QUALIFIED_VERSION_TABLE = f"{FRAMEWORK_SCHEMA}.{VERSION_TABLE}"
 STATES = ("applied", "dirty", "baselined")
+POLICY = "own_service_rows"
 
 FRAMEWORK_DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {FRAMEWORK_SCHEMA}",
@@ -41,7 +44,24 @@ FRAMEWORK_DDL = [
         version_num varchar(32) NOT NULL,
         CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
     )""",
+    # Each revision writes its own ledger and version rows, in its own transaction, from a session
+    # logged in as its service's owner: row-level security limits an owner to its service's rows
+    # (revision ids are `<service>_<YYYYMMDDhhmm>`; USING checks new rows too). The migrator owns
+    # both tables and so bypasses it.
+    f"ALTER TABLE {LEDGER_TABLE} ENABLE ROW LEVEL SECURITY",
+    f"ALTER TABLE {QUALIFIED_VERSION_TABLE} ENABLE ROW LEVEL SECURITY",
+    f"""DO $$ BEGIN
+        CREATE POLICY {POLICY} ON {LEDGER_TABLE}
+            USING (current_user = service || '_owner');
+        CREATE POLICY {POLICY} ON {QUALIFIED_VERSION_TABLE}
+            USING (current_user = substring(version_num FROM '^(.*)_[0-9]{{12}}$') || '_owner');
+    EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
 ]
+FRAMEWORK_READY_SQL = f"""
+    SELECT count(*) = 2 FROM pg_class c
+    WHERE c.oid IN (to_regclass('{LEDGER_TABLE}'), to_regclass('{QUALIFIED_VERSION_TABLE}'))
+      AND c.relrowsecurity
+      AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = '{POLICY}')"""
 
 
 class Executes(Protocol):
@@ -55,8 +75,10 @@ def applied_by() -> str:
 
 
 def service_bootstrap_sql(service: Service) -> list[str]:
-    """Idempotent: schema owned by `<service>_owner` (NOLOGIN), DML for `<service>_app` (LOGIN)
-    on that schema only, and the migrator made a member of the owner so it can `SET ROLE`."""
+    """Idempotent: schema owned by `<service>_owner`, DML for `<service>_app` (LOGIN) on that
+    schema only, the owner's own rows of the ledger and version table (row-level security), and
+    the migrator made a member of the owner (to hand it adopted objects). The owner is NOLOGIN
+    except while a run has revisions of its service to apply (`owner_login`)."""
     owner, app, schema = (quote_ident(n) for n in (service.owner_role, service.app_role,
                                                    service.schema))
 
@@ -68,6 +90,11 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         create_role(owner, "NOLOGIN"),
         create_role(app, "LOGIN"),
         f"GRANT {owner} TO CURRENT_USER",
+        f"DO $$ BEGIN EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), "
+        f"{sql_literal(service.owner_role)}); END $$",
+        f"GRANT USAGE ON SCHEMA {FRAMEWORK_SCHEMA} TO {owner}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {LEDGER_TABLE}, {QUALIFIED_VERSION_TABLE} "
+        f"TO {owner}",
         f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}",
         f"ALTER SCHEMA {schema} OWNER TO {owner}",  # an adopted schema becomes the service's
         f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
@@ -85,22 +112,20 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
     the advisory lock; returns the names of the services it set up."""
     services = list(services)
     names = [s.name for s in services]
+    if not conn.execute(FRAMEWORK_READY_SQL).fetchone()[0]:
+        for sql in FRAMEWORK_DDL:
+            conn.execute(sql)
     present = conn.execute(
-        """SELECT n.nspname FROM pg_namespace n
+        f"""SELECT n.nspname FROM pg_namespace n
            JOIN pg_roles o ON o.oid = n.nspowner AND o.rolname = n.nspname || '_owner'
            WHERE n.nspname = ANY(%s)
              AND EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = n.nspname || '_app')
-             AND pg_has_role(current_user, o.oid, 'USAGE')""",
+             AND pg_has_role(current_user, o.oid, 'USAGE')
+             AND has_table_privilege(o.oid, '{LEDGER_TABLE}', 'INSERT')
+             AND has_table_privilege(o.oid, '{QUALIFIED_VERSION_TABLE}', 'INSERT')""",
         (names,),
     ).fetchall()
     ready = {row[0] for row in present}
-    framework_ready = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
-        (LEDGER_TABLE, QUALIFIED_VERSION_TABLE),
-    ).fetchone()[0]
-    if not framework_ready:
-        for sql in FRAMEWORK_DDL:
-            conn.execute(sql)
     created = []
     for service in services:
         if service.name in ready:
@@ -125,19 +150,46 @@ class LedgerRow:
 
 
 @dataclass(frozen=True)
+class InvalidIndex:
+    """An index Postgres marks INVALID (`pg_index.indisvalid` false): a concurrent build that
+    failed or is still running. It is maintained on every write but never used for reads."""
+
+    schema: str
+    name: str
+    table: str
+
+
+@dataclass(frozen=True)
 class DatabaseState:
-    """What the database says was applied: the ledger, and Alembic's version rows."""
+    """What the database says was applied: the ledger, Alembic's version rows, and the INVALID
+    indexes in the services' schemas."""
 
     ledger: dict[str, LedgerRow]
     alembic_heads: frozenset[str]
+    invalid_indexes: tuple[InvalidIndex, ...] = ()
 
     @classmethod
     def empty(cls) -> DatabaseState:
         return cls({}, frozenset())
 
 
-def read_state(conn: Executes) -> DatabaseState:
-    """The ledger and version rows; empty when svcmig never ran on this database."""
+INVALID_INDEXES_SQL = """
+    SELECT n.nspname, i.relname, t.relname FROM pg_index x
+    JOIN pg_class i ON i.oid = x.indexrelid
+    JOIN pg_class t ON t.oid = x.indrelid
+    JOIN pg_namespace n ON n.oid = i.relnamespace
+    WHERE NOT x.indisvalid AND n.nspname = ANY(%s)
+    ORDER BY 1, 2"""
+
+
+def invalid_indexes(conn: Executes, schemas: Iterable[str]) -> tuple[InvalidIndex, ...]:
+    return tuple(InvalidIndex(*row) for row in
+                 conn.execute(INVALID_INDEXES_SQL, (list(schemas),)).fetchall())
+
+
+def read_state(conn: Executes, schemas: Iterable[str] = ()) -> DatabaseState:
+    """The ledger and version rows (empty when svcmig never ran on this database), and the
+    INVALID indexes in `schemas`."""
     exists = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
         (LEDGER_TABLE, QUALIFIED_VERSION_TABLE),
@@ -153,35 +205,57 @@ def read_state(conn: Executes) -> DatabaseState:
     if exists[1]:
         heads = frozenset(r[0] for r in conn.execute(
             f"SELECT version_num FROM {QUALIFIED_VERSION_TABLE}").fetchall())
-    return DatabaseState(ledger, heads)
+    schemas = list(schemas)
+    return DatabaseState(ledger, heads, invalid_indexes(conn, schemas) if schemas else ())
+
+
+def record_sql(revision: Revision, state: str, duration_ms: int | None) -> sql.Composed:
+    """Insert or update the ledger row of `revision`, as one statement with its values inlined
+    (so it can share a round trip with other statements)."""
+    values = sql.SQL(", ").join(sql.Literal(v) for v in (
+        revision.id, revision.service, revision.file, revision.checksum, revision.phase, state,
+        duration_ms, applied_by()))
+    return sql.SQL(
+        f"""INSERT INTO {LEDGER_TABLE}
+            (revision, service, file, checksum, phase, state, duration_ms, applied_by)
+            VALUES ({{}})
+            ON CONFLICT (revision) DO UPDATE SET checksum = EXCLUDED.checksum,
+              state = EXCLUDED.state, duration_ms = EXCLUDED.duration_ms,
+              applied_at = now(), applied_by = EXCLUDED.applied_by, file = EXCLUDED.file""",
+    ).format(values)
+
+
+def forget_sql(revision_id: str) -> sql.Composed:
+    return sql.SQL(f"DELETE FROM {LEDGER_TABLE} WHERE revision = {{}}").format(
+        sql.Literal(revision_id))
+
+
+def move_version_sql(old: str | None, new: str | None) -> list[sql.Composed]:
+    """Keep Alembic's version table in step: the service's head row moves from `old` to `new`
+    (one row per service, as stock `alembic upgrade` keeps it), so `alembic current` and
+    `alembic downgrade users@-1` work on a database svcmig migrated."""
+    found = []
+    if old is not None:
+        found.append(sql.SQL(f"DELETE FROM {QUALIFIED_VERSION_TABLE} WHERE version_num = {{}}")
+                     .format(sql.Literal(old)))
+    if new is not None:
+        found.append(sql.SQL(f"INSERT INTO {QUALIFIED_VERSION_TABLE} (version_num) VALUES ({{}})")
+                     .format(sql.Literal(new)))
+    return found
 
 
 def record(conn: Executes, revision: Revision, state: str, duration_ms: int | None) -> None:
     """Insert or update the ledger row of `revision` (in the caller's transaction)."""
-    conn.execute(
-        f"""INSERT INTO {LEDGER_TABLE}
-            (revision, service, file, checksum, phase, state, duration_ms, applied_by)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (revision) DO UPDATE SET checksum = EXCLUDED.checksum,
-              state = EXCLUDED.state, duration_ms = EXCLUDED.duration_ms,
-              applied_at = now(), applied_by = EXCLUDED.applied_by, file = EXCLUDED.file""",
-        (revision.id, revision.service, revision.file, revision.checksum, revision.phase, state,
-         duration_ms, applied_by()),
-    )
+    conn.execute(record_sql(revision, state, duration_ms))
 
 
 def forget(conn: Executes, revision_id: str) -> None:
-    conn.execute(f"DELETE FROM {LEDGER_TABLE} WHERE revision = %s", (revision_id,))
+    conn.execute(forget_sql(revision_id))
 
 
 def move_version(conn: Executes, old: str | None, new: str | None) -> None:
-    """Keep Alembic's version table in step: the service's head row moves from `old` to `new`
-    (one row per service, as stock `alembic upgrade` keeps it), so `alembic current` and
-    `alembic downgrade users@-1` work on a database svcmig migrated."""
-    if old is not None:
-        conn.execute(f"DELETE FROM {QUALIFIED_VERSION_TABLE} WHERE version_num = %s", (old,))
-    if new is not None:
-        conn.execute(f"INSERT INTO {QUALIFIED_VERSION_TABLE} (version_num) VALUES (%s)", (new,))
+    for statement in move_version_sql(old, new):
+        conn.execute(statement)
 
 
 def adopt_relations(conn: Executes, service: Service) -> list[str]:

@@ -9,6 +9,7 @@ stays cheap as history grows.
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -29,7 +30,17 @@ PHASES = ("expand", "contract")
 UP_MARKER = "-- migrate:up"
 DOWN_MARKER = "-- migrate:down"
 NO_TRANSACTION = "-- migrate:no-transaction"
-DIRECTIVE_RE = re.compile(r"^--\s*(?P<key>phase|depends-on)\s*:\s*(?P<value>.*?)\s*$")
+MARKERS = {"up": UP_MARKER, "down": DOWN_MARKER, "no-transaction": NO_TRANSACTION}
+# A line meant as a marker: `-- migrate:down`, `--migrate: down`, `-- Migrate:Down` alike, so a
+# misspelt marker can never turn a down section into part of the up section.
+MARKER_RE = re.compile(r"^--\s*migrate\s*:\s*(?P<name>.*?)\s*$", re.IGNORECASE)
+# A header comment `-- key: value`; the key is a directive when, lower-cased with `_` and spaces
+# read as `-`, it is one of DIRECTIVES.
+DIRECTIVE_RE = re.compile(r"^--\s*(?P<key>[A-Za-z][A-Za-z _-]*?)\s*:\s*(?P<value>.*?)\s*$")
+DIRECTIVES = ("phase", "depends-on")
+# Characters an editor may put before a directive that `str.strip()` keeps: a byte order mark
+# and the zero-width ones. They must never hide a directive.
+INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060"
 
 Phase = Literal["expand", "contract"]
 Kind = Literal["sql", "python"]
@@ -65,8 +76,10 @@ def parse_filename(path: Path) -> RevisionFile:
 
 
 def normalise(text: str) -> str:
-    """The text a checksum is taken of: LF line ends, no trailing whitespace, no trailing blank
-    lines, so an editor's whitespace changes do not look like tampering."""
+    """The text a checksum is taken of, and the text that runs: no byte order mark, LF line ends,
+    no trailing whitespace, no trailing blank lines, so an editor's encoding and whitespace
+    changes do not look like tampering."""
+    text = text.removeprefix("\ufeff")  # a byte order mark is an encoding detail, not content
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -105,6 +118,21 @@ def parse_sql_source(text: str, path: Path) -> SqlSource:
     return _parse_normalised(normalise(text), path)
 
 
+def _directive_key(key: str, path: Path, line: int) -> str | None:
+    """The directive a header comment's key names (`Phase`, `depends_on` and `Depends On` alike),
+    None for an ordinary comment; a near miss such as `phases` is refused, so a typo never turns
+    a directive into a comment."""
+    normal = re.sub(r"[ _-]+", "-", key.strip().lower())
+    if normal in DIRECTIVES:
+        return normal
+    close = difflib.get_close_matches(normal, DIRECTIVES, n=1, cutoff=0.8)
+    if close:
+        raise MigrationFileError(path, f"unknown directive {key!r}; did you mean "
+                                 f"'-- {close[0]}:'? (write it as a plain comment otherwise: "
+                                 "'-- note ...' without a colon)", line)
+    return None
+
+
 def _parse_normalised(normal: str, path: Path) -> SqlSource:
     lines = normal.split("\n")
     phase: Phase = "expand"
@@ -114,11 +142,12 @@ def _parse_normalised(normal: str, path: Path) -> SqlSource:
     down_at: int | None = None
     in_header = True
     for index, raw in enumerate(lines):
-        line = raw.strip()
+        line = raw.strip().lstrip(INVISIBLE).strip()
         number = index + 1
-        if line.startswith("-- migrate:"):
-            marker = line.split()[1] if len(line.split()) > 1 else line
-            if line == UP_MARKER:
+        marker = MARKER_RE.match(line)
+        if marker:
+            name = marker["name"].lower().replace("_", "-")
+            if name == "up":
                 if up_at is not None:
                     raise MigrationFileError(
                         path, f"second '{UP_MARKER}' marker (first on line {up_at + 1}); "
@@ -128,35 +157,41 @@ def _parse_normalised(normal: str, path: Path) -> SqlSource:
                         path, f"'{UP_MARKER}' after '{DOWN_MARKER}'; put the up section first",
                         number)
                 up_at = index
-            elif line == DOWN_MARKER:
+            elif name == "down":
                 if down_at is not None:
                     raise MigrationFileError(
                         path, f"second '{DOWN_MARKER}' marker (first on line {down_at + 1}); "
                         "keep one down section", number)
                 down_at = index
-            elif line == NO_TRANSACTION:
+            elif name == "no-transaction":
                 if not in_header:
                     raise MigrationFileError(
                         path, f"'{NO_TRANSACTION}' must be in the header, before any SQL", number)
                 transactional = False
             else:
                 raise MigrationFileError(
-                    path, f"unknown marker {marker!r}; known: migrate:up, migrate:down, "
+                    path, f"unknown marker {marker['name']!r}; known: migrate:up, migrate:down, "
                     "migrate:no-transaction", number)
             continue
         directive = DIRECTIVE_RE.match(line)
-        if directive and in_header:
-            if directive["key"] == "phase":
-                value = directive["value"]
-                if value not in PHASES:
-                    raise MigrationFileError(
-                        path, f"unknown phase {value!r}; use 'expand' or 'contract'", number)
-                phase = value  # type: ignore[assignment]
-            else:
-                targets = [t.strip() for t in directive["value"].split(",") if t.strip()]
-                if not targets:
-                    raise MigrationFileError(path, "'-- depends-on:' names no revision", number)
-                depends_on.extend(targets)
+        key = _directive_key(directive["key"], path, number) if directive else None
+        if key and not in_header:
+            raise MigrationFileError(
+                path, f"'-- {key}:' must be in the header, before the first SQL statement; "
+                "move it to the top of the file", number)
+        if directive and key == "phase":
+            value = directive["value"].lower()
+            if value not in PHASES:
+                raise MigrationFileError(
+                    path, f"unknown phase {directive['value']!r}; use 'expand' or 'contract'",
+                    number)
+            phase = value  # type: ignore[assignment]
+            continue
+        if directive and key == "depends-on":
+            targets = [t.strip() for t in directive["value"].split(",") if t.strip()]
+            if not targets:
+                raise MigrationFileError(path, "'-- depends-on:' names no revision", number)
+            depends_on.extend(targets)
             continue
         if line and not line.startswith("--"):
             in_header = False
@@ -219,7 +254,7 @@ _PY_ATTRIBUTES = ("revision", "down_revision", "branch_labels", "depends_on", "p
 def read_python_header(text: str, path: Path) -> dict[str, object]:
     """Module-level literal assignments of a Python revision, without importing it."""
     try:
-        tree = ast.parse(text, filename=str(path))
+        tree = ast.parse(text.removeprefix("\ufeff"), filename=str(path))
     except SyntaxError as err:
         raise MigrationFileError(path, f"Python syntax error: {err.msg}", err.lineno) from err
     found: dict[str, object] = {}
@@ -259,6 +294,18 @@ def _as_tuple(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value)  # type: ignore[attr-defined]
 
 
+def read_text(path: Path) -> str:
+    """A migration file as text; a file that is not UTF-8 is refused naming the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise MigrationFileError(
+            path, f"not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} cannot be "
+            "decoded; save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)", line) from err
+
+
 def load_revision(name: RevisionFile, service: Service, previous: str | None) -> Revision:
     """Read one file. `previous` is the id of the service's previous file in name order: a SQL
     revision's parent; a Python revision states its own `down_revision`."""
@@ -267,10 +314,7 @@ def load_revision(name: RevisionFile, service: Service, previous: str | None) ->
         raise MigrationFileError(
             path, f"file names service {name.service!r} but lives in services/{service.name}/; "
             f"move it to services/{name.service}/migrations/ or rename it")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise MigrationFileError(path, "not UTF-8 text; save the file as UTF-8") from err
+    text = read_text(path)
     rev_id = name.revision_id
     normal = normalise(text)
     digest = _checksum_of_normalised(normal)

@@ -8,6 +8,7 @@ autocommit mode so the lock query leaves no transaction open, and before `lock_t
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,12 +59,51 @@ def release(conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
 
 
+class Heartbeat:
+    """Keeps the lock session alive while revisions run in other sessions, and lets it die when
+    the migrator cannot speak any more.
+
+    The lock session sits idle (no transaction) for as long as a revision takes, so
+    `idle_in_transaction_session_timeout` never ends it. With `idle_session_timeout` (PostgreSQL
+    14 and later) set on it and a `SELECT 1` every quarter of that time from this thread, a
+    frozen migrator (a stopped process, a frozen Lambda) loses its session, and with it the
+    advisory lock, within the timeout; a live one never does."""
+
+    def __init__(self, conn: psycopg.Connection, idle_timeout_ms: int) -> None:
+        self.conn = conn
+        self.interval = idle_timeout_ms / 4000
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if conn.info.server_version >= 140000:
+            conn.execute(f"SET idle_session_timeout = {int(idle_timeout_ms)}")
+            self._thread = threading.Thread(target=self._beat, name="svcmig-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.conn.execute("SELECT 1")
+            except psycopg.Error:
+                return  # the run notices on its own next use of the session
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 @contextmanager
-def migrator_lock(conn: psycopg.Connection, wait_seconds: float) -> Iterator[None]:
+def migrator_lock(conn: psycopg.Connection, wait_seconds: float,
+                  idle_timeout_ms: int | None = None) -> Iterator[None]:
+    """Hold the lock for the block; with `idle_timeout_ms`, a `Heartbeat` keeps it."""
     acquire(conn, wait_seconds)
+    heartbeat = Heartbeat(conn, idle_timeout_ms) if idle_timeout_ms else None
     try:
         yield
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             release(conn)
         # Otherwise the connection is broken or mid-transaction; closing it releases the lock.

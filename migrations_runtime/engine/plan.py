@@ -6,7 +6,7 @@ through the `DatabaseState` it is given, so it is cheap and easy to test.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .ledger import DatabaseState, LedgerRow
@@ -16,7 +16,8 @@ from .validate import Graph, topological_order
 PhaseChoice = Literal["expand", "contract", "all"]
 PHASE_CHOICES: tuple[PhaseChoice, ...] = ("expand", "contract", "all")
 AnomalyKind = Literal["tampered", "missing", "out_of_order", "dirty", "ahead",
-                      "expand_after_contract", "expand_pending", "blocked"]
+                      "expand_after_contract", "expand_pending", "blocked", "invalid_revision",
+                      "invalid_index"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class Plan:
     @property
     def warnings(self) -> list[Anomaly]:
         return [a for a in self.anomalies if not a.fatal]
+
+    def with_anomalies(self, extra: list[Anomaly]) -> Plan:
+        return replace(self, anomalies=self.anomalies + tuple(extra)) if extra else self
 
 
 def _ledger_anomalies(graph: Graph, state: DatabaseState) -> list[Anomaly]:
@@ -172,5 +176,12 @@ def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all") ->
                     "blocked", rev.service, rev.id,
                     f"{rev.path}: depends on {target}, which is neither applied nor part of the "
                     f"{phase} phase; apply {target} first (is it a contract revision?)"))
+    for index in state.invalid_indexes:
+        anomalies.append(Anomaly(
+            "invalid_index", index.schema, index.name,
+            f"index {index.schema}.{index.name} on {index.table} is INVALID: a concurrent build "
+            "failed (or is running now); it slows every write and serves no read. Drop it with "
+            f"DROP INDEX CONCURRENTLY {index.schema}.{index.name}, then apply (or repair) the "
+            "revision that creates it", fatal=False))
     return Plan(phase, tuple(topological_order(selected, graph.revisions)), tuple(anomalies),
                 tuple(statuses))

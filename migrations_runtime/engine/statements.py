@@ -1,50 +1,86 @@
-"""Step 5 of the flow, per revision: what a revision executes: its SQL statements (split by the real
-Postgres parser) and the session settings that put it inside its service (role, search_path,
-lock_timeout).
+"""Step 5 of the flow, per revision: what a revision executes. Its SQL statements, split by the
+real Postgres parser (libpg_query through pglast) with each one's kind and file line; what a
+revision may not contain, decided from those kinds before anything runs; and the session
+settings that start every revision from a clean session inside its service.
 
-Both the svcmig runner and the stock-Alembic path use these, so a revision runs the same way
+The svcmig runner and the stock-Alembic path use these, so a revision runs the same way
 whichever tool applies it.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .discover import Service
 from .errors import MigrationFileError
-from .load import Revision, SqlSource, parse_sql_source
+from .load import Revision, SqlSource, parse_sql_source, read_text
 
 DEFAULT_LOCK_TIMEOUT_MS = 5000
+
+# What `DISCARD ALL` does, as statements that may run inside a transaction block (DISCARD ALL
+# may not), so one round trip both resets the session and opens the revision's transaction.
+# Source: PostgreSQL documentation, DISCARD.
+SESSION_RESET_SQL = (
+    "CLOSE ALL",
+    "SET SESSION AUTHORIZATION DEFAULT",
+    "RESET ALL",
+    "DEALLOCATE ALL",
+    "UNLISTEN *",
+    "SELECT pg_advisory_unlock_all()",
+    "DISCARD PLANS",
+    "DISCARD TEMP",
+    "DISCARD SEQUENCES",
+)
 
 
 @dataclass(frozen=True)
 class Statement:
     sql: str
     line: int  # 1-based line in the revision file where the statement starts
+    kind: str = ""  # libpg_query's node name, e.g. "CreateStmt"
+    node: Any = None  # the statement's parse tree as JSON-decoded dicts (libpg_query's JSON)
 
 
 def split_statements(text: str, first_line: int, path: Path) -> list[Statement]:
-    """Split SQL into statements with libpg_query, keeping each one's line in the file.
+    """Split SQL into statements with libpg_query, keeping each one's kind and line in the file.
 
-    A syntax error is reported with the file and line, before anything runs. pglast is
-    imported here, not at module load, so a run with nothing to apply never loads it."""
-    import pglast
+    A syntax error (or a psql meta-command, which is not SQL) is reported with the file and
+    line, before anything runs. pglast is imported here, not at module load, so a run with
+    nothing to apply never loads it."""
+    from pglast import parser
     from pglast.parser import ParseError
 
     try:
-        slices = list(pglast.split(text, with_parser=True, only_slices=True))
+        tree = json.loads(parser.parse_sql_json(text))
     except ParseError as err:
         offset = err.args[1] if len(err.args) > 1 and isinstance(err.args[1], int) else 0
-        line = first_line + text[:offset].count("\n")
+        line_index = text[:offset].count("\n")
+        line = first_line + line_index
+        source_line = text.split("\n")[line_index].strip() if text else ""
+        if source_line.startswith("\\"):
+            raise MigrationFileError(
+                path, f"psql meta-command {source_line.split()[0]!r}: a revision is SQL that "
+                "svcmig sends to the server, not a psql script; write it as SQL (COPY data "
+                "belongs in INSERT statements or a backfill)", line) from err
         raise MigrationFileError(path, f"SQL syntax error: {err.args[0]}", line) from err
-    return [
-        Statement(text[s], first_line + text[: s.start].count("\n")) for s in slices
-    ]
+    data = text.encode("utf-8")  # libpg_query's offsets count bytes
+    found = []
+    for raw in tree.get("stmts", []):
+        start = raw.get("stmt_location", 0)
+        length = raw.get("stmt_len") or len(data) - start
+        chunk = data[start:start + length]
+        kind, node = next(iter(raw["stmt"].items()))
+        found.append(Statement(chunk.decode("utf-8").strip(),
+                               first_line + data[:start].count(b"\n"), kind, node))
+    return found
 
 
 def sql_source(revision: Revision) -> SqlSource:
-    return parse_sql_source(revision.path.read_text(encoding="utf-8"), revision.path)
+    return parse_sql_source(read_text(revision.path), revision.path)
 
 
 def revision_statements(revision: Revision, upgrade: bool) -> list[Statement]:
@@ -59,26 +95,101 @@ def revision_statements(revision: Revision, upgrade: bool) -> list[Statement]:
     return split_statements(source.down, source.down_line, revision.path)
 
 
+# --- what a revision may not contain -----------------------------------------------------------
+
+# Statements Postgres refuses inside a transaction block: a transactional revision holding one
+# would fail only when it runs, after the revisions before it were applied.
+# node name → (the statement as people write it, does this node need to run outside one).
+_OUTSIDE_TRANSACTION_ONLY: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
+    "VacuumStmt": ("VACUUM", lambda node: bool(node.get("is_vacuumcmd"))),
+    "IndexStmt": ("CREATE INDEX CONCURRENTLY", lambda node: bool(node.get("concurrent"))),
+    "DropStmt": ("DROP INDEX CONCURRENTLY", lambda node: bool(node.get("concurrent"))),
+    "ReindexStmt": ("REINDEX CONCURRENTLY", lambda node: any(
+        option.get("DefElem", {}).get("defname") == "concurrently"
+        for option in node.get("params", []))),
+    "AlterTableStmt": ("DETACH PARTITION … CONCURRENTLY", lambda node: any(
+        cmd.get("AlterTableCmd", {}).get("def", {}).get("PartitionCmd", {}).get("concurrent")
+        for cmd in node.get("cmds", []))),
+    "CreatedbStmt": ("CREATE DATABASE", lambda node: True),
+    "DropdbStmt": ("DROP DATABASE", lambda node: True),
+    "AlterSystemStmt": ("ALTER SYSTEM", lambda node: True),
+    "CreateTableSpaceStmt": ("CREATE TABLESPACE", lambda node: True),
+    "DropTableSpaceStmt": ("DROP TABLESPACE", lambda node: True),
+}
+
+
+def forbidden_reason(statement: Statement, transactional: bool) -> str | None:
+    """Why `statement` may not be in a revision (transactional or not), or None.
+
+    A revision runs inside its service's owner session and, when transactional, inside the
+    runner's transaction with its ledger row; these statements would end that transaction,
+    change who the session acts as, or need a client protocol the runner does not speak."""
+    node, kind = statement.node or {}, statement.kind
+    if kind == "TransactionStmt" and transactional:
+        word = str(node.get("kind", "")).removeprefix("TRANS_STMT_").replace("_", " ")
+        return (f"transaction control ({word}): svcmig runs each transactional revision in one "
+                "transaction with its ledger row; remove it, or split the revision (mark a "
+                "revision that must commit in steps '-- migrate:no-transaction')")
+    if kind == "VariableSetStmt" and node.get("name") in ("role", "session_authorization"):
+        what = "SET ROLE / RESET ROLE" if node.get("name") == "role" else \
+            "SET / RESET SESSION AUTHORIZATION"
+        return (f"{what}: a revision acts as its service's owner role and may not change who it "
+                "acts as; grant what it needs to that role instead")
+    if kind == "CopyStmt" and not node.get("filename") and not node.get("is_program"):
+        direction = "FROM STDIN" if node.get("is_from") else "TO STDOUT"
+        return (f"COPY {direction}: the data would have to come from (or go to) the client, and "
+                "a revision is a script svcmig sends; put the data in INSERT statements or a "
+                "backfill")
+    if transactional and kind in _OUTSIDE_TRANSACTION_ONLY:
+        name, applies = _OUTSIDE_TRANSACTION_ONLY[kind]
+        if applies(node):
+            return (f"{name} cannot run inside a transaction block; put it in its own revision "
+                    "marked '-- migrate:no-transaction'")
+    return None
+
+
+def check_statements(statements: list[Statement], transactional: bool, path: Path) -> None:
+    """Raise `MigrationFileError` at the first statement a revision may not contain."""
+    for statement in statements:
+        reason = forbidden_reason(statement, transactional)
+        if reason:
+            raise MigrationFileError(path, f"not allowed in a revision: {reason}", statement.line)
+
+
+# --- the session a revision runs in ------------------------------------------------------------
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def enter_service_sql(service: Service, transactional: bool,
-                      lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> list[str]:
-    """Statements that make the session act as the service's owner in its schema.
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
-    `SET LOCAL` inside a transaction (undone by commit or rollback); plain `SET` for a
-    non-transactional revision, undone by `leave_service_sql`."""
+
+def enter_service_sql(service: Service, transactional: bool,
+                      lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+                      statement_timeout_ms: int | None = None,
+                      set_role: bool = False) -> list[str]:
+    """Statements that put the session inside the service: its schema first on the search path
+    and the run's lock_timeout (and statement_timeout when one is set).
+
+    `SET LOCAL` inside a transaction (undone by its end); plain `SET` for a non-transactional
+    revision, whose next revision starts with `SESSION_RESET_SQL`. `set_role` adds `SET ROLE`
+    for scripts run by another login (`alembic upgrade --sql`, `svcmig plan --sql`); the runner
+    never needs it: its revision sessions log in as the owner."""
     scope = "SET LOCAL" if transactional else "SET"
-    return [
-        f"{scope} lock_timeout = {int(lock_timeout_ms)}",
-        f"{scope} ROLE {quote_ident(service.owner_role)}",
-        f"{scope} search_path = {quote_ident(service.schema)}",
-    ]
+    found = [f"{scope} lock_timeout = {int(lock_timeout_ms)}"]
+    if statement_timeout_ms is not None:
+        found.append(f"{scope} statement_timeout = {int(statement_timeout_ms)}")
+    if set_role:
+        found.append(f"{scope} ROLE {quote_ident(service.owner_role)}")
+    found.append(f"{scope} search_path = {quote_ident(service.schema)}")
+    return found
 
 
 def leave_service_sql() -> list[str]:
-    """Back to the migrator's own role: the ledger is written by the migrator, not the service."""
+    """Back to the login's own role (scripts run with `set_role=True` only)."""
     return ["RESET ROLE", "RESET search_path", "RESET lock_timeout"]
 
 

@@ -273,7 +273,7 @@ def check_database(url: str, root: Path, graph: Graph | None = None,
             return report
         dependents = _dependents(graph)
         conn = connect(url)
-        runner = Runner(conn, settings, lambda _line: None)
+        runner = Runner(conn, url, settings, lambda _line: None)
         try:
             with migrator_lock(conn, settings.lock_wait_seconds):
                 broken = False

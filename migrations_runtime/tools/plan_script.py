@@ -13,7 +13,6 @@ from ..engine.plan import Plan
 from ..engine.statements import (
     DEFAULT_LOCK_TIMEOUT_MS,
     enter_service_sql,
-    leave_service_sql,
     revision_statements,
     service_of,
 )
@@ -62,6 +61,7 @@ def plan_sql(plan: Plan, state: DatabaseState,
         out.append(f"\n-- {rev.id} ({rev.phase}): {rev.file}")
         if rev.depends_on:
             out.append(f"-- depends on {', '.join(rev.depends_on)}")
+        out.append(f"-- in a session logged in as {service.owner_role} (the service's own role)")
         if rev.transactional:
             out.append("BEGIN;")
         else:
@@ -75,7 +75,6 @@ def plan_sql(plan: Plan, state: DatabaseState,
 
             rendered, _ = render_upgrade(rev.path.read_text(encoding="utf-8"), rev.path)
             out.append(rendered.strip())
-        out.extend(_statement(s) for s in leave_service_sql())
         previous = f" (replacing {rev.down_revision})" if rev.down_revision else ""
         out.append(f"-- ledger row for {rev.id}; alembic_version row {rev.id}{previous}")
         if rev.transactional:

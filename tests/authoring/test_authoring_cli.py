@@ -94,7 +94,8 @@ def test_plan_text_sql_and_refusal(project: Path, database_url: str) -> None:
     assert offline.returncode == 0, offline.stderr
     sql = offline.stdout
     assert sql.index("CREATE TABLE users") < sql.index("CREATE TABLE orders")
-    assert 'SET LOCAL ROLE "users_owner";' in sql
+    assert '-- in a session logged in as users_owner' in sql
+    assert 'SET LOCAL search_path = "users";' in sql
     assert "ALTER TABLE users ADD COLUMN display_name TEXT;" in sql  # a Python revision
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_user_id_idx" in sql
     transactional = sum(r.transactional for r in build_graph(project).revisions.values())

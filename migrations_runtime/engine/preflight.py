@@ -1,0 +1,91 @@
+"""Between steps 4 and 5 of the flow: read and check every pending revision before the first one
+runs, so a broken file refuses the whole plan instead of failing halfway through a deploy.
+
+For each pending revision: the file still has the checksum it was planned with (a stale
+manifest, an edit since loading), it is UTF-8, its SQL parses, and it holds nothing a revision
+may not contain (`statements.forbidden_reason`): transaction control in a transactional
+revision, role or authorization changes, COPY from or to the client, psql meta-commands,
+statements Postgres runs only outside a transaction. A Python revision is checked where it can
+be without running it: `autocommit_block()` in a transactional revision, and SQL given as a
+string literal to `op.execute`, `exec_driver_sql` or `text`. `plan` and `status` report the
+same problems as `migrate`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from .errors import MigrationFileError
+from .load import Revision, checksum, read_text
+from .plan import Anomaly, Plan
+from .statements import Statement, check_statements, revision_statements, split_statements
+from .validate import Graph
+
+SQL_CALLS = ("execute", "exec_driver_sql", "text")
+
+
+def python_problems(text: str, path: Path, transactional: bool) -> None:
+    """Raise `MigrationFileError` for what a Python revision may not do, found without running
+    it. SQL built at run time is checked when it runs (`apply.PythonRevisions`)."""
+    tree = ast.parse(text.removeprefix("\ufeff"), filename=str(path))
+    for node in ast.walk(tree):
+        if transactional and (
+                (isinstance(node, ast.Attribute) and node.attr == "autocommit_block")
+                or (isinstance(node, ast.Name) and node.id == "autocommit_block")):
+            raise MigrationFileError(
+                path, "autocommit_block() in a transactional revision: it would commit the "
+                "runner's transaction before the ledger row; set `transactional = False` at "
+                "module level (the whole revision then runs in autocommit)", node.lineno)
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else (
+            node.func.id if isinstance(node.func, ast.Name) else "")
+        first = node.args[0]
+        if name not in SQL_CALLS or not isinstance(first, ast.Constant) or \
+                not isinstance(first.value, str):
+            continue
+        try:
+            statements = split_statements(first.value, first.lineno, path)
+        except MigrationFileError:
+            continue  # not SQL on its own (a fragment, a template): checked when it runs
+        check_statements(statements, transactional, path)
+
+
+def prepare(revision: Revision) -> list[Statement] | None:
+    """Read and check one pending revision; its SQL statements (None for Python). Raises
+    `MigrationFileError` naming the file and line."""
+    text = read_text(revision.path)
+    if checksum(text) != revision.checksum:
+        raise MigrationFileError(
+            revision.path, "the file changed after it was loaded (or since the manifest was "
+            "built); run again (rebuild the manifest with `svcmig manifest`)")
+    if revision.kind == "python":
+        python_problems(text, revision.path, revision.transactional)
+        return None
+    statements = revision_statements(revision, upgrade=True)
+    check_statements(statements, revision.transactional, revision.path)
+    return statements
+
+
+def preflight(graph: Graph, plan: Plan) -> tuple[Plan, dict[str, list[Statement]]]:
+    """The plan with an `invalid_revision` error for every pending revision that cannot run, and
+    the parsed statements of the SQL ones that can (the runner reuses them)."""
+    problems: list[Anomaly] = []
+    prepared: dict[str, list[Statement]] = {}
+    for status in plan.services:
+        for rev_id in status.pending:
+            revision = graph.revisions[rev_id]
+            try:
+                statements = prepare(revision)
+            except MigrationFileError as err:
+                problems.append(Anomaly("invalid_revision", revision.service, revision.id,
+                                        str(err)))
+                continue
+            except OSError as err:
+                problems.append(Anomaly("invalid_revision", revision.service, revision.id,
+                                        f"{revision.path}: cannot read the file: {err}"))
+                continue
+            if statements is not None:
+                prepared[rev_id] = statements
+    return plan.with_anomalies(problems), prepared

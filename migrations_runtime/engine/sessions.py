@@ -1,0 +1,126 @@
+"""Step 5 of the flow, per service: the sessions revisions run in.
+
+Isolation is Postgres's, not a parser's: a service's revisions run in a session that logged in
+as `<service>_owner`, a role that is neither a superuser nor a member of the migrator, so no
+statement in a revision (`RESET ROLE`, `SET SESSION AUTHORIZATION`, dynamic SQL in a DO block, a
+SECURITY DEFINER function it creates) can act with more privilege than the service's owner.
+The migrator's own session only holds the advisory lock, bootstraps roles and reads the ledger.
+
+The owner role is NOLOGIN at rest. When a run has revisions of a service to apply, the
+migrator gives the owner a fresh random password (sent as a SCRAM verifier, never in clear
+text), logs in with it, and puts the role back to NOLOGIN at the end of the run unless another
+session of that role is still open (roles are cluster-wide: another database's run may be
+using it). Nothing is stored: a crashed run leaves a password nobody knows.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from .database import connect
+from .discover import Service
+from .errors import SvcmigError
+from .statements import quote_ident, sql_literal
+
+REVISION_SESSION_NAME = "svcmig-revision"
+LOGIN_ATTEMPTS = 5  # another run on the same cluster may set the password between two steps
+
+
+class GuardedConnection(psycopg.Connection):  # type: ignore[type-arg]
+    """A revision session. While a Python revision runs (`guarded`), `commit()` refuses: a
+    commit from inside a revision would end the runner's transaction before its ledger row."""
+
+    guarded = False
+
+    def commit(self) -> None:
+        if self.guarded:
+            raise SvcmigError("a revision may not commit the runner's transaction "
+                              "(connection.commit() / op.get_bind().commit()); mark the revision "
+                              "transactional = False if it must commit in steps")
+        super().commit()
+
+
+class RevisionSessions:
+    """One session per service, logged in as its owner, opened on first use in a run."""
+
+    def __init__(self, migrator: psycopg.Connection, url: str, idle_in_transaction_ms: int,
+                 log: Callable[[dict[str, object]], None] | None = None) -> None:
+        self.migrator = migrator
+        self.url = url
+        self.idle_in_transaction_ms = idle_in_transaction_ms
+        self.log = log or (lambda _line: None)
+        self._open: dict[str, GuardedConnection] = {}
+
+    def session(self, service: Service) -> GuardedConnection:
+        conn = self._open.get(service.name)
+        if conn is not None and not conn.closed:
+            return conn
+        conn = self._log_in(service)
+        self._open[service.name] = conn
+        return conn
+
+    def _log_in(self, service: Service) -> GuardedConnection:
+        role = service.owner_role
+        for attempt in range(1, LOGIN_ATTEMPTS + 1):
+            password = secrets.token_urlsafe(32)
+            verifier = self.migrator.pgconn.encrypt_password(
+                password.encode(), role.encode(), b"scram-sha-256").decode()
+            try:
+                self.migrator.execute(f"ALTER ROLE {quote_ident(role)} WITH LOGIN PASSWORD "
+                                      f"{sql_literal(verifier)}")
+            except psycopg.Error as err:
+                raise SvcmigError(
+                    f"the migrator cannot let {role} log in ({err.diag.message_primary}); it "
+                    f"needs CREATEROLE and ADMIN OPTION on {role} (the login that created the "
+                    "role has both)") from err
+            try:
+                conn = connect(self.url, role=REVISION_SESSION_NAME,
+                               idle_in_transaction_ms=self.idle_in_transaction_ms,
+                               user=role, password=password, cls=GuardedConnection)
+            except SvcmigError:
+                if attempt == LOGIN_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0.05, 0.3))
+                continue
+            assert isinstance(conn, GuardedConnection)
+            self._refuse_privileged(conn, role)
+            return conn
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _refuse_privileged(conn: psycopg.Connection, role: str) -> None:
+        row = conn.execute("SELECT session_user, current_setting('is_superuser')").fetchone()
+        if row is None or row[0] != role or row[1] != "off":
+            conn.close()
+            raise SvcmigError(
+                f"the session for {role} is {row[0] if row else '?'} with superuser "
+                f"{row[1] if row else '?'}: a service's owner must be an ordinary role; "
+                f"ALTER ROLE {role} NOSUPERUSER")
+
+    def close(self) -> None:
+        """Close every revision session and put each owner back to NOLOGIN, unless a session of
+        that role that is not ours is open."""
+        ours = [conn.info.backend_pid for conn in self._open.values() if not conn.closed]
+        for conn in self._open.values():
+            conn.close()
+        if self.migrator.closed:
+            return
+        for name in self._open:
+            role = f"{name}_owner"
+            try:
+                self.migrator.execute(
+                    f"""DO $$ BEGIN
+                        IF NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                                       WHERE usename = {sql_literal(role)}
+                                         AND pid <> ALL('{{{",".join(map(str, ours))}}}'::int[]))
+                        THEN ALTER ROLE {quote_ident(role)} WITH NOLOGIN PASSWORD NULL;
+                        END IF; END $$""")
+            except psycopg.Error as err:  # the run's result stands; the next run resets it
+                self.log({"event": "warning", "kind": "owner_login",
+                          "message": f"{role} stays LOGIN: {err.diag.message_primary}"})
+        self._open.clear()
