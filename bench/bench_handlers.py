@@ -187,7 +187,8 @@ def start_dev(database_url: str) -> tuple[subprocess.Popen[str], int]:
 
 
 def storm_figures(url: str, database: str, workers: int) -> list[str]:
-    from tests.services.storm import pgbouncer, pgbouncer_binary, run_storm
+    from tests.pgbouncer import pgbouncer, pgbouncer_binary
+    from tests.services.storm import APP_ROLES, run_storm
     from tests.services.throwaway import throwaway_postgres
 
     rows = []
@@ -201,7 +202,7 @@ def storm_figures(url: str, database: str, workers: int) -> list[str]:
                 f"{result.seconds:.2f} | {result.max_backends} | {p50} | {p99} |")
 
     if pgbouncer_binary():
-        with pgbouncer(url, database, 4) as bouncer:
+        with pgbouncer(url, database, 4, users=APP_ROLES) as bouncer:
             rows.append(row("PgBouncer, transaction mode, pool 4",
                             run_storm(bouncer, url, workers)))
     with throwaway_postgres(settings={"max_connections": "20"}) as direct:

@@ -1,20 +1,25 @@
 """Migration-runner benchmark: `svcmig migrate` against a seed-style runner, side by side.
 
 For each size SxM (S services x M revisions each) it generates a project in a temp folder
-(mostly SQL revisions, every 10th a Python revision using `op.add_column`), then measures on
-freshly created databases:
+(mostly SQL revisions, every 10th a Python revision using `op.add_column`), then, in each of
+`--runs` rounds (default 3), on freshly created databases and interleaved:
 
-- svcmig full apply and no-op (median of 3), as a subprocess `svcmig migrate --database-url URL`
-  run in the generated project with SVCMIG_PROJECT_ROOT set, plus the no-op's peak RSS;
+- svcmig full apply, then three no-ops from the files and three from the build-time manifest,
+  each a subprocess `svcmig migrate --database-url URL` run in the generated project with
+  SVCMIG_PROJECT_ROOT set, plus the no-op's peak RSS;
 - a seed-style baseline (one `SELECT name FROM schema_migrations`, then each pending file in
   filename order in its own transaction with its ledger insert), also a subprocess, on a copy of
   the tree where the Python revisions are replaced by equivalent SQL files.
 
-Usage:
-    .venv/bin/python bench/bench_migrate.py [--sizes 2x10,10x100,50x200] [--database-url URL]
-                                            [--profile]
+Every figure is a median over the rounds; both runners import from bytecode.
 
-The database URL defaults to $SVCMIG_BENCH_DATABASE_URL, then postgresql://postgres@127.0.0.1:5432
+Usage:
+    .venv/bin/python bench/bench_migrate.py [--sizes 2x10,10x100,50x200] [--runs 3]
+        [--private-server | --database-url URL] [--profile]
+
+`--private-server` runs on a private in-memory cluster of the machine's PostgreSQL
+(`private_postgres.py`): what the runners cost, without the shared disk's noise. Otherwise the
+database URL defaults to $SVCMIG_BENCH_DATABASE_URL, then postgresql://postgres@127.0.0.1:5432
 /postgres when that port answers, then the project's embedded Postgres. The bench creates and
 drops its own databases (`bench_*`) and the service roles (`svc<i>_owner`, `svc<i>_app`) it
 caused to be created. Nothing here asserts on timings.
@@ -266,24 +271,27 @@ class Result:
     baseline_noop: float
 
     def row(self) -> str:
-        def ms(full: float, noop: float) -> str:
-            return f"{(full - noop) * 1000 / self.size.total:.2f}"
+        def ms(full: float, noop: float) -> float:
+            return (full - noop) * 1000 / self.size.total
 
+        svcmig_ms = ms(self.svcmig_full, self.svcmig_noop)
+        baseline_ms = ms(self.baseline_full, self.baseline_noop)
         cells = [
             self.size.label, str(self.size.total),
             f"{self.svcmig_full:.2f}", f"{self.baseline_full:.2f}",
             f"{self.svcmig_noop:.3f}", f"{self.baseline_noop:.3f}",
-            ms(self.svcmig_full, self.svcmig_noop), ms(self.baseline_full, self.baseline_noop),
+            f"{svcmig_ms:.2f}", f"{baseline_ms:.2f}", f"{svcmig_ms / baseline_ms:.2f}",
             f"{self.svcmig_noop_rss_kb / 1024:.0f}", f"{self.svcmig_manifest_noop:.3f}",
+            f"{self.svcmig_manifest_noop / self.baseline_noop:.2f}",
         ]
         return "| " + " | ".join(cells) + " |"
 
 
 TABLE_HEADER = (
     "| size | revisions | svcmig full apply (s) | baseline full apply (s) | svcmig no-op (s) "
-    "| baseline no-op (s) | svcmig ms/revision | baseline ms/revision "
-    "| svcmig no-op peak RSS (MiB) | svcmig no-op from manifest (s) |\n"
-    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    "| baseline no-op (s) | svcmig ms/revision | baseline ms/revision | ratio "
+    "| svcmig no-op peak RSS (MiB) | svcmig no-op from manifest (s) | ratio to baseline no-op |\n"
+    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 )
 
 
@@ -291,7 +299,10 @@ class Bench:
     def __init__(self, admin_url: str, workdir: Path) -> None:
         self.admin_url = admin_url
         self.workdir = workdir
-        self.env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        # Both runners import their modules from bytecode, as an installed package does on a
+        # developer's machine or in a Lambda bundle (a sandbox may set PYTHONDONTWRITEBYTECODE).
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("DATABASE_URL", "PYTHONDONTWRITEBYTECODE")}
 
     def admin(self) -> psycopg.Connection:
         return psycopg.connect(self.admin_url, autocommit=True)
@@ -329,52 +340,67 @@ class Bench:
     def svcmig_command(self, url: str) -> list[str]:
         return [str(SVCMIG), "migrate", "--database-url", url]
 
-    def measure(self, size: Size, profile: bool) -> Result:
+    def measure(self, size: Size, profile: bool, runs: int) -> Result:
+        """`runs` rounds, svcmig and the baseline interleaved in each (a fresh database each,
+        full apply then the no-ops), so a slow moment of a shared machine hits both; medians."""
         folder = self.workdir / size.label
         svcmig_root, baseline_root = folder / "svcmig", folder / "baseline"
         generate(size, svcmig_root, baseline_root)
         runner = folder / "baseline_runner.py"
         runner.write_text(BASELINE_RUNNER, encoding="utf-8")
         env = {**self.env, "SVCMIG_PROJECT_ROOT": str(svcmig_root)}
-        databases = [f"bench_svcmig_{size.label}", f"bench_baseline_{size.label}"]
+        manifest = svcmig_root / "migrations.manifest.json"
+        timed([str(SVCMIG), "manifest", "--output", str(manifest)], svcmig_root, env,
+              folder / "manifest.log")
         roles_before = self.existing_roles()
+        found: dict[str, list[Run]] = {key: [] for key in (
+            "svcmig_full", "svcmig_noop", "manifest_noop", "baseline_full", "baseline_noop")}
+        databases: list[str] = []
         try:
-            svc_url = self.fresh_database(databases[0])
-            command = self.svcmig_command(svc_url)
-            log = folder / "svcmig.log"
-            svcmig_full = timed(command, svcmig_root, env, log).seconds
-            svcmig_noops = [timed(command, svcmig_root, env, log) for _ in range(NOOP_RUNS)]
-            applied = self.count(svc_url, "svcmig.schema_migrations")
-            if applied != size.total:
-                raise RuntimeError(f"svcmig recorded {applied} of {size.total} revisions")
+            for round_ in range(runs):
+                names = [f"bench_svcmig_{size.label}_{round_}",
+                         f"bench_baseline_{size.label}_{round_}"]
+                databases += names
+                svc_url, base_url = (self.fresh_database(name) for name in names)
+                command = self.svcmig_command(svc_url)
+                base_command = [sys.executable, str(runner), str(baseline_root), base_url]
+                svc_log, base_log = folder / "svcmig.log", folder / "baseline.log"
+                found["svcmig_full"].append(timed(command, svcmig_root, env, svc_log))
+                found["baseline_full"].append(timed(base_command, baseline_root, self.env,
+                                                    base_log))
+                for _ in range(NOOP_RUNS):
+                    found["svcmig_noop"].append(timed(command, svcmig_root, env, svc_log))
+                    found["manifest_noop"].append(timed(
+                        [*command, "--manifest", str(manifest)], svcmig_root, env, svc_log))
+                    found["baseline_noop"].append(timed(base_command, baseline_root, self.env,
+                                                        base_log))
+                for url, table in ((svc_url, "svcmig.schema_migrations"),
+                                   (base_url, "schema_migrations")):
+                    applied = self.count(url, table)
+                    if applied != size.total:
+                        raise RuntimeError(f"{table} recorded {applied} of {size.total}")
+                self.drop_databases(names)
             if profile:
-                self.profile_noop(command, svcmig_root, env)
-            manifest = svcmig_root / "migrations.manifest.json"
-            timed([str(SVCMIG), "manifest", "--output", str(manifest)], svcmig_root, env, log)
-            manifest_noops = [timed([*command, "--manifest", str(manifest)], svcmig_root, env,
-                                    log).seconds for _ in range(NOOP_RUNS)]
-
-            base_url = self.fresh_database(databases[1])
-            base_command = [sys.executable, str(runner), str(baseline_root), base_url]
-            log = folder / "baseline.log"
-            baseline_full = timed(base_command, baseline_root, self.env, log).seconds
-            baseline_noops = [timed(base_command, baseline_root, self.env, log).seconds
-                              for _ in range(NOOP_RUNS)]
-            applied = self.count(base_url, "schema_migrations")
-            if applied != size.total:
-                raise RuntimeError(f"baseline recorded {applied} of {size.total} revisions")
+                url = self.fresh_database(f"bench_profile_{size.label}")
+                databases.append(f"bench_profile_{size.label}")
+                timed(self.svcmig_command(url), svcmig_root, env, folder / "profile.log")
+                self.profile_noop(self.svcmig_command(url), svcmig_root, env)
         finally:
             self.drop_databases(databases)
             new_roles = self.existing_roles() - roles_before
             self.drop_roles(sorted(r for r in new_roles if SERVICE_ROLE_RE.fullmatch(r)))
+
+        def median(key: str) -> float:
+            return statistics.median(r.seconds for r in found[key])
+
         return Result(
             size=size,
-            svcmig_full=svcmig_full,
-            svcmig_noop=statistics.median(r.seconds for r in svcmig_noops),
-            svcmig_noop_rss_kb=max(r.max_rss_kb for r in svcmig_noops),
-            svcmig_manifest_noop=statistics.median(manifest_noops),
-            baseline_full=baseline_full,
-            baseline_noop=statistics.median(baseline_noops),
+            svcmig_full=median("svcmig_full"),
+            svcmig_noop=median("svcmig_noop"),
+            svcmig_noop_rss_kb=max(r.max_rss_kb for r in found["svcmig_noop"]),
+            svcmig_manifest_noop=median("manifest_noop"),
+            baseline_full=median("baseline_full"),
+            baseline_noop=median("baseline_noop"),
         )
 
     def profile_noop(self, command: list[str], cwd: Path, env: dict[str, str]) -> None:
@@ -437,24 +463,44 @@ def main(argv: list[str] | None = None) -> None:
                         f"{DEFAULT_URL} if it answers, then the embedded Postgres")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the largest size's svcmig no-op")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="rounds per size, svcmig and baseline interleaved (default 3)")
+    parser.add_argument("--private-server", action="store_true",
+                        help="run on a private in-memory cluster of the machine's PostgreSQL "
+                        "(fsync off): what the runners cost, without the disk's noise")
     args = parser.parse_args(argv)
-    admin_url = choose_url(args.database_url)
+    if args.private_server:
+        from private_postgres import private_postgres  # bench/ is on sys.path when run
+
+        with private_postgres(durable=False) as url:
+            run_all(args, argv, url, note="private in-memory cluster (fsync, synchronous_commit "
+                    "and full_page_writes off)")
+        return
+    run_all(args, argv, choose_url(args.database_url))
+
+
+def run_all(args: argparse.Namespace, argv: list[str], admin_url: str, note: str = "") -> None:
     largest = max(args.sizes, key=lambda s: s.total)
-    subprocess.run([str(SVCMIG), "--help"], check=True, capture_output=True)  # warm caches
+    # warm the file cache and write bytecode for what a run imports (Alembic and SQLAlchemy
+    # only load when a Python revision runs)
+    warm_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import migrations_runtime.cli.deploy, "
+                    "migrations_runtime.engine.apply, sqlalchemy, alembic.operations, pglast"],
+                   check=True, capture_output=True, env=warm_env)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_migrate_") as tmp:
         bench = Bench(admin_url, Path(tmp))
         for size in args.sizes:
             print(f"measuring {size.label} ...", file=sys.stderr, flush=True)
-            results.append(bench.measure(size, args.profile and size == largest))
+            results.append(bench.measure(size, args.profile and size == largest, args.runs))
     print()
-    print(environment(admin_url, argv))
+    print(environment(admin_url, argv) + (f", {note}" if note else ""))
     print()
     print(TABLE_HEADER)
     for result in results:
         print(result.row())
-    print("\nms/revision = (full apply − no-op) / revisions; no-op figures are medians of "
-          f"{NOOP_RUNS} runs.")
+    print("\nms/revision = (full apply − no-op) / revisions; every figure is the median of "
+          f"{args.runs} rounds ({NOOP_RUNS} no-ops each), svcmig and baseline interleaved.")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def test_migrate_from_manifest(project: Path, database_url: str) -> None:
     done = run_cli(project, "manifest")
     assert done.returncode == 0, done.stderr
     manifest = project / "migrations.manifest.json"
-    assert len(json.loads(manifest.read_text())["revisions"]) == revision_count(project)
+    chains = json.loads(manifest.read_text())["chains"]
+    assert sum(len(chain) for chain in chains.values()) == revision_count(project)
     applied = run_cli(project, "migrate", "--json", "--manifest", str(manifest),
                       database_url=database_url)
     assert applied.returncode == 0, applied.stderr

@@ -13,14 +13,16 @@ import logging
 import os
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..engine import ledger
 from ..engine.apply import Runner, RunSettings
 from ..engine.database import connect, refuse_pooler, sqlalchemy_url
-from ..engine.discover import FRAMEWORK_SCHEMA, discover_services
+from ..engine.discover import FRAMEWORK_SCHEMA
 from ..engine.errors import SvcmigError
 from ..engine.lock import migrator_lock
+from ..engine.repair import stamp_sql
 from ..engine.validate import Graph, build_graph, parents
 
 log = logging.getLogger("alembic.runtime.migration")
@@ -49,16 +51,42 @@ def run(context: Any) -> None:
 
 
 def _run_offline(context: Any, root: Path) -> None:
+    """`--sql`: the script bootstraps what `svcmig migrate` would, runs each revision inside its
+    service, and writes each revision's ledger row after it. Alembic's own version rows go to a
+    temporary table (`pg_temp`): in svcmig the version table is a view over the ledger."""
+    graph = build_graph(root)
     url = os.environ.get("DATABASE_URL", "postgresql://")
-    context.configure(url=sqlalchemy_url(url), literal_binds=True, **COMMON_OPTIONS)
+
+    def write_ledger(ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
+        for statement in _ledger_statements(graph, step):
+            ctx.impl.static_output(statement + ctx.impl.command_terminator)
+
+    context.configure(url=sqlalchemy_url(url), literal_binds=True,
+                      on_version_apply=write_ledger,
+                      **{**COMMON_OPTIONS, "version_table_schema": "pg_temp"})
     with context.begin_transaction():
-        # What `svcmig migrate` bootstraps, so the script also runs on an empty database.
         for sql in ledger.FRAMEWORK_DDL:
             context.execute(sql)
-        for service in discover_services(root):
+        for service in graph.services:
             for sql in ledger.service_bootstrap_sql(service):
                 context.execute(sql)
         context.run_migrations()
+
+
+def _ledger_statements(graph: Graph, step: Any) -> list[str]:
+    """The ledger rows an Alembic step (`MigrationInfo`) leaves: a migration records or forgets
+    its revision; a stamp moves each service it touches to its destination."""
+    if not step.is_stamp:
+        revision = graph.revisions[step.up_revision_id]
+        return [ledger.record_sql(revision, "applied", None) if step.is_upgrade
+                else ledger.forget_sql(revision.id)]
+    touched: dict[str, str | None] = {
+        graph.revisions[r].service: None for r in step.source_revision_ids
+        if r in graph.revisions}
+    for rev_id in step.destination_revision_ids:
+        touched[graph.revisions[rev_id].service] = rev_id
+    return [statement for service, target in touched.items()
+            for statement in stamp_sql(graph, service, target)]
 
 
 def alembic_heads(graph: Graph, rows: set[str]) -> tuple[str, ...]:
@@ -119,7 +147,7 @@ def _run_online(context: Any, root: Path) -> None:
                             runner.apply(graph.revisions[step.revision.revision],
                                          step.is_upgrade)
                         else:
-                            _stamp(migration_context, graph, step, heads)
+                            _stamp(migrator, graph, step)
                 finally:
                     runner.close()
     except SvcmigError as err:
@@ -128,23 +156,20 @@ def _run_online(context: Any, root: Path) -> None:
         migrator.close()
 
 
-def _stamp(migration_context: Any, graph: Graph, step: Any, heads: tuple[str, ...]) -> None:
-    """A stamp moves version rows without running anything; the ledger follows it."""
-    from alembic.runtime.migration import HeadMaintainer
-
+def _stamp(migrator: Any, graph: Graph, step: Any) -> None:
+    """A stamp moves heads without running anything: in svcmig's terms, the ledger of each
+    service it touches ends at the stamped revision (the version table is a view over it)."""
     log.info("Running %s", step)
-    connection = migration_context.connection
-    with connection.begin():
-        HeadMaintainer(migration_context, heads).update_to_step(step)
-        raw = connection.connection.dbapi_connection
-        if step.is_upgrade:
-            for rev_id in step.to_revisions:
-                revision = graph.revisions.get(rev_id)
-                if revision is not None:
-                    ledger.record(raw, revision, "baselined", None)
-        else:
-            for rev_id in step.from_revisions:
-                ledger.forget(raw, rev_id)
+    for rev_id in (*step.from_revisions, *step.to_revisions):
+        if rev_id not in graph.revisions:
+            raise SvcmigError(f"cannot stamp {rev_id}: not a revision of this project")
+    # what Alembic's on_version_apply would be given for this step (`MigrationInfo`'s fields)
+    info = SimpleNamespace(is_stamp=True, is_upgrade=step.is_upgrade, up_revision_id=None,
+                           source_revision_ids=step.from_revisions,
+                           destination_revision_ids=step.to_revisions)
+    with migrator.transaction():
+        for statement in _ledger_statements(graph, info):
+            migrator.execute(statement)
 
 
 def _log(line: dict[str, object]) -> None:

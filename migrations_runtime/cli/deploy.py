@@ -11,11 +11,12 @@ import click
 
 from ..dev.embedded import resolve_url
 from ..engine.apply import RunSettings, json_log_to_stderr, migrate, read_plan
+from ..engine.errors import SvcmigError
 from ..engine.manifest import MANIFEST_NAME, load_manifest, write_manifest
 from ..engine.plan import PHASE_CHOICES
 from ..engine.repair import baseline, repair
-from ..engine.report import status_text
-from .common import database_url_option, json_option, project_root, run
+from ..engine.report import failure_dict, status_text
+from .common import database_url_option, fail, json_option, project_root, run
 
 
 @click.command("migrate")
@@ -27,19 +28,37 @@ from .common import database_url_option, json_option, project_root, run
               help="Seconds to wait for another migrator's lock.")
 @click.option("--lock-timeout-ms", type=int, default=5000, show_default=True,
               help="lock_timeout of each revision's transaction.")
+@click.option("--statement-timeout-ms", type=click.IntRange(min=1), default=None,
+              help="statement_timeout of every statement of a revision (default: the server's).")
+@click.option("--idle-timeout-ms", type=click.IntRange(min=1000), default=60_000,
+              show_default=True, help="A frozen migrator's sessions, and their locks, end after "
+              "this long (idle_in_transaction_session_timeout; idle_session_timeout on the lock "
+              "session, kept alive by a heartbeat).")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Plan from this build-time manifest instead of every file.")
 def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wait: float,
-                    lock_timeout_ms: int, manifest_path: Path | None) -> None:
-    """Apply pending revisions of every service, in dependency order."""
+                    lock_timeout_ms: int, statement_timeout_ms: int | None, idle_timeout_ms: int,
+                    manifest_path: Path | None) -> None:
+    """Apply pending revisions of every service, in dependency order.
+
+    With --json, stdout is always one JSON object: the revisions applied, and `outcome`
+    (`applied`, `refused` with the anomalies, `failed` with the revision, file, line and
+    error, or `error`)."""
     root = project_root()
     url = run(lambda: resolve_url(database_url, root))
     graph = run(lambda: load_manifest(manifest_path, root)) if manifest_path else None
-    settings = RunSettings(lock_wait_seconds=lock_wait, lock_timeout_ms=lock_timeout_ms)
-    result = run(lambda: migrate(url, root, phase, settings,  # type: ignore[arg-type]
-                                  log=json_log_to_stderr, graph=graph))
+    settings = RunSettings(lock_wait_seconds=lock_wait, lock_timeout_ms=lock_timeout_ms,
+                           statement_timeout_ms=statement_timeout_ms,
+                           idle_timeout_ms=idle_timeout_ms)
+    try:
+        result = migrate(url, root, phase, settings,  # type: ignore[arg-type]
+                         log=json_log_to_stderr, graph=graph)
+    except SvcmigError as err:
+        if as_json:
+            click.echo(json.dumps(failure_dict(err, phase), indent=2, default=str))
+        fail(str(err))
     if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2, default=str))
+        click.echo(json.dumps({**result.as_dict(), "outcome": "applied"}, indent=2, default=str))
         return
     click.echo(f"applied {len(result.results)} revision(s) ({phase} phase)")
     click.echo(status_text(result.plan))

@@ -16,7 +16,6 @@ that changed nothing is not left dirty.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import time
@@ -38,7 +37,7 @@ from .errors import MigrationFailed, MigrationFileError, PlanError
 from .load import Revision, checksum, read_text
 from .lock import migrator_lock
 from .plan import PhaseChoice, Plan, make_plan
-from .preflight import preflight
+from .preflight import Prepared, file_stat, preflight
 from .report import RevisionResult, RunResult, json_log
 from .sessions import GuardedConnection, RevisionSessions
 from .statements import (
@@ -80,12 +79,15 @@ class PythonRevisions:
     def __init__(self, conn: GuardedConnection) -> None:
         self._raw = conn
         self._connection: Any = None
+        self._context: Any = None
         self._transactional = True
         self._path = Path(".")
 
     def prepare(self) -> None:
-        """Bind SQLAlchemy to the raw connection while it is idle (its first connect rolls back)."""
+        """Bind SQLAlchemy and an Alembic migration context to the raw connection while it is
+        idle (SQLAlchemy's first connect rolls back), once per session."""
         if self._connection is None:
+            from alembic.runtime.migration import MigrationContext
             from sqlalchemy import create_engine, event
             from sqlalchemy.pool import StaticPool
 
@@ -93,6 +95,7 @@ class PythonRevisions:
                                    poolclass=StaticPool, pool_reset_on_return=None)
             event.listen(engine, "before_cursor_execute", self._refuse_forbidden)
             self._connection = engine.connect()
+            self._context = MigrationContext.configure(connection=self._connection)
 
     def _refuse_forbidden(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         try:
@@ -107,11 +110,10 @@ class PythonRevisions:
 
     def run(self, revision: Revision, upgrade: bool) -> None:
         from alembic.operations import Operations
-        from alembic.runtime.migration import MigrationContext
 
         module = _import_revision(revision)
-        context = MigrationContext.configure(connection=self._connection)
-        context.autocommit_block = _autocommit_block(revision)  # type: ignore[method-assign]
+        context = self._context
+        context.autocommit_block = _autocommit_block(revision)
         self._transactional, self._path = revision.transactional, revision.path
         self._raw.guarded = True
         try:
@@ -135,10 +137,13 @@ def _autocommit_block(revision: Revision) -> Callable[[], Any]:
 
 
 def _import_revision(revision: Revision) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"svcmig_revision_{revision.id}", revision.path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Execute a Python revision as a fresh module. Compiled here rather than imported: a
+    revision runs once per database, so writing its bytecode beside it would only cost a file
+    per revision (and litter the migrations folder)."""
+    module = ModuleType(f"svcmig_revision_{revision.id}")
+    module.__file__ = str(revision.path)
+    code = compile(read_text(revision.path).removeprefix("\ufeff"), str(revision.path), "exec")
+    exec(code, module.__dict__)
     return module
 
 
@@ -155,9 +160,8 @@ def _describe(err: psycopg.Error) -> str:
     return f"{text}{detail} [SQLSTATE {err.sqlstate}]{hint}"
 
 
-def _script(conn: psycopg.Connection, *parts: str | sql.Composable) -> str:
-    """Statements joined into one simple-protocol query: one round trip for all of them."""
-    return "; ".join(p if isinstance(p, str) else p.as_string(conn) for p in parts)
+# Whatever defaults a revision left on the session, the runner's transactions are these.
+BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
 
 
 class Runner:
@@ -166,7 +170,7 @@ class Runner:
 
     def __init__(self, migrator: psycopg.Connection, url: str, settings: RunSettings,
                  log: Callable[[dict[str, object]], None],
-                 prepared: dict[str, list[Statement]] | None = None) -> None:
+                 prepared: dict[str, Prepared] | None = None) -> None:
         self.settings = settings
         self.log = log
         self.sessions = RevisionSessions(migrator, url, settings.idle_timeout_ms, log)
@@ -180,18 +184,25 @@ class Runner:
         return runner
 
     def _execute(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
-                 statements: list[Statement] | None) -> int:
-        """Run the revision's body; returns how many SQL statements completed."""
-        if statements is None:
-            self._python_for(revision.service, conn).run(revision, upgrade)  # type: ignore[arg-type]
+                 statements: list[Statement] | None, prefix: str = "") -> int:
+        """Run the revision's body; returns how many SQL statements completed. `prefix` (the
+        runner's own statements, which cannot fail) shares the first statement's round trip."""
+        if statements is None or not statements:
+            if prefix:
+                conn.execute(prefix)
+            if statements is None:
+                self._python_for(revision.service, conn).run(  # type: ignore[arg-type]
+                    revision, upgrade)
             return 0
         done = 0
         for statement in statements:
+            lead = f"{prefix}; " if prefix and not done else ""
             try:
-                conn.execute(statement.sql)
+                conn.execute(lead + statement.sql)
             except psycopg.Error as err:
                 position = err.diag.statement_position
-                extra = statement.sql[: int(position) - 1].count("\n") if position else 0
+                offset = int(position) - 1 - len(lead) if position else 0
+                extra = statement.sql[:offset].count("\n") if offset > 0 else 0
                 err.add_note(f"svcmig-line:{statement.line + extra}")
                 raise
             done += 1
@@ -233,17 +244,21 @@ class Runner:
         return result
 
     def _statements(self, revision: Revision, upgrade: bool) -> list[Statement] | None:
-        """A SQL revision's statements, checked before anything runs (None for Python)."""
+        """A SQL revision's statements, checked before anything runs (None for Python). What
+        the preflight read is used when the file has not changed since; otherwise the file is
+        read again and must still have the checksum it was planned with."""
         try:
-            if checksum(read_text(revision.path)) != revision.checksum:
+            prepared = self.prepared.get(revision.id) if upgrade else None
+            if prepared is not None and file_stat(revision.path) == prepared.stat:
+                return prepared.statements
+            text = read_text(revision.path)
+            if checksum(text) != revision.checksum:
                 raise MigrationFileError(revision.path, "the file changed after it was planned "
                                          "(or since the manifest was built); run again")
             if revision.kind == "python":
                 return None
-            statements = self.prepared.get(revision.id) if upgrade else None
-            if statements is None:
-                statements = revision_statements(revision, upgrade)
-                check_statements(statements, revision.transactional, revision.path)
+            statements = revision_statements(revision, upgrade, text)
+            check_statements(statements, revision.transactional, revision.path)
             return statements
         except MigrationFileError as err:
             raise MigrationFailed(revision.id, revision.path, err.message, err.line) from err
@@ -257,37 +272,67 @@ class Runner:
         except Exception as err:
             raise MigrationFailed(revision.id, revision.path, str(err)) from err
 
-    def _ledger_sql(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
-                    duration_ms: int) -> list[sql.Composable]:
-        if upgrade:
-            return [ledger.record_sql(revision, "applied", duration_ms),
-                    *ledger.move_version_sql(revision.down_revision, revision.id)]
-        return [ledger.forget_sql(revision.id),
-                *ledger.move_version_sql(revision.id, revision.down_revision)]
+    @staticmethod
+    def _ledger_sql(revision: Revision, upgrade: bool, duration_ms: int) -> str:
+        """The ledger row says the revision is applied (or, going down, that it is not); the
+        version view follows."""
+        if upgrade:  # a pending transactional revision has no row; a dirty one has one
+            return ledger.record_sql(revision, "applied", duration_ms,
+                                     new_row=revision.transactional)
+        return ledger.forget_sql(revision.id)
 
-    def _enter(self, revision: Revision, transactional: bool) -> list[str]:
-        return [*SESSION_RESET_SQL, *enter_service_sql(
+    def _enter_sql(self, revision: Revision, transactional: bool) -> str:
+        """Put the (clean) session inside the service: search_path, lock_timeout and, when set,
+        statement_timeout; a transactional revision's transaction starts here too."""
+        begin = [BEGIN] if transactional else []
+        return "; ".join([*begin, *enter_service_sql(
             service_of(revision), transactional, self.settings.lock_timeout_ms,
-            self.settings.statement_timeout_ms)]
+            self.settings.statement_timeout_ms)])
+
+    def _finish(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
+                started: float, transactional: bool) -> None:
+        """Record the revision (its ledger row), commit, and leave the session clean for the
+        next revision, in one round trip.
+
+        The reset (`SESSION_RESET_SQL`: what DISCARD ALL does) runs after COMMIT, in its own
+        implicit transaction: inside the revision's transaction it would come too late for what
+        the transaction's start already took (a read-only default) and too early for what takes
+        effect at commit (UNLISTEN). When that round trip fails, the ledger says whether the
+        COMMIT happened; the session is replaced either way."""
+        duration = int((time.monotonic() - started) * 1000)
+        # a non-transactional revision's own session settings must not stop its bookkeeping
+        opening = [] if transactional else [BEGIN, "SET LOCAL statement_timeout = 0"]
+        try:
+            conn.execute("; ".join([*opening, self._ledger_sql(revision, upgrade, duration),
+                                    "COMMIT", *SESSION_RESET_SQL]))
+        except psycopg.Error:
+            committed = self._committed(revision, upgrade)
+            conn.close()
+            if not committed:
+                raise
+
+    def _committed(self, revision: Revision, upgrade: bool) -> bool:
+        row = self.sessions.migrator.execute(
+            f"SELECT state FROM {ledger.LEDGER_TABLE} WHERE revision = %s",
+            (revision.id,)).fetchone()
+        return (row is not None and row[0] == "applied") if upgrade else row is None
 
     def _apply_transactional(self, revision: Revision, upgrade: bool,
                              statements: list[Statement] | None) -> None:
-        conn = self._session(revision)
         for attempt in range(self.settings.lock_retries + 1):
+            conn = self._session(revision)
             started = time.monotonic()
             try:
                 with self._failure_as(revision):
                     if statements is None:
                         self._python_for(revision.service, conn).prepare()
-                    conn.execute(_script(conn, "BEGIN", *self._enter(revision, True)))
-                    self._execute(conn, revision, upgrade, statements)
+                    self._execute(conn, revision, upgrade, statements,
+                                  prefix=self._enter_sql(revision, True))
                     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
                         raise MigrationFileError(
                             revision.path, "the revision ended the runner's transaction "
                             "(a rollback or commit from inside it); nothing of it was recorded")
-                    duration = int((time.monotonic() - started) * 1000)
-                    conn.execute(_script(conn, *self._ledger_sql(conn, revision, upgrade,
-                                                                 duration), "COMMIT"))
+                    self._finish(conn, revision, upgrade, started, transactional=True)
                 return
             except MigrationFailed as err:
                 self._rollback(conn)
@@ -304,13 +349,16 @@ class Runner:
 
     @staticmethod
     def _rollback(conn: psycopg.Connection) -> None:
+        """End a failed revision's transaction and leave the session clean; a session that
+        cannot do that is closed (the server rolls back; the next use opens a new one)."""
         if conn.closed:
             return
         try:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.execute("ROLLBACK")
+            rollback = [] if conn.info.transaction_status == \
+                psycopg.pq.TransactionStatus.IDLE else ["ROLLBACK"]
+            conn.execute("; ".join([*rollback, *SESSION_RESET_SQL]))
         except psycopg.Error:
-            conn.close()  # a broken session: the server rolls back; the next use reconnects
+            conn.close()
 
     def _apply_autocommit(self, revision: Revision, upgrade: bool,
                           statements: list[Statement] | None) -> None:
@@ -324,8 +372,8 @@ class Runner:
             if statements is None:
                 self._python_for(revision.service, conn).prepare()
             before = {i.name for i in ledger.invalid_indexes(conn, [schema])}
-            conn.execute(_script(conn, *self._enter(revision, False), *(
-                [ledger.record_sql(revision, "dirty", None)] if upgrade else [])))
+            conn.execute("; ".join([self._enter_sql(revision, False), *(
+                [ledger.record_sql(revision, "dirty", None)] if upgrade else [])]))
         try:
             with self._failure_as(revision):
                 for statement in statements or []:
@@ -339,11 +387,9 @@ class Runner:
                     raise MigrationFileError(
                         revision.path, "the revision left a transaction open; end every "
                         "BEGIN it starts with COMMIT")
-                duration = int((time.monotonic() - started) * 1000)
-                conn.execute(_script(conn, "BEGIN", *self._ledger_sql(conn, revision, upgrade,
-                                                                      duration), "COMMIT"))
+                self._finish(conn, revision, upgrade, started, transactional=False)
         except MigrationFailed as err:
-            self._rollback(conn)
+            self._end_transaction(conn)  # a revision's own BEGIN, left open by the failure
             left = self._clean_up_invalid(conn, schema, before)
             if upgrade and done == 0 and left is not None:
                 self._forget_dirty(conn, revision)
@@ -352,7 +398,17 @@ class Runner:
                 err.add(f"; the revision is dirty: {done if done >= 0 else 'some'} of its "
                         f"statements completed{left or ''}. Check what they left, then "
                         f"`svcmig repair {revision.id} --applied` (or --rolled-back)")
+            self._rollback(conn)
             raise
+
+    @staticmethod
+    def _end_transaction(conn: psycopg.Connection) -> None:
+        if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            conn.close()
 
     def _drop_invalid_target(self, conn: psycopg.Connection, statement: Statement,
                              schema: str) -> None:
@@ -392,6 +448,14 @@ class Runner:
         except psycopg.Error:
             pass  # the row stays dirty; status reports it
 
+    def release(self, service: str) -> None:
+        """The run needs no more of `service`: close its session (an idle backend still has
+        to process every other session's catalog changes)."""
+        python = self._python.pop(service, None)
+        if python is not None:
+            python.close()
+        self.sessions.release(service)
+
     def close(self) -> None:
         for python in self._python.values():
             python.close()
@@ -425,7 +489,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     try:
         with migrator_lock(conn, settings.lock_wait_seconds, settings.idle_timeout_ms):
             ledger.bootstrap(conn, graph.services)
-            plan = make_plan(graph, ledger.read_state(conn, schemas), phase)
+            plan = make_plan(graph, ledger.read_state(conn, schemas, graph), phase)
             plan, prepared = preflight(graph, plan)
             for warning in plan.warnings:
                 log({"event": "warning", "kind": warning.kind, "revision": warning.revision,
@@ -433,15 +497,19 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             if plan.errors:
                 raise PlanError("\n".join(a.message for a in plan.errors), plan)
             runner = Runner(conn, url, settings, log, prepared)
+            last = {revision.service: index for index, revision in enumerate(plan.steps)}
             try:
-                for revision in plan.steps:
+                for index, revision in enumerate(plan.steps):
                     results.append(runner.apply(revision))
+                    if last[revision.service] == index:
+                        runner.release(revision.service)
             except MigrationFailed as err:
                 err.applied = tuple(results)
                 raise
             finally:
                 runner.close()
-            after = make_plan(graph, ledger.read_state(conn, schemas), phase) if results else plan
+            after = (make_plan(graph, ledger.read_state(conn, schemas, graph), phase) if results
+                     else plan)
     finally:
         conn.close()
     return RunResult(plan=after, results=tuple(results))
@@ -454,7 +522,8 @@ def read_plan(url: str, root: Path, phase: PhaseChoice = "all",
     graph = graph or build_graph(root)
     conn = connect(url)
     try:
-        plan = make_plan(graph, ledger.read_state(conn, [s.schema for s in graph.services]), phase)
+        state = ledger.read_state(conn, [s.schema for s in graph.services], graph)
+        plan = make_plan(graph, state, phase)
     finally:
         conn.close()
     return preflight(graph, plan)[0]

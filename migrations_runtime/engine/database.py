@@ -38,12 +38,14 @@ DEFAULT_IDLE_IN_TRANSACTION_MS = 60_000
 
 def session_options(idle_in_transaction_ms: int) -> str:
     """Server settings of every migrator and revision session (libpq `options`):
+    - `standard_conforming_strings`: a backslash in a string literal is a backslash;
     - `client_connection_check_interval`: a killed migrator's backend notices within a second
       and ends, which frees its locks even mid-statement;
     - `idle_in_transaction_session_timeout`: a frozen migrator (a Lambda frozen, a stopped
       process) cannot hold a revision's locks longer than this;
     - the server's TCP keepalives, for a peer that vanished without closing the socket."""
     settings = {
+        "standard_conforming_strings": "on",  # the ledger's literals rely on it
         "client_connection_check_interval": 1000,
         "idle_in_transaction_session_timeout": int(idle_in_transaction_ms),
         "tcp_keepalives_idle": KEEPALIVES["keepalives_idle"],
@@ -66,6 +68,9 @@ def connect(url: str, *, autocommit: bool = True, role: str = APPLICATION_NAME,
             autocommit=autocommit,
             application_name=f"{role}@{socket.gethostname()}:{os.getpid()}",
             connect_timeout=10,
+            # Nothing svcmig sends repeats in a way worth a server-side prepared statement, and
+            # a revision session's reset deallocates them all (DISCARD ALL's DEALLOCATE ALL).
+            prepare_threshold=None,
             options=session_options(idle_in_transaction_ms),
             **KEEPALIVES,  # type: ignore[arg-type]
             **overrides,  # type: ignore[arg-type]

@@ -2,23 +2,25 @@
 and roles, the ledger (`svcmig.schema_migrations`) and Alembic's version table
 (`svcmig.alembic_version`).
 
-The ledger row and the version row of a revision are written in the revision's own
-transaction, so the database and the ledger can never disagree after a failure.
+The ledger is the one record of what was applied: a revision's ledger row is written in the
+revision's own transaction. Alembic's version table is a view over it (each service's newest
+applied revision), so the two can never disagree, whichever tool wrote last.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
-
-from psycopg import sql
+from typing import Any, NamedTuple, Protocol
 
 from .discover import FRAMEWORK_SCHEMA, Service
 from .load import Revision
 from .statements import quote_ident, sql_literal
+from .validate import Graph
 
 LEDGER_TABLE = f"{FRAMEWORK_SCHEMA}.schema_migrations"
 VERSION_TABLE = "alembic_version"
@@ -40,28 +42,29 @@ FRAMEWORK_DDL = [
         duration_ms integer,
         applied_by text NOT NULL
     )""",
-    f"""CREATE TABLE IF NOT EXISTS {QUALIFIED_VERSION_TABLE} (
-        version_num varchar(32) NOT NULL,
-        CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
-    )""",
-    # Each revision writes its own ledger and version rows, in its own transaction, from a session
-    # logged in as its service's owner: row-level security limits an owner to its service's rows
-    # (revision ids are `<service>_<YYYYMMDDhhmm>`; USING checks new rows too). The migrator owns
-    # both tables and so bypasses it.
+    # Each revision writes its own ledger row, in its own transaction, from a session logged in
+    # as its service's owner: row-level security limits an owner to its service's rows (USING
+    # checks new rows too). The migrator owns the table and so bypasses it.
     f"ALTER TABLE {LEDGER_TABLE} ENABLE ROW LEVEL SECURITY",
-    f"ALTER TABLE {QUALIFIED_VERSION_TABLE} ENABLE ROW LEVEL SECURITY",
     f"""DO $$ BEGIN
-        CREATE POLICY {POLICY} ON {LEDGER_TABLE}
-            USING (current_user = service || '_owner');
-        CREATE POLICY {POLICY} ON {QUALIFIED_VERSION_TABLE}
-            USING (current_user = substring(version_num FROM '^(.*)_[0-9]{{12}}$') || '_owner');
+        CREATE POLICY {POLICY} ON {LEDGER_TABLE} USING (current_user = service || '_owner');
     EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
+    # Alembic's version table, derived: a service's head is its newest applied (or baselined)
+    # revision; ids `<service>_<YYYYMMDDhhmm>` sort by time within a service. An older svcmig
+    # kept it as a table next to the ledger; the ledger holds the same facts, so it is replaced.
+    f"""DO $$ BEGIN
+        IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('{QUALIFIED_VERSION_TABLE}'))
+           = 'r' THEN DROP TABLE {QUALIFIED_VERSION_TABLE}; END IF; END $$""",
+    f"""CREATE OR REPLACE VIEW {QUALIFIED_VERSION_TABLE} AS
+        SELECT max(revision)::varchar(32) AS version_num FROM {LEDGER_TABLE}
+        WHERE state IN ('applied', 'baselined') GROUP BY service""",
 ]
 FRAMEWORK_READY_SQL = f"""
-    SELECT count(*) = 2 FROM pg_class c
-    WHERE c.oid IN (to_regclass('{LEDGER_TABLE}'), to_regclass('{QUALIFIED_VERSION_TABLE}'))
-      AND c.relrowsecurity
-      AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = '{POLICY}')"""
+    SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid
+                   WHERE c.oid = to_regclass('{LEDGER_TABLE}') AND c.relrowsecurity
+                     AND p.polname = '{POLICY}')
+       AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('{QUALIFIED_VERSION_TABLE}')
+                     AND relkind = 'v')"""
 
 
 class Executes(Protocol):
@@ -70,8 +73,9 @@ class Executes(Protocol):
     def execute(self, query: Any, params: Any = ..., /) -> Any: ...
 
 
+@functools.cache
 def applied_by() -> str:
-    return f"{socket.gethostname()}"
+    return socket.gethostname()
 
 
 def service_bootstrap_sql(service: Service) -> list[str]:
@@ -93,8 +97,7 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         f"DO $$ BEGIN EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), "
         f"{sql_literal(service.owner_role)}); END $$",
         f"GRANT USAGE ON SCHEMA {FRAMEWORK_SCHEMA} TO {owner}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {LEDGER_TABLE}, {QUALIFIED_VERSION_TABLE} "
-        f"TO {owner}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {LEDGER_TABLE} TO {owner}",
         f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}",
         f"ALTER SCHEMA {schema} OWNER TO {owner}",  # an adopted schema becomes the service's
         f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
@@ -121,8 +124,7 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
            WHERE n.nspname = ANY(%s)
              AND EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = n.nspname || '_app')
              AND pg_has_role(current_user, o.oid, 'USAGE')
-             AND has_table_privilege(o.oid, '{LEDGER_TABLE}', 'INSERT')
-             AND has_table_privilege(o.oid, '{QUALIFIED_VERSION_TABLE}', 'INSERT')""",
+             AND has_table_privilege(o.oid, '{LEDGER_TABLE}', 'INSERT')""",
         (names,),
     ).fetchall()
     ready = {row[0] for row in present}
@@ -136,17 +138,19 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
     return created
 
 
-@dataclass(frozen=True)
-class LedgerRow:
+class LedgerRow(NamedTuple):
+    """One row of the ledger (a tuple: a no-op run reads 10,000 of them). Planning reads the
+    first six columns only; `read_row` reads all of one."""
+
     revision: str
     service: str
     file: str
     checksum: str
     phase: str
     state: str
-    applied_at: datetime
-    duration_ms: int | None
-    applied_by: str
+    applied_at: datetime | None = None
+    duration_ms: int | None = None
+    applied_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,14 +163,38 @@ class InvalidIndex:
     table: str
 
 
+class SettledLedger(Mapping[str, LedgerRow]):
+    """The ledger of a database whose rows are exactly the code's revisions (same ids and
+    checksums, none dirty; `read_state` checked it with a per-service digest): the graph's
+    revisions as rows, built only when one is asked for."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    def __getitem__(self, revision_id: str) -> LedgerRow:
+        r = self.graph.revisions[revision_id]
+        return LedgerRow(r.id, r.service, r.file, r.checksum, r.phase, "applied")
+
+    def __contains__(self, revision_id: object) -> bool:
+        return revision_id in self.graph.revisions
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.graph.revisions)
+
+    def __len__(self) -> int:
+        return len(self.graph.revisions)
+
+
 @dataclass(frozen=True)
 class DatabaseState:
     """What the database says was applied: the ledger, Alembic's version rows, and the INVALID
-    indexes in the services' schemas."""
+    indexes in the services' schemas. `settled`: the ledger is exactly the code's revisions, so
+    it holds nothing to report (no dirty, edited, missing or unknown row)."""
 
-    ledger: dict[str, LedgerRow]
+    ledger: Mapping[str, LedgerRow]
     alembic_heads: frozenset[str]
     invalid_indexes: tuple[InvalidIndex, ...] = ()
+    settled: bool = False
 
     @classmethod
     def empty(cls) -> DatabaseState:
@@ -187,61 +215,109 @@ def invalid_indexes(conn: Executes, schemas: Iterable[str]) -> tuple[InvalidInde
                  conn.execute(INVALID_INDEXES_SQL, (list(schemas),)).fetchall())
 
 
-def read_state(conn: Executes, schemas: Iterable[str] = ()) -> DatabaseState:
+# Per service: how many rows, how many dirty, and a digest of the settled rows' ids and
+# checksums (md5 for equality, not for secrecy). Ids sort the same in every collation within a
+# service (`<service>_` then 12 digits); COLLATE "C" makes it so across services too.
+SUMMARY_SQL = f"""
+    SELECT service, count(*), count(*) FILTER (WHERE state = 'dirty'),
+           md5(string_agg(revision || ':' || checksum, ',' ORDER BY revision COLLATE "C")
+               FILTER (WHERE state <> 'dirty'))
+    FROM {LEDGER_TABLE} GROUP BY service"""
+
+
+def chain_digest(revisions: Iterable[Revision]) -> str:
+    """What `SUMMARY_SQL` computes for a service whose ledger holds exactly `revisions`."""
+    text = ",".join(f"{r.id}:{r.checksum}" for r in sorted(revisions, key=lambda r: r.id))
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def read_state(conn: Executes, schemas: Iterable[str] = (),
+               graph: Graph | None = None) -> DatabaseState:
     """The ledger and version rows (empty when svcmig never ran on this database), and the
-    INVALID indexes in `schemas`."""
-    exists = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
-        (LEDGER_TABLE, QUALIFIED_VERSION_TABLE),
-    ).fetchone()
+    INVALID indexes in `schemas`.
+
+    With `graph`, a per-service summary is read first; when every service's ledger holds
+    exactly its revisions in the code (same ids and checksums, none dirty, nothing else), the
+    rows are not fetched: the state is built from the graph, which is then the same facts. A
+    no-op deploy of 10,000 revisions reads 50 summary rows, not 10,000 ledger rows."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER_TABLE,)).fetchone()
     ledger: dict[str, LedgerRow] = {}
-    heads: frozenset[str] = frozenset()
-    if exists[0]:
-        rows = conn.execute(
-            f"SELECT revision, service, file, checksum, phase, state, applied_at, duration_ms, "
-            f"applied_by FROM {LEDGER_TABLE}"
-        ).fetchall()
-        ledger = {row[0]: LedgerRow(*row) for row in rows}
-    if exists[1]:
-        heads = frozenset(r[0] for r in conn.execute(
-            f"SELECT version_num FROM {QUALIFIED_VERSION_TABLE}").fetchall())
     schemas = list(schemas)
-    return DatabaseState(ledger, heads, invalid_indexes(conn, schemas) if schemas else ())
+    if exists[0]:
+        if graph is not None and _matches(conn.execute(SUMMARY_SQL).fetchall(), graph):
+            heads = frozenset(chain[-1].id for chain in graph.chains.values() if chain)
+            return DatabaseState(SettledLedger(graph), heads,
+                                 invalid_indexes(conn, schemas) if schemas else (), True)
+        else:
+            rows = conn.execute(
+                f"SELECT revision, service, file, checksum, phase, state FROM {LEDGER_TABLE}"
+            ).fetchall()
+            ledger = {row[0]: LedgerRow(*row) for row in rows}
+    return DatabaseState(ledger, version_rows(ledger.values()),
+                         invalid_indexes(conn, schemas) if schemas else ())
 
 
-def record_sql(revision: Revision, state: str, duration_ms: int | None) -> sql.Composed:
+def _matches(summaries: list[tuple[str, int, int, str | None]], graph: Graph) -> bool:
+    expected = {name: chain for name, chain in graph.chains.items() if chain}
+    if {row[0] for row in summaries} != set(expected):
+        return False
+    return all(count == len(expected[service]) and dirty == 0
+               and digest == chain_digest(expected[service])
+               for service, count, dirty, digest in summaries)
+
+
+def read_row(conn: Executes, revision_id: str) -> LedgerRow | None:
+    """One ledger row, every column (None when there is none, or no ledger yet)."""
+    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER_TABLE,)).fetchone()[0]:
+        return None
+    row = conn.execute(
+        f"SELECT revision, service, file, checksum, phase, state, applied_at, duration_ms, "
+        f"applied_by FROM {LEDGER_TABLE} WHERE revision = %s", (revision_id,)).fetchone()
+    return LedgerRow(*row) if row else None
+
+
+def version_rows(rows: Iterable[LedgerRow]) -> frozenset[str]:
+    """What the version view (`svcmig.alembic_version`) shows for these ledger rows: each
+    service's newest applied or baselined revision (the view's query, without a round trip)."""
+    heads: dict[str, str] = {}
+    for row in rows:
+        if row.state != "dirty" and row.revision > heads.get(row.service, ""):
+            heads[row.service] = row.revision
+    return frozenset(heads.values())
+
+
+def _literal(value: str | int | None) -> str:
+    """A SQL literal for the ledger's own values (ids, names, paths, checksums, counts). Every
+    svcmig session sets `standard_conforming_strings = on` (`database.session_options`), so
+    doubling quotes is the whole of string quoting."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    return sql_literal(value)
+
+
+def record_sql(revision: Revision, state: str, duration_ms: int | None,
+               replace_state: str | None = None, new_row: bool = False) -> str:
     """Insert or update the ledger row of `revision`, as one statement with its values inlined
-    (so it can share a round trip with other statements)."""
-    values = sql.SQL(", ").join(sql.Literal(v) for v in (
+    (so it can share a round trip with other statements). With `replace_state`, an existing
+    row is updated only when it is in that state; with `new_row`, there must be none."""
+    values = ", ".join(_literal(v) for v in (
         revision.id, revision.service, revision.file, revision.checksum, revision.phase, state,
         duration_ms, applied_by()))
-    return sql.SQL(
-        f"""INSERT INTO {LEDGER_TABLE}
-            (revision, service, file, checksum, phase, state, duration_ms, applied_by)
-            VALUES ({{}})
-            ON CONFLICT (revision) DO UPDATE SET checksum = EXCLUDED.checksum,
-              state = EXCLUDED.state, duration_ms = EXCLUDED.duration_ms,
-              applied_at = now(), applied_by = EXCLUDED.applied_by, file = EXCLUDED.file""",
-    ).format(values)
+    insert = (f"INSERT INTO {LEDGER_TABLE} (revision, service, file, checksum, phase, state, "
+              f"duration_ms, applied_by) VALUES ({values})")
+    if new_row:
+        return insert
+    only = f" WHERE {LEDGER_TABLE}.state = {_literal(replace_state)}" if replace_state else ""
+    return (f"{insert} ON CONFLICT (revision) DO UPDATE SET "
+            "checksum = EXCLUDED.checksum, state = EXCLUDED.state, "
+            "duration_ms = EXCLUDED.duration_ms, applied_at = now(), "
+            f"applied_by = EXCLUDED.applied_by, file = EXCLUDED.file{only}")
 
 
-def forget_sql(revision_id: str) -> sql.Composed:
-    return sql.SQL(f"DELETE FROM {LEDGER_TABLE} WHERE revision = {{}}").format(
-        sql.Literal(revision_id))
-
-
-def move_version_sql(old: str | None, new: str | None) -> list[sql.Composed]:
-    """Keep Alembic's version table in step: the service's head row moves from `old` to `new`
-    (one row per service, as stock `alembic upgrade` keeps it), so `alembic current` and
-    `alembic downgrade users@-1` work on a database svcmig migrated."""
-    found = []
-    if old is not None:
-        found.append(sql.SQL(f"DELETE FROM {QUALIFIED_VERSION_TABLE} WHERE version_num = {{}}")
-                     .format(sql.Literal(old)))
-    if new is not None:
-        found.append(sql.SQL(f"INSERT INTO {QUALIFIED_VERSION_TABLE} (version_num) VALUES ({{}})")
-                     .format(sql.Literal(new)))
-    return found
+def forget_sql(revision_id: str) -> str:
+    return f"DELETE FROM {LEDGER_TABLE} WHERE revision = {_literal(revision_id)}"
 
 
 def record(conn: Executes, revision: Revision, state: str, duration_ms: int | None) -> None:
@@ -251,11 +327,6 @@ def record(conn: Executes, revision: Revision, state: str, duration_ms: int | No
 
 def forget(conn: Executes, revision_id: str) -> None:
     conn.execute(forget_sql(revision_id))
-
-
-def move_version(conn: Executes, old: str | None, new: str | None) -> None:
-    for statement in move_version_sql(old, new):
-        conn.execute(statement)
 
 
 def adopt_relations(conn: Executes, service: Service) -> list[str]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -115,7 +116,19 @@ def parse_sql_source(text: str, path: Path) -> SqlSource:
     A plain file is all "up". Directives live in the leading comment block:
     `-- phase: contract`, `-- depends-on: <rev>[, <rev>]`, `-- migrate:no-transaction`.
     """
-    return _parse_normalised(normalise(text), path)
+    return _sql_source(normalise(text), path)
+
+
+# Normalised text → its parsed sections. A run parses a pending file when it loads it and again
+# when the preflight reads it back; the same text parses the same way, whatever its path.
+_PARSED: dict[str, SqlSource] = {}
+
+
+def _sql_source(normal: str, path: Path) -> SqlSource:
+    found = _PARSED.get(normal)
+    if found is None:
+        found = _PARSED[normal] = _parse_normalised(normal, path)
+    return found
 
 
 def _directive_key(key: str, path: Path, line: int) -> str | None:
@@ -224,11 +237,13 @@ def _parse_normalised(normal: str, path: Path) -> SqlSource:
 
 @dataclass(frozen=True)
 class Revision:
-    """One migration, as the planner and runner see it."""
+    """One migration, as the planner and runner see it. `file` is its path from the project
+    `root` (`services/<service>/migrations/<name>`), as the ledger stores it."""
 
     id: str
     service: str
-    path: Path
+    root: Path
+    file: str
     timestamp: str
     slug: str
     kind: Kind
@@ -240,11 +255,22 @@ class Revision:
     reversible: bool
     checksum: str = field(repr=False)
 
-    @property
-    def file(self) -> str:
-        """The path relative to the project root's services folder, as the ledger stores it."""
-        parts = self.path.parts
-        return "/".join(parts[parts.index("services"):]) if "services" in parts else self.path.name
+    @functools.cached_property
+    def path(self) -> Path:
+        """Built on first use: planning a no-op from the manifest never needs 10,000 of them."""
+        return self.root / self.file
+
+
+REVISION_FIELDS = tuple(f.name for f in fields(Revision))
+
+
+def revision_from(*values: object) -> Revision:
+    """`Revision(*values)` without the generated `__init__`: a frozen dataclass's `__init__`
+    sets each field through `object.__setattr__`, which costs a deploy's no-op about 20 ms at
+    10,000 revisions (`manifest.load_manifest` builds every one). Same object, same equality."""
+    revision = object.__new__(Revision)
+    revision.__dict__.update(zip(REVISION_FIELDS, values, strict=True))
+    return revision
 
 
 _PY_ATTRIBUTES = ("revision", "down_revision", "branch_labels", "depends_on", "phase",
@@ -316,13 +342,14 @@ def load_revision(name: RevisionFile, service: Service, previous: str | None) ->
             f"move it to services/{name.service}/migrations/ or rename it")
     text = read_text(path)
     rev_id = name.revision_id
+    root, file = service.folder.parent.parent, f"services/{service.name}/migrations/{path.name}"
     normal = normalise(text)
     digest = _checksum_of_normalised(normal)
     if name.kind == "sql":
-        source = _parse_normalised(normal, path)
+        source = _sql_source(normal, path)
         return Revision(
-            id=rev_id, service=service.name, path=path, timestamp=name.timestamp, slug=name.slug,
-            kind="sql", down_revision=previous, depends_on=source.depends_on,
+            id=rev_id, service=service.name, root=root, file=file, timestamp=name.timestamp,
+            slug=name.slug, kind="sql", down_revision=previous, depends_on=source.depends_on,
             branch_labels=(service.name,) if previous is None else (),
             phase=source.phase, transactional=source.transactional,
             reversible=source.down is not None, checksum=digest,
@@ -343,8 +370,9 @@ def load_revision(name: RevisionFile, service: Service, previous: str | None) ->
         raise MigrationFileError(
             path, "down_revision must be one revision id: one branch per service, no merges")
     return Revision(
-        id=rev_id, service=service.name, path=path, timestamp=name.timestamp, slug=name.slug,
-        kind="python", down_revision=down, depends_on=_as_tuple(header.get("depends_on")),
+        id=rev_id, service=service.name, root=root, file=file, timestamp=name.timestamp,
+        slug=name.slug, kind="python", down_revision=down,
+        depends_on=_as_tuple(header.get("depends_on")),
         branch_labels=_as_tuple(header.get("branch_labels")), phase=phase,  # type: ignore[arg-type]
         transactional=bool(header.get("transactional", True)),
         reversible=bool(header["_has_downgrade"]), checksum=digest,

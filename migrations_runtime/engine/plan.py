@@ -66,6 +66,8 @@ class Plan:
 
 def _ledger_anomalies(graph: Graph, state: DatabaseState) -> list[Anomaly]:
     found: list[Anomaly] = []
+    if state.settled:
+        return found
     for row in sorted(state.ledger.values(), key=lambda r: r.revision):
         revision = graph.revisions.get(row.revision)
         if revision is None:

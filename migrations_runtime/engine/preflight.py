@@ -14,6 +14,7 @@ same problems as `migrate`.
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MigrationFileError
@@ -52,9 +53,25 @@ def python_problems(text: str, path: Path, transactional: bool) -> None:
         check_statements(statements, transactional, path)
 
 
-def prepare(revision: Revision) -> list[Statement] | None:
-    """Read and check one pending revision; its SQL statements (None for Python). Raises
-    `MigrationFileError` naming the file and line."""
+@dataclass(frozen=True)
+class Prepared:
+    """A pending revision as the preflight read and checked it: its SQL statements (None for a
+    Python revision) and the file's (mtime_ns, size) then, so the runner reads it again only
+    if it changed since."""
+
+    statements: list[Statement] | None
+    stat: tuple[int, int]
+
+
+def file_stat(path: Path) -> tuple[int, int]:
+    found = path.stat()
+    return found.st_mtime_ns, found.st_size
+
+
+def prepare(revision: Revision) -> Prepared:
+    """Read and check one pending revision. Raises `MigrationFileError` naming the file and
+    line."""
+    stat = file_stat(revision.path)
     text = read_text(revision.path)
     if checksum(text) != revision.checksum:
         raise MigrationFileError(
@@ -62,17 +79,17 @@ def prepare(revision: Revision) -> list[Statement] | None:
             "built); run again (rebuild the manifest with `svcmig manifest`)")
     if revision.kind == "python":
         python_problems(text, revision.path, revision.transactional)
-        return None
-    statements = revision_statements(revision, upgrade=True)
+        return Prepared(None, stat)
+    statements = revision_statements(revision, upgrade=True, text=text)
     check_statements(statements, revision.transactional, revision.path)
-    return statements
+    return Prepared(statements, stat)
 
 
-def preflight(graph: Graph, plan: Plan) -> tuple[Plan, dict[str, list[Statement]]]:
+def preflight(graph: Graph, plan: Plan) -> tuple[Plan, dict[str, Prepared]]:
     """The plan with an `invalid_revision` error for every pending revision that cannot run, and
-    the parsed statements of the SQL ones that can (the runner reuses them)."""
+    what the preflight read of those that can (the runner reuses it)."""
     problems: list[Anomaly] = []
-    prepared: dict[str, list[Statement]] = {}
+    prepared: dict[str, Prepared] = {}
     for status in plan.services:
         for rev_id in status.pending:
             revision = graph.revisions[rev_id]
@@ -86,6 +103,5 @@ def preflight(graph: Graph, plan: Plan) -> tuple[Plan, dict[str, list[Statement]
                 problems.append(Anomaly("invalid_revision", revision.service, revision.id,
                                         f"{revision.path}: cannot read the file: {err}"))
                 continue
-            if statements is not None:
-                prepared[rev_id] = statements
+            prepared[rev_id] = statements
     return plan.with_anomalies(problems), prepared

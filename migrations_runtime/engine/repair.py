@@ -5,7 +5,8 @@ ledger:
   as applied without running them;
 - `repair --applied` / `--rolled-back`: settle a dirty non-transactional revision after checking
   the database by hand;
-- `repair --accept-checksum`: record the current file after a cosmetic edit of an applied one.
+- `repair --accept-checksum`: record the current file after a cosmetic edit of an applied one;
+- `stamp`: what stock `alembic stamp` means, in ledger terms.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from . import ledger
 from .database import connect
 from .errors import SvcmigError
 from .lock import migrator_lock
-from .validate import build_graph
+from .validate import Graph, build_graph
 
 RepairAction = Literal["applied", "rolled-back", "accept-checksum"]
 
@@ -51,7 +52,6 @@ def baseline(url: str, root: Path, targets: list[str],
                     ledger.adopt_relations(conn, service)
                     for revision in upto:
                         ledger.record(conn, revision, "baselined", None)
-                    ledger.move_version(conn, None, head.id)
                 marked.extend(r.id for r in upto)
     finally:
         conn.close()
@@ -65,7 +65,7 @@ def repair(url: str, root: Path, revision_id: str, action: RepairAction,
     conn = connect(url)
     try:
         with migrator_lock(conn, lock_wait_seconds):
-            row = ledger.read_state(conn).ledger.get(revision_id)
+            row = ledger.read_row(conn, revision_id)
             if row is None:
                 raise SvcmigError(f"revision {revision_id} has no ledger row; nothing to repair")
             revision = graph.revisions.get(revision_id)
@@ -81,9 +81,25 @@ def repair(url: str, root: Path, revision_id: str, action: RepairAction,
                                       "--applied/--rolled-back settle dirty revisions only")
                 if action == "applied":
                     ledger.record(conn, revision, "applied", row.duration_ms)
-                    ledger.move_version(conn, revision.down_revision, revision.id)
                     return f"{revision_id}: marked applied"
                 ledger.forget(conn, revision_id)
                 return f"{revision_id}: marked not applied; the next migrate runs it again"
     finally:
         conn.close()
+
+
+
+def stamp_sql(graph: Graph, service: str, target: str | None) -> list[str]:
+    """What `alembic stamp` means in ledger terms: `target` becomes the service's head without
+    running anything. It and every revision before it in the service are applied (rows that are
+    missing or dirty become `baselined`; applied ones stay), every revision after it is not.
+    `target` None stamps the service to base. Statements only, so `alembic stamp --sql` can
+    print them; they read nothing."""
+    kept = {r.id for r in graph.upto(target) or ()} if target is not None else set()
+    found = []
+    for revision in graph.chains.get(service, ()):
+        if revision.id in kept:
+            found.append(ledger.record_sql(revision, "baselined", None, replace_state="dirty"))
+        else:
+            found.append(ledger.forget_sql(revision.id))
+    return found

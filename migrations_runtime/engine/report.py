@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .errors import MigrationFailed, PlanError
 from .load import Revision
 
 if TYPE_CHECKING:
@@ -47,6 +48,21 @@ class RunResult:
             "warnings": [a.as_dict() for a in self.plan.warnings],
             "services": [s.as_dict() for s in self.plan.services],
         }
+
+
+def failure_dict(err: Exception, phase: str) -> dict[str, object]:
+    """What `migrate --json` prints when the run did not complete: the revisions applied before
+    it stopped and why it stopped."""
+    if isinstance(err, PlanError):
+        anomalies = [a.as_dict() for a in err.plan.anomalies] if err.plan is not None else []
+        return {"phase": phase, "applied": [], "outcome": "refused", "error": str(err),
+                "anomalies": anomalies}
+    if isinstance(err, MigrationFailed):
+        return {"phase": phase, "applied": [r.as_dict() for r in err.applied],
+                "outcome": "failed", "error": str(err),
+                "failed": {"revision": err.revision, "file": str(err.path), "line": err.line,
+                           "error": err.message}}
+    return {"phase": phase, "applied": [], "outcome": "error", "error": str(err)}
 
 
 def json_log(revision: Revision, upgrade: bool, started: float, outcome: str,

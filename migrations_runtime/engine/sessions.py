@@ -15,6 +15,9 @@ using it). Nothing is stored: a crashed run leaves a password nobody knows.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import random
 import secrets
 import time
@@ -29,6 +32,28 @@ from .statements import quote_ident, sql_literal
 
 REVISION_SESSION_NAME = "svcmig-revision"
 LOGIN_ATTEMPTS = 5  # another run on the same cluster may set the password between two steps
+
+
+# PBKDF2 rounds in the verifier. Key stretching protects passwords people choose; these are 256
+# random bits used once, so a high count would only make every login slower (PostgreSQL's
+# default is 4096: about 10 ms of hashing on each side per login).
+SCRAM_ITERATIONS = 16
+
+
+def scram_verifier(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
+    """A SCRAM-SHA-256 verifier for `password`, in the form PostgreSQL stores in
+    `pg_authid.rolpassword`: `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`
+    (base64). Source: RFC 5802 section 3 and RFC 7677; PostgreSQL's `scram_build_secret`."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 class GuardedConnection(psycopg.Connection):  # type: ignore[type-arg]
@@ -55,6 +80,7 @@ class RevisionSessions:
         self.idle_in_transaction_ms = idle_in_transaction_ms
         self.log = log or (lambda _line: None)
         self._open: dict[str, GuardedConnection] = {}
+        self._pids: set[int] = set()  # backends of ours, which may linger a moment after close
 
     def session(self, service: Service) -> GuardedConnection:
         conn = self._open.get(service.name)
@@ -68,8 +94,7 @@ class RevisionSessions:
         role = service.owner_role
         for attempt in range(1, LOGIN_ATTEMPTS + 1):
             password = secrets.token_urlsafe(32)
-            verifier = self.migrator.pgconn.encrypt_password(
-                password.encode(), role.encode(), b"scram-sha-256").decode()
+            verifier = scram_verifier(password)
             try:
                 self.migrator.execute(f"ALTER ROLE {quote_ident(role)} WITH LOGIN PASSWORD "
                                       f"{sql_literal(verifier)}")
@@ -102,14 +127,21 @@ class RevisionSessions:
                 f"{row[1] if row else '?'}: a service's owner must be an ordinary role; "
                 f"ALTER ROLE {role} NOSUPERUSER")
 
+    def release(self, service: str) -> None:
+        """Close the service's session now; the owner goes back to NOLOGIN at `close`."""
+        conn = self._open.get(service)
+        if conn is not None and not conn.closed:
+            self._pids.add(conn.info.backend_pid)
+            conn.close()
+
     def close(self) -> None:
         """Close every revision session and put each owner back to NOLOGIN, unless a session of
         that role that is not ours is open."""
-        ours = [conn.info.backend_pid for conn in self._open.values() if not conn.closed]
-        for conn in self._open.values():
-            conn.close()
+        for name in list(self._open):
+            self.release(name)
         if self.migrator.closed:
             return
+        ours = sorted(self._pids)
         for name in self._open:
             role = f"{name}_owner"
             try:

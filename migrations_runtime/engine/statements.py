@@ -21,13 +21,14 @@ from .load import Revision, SqlSource, parse_sql_source, read_text
 
 DEFAULT_LOCK_TIMEOUT_MS = 5000
 
-# What `DISCARD ALL` does, as statements that may run inside a transaction block (DISCARD ALL
-# may not), so one round trip both resets the session and opens the revision's transaction.
-# Source: PostgreSQL documentation, DISCARD.
+# What `DISCARD ALL` does (source: PostgreSQL documentation, DISCARD), as statements that may
+# share one simple-protocol query (DISCARD ALL may not: it refuses any transaction block, and
+# several statements in one query form an implicit one). RESET ALL first, so a statement_timeout
+# the last revision left cannot stop the rest.
 SESSION_RESET_SQL = (
+    "RESET ALL",
     "CLOSE ALL",
     "SET SESSION AUTHORIZATION DEFAULT",
-    "RESET ALL",
     "DEALLOCATE ALL",
     "UNLISTEN *",
     "SELECT pg_advisory_unlock_all()",
@@ -79,13 +80,15 @@ def split_statements(text: str, first_line: int, path: Path) -> list[Statement]:
     return found
 
 
-def sql_source(revision: Revision) -> SqlSource:
-    return parse_sql_source(read_text(revision.path), revision.path)
+def sql_source(revision: Revision, text: str | None = None) -> SqlSource:
+    return parse_sql_source(read_text(revision.path) if text is None else text, revision.path)
 
 
-def revision_statements(revision: Revision, upgrade: bool) -> list[Statement]:
-    """The statements of a SQL revision in one direction; raises when it has no down section."""
-    source = sql_source(revision)
+def revision_statements(revision: Revision, upgrade: bool,
+                        text: str | None = None) -> list[Statement]:
+    """The statements of a SQL revision in one direction (of `text`, the file's when None);
+    raises when it has no down section."""
+    source = sql_source(revision, text)
     if upgrade:
         return split_statements(source.up, source.up_line, revision.path)
     if source.down is None or source.down_line is None:
@@ -194,4 +197,4 @@ def leave_service_sql() -> list[str]:
 
 
 def service_of(revision: Revision) -> Service:
-    return Service(revision.service, revision.path.parent.parent)
+    return Service(revision.service, revision.root / "services" / revision.service)

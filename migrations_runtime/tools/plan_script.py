@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from ..engine.errors import UsageProblem
-from ..engine.ledger import FRAMEWORK_DDL, DatabaseState, LedgerRow, service_bootstrap_sql
+from ..engine.ledger import (
+    FRAMEWORK_DDL,
+    DatabaseState,
+    LedgerRow,
+    service_bootstrap_sql,
+    version_rows,
+)
 from ..engine.lock import LOCK_KEY
 from ..engine.plan import Plan
 from ..engine.statements import (
@@ -33,9 +39,7 @@ def offline_state(graph: Graph, applied: Sequence[str]) -> DatabaseState:
         for rev in upto:
             rows[rev.id] = LedgerRow(rev.id, rev.service, rev.file, rev.checksum, rev.phase,
                                      "applied", now, None, "svcmig plan --from")
-    heads = frozenset(max((r for r in rows.values() if r.service == s), key=lambda r: r.revision)
-                      .revision for s in {r.service for r in rows.values()})
-    return DatabaseState(rows, heads)
+    return DatabaseState(rows, version_rows(rows.values()))
 
 
 def _statement(sql: str) -> str:

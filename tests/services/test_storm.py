@@ -11,7 +11,8 @@ import pytest
 
 from migrations_runtime.engine.apply import migrate
 from tests.conftest import REPO
-from tests.services.storm import pgbouncer, pgbouncer_binary, run_storm
+from tests.pgbouncer import pgbouncer, pgbouncer_binary
+from tests.services.storm import APP_ROLES, run_storm
 from tests.services.throwaway import throwaway_postgres
 
 WORKERS = int(os.environ.get("SVCMIG_STORM_WORKERS", "100"))
@@ -33,7 +34,7 @@ def test_storm_through_pgbouncer_has_no_errors(database_url: str, server_url: st
                                                needs_pgbouncer: None) -> None:
     migrate(database_url, REPO, "all", log=lambda _: None)
     database = str(__import__("psycopg").conninfo.conninfo_to_dict(database_url)["dbname"])
-    with pgbouncer(server_url, database, POOL_SIZE) as bouncer_url:
+    with pgbouncer(server_url, database, POOL_SIZE, users=APP_ROLES) as bouncer_url:
         result = run_storm(bouncer_url, server_url, WORKERS, pooler_url=bouncer_url)
     print(f"pgbouncer storm: {result.workers} instances, {len(result.statuses)} requests, "
           f"{result.errors} errors, {result.seconds:.2f} s (+{result.spawn_seconds:.2f} s to "

@@ -1,0 +1,631 @@
+"""Containment (issue 10): nothing in a revision escapes its service, its transaction or its run.
+
+Each kind is tested with the issue's example and inputs of our own, on a real Postgres:
+- escaping the service: role changes written out or hidden in dynamic SQL, SECURITY DEFINER
+  functions, writes to another schema, `public`, the ledger; by svcmig and by stock Alembic;
+- escaping the transaction: transaction control in SQL and Python, `autocommit_block()`,
+  `commit()` from a Python revision;
+- escaping the run: session settings, prepared statements, temp tables, LISTEN, cursors and
+  advisory locks leaking into the next revision, of the same service or another;
+- input the runner cannot run: COPY to/from the client, psql meta-commands, syntax errors;
+- encodings hiding directives: a BOM, CRLF, invisible characters, misspelt keys and markers;
+- failed concurrent index builds, a frozen migrator, a transaction pooler in between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migrations_runtime.engine.apply import RunSettings, migrate, read_plan
+from migrations_runtime.engine.errors import MigrationFailed, MigrationFileError, PlanError
+from migrations_runtime.engine.load import checksum, parse_sql_source, read_text
+from migrations_runtime.engine.lock import LOCK_KEY
+from tests.conftest import REPO, query, run_alembic, run_cli, write_project
+from tests.pgbouncer import pgbouncer, pgbouncer_binary
+
+USERS_ROOT = ("CREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+              "email text);\nINSERT INTO users (email) VALUES ('ada@example.com');\n")
+ORDERS_ROOT = "CREATE TABLE orders (id bigint PRIMARY KEY);\n"
+QUIET = {"log": lambda _line: None}
+
+
+def base_project(tmp_path: Path) -> Path:
+    return write_project(tmp_path / "p", {
+        "users": {"2026-01-01T0000__users__create.sql": USERS_ROOT},
+        "orders": {"2026-01-01T0100__orders__create.sql": ORDERS_ROOT},
+    })
+
+
+def add(root: Path, service: str, stamp: str, text: str, ext: str = "sql") -> Path:
+    path = root / "services" / service / "migrations" / f"{stamp}__{service}__step.{ext}"
+    path.write_text(text)
+    return path
+
+
+def python_revision(service: str, stamp: str, previous: str, body: str,
+                    transactional: bool = True) -> str:
+    rev = f"{service}_{stamp.replace('-', '').replace('T', '')}"
+    flag = "" if transactional else "transactional = False\n"
+    return ("import os\nimport time\n\nimport sqlalchemy as sa\nfrom alembic import op\n\n"
+            f"revision = {rev!r}\ndown_revision = {previous!r}\n{flag}\n\n"
+            f"def upgrade():\n{body}\n")
+
+
+def ledger(url: str) -> dict[str, str]:
+    return dict(query(url, "SELECT revision, state FROM svcmig.schema_migrations"))
+
+
+def lock_is_free(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        return bool(got and got[0])
+
+
+def outside(url: str) -> dict[str, object]:
+    """What a revision of `orders` must never change."""
+    return {
+        "users": query(url, "SELECT id, email FROM users.users ORDER BY id"),
+        "public": query(url, "SELECT relname FROM pg_class c JOIN pg_namespace n ON "
+                             "n.oid = c.relnamespace WHERE nspname = 'public' ORDER BY 1"),
+        "schemas": query(url, "SELECT nspname FROM pg_namespace ORDER BY 1"),
+        "roles": query(url, "SELECT rolname, rolsuper, rolcreaterole FROM pg_roles "
+                            "WHERE rolname LIKE '%%\\_owner' ORDER BY 1"),
+        "members": query(url, "SELECT r.rolname, m.rolname FROM pg_auth_members a "
+                              "JOIN pg_roles r ON r.oid = a.roleid "
+                              "JOIN pg_roles m ON m.oid = a.member "
+                              "WHERE m.rolname LIKE '%%\\_owner' ORDER BY 1, 2"),
+        "ledger": query(url, "SELECT revision, state, checksum FROM svcmig.schema_migrations "
+                             "WHERE service = 'users' ORDER BY 1"),
+        "versions": query(url, "SELECT version_num FROM svcmig.alembic_version ORDER BY 1"),
+    }
+
+
+def superuser(url: str) -> str:
+    return str(query(url, "SELECT current_user")[0][0])
+
+
+# --- escaping the service ----------------------------------------------------------------------
+
+REFUSED_UP_FRONT = [
+    "RESET ROLE;\nINSERT INTO users.users (email) VALUES ('x@example.com');",
+    "SET ROLE {admin};\nCREATE TABLE public.evil (id int);",
+    "SET LOCAL ROLE {admin};",
+    "SET SESSION AUTHORIZATION {admin};",
+    "RESET SESSION AUTHORIZATION;",
+]
+DENIED_BY_POSTGRES = [
+    "DO $$ BEGIN EXECUTE 'RESET ROLE'; INSERT INTO users.users (email) VALUES ('x'); END $$;",
+    "DO $$ BEGIN EXECUTE 'SET ROLE {admin}'; END $$;",
+    "DO $$ BEGIN EXECUTE 'SET SESSION AUTHORIZATION {admin}'; END $$;",
+    "CREATE FUNCTION escape() RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS $$\n"
+    "BEGIN EXECUTE 'RESET ROLE'; INSERT INTO users.users (email) VALUES ('x'); END $$;\n"
+    "SELECT escape();",
+    "DO $$ BEGIN EXECUTE 'CREATE TABLE public.evil (id int)'; END $$;",
+    "CREATE TABLE public.evil (id int);",
+    "CREATE SCHEMA evil;",
+    "UPDATE users.users SET email = 'stolen';",
+    "ALTER ROLE orders_owner SUPERUSER;",
+    "GRANT users_owner TO orders_owner;",
+    "ALTER TABLE users.users ADD COLUMN evil text;",
+    "CREATE OR REPLACE VIEW svcmig.alembic_version AS SELECT 'x'::varchar(32) AS version_num;",
+    "DROP TABLE svcmig.schema_migrations;",
+    "INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, state, "
+    "applied_by) VALUES ('users_209912312359', 'users', 'x', 'x', 'expand', 'applied', 'x');",
+]
+
+
+@pytest.mark.parametrize("body", REFUSED_UP_FRONT)
+def test_role_changes_are_refused_before_anything_runs(tmp_path: Path, database_url: str,
+                                                      body: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = outside(database_url)
+    add(root, "orders", "2026-02-01T0000", "CREATE TABLE first (id int);\n")
+    path = add(root, "orders", "2026-02-02T0000",
+               body.format(admin=superuser(database_url)))
+    with pytest.raises(PlanError) as caught:
+        migrate(database_url, root, **QUIET)
+    assert f"{path}:1" in str(caught.value) and "ROLE" in str(caught.value).upper()
+    assert outside(database_url) == before
+    assert query(database_url, "SELECT to_regclass('orders.first')") == [(None,)]
+    assert lock_is_free(database_url)
+
+
+@pytest.mark.parametrize("body", DENIED_BY_POSTGRES)
+def test_postgres_keeps_a_revision_inside_its_service(tmp_path: Path, database_url: str,
+                                                     body: str) -> None:
+    """No parser sees dynamic SQL: the session's own role is what contains it."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = outside(database_url)
+    add(root, "orders", "2026-02-01T0000", f"CREATE TABLE first (id int);\n{body}\n"
+        .format(admin=superuser(database_url)))
+    with pytest.raises(MigrationFailed) as caught:
+        migrate(database_url, root, **QUIET)
+    assert "SQLSTATE 42501" in str(caught.value) or "row-level security" in str(caught.value) \
+        or "permission denied" in str(caught.value), str(caught.value)
+    assert outside(database_url) == before
+    assert query(database_url, "SELECT to_regclass('orders.first')") == [(None,)]
+    assert "orders_202602010000" not in ledger(database_url)
+    assert lock_is_free(database_url)
+
+
+def test_a_revision_cannot_touch_another_services_ledger_rows(tmp_path: Path,
+                                                             database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = outside(database_url)
+    add(root, "orders", "2026-02-01T0000",
+        "DELETE FROM svcmig.schema_migrations WHERE service = 'users';\n"
+        "UPDATE svcmig.schema_migrations SET checksum = 'forged' WHERE service = 'users';\n")
+    migrate(database_url, root, **QUIET)  # row-level security: the statements see no rows
+    assert outside(database_url)["ledger"] == before["ledger"]
+    assert outside(database_url)["versions"] == [("orders_202602010000",), ("users_202601010000",)]
+
+
+def test_python_revision_is_contained_too(tmp_path: Path, database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = outside(database_url)
+    add(root, "orders", "2026-02-01T0000", python_revision(
+        "orders", "2026-02-01T0000", "orders_202601010100",
+        "    op.create_table('first', sa.Column('id', sa.Integer))\n"
+        "    op.execute(sa.text(\"DO $$ BEGIN EXECUTE 'RE' || 'SET ROLE'; \"\n"
+        "                       \"INSERT INTO users.users (email) VALUES ('x'); END $$\"))"),
+        ext="py")
+    with pytest.raises(MigrationFailed, match="permission denied"):
+        migrate(database_url, root, **QUIET)
+    assert outside(database_url) == before
+    assert query(database_url, "SELECT to_regclass('orders.first')") == [(None,)]
+
+
+def test_stock_alembic_upgrade_is_contained(tmp_path: Path, database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = outside(database_url)
+    add(root, "orders", "2026-02-01T0000", DENIED_BY_POSTGRES[0])
+    done = run_alembic(root, "upgrade", "heads", database_url=database_url)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "permission denied" in output and "Traceback" not in output, output
+    assert outside(database_url) == before
+    assert lock_is_free(database_url)
+
+
+def test_owner_roles_cannot_log_in_between_runs(tmp_path: Path, database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT rolname, rolcanlogin, rolsuper FROM pg_roles WHERE "
+                               "rolname IN ('users_owner', 'orders_owner') ORDER BY 1") == [
+        ("orders_owner", False, False), ("users_owner", False, False)]
+
+
+# --- escaping the transaction ------------------------------------------------------------------
+
+TRANSACTION_CONTROL = ["BEGIN;", "START TRANSACTION;", "COMMIT;", "END;", "ROLLBACK;", "ABORT;",
+                       "SAVEPOINT s;", "RELEASE SAVEPOINT s;", "ROLLBACK TO SAVEPOINT s;",
+                       "PREPARE TRANSACTION 'x';", "COMMIT PREPARED 'x';",
+                       "BEGIN;\nCREATE TABLE inner_one (id int);\nCOMMIT;"]
+
+
+@pytest.mark.parametrize("statement", TRANSACTION_CONTROL)
+def test_transaction_control_is_refused_before_anything_runs(
+        tmp_path: Path, database_url: str, statement: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE first (id int);\n")
+    path = add(root, "users", "2026-02-02T0000",
+               f"CREATE TABLE a (id int);\n{statement}\nCREATE TABLE b (id int);\n")
+    with pytest.raises(PlanError) as caught:
+        migrate(database_url, root, **QUIET)
+    assert f"{path}:2" in str(caught.value) and "transaction control" in str(caught.value)
+    assert set(ledger(database_url)) == {"users_202601010000", "orders_202601010100"}
+    assert query(database_url, "SELECT count(*) FROM pg_tables WHERE tablename IN "
+                               "('first', 'a', 'b', 'inner_one')") == [(0,)]
+    status = run_cli(root, "status", "--json", database_url=database_url)
+    assert status.returncode == 1
+    assert {a["kind"] for a in json.loads(status.stdout)["anomalies"]} == {"invalid_revision"}
+
+
+@pytest.mark.parametrize(("body", "refused_when"), [
+    ("    op.execute('COMMIT')", "planned"),
+    ("    op.execute('RESET ROLE')", "planned"),
+    ("    op.execute('COM' + 'MIT')", "run"),
+    ("    op.execute(' '.join(['SET', 'ROLE', 'none']))", "run"),
+    ("    op.get_bind().commit()", "run"),
+    ("    op.get_bind().begin_nested()", "run"),
+    ("    with op.get_context().autocommit_block():\n        op.execute('SELECT 1')", "planned"),
+    ("    getattr(op.get_context(), 'autocommit' + '_block')()", "run"),
+])
+def test_python_revision_cannot_end_the_runners_transaction(
+        tmp_path: Path, database_url: str, body: str, refused_when: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000",
+        f"    op.create_table('first', sa.Column('id', sa.Integer))\n{body}\n"
+        "    op.create_table('second', sa.Column('id', sa.Integer))"), ext="py")
+    expected = PlanError if refused_when == "planned" else MigrationFailed
+    with pytest.raises(expected) as caught:
+        migrate(database_url, root, **QUIET)
+    assert "2026-02-01T0000__users__step.py" in str(caught.value)
+    assert query(database_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'users' AND "
+                               "tablename IN ('first', 'second')") == [(0,)]
+    assert "users_202602010000" not in ledger(database_url)
+    assert lock_is_free(database_url)
+
+
+def test_autocommit_block_in_a_non_transactional_python_revision_runs(
+        tmp_path: Path, database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000",
+        "    with op.get_context().autocommit_block():\n"
+        "        op.execute('CREATE INDEX CONCURRENTLY users_email ON users (email)')",
+        transactional=False), ext="py")
+    migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "applied"
+    assert query(database_url, "SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                               "'users.users_email'::regclass") == [(True,)]
+
+
+# --- escaping the run: nothing carries over to the next revision -------------------------------
+
+LEAKS = [
+    "SET statement_timeout = '200ms';",
+    "SELECT set_config('statement_timeout', '200ms', false);",
+    "SET search_path = public;",
+    "SELECT set_config('search_path', 'pg_catalog', false);",
+    "SELECT set_config('svcmig_test.flag', 'leaked', false);",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY;",
+    "PREPARE leaky AS SELECT 1;",
+    "CREATE TEMP TABLE leaky_temp (id int);",
+    "LISTEN leaky;",
+    "SELECT pg_advisory_lock(42);",
+]
+PROBE = """SELECT pg_sleep(0.3);
+CREATE TABLE probe (id int);
+DO $$ BEGIN
+  IF current_setting('statement_timeout') <> '0' THEN
+    RAISE EXCEPTION 'leaked statement_timeout %', current_setting('statement_timeout'); END IF;
+  IF coalesce(current_setting('svcmig_test.flag', true), '') <> '' THEN
+    RAISE EXCEPTION 'leaked a custom setting'; END IF;
+  IF EXISTS (SELECT FROM pg_prepared_statements WHERE name = 'leaky') THEN
+    RAISE EXCEPTION 'leaked a prepared statement'; END IF;
+  IF to_regclass('pg_temp.leaky_temp') IS NOT NULL THEN
+    RAISE EXCEPTION 'leaked a temp table'; END IF;
+  IF EXISTS (SELECT FROM pg_listening_channels() c WHERE c = 'leaky') THEN
+    RAISE EXCEPTION 'leaked LISTEN'; END IF;
+  IF EXISTS (SELECT FROM pg_cursors WHERE name = 'leaky_cursor') THEN
+    RAISE EXCEPTION 'leaked a cursor'; END IF;
+  IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) THEN
+    RAISE EXCEPTION 'leaked an advisory lock'; END IF;
+END $$;
+"""
+
+
+@pytest.mark.parametrize("transactional", [True, False], ids=["transactional", "no-transaction"])
+@pytest.mark.parametrize("next_service", ["users", "orders"])
+@pytest.mark.parametrize("leak", LEAKS)
+def test_nothing_a_revision_sets_reaches_the_next_one(
+        tmp_path: Path, database_url: str, leak: str, next_service: str,
+        transactional: bool) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    header = "" if transactional else "-- migrate:no-transaction\n"
+    add(root, "users", "2026-02-01T0000", f"{header}{leak}\n")
+    add(root, next_service, "2026-02-02T0000", PROBE)
+    migrate(database_url, root, **QUIET)
+    assert query(database_url, f"SELECT to_regclass('{next_service}.probe')") == [
+        (f"{next_service}.probe",)]
+
+
+def test_a_held_cursor_does_not_reach_the_next_revision(tmp_path: Path,
+                                                       database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000",
+        "DECLARE leaky_cursor CURSOR WITH HOLD FOR SELECT 1;\n")
+    add(root, "users", "2026-02-02T0000", PROBE)
+    migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT to_regclass('users.probe')") == [("users.probe",)]
+
+
+# --- what the runner cannot run: refused, with the file and line --------------------------------
+
+@pytest.mark.parametrize("header", ["", "-- migrate:no-transaction\n"],
+                         ids=["transactional", "no-transaction"])
+@pytest.mark.parametrize("statement", [
+    "COPY users FROM STDIN;", "COPY users (email) FROM stdin WITH (FORMAT csv);",
+    "COPY users TO STDOUT;", "COPY (SELECT 1) TO STDOUT;"])
+def test_copy_to_or_from_the_client_is_refused(tmp_path: Path, database_url: str,
+                                               statement: str, header: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    path = add(root, "users", "2026-02-01T0000", f"{header}SELECT 1;\n{statement}\n")
+    line = 3 if header else 2
+    done = run_cli(root, "migrate", "--json", database_url=database_url)
+    assert done.returncode == 1
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "refused" and result["applied"] == []
+    assert f"{path}:{line}" in result["error"] and "COPY" in result["error"]
+    assert "Traceback" not in done.stderr
+    assert "users_202602010000" not in ledger(database_url)  # no dirty row either
+    assert lock_is_free(database_url)
+
+
+@pytest.mark.parametrize("line", ["\\copy users from 'users.csv'", "\\set ON_ERROR_STOP on",
+                                  "\\i other.sql", "\\connect other", "\\."])
+def test_psql_meta_commands_are_refused(tmp_path: Path, database_url: str, line: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    path = add(root, "users", "2026-02-01T0000", f"SELECT 1;\n{line}\nSELECT 2;\n")
+    with pytest.raises(PlanError) as caught:
+        migrate(database_url, root, **QUIET)
+    assert f"{path}:2" in str(caught.value) and "psql meta-command" in str(caught.value)
+
+
+def test_migrate_json_reports_a_failed_revision(tmp_path: Path, database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE fine (id int);\n")
+    path = add(root, "users", "2026-02-02T0000", "SELECT 1;\nINSERT INTO nowhere VALUES (1);\n")
+    done = run_cli(root, "migrate", "--json", database_url=database_url)
+    assert done.returncode == 1
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "failed"
+    assert [r["revision"] for r in result["applied"]] == ["users_202602010000"]
+    assert result["failed"]["revision"] == "users_202602020000"
+    assert result["failed"]["file"] == str(path) and result["failed"]["line"] == 2
+    assert "nowhere" in result["failed"]["error"]
+
+
+# --- encodings and spellings that could hide a directive ---------------------------------------
+
+CONTRACT_HEADERS = [
+    "\ufeff-- phase: contract\n",
+    "-- phase: contract\r\n",
+    "\ufeff-- Phase: Contract\r\n",
+    "\u200b-- phase: contract\n",
+    "--phase:contract\n",
+    "-- PHASE : contract\n",
+    "\ufeff-- migrate:no-transaction\r\n-- phase: contract\r\n",
+]
+
+
+@pytest.mark.parametrize("header", CONTRACT_HEADERS)
+def test_a_contract_directive_is_seen_however_it_is_encoded(header: str) -> None:
+    source = parse_sql_source(f"{header}ALTER TABLE users DROP COLUMN email;\n", Path("x.sql"))
+    assert source.phase == "contract"
+    assert "\ufeff" not in source.up and "\r" not in source.up
+
+
+def test_a_bom_before_the_directive_keeps_the_drop_out_of_expand(
+        tmp_path: Path, database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000",
+        "\ufeff-- phase: contract\r\nALTER TABLE users DROP COLUMN email;\r\n")
+    expand = migrate(database_url, root, phase="expand", **QUIET)
+    assert expand.results == ()
+    assert query(database_url, "SELECT count(*) FROM information_schema.columns WHERE "
+                               "table_schema = 'users' AND column_name = 'email'") == [(1,)]
+    contract = migrate(database_url, root, phase="contract", **QUIET)
+    assert [r.revision for r in contract.results] == ["users_202602010000"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("-- phases: contract\nSELECT 1;\n", "did you mean '-- phase:'"),
+    ("-- owner: team payments\nSELECT 1;\n", None),  # an ordinary comment
+    ("-- phase 2 of the rollout: see the runbook\nSELECT 1;\n", None),
+    ("-- depends_on_it: x\nSELECT 1;\n", "did you mean '-- depends-on:'"),
+    ("-- depends: users_202601010000\nSELECT 1;\n", "did you mean '-- depends-on:'"),
+    ("SELECT 1;\n-- phase: contract\nSELECT 2;\n", "must be in the header"),
+    ("SELECT 1;\n-- migrate:dwon\nSELECT 2;\n", "unknown marker"),
+])
+def test_misspelt_or_misplaced_directives_are_refused(text: str, message: str | None) -> None:
+    if message is None:
+        parse_sql_source(text, Path("x.sql"))
+        return
+    with pytest.raises(MigrationFileError, match=message):
+        parse_sql_source(text, Path("x.sql"))
+
+
+@pytest.mark.parametrize("marker", ["-- migrate:down", "--migrate:down", "-- Migrate: Down",
+                                    "--  MIGRATE:DOWN  "])
+def test_a_down_marker_is_seen_however_it_is_written(marker: str) -> None:
+    source = parse_sql_source(f"CREATE TABLE t (id int);\n{marker}\nDROP TABLE t;\n",
+                              Path("x.sql"))
+    assert "DROP" not in source.up and source.down is not None and "DROP" in source.down
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "x.sql"
+    path.write_bytes("-- café\nSELECT 1;\n".encode("latin-1"))
+    with pytest.raises(MigrationFileError) as caught:
+        read_text(path)
+    assert "offset 6" in str(caught.value) and "0xe9" in str(caught.value)
+    assert caught.value.line == 1
+
+
+def test_a_bom_or_crlf_is_not_an_edit() -> None:
+    text = "-- phase: contract\nALTER TABLE t DROP COLUMN c;\n"
+    assert checksum("\ufeff" + text) == checksum(text.replace("\n", "\r\n")) == checksum(text)
+
+
+# --- failed concurrent index builds ------------------------------------------------------------
+
+CIC = "-- migrate:no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY {ine}users_email_key " \
+      "ON users (email);\n"
+
+
+def invalid_indexes(url: str) -> list[tuple[str]]:
+    return query(url, "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid")
+
+
+@pytest.mark.parametrize("ine", ["", "IF NOT EXISTS "], ids=["plain", "if-not-exists"])
+def test_a_failed_concurrent_build_leaves_no_invalid_index(tmp_path: Path, database_url: str,
+                                                          ine: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    query(database_url, "INSERT INTO users.users (email) VALUES ('ada@example.com')")
+    add(root, "users", "2026-02-01T0000", CIC.format(ine=ine))
+    with pytest.raises(MigrationFailed) as caught:
+        migrate(database_url, root, **QUIET)
+    assert "could not create unique index" in str(caught.value)
+    assert "dropped the INVALID index users.users_email_key" in str(caught.value)
+    assert invalid_indexes(database_url) == []
+    assert "users_202602010000" not in ledger(database_url)  # nothing left: not dirty
+    assert read_plan(database_url, root).errors == []
+    query(database_url, "DELETE FROM users.users WHERE id = 2")
+    migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "applied"
+    assert query(database_url, "SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                               "'users.users_email_key'::regclass") == [(True,)]
+
+
+def test_a_concurrent_build_behind_an_old_transaction_cleans_up(tmp_path: Path,
+                                                               database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", CIC.format(ine=""))
+    with psycopg.connect(database_url) as old:
+        old.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        old.execute("SELECT 1")  # holds a snapshot: every concurrent build waits for it
+        with pytest.raises(MigrationFailed, match="lock timeout"):
+            migrate(database_url, root, settings=RunSettings(lock_timeout_ms=300), **QUIET)
+        old.rollback()
+    assert invalid_indexes(database_url) == []
+    assert "users_202602010000" not in ledger(database_url)
+    migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "applied"
+
+
+def test_an_invalid_leftover_is_rebuilt_and_reported_until_then(tmp_path: Path,
+                                                               database_url: str) -> None:
+    """An INVALID index from a build outside svcmig: `status` warns; a revision building the
+    same index with IF NOT EXISTS rebuilds it instead of skipping it."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("INSERT INTO users.users (email) VALUES ('ada@example.com')")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            admin.execute("CREATE UNIQUE INDEX CONCURRENTLY users_email_key "
+                          "ON users.users (email)")
+        admin.execute("DELETE FROM users.users WHERE id = 2")
+    status = run_cli(root, "status", "--json", database_url=database_url)
+    assert status.returncode == 0
+    anomalies = json.loads(status.stdout)["anomalies"]
+    assert [(a["kind"], a["revision"], a["severity"]) for a in anomalies] == [
+        ("invalid_index", "users_email_key", "warning")]
+    add(root, "users", "2026-02-01T0000", CIC.format(ine="IF NOT EXISTS "))
+    migrate(database_url, root, **QUIET)
+    assert invalid_indexes(database_url) == []
+    assert query(database_url, "SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                               "'users.users_email_key'::regclass") == [(True,)]
+
+
+# --- a frozen migrator, a pooler in between ----------------------------------------------------
+
+def test_a_frozen_migrator_loses_its_locks_within_the_idle_timeout(
+        tmp_path: Path, database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    marker = tmp_path / "locked"
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000",
+        "    op.execute('LOCK TABLE users IN ACCESS EXCLUSIVE MODE')\n"
+        "    if os.environ.get('FREEZE_MARKER'):\n"
+        "        open(os.environ['FREEZE_MARKER'], 'w').close()\n"
+        "        time.sleep(120)"), ext="py")
+    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "DATABASE_URL": database_url,
+           "FREEZE_MARKER": str(marker)}
+    victim = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate",
+                               "--idle-timeout-ms", "2000"], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert time.monotonic() < deadline and victim.poll() is None
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        while query(database_url, "SELECT count(*) FROM pg_locks WHERE relation = "
+                                  "'users.users'::regclass")[0][0] or \
+                not lock_is_free(database_url):
+            assert time.monotonic() - frozen < 15, "the frozen migrator still holds locks"
+            time.sleep(0.2)
+        released = time.monotonic() - frozen
+    finally:
+        victim.kill()
+        victim.wait(10)
+    print(f"locks released {released:.1f} s after the migrator froze (idle timeout 2 s)")
+    assert query(database_url, "SELECT count(*) FROM users.users") == [(1,)]  # readable again
+    assert "users_202602010000" not in ledger(database_url)
+    migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "applied"
+
+
+def test_migrators_behind_a_transaction_pooler_are_refused(
+        tmp_path: Path, database_url: str, server_url: str) -> None:
+    """Three migrators through PgBouncer in transaction mode that drops the `options` startup
+    parameter (so session settings silently vanish): all refused, nothing written."""
+    if not pgbouncer_binary():
+        if os.environ.get("CI") == "true":
+            pytest.fail("pgbouncer is not installed; CI must install it")
+        print("skipping: pgbouncer binary not found (apt-get install pgbouncer)")
+        pytest.skip("pgbouncer binary not found")
+    root = base_project(tmp_path)
+    database = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
+    with pgbouncer(server_url, database, 3,
+                   settings={"ignore_startup_parameters": "options"}) as bouncer:
+        env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "DATABASE_URL": bouncer}
+        runs = [subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate",
+                                  "--json"], cwd=root, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        outputs = [run.communicate(timeout=120) for run in runs]
+    for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 1, stderr
+        assert json.loads(stdout)["outcome"] == "error"
+        assert "connection pooler" in stderr and "writer endpoint" in stderr
+    assert query(database_url, "SELECT to_regnamespace('svcmig')") == [(None,)]
+    assert query(database_url, "SELECT to_regnamespace('users')") == [(None,)]
+
+
+def test_repository_migrations_run_contained(tmp_path: Path, database_url: str) -> None:
+    """The reference services need nothing a revision may not do."""
+    from tests.conftest import copy_project
+
+    root = copy_project(tmp_path / "repo")
+    migrate(database_url, root, **QUIET)
+    assert set(ledger(database_url).values()) == {"applied"}
+    assert REPO.is_dir()
+
+
+def test_owner_sessions_log_in_with_a_password_where_the_server_demands_one(
+        tmp_path: Path) -> None:
+    """Aurora-like authentication: every role but the migrator's logs in with a SCRAM password.
+    The owner's one-run password works, and is useless once the run is over."""
+    from tests.services.throwaway import throwaway_postgres
+
+    root = base_project(tmp_path)
+    with throwaway_postgres(password_auth=True) as url:
+        migrate(url, root, **QUIET)
+        assert set(ledger(url).values()) == {"applied"}
+        verifier = query(url, "SELECT rolpassword IS NULL, rolcanlogin FROM pg_authid "
+                              "WHERE rolname = 'users_owner'")
+        assert verifier == [(True, False)]
+        info = psycopg.conninfo.conninfo_to_dict(url)
+        with pytest.raises(psycopg.OperationalError, match="password|not permitted to log in"):
+            psycopg.connect(psycopg.conninfo.make_conninfo(**{**info, "user": "users_owner",
+                                                               "host": "127.0.0.1"}))
