@@ -29,6 +29,7 @@ from migrations_runtime.engine.apply import RunSettings, migrate, read_plan
 from migrations_runtime.engine.errors import MigrationFailed, MigrationFileError, PlanError
 from migrations_runtime.engine.load import checksum, parse_sql_source, read_text
 from migrations_runtime.engine.lock import LOCK_KEY
+from migrations_runtime.engine.lockwait import LockPolicy
 from tests.conftest import REPO, query, run_alembic, run_cli, write_project
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
 
@@ -502,8 +503,9 @@ def test_a_concurrent_build_behind_an_old_transaction_cleans_up(tmp_path: Path,
     with psycopg.connect(database_url) as old:
         old.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         old.execute("SELECT 1")  # holds a snapshot: every concurrent build waits for it
-        with pytest.raises(MigrationFailed, match="lock timeout"):
-            migrate(database_url, root, settings=RunSettings(lock_timeout_ms=300), **QUIET)
+        with pytest.raises(MigrationFailed, match="lock budget"):
+            migrate(database_url, root, settings=RunSettings(lock=LockPolicy(
+                first_timeout_ms=100, max_timeout_ms=300, budget_seconds=2)), **QUIET)
         old.rollback()
     assert invalid_indexes(database_url) == []
     assert "users_202602010000" not in ledger(database_url)

@@ -23,7 +23,9 @@ def test_cli_migrate_and_status_json(project: Path, database_url: str) -> None:
     report = json.loads(done.stdout)
     assert len(report["applied"]) == revision_count(project)
     logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    assert {line["revision"] for line in logged} == {r["revision"] for r in report["applied"]}
+    assert {line["revision"] for line in logged if line["event"] == "revision"} == {
+        r["revision"] for r in report["applied"]}
+    assert [line["event"] for line in logged][-1] == "lock_summary"
     status = run_cli(project, "status", "--json", database_url=database_url)
     assert status.returncode == 0, status.stderr
     services = {s["service"]: s for s in json.loads(status.stdout)["services"]}

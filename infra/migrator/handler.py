@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +28,7 @@ from psycopg import sql
 from migrations_runtime.engine.apply import RunSettings, migrate
 from migrations_runtime.engine.errors import MigrationFailed, SvcmigError
 from migrations_runtime.engine.load import service_of_revision_id
+from migrations_runtime.engine.lockwait import LockPolicy
 from migrations_runtime.engine.manifest import MANIFEST_NAME, load_manifest
 from migrations_runtime.engine.validate import Graph
 
@@ -144,12 +146,15 @@ def sync_app_passwords(url: str, app_secrets: dict[str, str]) -> list[str]:
 
 
 def _settings(context: Any) -> RunSettings:
-    """Wait for the migrator lock no longer than the Lambda has left, minus time to report."""
+    """The CLI's defaults, bounded by what the Lambda has left minus time to report: the wait
+    for the migrator lock, and each revision's lock budget."""
     remaining = LOCK_WAIT_CAP_SECONDS + SAFETY_MARGIN_SECONDS
     if context is not None and hasattr(context, "get_remaining_time_in_millis"):
         remaining = context.get_remaining_time_in_millis() / 1000
-    return RunSettings(lock_wait_seconds=max(10.0, min(LOCK_WAIT_CAP_SECONDS,
-                                                       remaining - SAFETY_MARGIN_SECONDS)))
+    usable = max(10.0, remaining - SAFETY_MARGIN_SECONDS)
+    policy = LockPolicy()
+    return RunSettings(lock_wait_seconds=min(LOCK_WAIT_CAP_SECONDS, usable),
+                       lock=replace(policy, budget_seconds=min(policy.budget_seconds, usable)))
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -193,6 +198,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     summary = result.as_dict()
     pending = sum(len(s.pending) for s in result.plan.services)
     log({"event": "done", **summary, "passwords_synced": synced})
+    locks = result.locks
     return {"PhysicalResourceId": physical_id,
             "Data": {"Applied": len(result.results), "Pending": pending,
-                     "Warnings": len(result.plan.warnings)}}
+                     "Warnings": len(result.plan.warnings) + len(result.hold_warnings),
+                     "LockTimeouts": locks.attempts, "LockWaitMs": locks.waited_ms_total,
+                     "LockWaitMaxMs": locks.waited_ms_max,
+                     "LongestHoldMs": locks.longest_hold_ms,
+                     "LongestHoldTable": locks.longest_hold_table or "",
+                     "LongestHoldRevision": locks.longest_hold_revision or ""}}

@@ -176,5 +176,5 @@ def _log(line: dict[str, object]) -> None:
     """The runner's structured lines, through Alembic's logger (alembic.ini configures it)."""
     if line.get("event") == "revision" and line.get("outcome") == "failed":
         log.error("%s", line.get("error"))
-    elif line.get("event") in ("warning", "lock_timeout_retry", "invalid_index_dropped"):
+    elif line.get("event") in ("warning", "lock_wait", "invalid_index_dropped", "lock_summary"):
         log.warning("%s", line)

@@ -168,7 +168,8 @@ def _read_state(url: str) -> DatabaseState:
               help="Run in the --database-url database itself; it must be empty, and is left "
               "at heads.")
 @click.option("--strict", is_flag=True,
-              help="Fail (exit 1) when a service has irreversible revisions.")
+              help="Fail (exit 1) when a service has irreversible revisions, or a revision holds "
+              "a strong lock on a pre-existing table long or across work on rows.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @json_option
 def check_command(database_url: str | None, in_place: bool, strict: bool, quiet: bool,
@@ -176,7 +177,8 @@ def check_command(database_url: str | None, in_place: bool, strict: bool, quiet:
     """Upgrade heads on a throwaway database, then for every service downgrade to its base
     and upgrade back one revision at a time, comparing catalog snapshots at every step. Also
     checks one head per service and that every depends_on was honoured. Exit 1 on any
-    problem; irreversible services are reported, and fail only with --strict."""
+    problem; irreversible services and strong-lock holds are reported, and fail only with
+    --strict."""
     root = project_root()
     progress = Progress(enabled=not quiet)
     report = run(lambda: run_check(root, database_url, in_place, progress, RunSettings()))

@@ -12,10 +12,11 @@ import click
 from ..dev.embedded import resolve_url
 from ..engine.apply import RunSettings, json_log_to_stderr, migrate, read_plan
 from ..engine.errors import SvcmigError
+from ..engine.lockwait import LockPolicy
 from ..engine.manifest import MANIFEST_NAME, load_manifest, write_manifest
 from ..engine.plan import PHASE_CHOICES
 from ..engine.repair import baseline, repair
-from ..engine.report import failure_dict, status_text
+from ..engine.report import failure_dict, lock_summary_text, status_text
 from .common import database_url_option, fail, json_option, project_root, run
 
 
@@ -26,8 +27,18 @@ from .common import database_url_option, fail, json_option, project_root, run
 @json_option
 @click.option("--lock-wait", type=float, default=60.0, show_default=True,
               help="Seconds to wait for another migrator's lock.")
-@click.option("--lock-timeout-ms", type=int, default=5000, show_default=True,
-              help="lock_timeout of each revision's transaction.")
+@click.option("--lock-timeout-ms", type=click.IntRange(min=1), default=LockPolicy.first_timeout_ms,
+              show_default=True, help="lock_timeout of a revision's first attempt at its locks.")
+@click.option("--lock-timeout-max-ms", type=click.IntRange(min=1),
+              default=LockPolicy.max_timeout_ms, show_default=True,
+              help="The most any attempt waits: no query on a locked table waits longer.")
+@click.option("--lock-budget", type=click.FloatRange(min=0, min_open=True),
+              default=LockPolicy.budget_seconds, show_default=True,
+              help="Seconds a revision may spend on attempts and pauses before it fails.")
+@click.option("--long-hold-ms", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Warn when a revision holds a strong lock on a pre-existing table longer.")
+@click.option("--strict", is_flag=True, help="Exit 1 when a revision held a strong lock too "
+              "long or across work on rows (the revisions stay applied).")
 @click.option("--statement-timeout-ms", type=click.IntRange(min=1), default=None,
               help="statement_timeout of every statement of a revision (default: the server's).")
 @click.option("--idle-timeout-ms", type=click.IntRange(min=1000), default=60_000,
@@ -37,19 +48,29 @@ from .common import database_url_option, fail, json_option, project_root, run
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Plan from this build-time manifest instead of every file.")
 def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wait: float,
-                    lock_timeout_ms: int, statement_timeout_ms: int | None, idle_timeout_ms: int,
-                    manifest_path: Path | None) -> None:
+                    lock_timeout_ms: int, lock_timeout_max_ms: int, lock_budget: float,
+                    long_hold_ms: int, strict: bool, statement_timeout_ms: int | None,
+                    idle_timeout_ms: int, manifest_path: Path | None) -> None:
     """Apply pending revisions of every service, in dependency order.
 
-    With --json, stdout is always one JSON object: the revisions applied, and `outcome`
-    (`applied`, `refused` with the anomalies, `failed` with the revision, file, line and
-    error, or `error`)."""
+    Each revision waits for its table locks in short attempts (--lock-timeout-ms growing to
+    --lock-timeout-max-ms) with pauses in between, until --lock-budget runs out, so live
+    queries never queue behind it for long. One `lock_summary` line ends the run.
+
+    With --json, stdout is always one JSON object: the revisions applied, `locks` (what the
+    run's locks cost), and `outcome` (`applied`, `refused` with the anomalies, `failed` with
+    the revision, file, line and error, or `error`)."""
     root = project_root()
     url = run(lambda: resolve_url(database_url, root))
     graph = run(lambda: load_manifest(manifest_path, root)) if manifest_path else None
-    settings = RunSettings(lock_wait_seconds=lock_wait, lock_timeout_ms=lock_timeout_ms,
+    try:
+        policy = LockPolicy(first_timeout_ms=min(lock_timeout_ms, lock_timeout_max_ms),
+                            max_timeout_ms=lock_timeout_max_ms, budget_seconds=lock_budget)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    settings = RunSettings(lock_wait_seconds=lock_wait, lock=policy,
                            statement_timeout_ms=statement_timeout_ms,
-                           idle_timeout_ms=idle_timeout_ms)
+                           idle_timeout_ms=idle_timeout_ms, long_hold_ms=long_hold_ms)
     try:
         result = migrate(url, root, phase, settings,  # type: ignore[arg-type]
                          log=json_log_to_stderr, graph=graph)
@@ -59,9 +80,16 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wa
         fail(str(err))
     if as_json:
         click.echo(json.dumps({**result.as_dict(), "outcome": "applied"}, indent=2, default=str))
-        return
-    click.echo(f"applied {len(result.results)} revision(s) ({phase} phase)")
-    click.echo(status_text(result.plan))
+    else:
+        click.echo(f"applied {len(result.results)} revision(s) ({phase} phase)")
+        click.echo(status_text(result.plan))
+        if result.results:
+            click.echo(lock_summary_text(result.locks))
+        for warning in result.hold_warnings:
+            click.echo(f"warning: {warning['message']}")
+    if strict and result.hold_warnings:
+        fail(f"--strict: {len(result.hold_warnings)} strong-lock hold warning(s); the "
+             "revisions stay applied")
 
 
 @click.command("manifest")

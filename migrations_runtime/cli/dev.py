@@ -24,7 +24,10 @@ from ..engine.report import status_text
 @click.option("--database-url", default=None,
               help="Postgres URL; default: $DATABASE_URL, else the project's embedded Postgres "
                    "under .svcmig/ (started on demand and reused)")
-def dev(port: int, database_url: str | None) -> None:
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Handler instances per service, each serving one request at a time with "
+                   "its own pool, as Lambda scales out.")
+def dev(port: int, database_url: str | None, concurrency: int) -> None:
     """Migrate the local database and serve every service's handler on 127.0.0.1."""
     try:
         root = find_project_root()
@@ -39,7 +42,7 @@ def dev(port: int, database_url: str | None) -> None:
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     os.environ.setdefault("SVCMIG_LOCAL", "1")
-    services = load_services(root)
+    services = load_services(root, concurrency)
 
     def ready(server: ThreadingHTTPServer) -> None:
         names = ", ".join(s.name for s in services)

@@ -7,22 +7,25 @@ HTTP request becomes an API Gateway HTTP API (payload 2.0) event for the service
 route (routes come from each service's OpenAPI document), and the handler's response goes back
 as HTTP.
 
-Like API Gateway + Lambda, a service handles one request at a time (Powertools keeps the current
-event on the resolver, so a handler is not thread-safe), bodies over 6 MB are refused before any
-handler runs, and unknown routes get a JSON 404. The services are imported only when the
+Like API Gateway + Lambda, each handler instance serves one request at a time and a service has
+several (`--concurrency`), so concurrent requests are served concurrently, each instance with
+its own tiny pool; bodies over 6 MB are refused before any handler runs, and unknown routes get
+a JSON 404. The services are imported only when the
 command runs, never when the CLI is imported.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import queue
 import re
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,12 +43,26 @@ HOST = "127.0.0.1"
 
 @dataclass
 class ServiceRoutes:
-    """One service's handler and the (method, path regex, route key) it answers."""
+    """One service's handler instances and the (method, path regex, route key) it answers.
+
+    Like Lambda, which runs one request per instance and scales by adding instances, each
+    instance is its own copy of the handler module (its own resolver, pool and idempotency
+    store: Powertools keeps the current event on the resolver, so one copy serves one request
+    at a time); a request takes a free instance, or waits for one."""
 
     name: str
-    module: ModuleType
+    module: ModuleType  # the first instance: its OpenAPI document stands for all
     routes: list[tuple[str, re.Pattern[str], str, int]]
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    instances: queue.SimpleQueue[ModuleType] = field(default_factory=queue.SimpleQueue)
+    all_instances: list[ModuleType] = field(default_factory=list)
+
+    @contextmanager
+    def instance(self) -> Iterator[ModuleType]:
+        module = self.instances.get()
+        try:
+            yield module
+        finally:
+            self.instances.put(module)
 
 
 def _route_pattern(template: str) -> tuple[re.Pattern[str], int]:
@@ -58,13 +75,29 @@ def _route_pattern(template: str) -> tuple[re.Pattern[str], int]:
     return re.compile(f"^{regex or '/'}$"), literal
 
 
-def load_services(root: Path) -> list[ServiceRoutes]:
-    """Import `services.<name>.handler` for every service that has one."""
+def _handler_copy(service: str, path: Path, number: int) -> ModuleType:
+    """Another instance of `services.<service>.handler`: the same file executed as a module
+    of its own (relative imports resolve in the service's package, shared modules such as
+    services.shared are imported once), so it gets its own module-level state."""
+    name = f"services.{service}.handler__instance{number}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = f"services.{service}"
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_services(root: Path, concurrency: int = 1) -> list[ServiceRoutes]:
+    """Import `services.<name>.handler` for every service that has one, `concurrency`
+    instances each."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     loaded = []
     for service in discover_services(root):
-        if not (service.folder / "handler.py").is_file():
+        path = service.folder / "handler.py"
+        if not path.is_file():
             continue
         module = importlib.import_module(f"services.{service.name}.handler")
         schema = module.app.get_openapi_schema()
@@ -74,7 +107,12 @@ def load_services(root: Path) -> list[ServiceRoutes]:
             for method in ("get", "put", "post", "delete", "patch", "head", "options"):
                 if getattr(item, method, None) is not None:
                     routes.append((method.upper(), pattern, template, literal))
-        loaded.append(ServiceRoutes(service.name, module, routes))
+        found = ServiceRoutes(service.name, module, routes)
+        found.all_instances = [module] + [_handler_copy(service.name, path, n)
+                                          for n in range(1, concurrency)]
+        for instance in found.all_instances:
+            found.instances.put(instance)
+        loaded.append(found)
     return loaded
 
 
@@ -173,8 +211,8 @@ def make_request_handler(services: list[ServiceRoutes]) -> type[BaseHTTPRequestH
                                    route_key=found.route_key,
                                    path_parameters=found.path_parameters,
                                    source_ip=self.client_address[0])
-            with service.lock:
-                response = service.module.handler(event, LocalContext(function_name=service.name))
+            with service.instance() as instance:
+                response = instance.handler(event, LocalContext(function_name=service.name))
             self._send(int(response.get("statusCode", 200)), response_body(response),
                        response.get("headers") or {}, response.get("cookies"))
             click.echo(f"{self.command} {self.path} → {service.name} "
@@ -232,4 +270,5 @@ def serve(services: list[ServiceRoutes], port: int,
             signal.signal(sig, handler)
         server.server_close()
         for service in services:
-            service.module.db.close()
+            for instance in service.all_instances:
+                instance.db.close()

@@ -2,16 +2,19 @@
 
 The migrator's session holds the advisory lock, bootstraps and reads the ledger; every revision
 runs in its service's own session, logged in as `<service>_owner` (`sessions.py`), so Postgres
-itself keeps a revision inside its service whatever the revision contains. Each revision starts
-from a clean session (`statements.SESSION_RESET_SQL`): nothing an earlier revision set, of any
-service, is visible to the next one.
+itself keeps a revision inside its service whatever the revision contains. After each revision
+the session is reset (`statements.SESSION_RESET_SQL`): nothing a revision set, of any service,
+is visible to the next one.
 
-Per transactional revision: one transaction holding the reset, the service's settings
-(search_path, lock_timeout with bounded retries on SQLSTATE 55P03, statement_timeout), the
-statements, and the revision's ledger row and Alembic version row, then COMMIT. A
-non-transactional revision runs in autocommit and keeps its ledger row `dirty` until it has
-finished; when it fails, INVALID indexes its concurrent builds left are dropped, and a revision
-that changed nothing is not left dirty.
+Per transactional revision: one transaction holding the service's settings (search_path,
+statement_timeout, the attempt's lock_timeout), the statements, and the revision's ledger row,
+then COMMIT. A lock request that times out (SQLSTATE 55P03) is retried under the run's
+`LockPolicy` (`lockwait.py`): short attempts, pauses for queued traffic, a budget; the tables a
+revision locks strongly, and for how long, are measured. A non-transactional revision runs in
+autocommit and keeps its ledger row `dirty` until it has finished; a statement that times out
+on a lock is retried the same way (a concurrent index build's INVALID leftover dropped first);
+when it fails, INVALID indexes its builds left are dropped, and a revision that changed nothing
+is not left dirty.
 """
 
 from __future__ import annotations
@@ -21,11 +24,9 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -36,115 +37,41 @@ from .database import DEFAULT_IDLE_IN_TRANSACTION_MS, connect, refuse_pooler
 from .errors import MigrationFailed, MigrationFileError, PlanError
 from .load import Revision, checksum, read_text
 from .lock import migrator_lock
+from .lockwait import (
+    HELD_LOCKS_SQL,
+    Blocker,
+    BlockerWatch,
+    HoldTracker,
+    LockPolicy,
+    LockStats,
+)
 from .plan import PhaseChoice, Plan, make_plan
 from .preflight import Prepared, file_stat, preflight
+from .python_revisions import PythonRevisions
 from .report import RevisionResult, RunResult, json_log
 from .sessions import GuardedConnection, RevisionSessions
 from .statements import (
-    DEFAULT_LOCK_TIMEOUT_MS,
     SESSION_RESET_SQL,
     Statement,
     check_statements,
     enter_service_sql,
-    forbidden_reason,
     revision_statements,
     service_of,
-    split_statements,
 )
 from .validate import Graph, build_graph
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    lock_wait_seconds: float = 60.0
-    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
-    lock_retries: int = 4
-    backoff_seconds: float = 0.5
+    lock_wait_seconds: float = 60.0  # for another migrator's advisory lock
+    lock: LockPolicy = field(default_factory=LockPolicy)  # for the tables a revision locks
     # Per statement of a revision; None: no limit beyond the server's own setting.
     statement_timeout_ms: int | None = None
     # A frozen migrator's revision session (idle in a transaction) and its lock session (idle,
     # no heartbeat) end after this long, so their locks go with them.
     idle_timeout_ms: int = DEFAULT_IDLE_IN_TRANSACTION_MS
-
-
-class PythonRevisions:
-    """Runs Python revisions through Alembic's `op` on one revision session. SQLAlchemy and
-    Alembic are imported only when the first Python revision runs.
-
-    Every statement the revision sends is parsed first and refused when a revision may not
-    contain it (SQL built at run time escapes the preflight check), `autocommit_block()` is
-    refused in a transactional revision (a no-op in a non-transactional one, which already runs
-    in autocommit), and the session refuses `commit()` while the revision runs."""
-
-    def __init__(self, conn: GuardedConnection) -> None:
-        self._raw = conn
-        self._connection: Any = None
-        self._context: Any = None
-        self._transactional = True
-        self._path = Path(".")
-
-    def prepare(self) -> None:
-        """Bind SQLAlchemy and an Alembic migration context to the raw connection while it is
-        idle (SQLAlchemy's first connect rolls back), once per session."""
-        if self._connection is None:
-            from alembic.runtime.migration import MigrationContext
-            from sqlalchemy import create_engine, event
-            from sqlalchemy.pool import StaticPool
-
-            engine = create_engine("postgresql+psycopg://", creator=lambda: self._raw,
-                                   poolclass=StaticPool, pool_reset_on_return=None)
-            event.listen(engine, "before_cursor_execute", self._refuse_forbidden)
-            self._connection = engine.connect()
-            self._context = MigrationContext.configure(connection=self._connection)
-
-    def _refuse_forbidden(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        try:
-            parsed = split_statements(statement, 1, self._path)
-        except MigrationFileError:
-            return  # not parseable on its own (bound parameters): the server decides
-        for found in parsed:
-            reason = forbidden_reason(found, self._transactional)
-            if reason:
-                raise MigrationFileError(self._path, f"not allowed in a revision: {reason} "
-                                         f"(statement: {statement.strip()[:200]})")
-
-    def run(self, revision: Revision, upgrade: bool) -> None:
-        from alembic.operations import Operations
-
-        module = _import_revision(revision)
-        context = self._context
-        context.autocommit_block = _autocommit_block(revision)
-        self._transactional, self._path = revision.transactional, revision.path
-        self._raw.guarded = True
-        try:
-            with Operations.context(context):
-                (module.upgrade if upgrade else module.downgrade)()
-        finally:
-            self._raw.guarded = False
-
-    def close(self) -> None:
-        if self._connection is not None and not self._raw.closed:
-            self._connection.close()
-
-
-def _autocommit_block(revision: Revision) -> Callable[[], Any]:
-    def refuse() -> Any:
-        raise MigrationFileError(
-            revision.path, "autocommit_block() in a transactional revision: it would commit the "
-            "runner's transaction before the ledger row; set `transactional = False`")
-
-    return (lambda: nullcontext()) if not revision.transactional else refuse
-
-
-def _import_revision(revision: Revision) -> ModuleType:
-    """Execute a Python revision as a fresh module. Compiled here rather than imported: a
-    revision runs once per database, so writing its bytecode beside it would only cost a file
-    per revision (and litter the migrations folder)."""
-    module = ModuleType(f"svcmig_revision_{revision.id}")
-    module.__file__ = str(revision.path)
-    code = compile(read_text(revision.path).removeprefix("\ufeff"), str(revision.path), "exec")
-    exec(code, module.__dict__)
-    return module
+    # A strong lock on a pre-existing table held longer than this is a `long_lock_hold` warning.
+    long_hold_ms: int = 1000
 
 
 def _python_error_line(err: BaseException, path: Path) -> int | None:
@@ -163,48 +90,89 @@ def _describe(err: psycopg.Error) -> str:
 # Whatever defaults a revision left on the session, the runner's transactions are these.
 BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
 
+EXISTING_RELATIONS_SQL = """
+    SELECT n.nspname, c.relname, n.nspname || '.' || coalesce(t.relname, c.relname)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_index x ON x.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = x.indrelid
+    WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p', 'm', 'i', 'I')"""
+
+
+class LockTimedOut(Exception):
+    """One attempt's lock_timeout ran out (55P03); `blockers` were in the way."""
+
+    def __init__(self, waited_ms: int, blockers: list[Blocker]) -> None:
+        self.waited_ms = waited_ms
+        self.blockers = blockers
+        super().__init__(f"lock timeout after {waited_ms} ms")
+
 
 class Runner:
     """Applies revisions, each in its service's own session, while the migrator's session
-    (`migrator`) holds the lock. `prepared` holds statements the preflight already parsed."""
+    (`migrator`) holds the lock. `prepared` holds what the preflight already read; `schemas`
+    are the services' schemas, whose tables at the start are the "pre-existing" ones."""
 
     def __init__(self, migrator: psycopg.Connection, url: str, settings: RunSettings,
                  log: Callable[[dict[str, object]], None],
-                 prepared: dict[str, Prepared] | None = None) -> None:
+                 prepared: dict[str, Prepared] | None = None,
+                 schemas: list[str] | None = None) -> None:
         self.settings = settings
         self.log = log
         self.sessions = RevisionSessions(migrator, url, settings.idle_timeout_ms, log)
         self.prepared = prepared or {}
+        self.stats = LockStats()
+        self.warnings: list[dict[str, object]] = []
         self._python: dict[str, PythonRevisions] = {}
+        self._watch = BlockerWatch(migrator)
+        self._timeout_ms = settings.lock.first_timeout_ms  # the current attempt's
+        rows = migrator.execute(EXISTING_RELATIONS_SQL, (schemas or [],)).fetchall()
+        self._existing = {(schema, name): table for schema, name, table in rows}
 
-    def _python_for(self, service: str, conn: GuardedConnection) -> PythonRevisions:
+    def _python_for(self, service: str, conn: psycopg.Connection) -> PythonRevisions:
         runner = self._python.get(service)
-        if runner is None or runner._raw is not conn:
-            runner = self._python[service] = PythonRevisions(conn)
+        if runner is None or runner.conn is not conn:
+            assert isinstance(conn, GuardedConnection)
+            runner = self._python[service] = PythonRevisions(
+                conn, lambda starts: self._waiting(conn, starts))
         return runner
 
+    def _waiting(self, conn: psycopg.Connection, starts: bool) -> None:
+        """A statement of the current attempt starts or ends: watch it for blockers."""
+        if starts:
+            self._watch.watch(conn.info.backend_pid, self._timeout_ms)
+        else:
+            self._watch.done()
+
     def _execute(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
-                 statements: list[Statement] | None, prefix: str = "") -> int:
+                 statements: list[Statement] | None, prefix: str = "",
+                 holds: HoldTracker | None = None) -> int:
         """Run the revision's body; returns how many SQL statements completed. `prefix` (the
-        runner's own statements, which cannot fail) shares the first statement's round trip."""
+        runner's own statements, which cannot fail) shares the first statement's round trip;
+        `holds` learns which strong locks each statement takes."""
         if statements is None or not statements:
             if prefix:
                 conn.execute(prefix)
             if statements is None:
-                self._python_for(revision.service, conn).run(  # type: ignore[arg-type]
-                    revision, upgrade)
+                self._python_for(revision.service, conn).run(revision, upgrade)
             return 0
         done = 0
         for statement in statements:
             lead = f"{prefix}; " if prefix and not done else ""
+            started = time.monotonic()
             try:
+                self._waiting(conn, True)
                 conn.execute(lead + statement.sql)
             except psycopg.Error as err:
+                blockers = self._watch.done()
+                if isinstance(err, pg_errors.LockNotAvailable):
+                    raise LockTimedOut(self._timeout_ms, blockers) from err
                 position = err.diag.statement_position
                 offset = int(position) - 1 - len(lead) if position else 0
                 extra = statement.sql[:offset].count("\n") if offset > 0 else 0
                 err.add_note(f"svcmig-line:{statement.line + extra}")
                 raise
+            self._watch.done()
+            if holds is not None:
+                holds.statement(statement, started)
             done += 1
         return done
 
@@ -213,11 +181,13 @@ class Runner:
         """Turn a database or Python error into `MigrationFailed` naming the file and line."""
         try:
             yield
-        except MigrationFailed:
+        except (MigrationFailed, LockTimedOut):
             raise
         except MigrationFileError as err:
             raise MigrationFailed(revision.id, revision.path, err.message,
                                   err.line or _python_error_line(err, revision.path)) from err
+        except pg_errors.LockNotAvailable as err:  # a Python revision's statement
+            raise LockTimedOut(self._timeout_ms, self._watch.done()) from err
         except psycopg.Error as err:
             notes = [n for n in getattr(err, "__notes__", []) if n.startswith("svcmig-line:")]
             line = int(notes[-1].split(":")[1]) if notes else _python_error_line(err, revision.path)
@@ -233,9 +203,9 @@ class Runner:
         try:
             statements = self._statements(revision, upgrade)
             if revision.transactional:
-                self._apply_transactional(revision, upgrade, statements)
+                self._apply_transactional(revision, upgrade, statements, started)
             else:
-                self._apply_autocommit(revision, upgrade, statements)
+                self._apply_autocommit(revision, upgrade, statements, started)
         except MigrationFailed as err:
             self.log(json_log(revision, upgrade, started, "failed", error=str(err)))
             raise
@@ -282,17 +252,19 @@ class Runner:
         return ledger.forget_sql(revision.id)
 
     def _enter_sql(self, revision: Revision, transactional: bool) -> str:
-        """Put the (clean) session inside the service: search_path, lock_timeout and, when set,
-        statement_timeout; a transactional revision's transaction starts here too."""
+        """Put the (clean) session inside the service: search_path, the attempt's lock_timeout
+        and, when set, statement_timeout; a transactional revision's transaction starts here."""
         begin = [BEGIN] if transactional else []
         return "; ".join([*begin, *enter_service_sql(
-            service_of(revision), transactional, self.settings.lock_timeout_ms,
+            service_of(revision), transactional, self._timeout_ms,
             self.settings.statement_timeout_ms)])
 
     def _finish(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
-                started: float, transactional: bool) -> None:
+                started: float, transactional: bool,
+                holds: HoldTracker | None = None) -> None:
         """Record the revision (its ledger row), commit, and leave the session clean for the
-        next revision, in one round trip.
+        next revision, in one round trip; with `holds` that must ask the server, the strong
+        locks held are read first, in the same round trip.
 
         The reset (`SESSION_RESET_SQL`: what DISCARD ALL does) runs after COMMIT, in its own
         implicit transaction: inside the revision's transaction it would come too late for what
@@ -302,14 +274,52 @@ class Runner:
         duration = int((time.monotonic() - started) * 1000)
         # a non-transactional revision's own session settings must not stop its bookkeeping
         opening = [] if transactional else [BEGIN, "SET LOCAL statement_timeout = 0"]
+        probe = [HELD_LOCKS_SQL] if holds is not None and holds.ask_server else []
         try:
-            conn.execute("; ".join([*opening, self._ledger_sql(revision, upgrade, duration),
-                                    "COMMIT", *SESSION_RESET_SQL]))
+            cursor = conn.execute("; ".join([
+                *opening, *probe, self._ledger_sql(revision, upgrade, duration), "COMMIT",
+                *SESSION_RESET_SQL]))
         except psycopg.Error:
             committed = self._committed(revision, upgrade)
             conn.close()
             if not committed:
                 raise
+            return
+        if holds is not None:
+            if probe:
+                holds.from_server(cursor.fetchall(), started)
+            self._measure(revision, holds)
+            self._existing.update(holds.created)
+
+    def _measure(self, revision: Revision, holds: HoldTracker) -> None:
+        """How long the revision held each strong lock (until now, just after COMMIT)."""
+        ended = time.monotonic()
+        for hold in holds.holds.values():
+            held_ms = int((ended - hold.since) * 1000)
+            self.stats.held(revision.id, hold.table, hold.mode, held_ms)
+            where = f"{revision.path}:{hold.line}" if hold.line else str(revision.path)
+            if held_ms > self.settings.long_hold_ms:
+                self._warn("long_lock_hold", revision, f"{where}: revision {revision.id} held "
+                           f"{hold.mode} on {hold.table} for {held_ms} ms (over "
+                           f"{self.settings.long_hold_ms} ms): every query on {hold.table} "
+                           "waited that long. Keep catalog changes in their own revision and "
+                           "move the work on rows to a batched backfill",
+                           table=hold.table, mode=hold.mode, held_ms=held_ms)
+            if hold.later_slow:
+                kind, line = hold.later_slow[0]
+                self._warn("lock_held_across_statements", revision, f"{where}: revision "
+                           f"{revision.id} takes {hold.mode} on {hold.table} and then runs "
+                           f"{kind} (line {line}) in the same transaction: the lock is held "
+                           "while the later statement works through the table. Put the later "
+                           "statements in a revision of their own (or a batched backfill)",
+                           table=hold.table, mode=hold.mode, held_ms=held_ms)
+
+    def _warn(self, kind: str, revision: Revision, message: str, **facts: object) -> None:
+        line = {"event": "warning", "kind": kind, "revision": revision.id,
+                "service": revision.service, "message": message, **facts}
+        self.warnings.append(line)
+        self.stats.long_holds.append({k: v for k, v in line.items() if k != "event"})
+        self.log(line)
 
     def _committed(self, revision: Revision, upgrade: bool) -> bool:
         row = self.sessions.migrator.execute(
@@ -317,35 +327,62 @@ class Runner:
             (revision.id,)).fetchone()
         return (row is not None and row[0] == "applied") if upgrade else row is None
 
+    def _lock_wait(self, revision: Revision, attempt: int, timed_out: LockTimedOut,
+                   line: int | None = None) -> None:
+        """Record an attempt that gave up on a lock, then pause so queued traffic drains."""
+        self.stats.waited(timed_out.waited_ms)
+        pause = self.settings.lock.pause_seconds()
+        self.log({"event": "lock_wait", "revision": revision.id, "attempt": attempt + 1,
+                  "waited_ms": timed_out.waited_ms, "line": line,
+                  "blockers": [b.as_dict() for b in timed_out.blockers],
+                  "pause_ms": int(pause * 1000)})
+        time.sleep(pause)
+
+    def _out_of_budget(self, revision: Revision, attempts: int, started: float,
+                       last: LockTimedOut | None, line: int | None = None) -> MigrationFailed:
+        policy = self.settings.lock
+        who = "; ".join(b.describe() for b in last.blockers) if last and last.blockers else \
+            "a session that had ended by the time it was asked (see pg_stat_activity)"
+        return MigrationFailed(
+            revision.id, revision.path,
+            f"could not get its locks within the {policy.budget_seconds:g} s lock budget "
+            f"({attempts} attempts of {policy.first_timeout_ms}–{policy.max_timeout_ms} ms over "
+            f"{time.monotonic() - started:.1f} s): blocked by {who}. "
+            + ("Nothing of it was applied; " if revision.transactional else "")
+            + "end or wait out the blocking transaction and run again (or raise --lock-budget)",
+            line)
+
     def _apply_transactional(self, revision: Revision, upgrade: bool,
-                             statements: list[Statement] | None) -> None:
-        for attempt in range(self.settings.lock_retries + 1):
+                             statements: list[Statement] | None, started: float) -> None:
+        last: LockTimedOut | None = None
+        attempts = 0
+        for attempt, timeout_ms in self.settings.lock.attempts(started):
+            self._timeout_ms = timeout_ms
+            attempts = attempt + 1
             conn = self._session(revision)
-            started = time.monotonic()
+            holds = HoldTracker(self._existing, service_of(revision).schema)
+            if statements is None:
+                holds.ask_server = True
             try:
                 with self._failure_as(revision):
                     if statements is None:
                         self._python_for(revision.service, conn).prepare()
                     self._execute(conn, revision, upgrade, statements,
-                                  prefix=self._enter_sql(revision, True))
+                                  prefix=self._enter_sql(revision, True), holds=holds)
                     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
                         raise MigrationFileError(
                             revision.path, "the revision ended the runner's transaction "
                             "(a rollback or commit from inside it); nothing of it was recorded")
-                    self._finish(conn, revision, upgrade, started, transactional=True)
+                    self._finish(conn, revision, upgrade, started, True, holds)
                 return
-            except MigrationFailed as err:
+            except LockTimedOut as timed_out:
                 self._rollback(conn)
-                timed_out = isinstance(err.__cause__, pg_errors.LockNotAvailable)
-                if not timed_out or attempt == self.settings.lock_retries:
-                    if timed_out:
-                        err.add(f" after {attempt + 1} attempts with lock_timeout "
-                                f"{self.settings.lock_timeout_ms}ms: a long transaction holds a "
-                                "lock on the table; find it in pg_stat_activity")
-                    raise
-                self.log({"event": "lock_timeout_retry", "revision": revision.id,
-                          "attempt": attempt + 1})
-                time.sleep(self.settings.backoff_seconds * (2 ** attempt))
+                last = timed_out
+                self._lock_wait(revision, attempt, timed_out)
+            except MigrationFailed:
+                self._rollback(conn)
+                raise
+        raise self._out_of_budget(revision, attempts, started, last)
 
     @staticmethod
     def _rollback(conn: psycopg.Connection) -> None:
@@ -361,12 +398,13 @@ class Runner:
             conn.close()
 
     def _apply_autocommit(self, revision: Revision, upgrade: bool,
-                          statements: list[Statement] | None) -> None:
+                          statements: list[Statement] | None, started: float) -> None:
         """CREATE INDEX CONCURRENTLY and friends: no transaction, so the ledger row says `dirty`
-        from before the first statement until every statement has succeeded."""
+        from before the first statement until every statement has succeeded. A statement that
+        times out on a lock did nothing (bar a concurrent build's INVALID index, dropped
+        first) and is tried again under the lock policy."""
         conn = self._session(revision)
         schema = service_of(revision).schema
-        started = time.monotonic()
         done = 0
         with self._failure_as(revision):
             if statements is None:
@@ -378,7 +416,7 @@ class Runner:
             with self._failure_as(revision):
                 for statement in statements or []:
                     self._drop_invalid_target(conn, statement, schema)
-                    self._execute(conn, revision, upgrade, [statement])
+                    self._run_with_retries(conn, revision, upgrade, statement, started, before)
                     done += 1
                 if statements is None:
                     self._execute(conn, revision, upgrade, None)
@@ -388,7 +426,9 @@ class Runner:
                         revision.path, "the revision left a transaction open; end every "
                         "BEGIN it starts with COMMIT")
                 self._finish(conn, revision, upgrade, started, transactional=False)
-        except MigrationFailed as err:
+        except (MigrationFailed, LockTimedOut) as failure:
+            err = failure if isinstance(failure, MigrationFailed) else \
+                self._out_of_budget(revision, 1, started, failure)
             self._end_transaction(conn)  # a revision's own BEGIN, left open by the failure
             left = self._clean_up_invalid(conn, schema, before)
             if upgrade and done == 0 and left is not None:
@@ -399,7 +439,27 @@ class Runner:
                         f"statements completed{left or ''}. Check what they left, then "
                         f"`svcmig repair {revision.id} --applied` (or --rolled-back)")
             self._rollback(conn)
-            raise
+            if err is failure:
+                raise
+            raise err from failure
+
+    def _run_with_retries(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
+                          statement: Statement, started: float, before: set[str]) -> None:
+        last: LockTimedOut | None = None
+        attempts = 0
+        for attempt, timeout_ms in self.settings.lock.attempts(started):
+            attempts = attempt + 1
+            if timeout_ms != self._timeout_ms or attempt:
+                self._timeout_ms = timeout_ms
+                conn.execute(f"SET lock_timeout = {timeout_ms}")
+            try:
+                self._execute(conn, revision, upgrade, [statement])
+                return
+            except LockTimedOut as timed_out:
+                last = timed_out
+                self._clean_up_invalid(conn, service_of(revision).schema, before)
+                self._lock_wait(revision, attempt, timed_out, statement.line)
+        raise self._out_of_budget(revision, attempts, started, last, statement.line)
 
     @staticmethod
     def _end_transaction(conn: psycopg.Connection) -> None:
@@ -459,6 +519,7 @@ class Runner:
     def close(self) -> None:
         for python in self._python.values():
             python.close()
+        self._watch.close()
         self.sessions.close()
 
 
@@ -496,7 +557,9 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                      "message": warning.message})
             if plan.errors:
                 raise PlanError("\n".join(a.message for a in plan.errors), plan)
-            runner = Runner(conn, url, settings, log, prepared)
+            if not plan.steps:
+                return RunResult(plan=plan, results=())
+            runner = Runner(conn, url, settings, log, prepared, schemas)
             last = {revision.service: index for index, revision in enumerate(plan.steps)}
             try:
                 for index, revision in enumerate(plan.steps):
@@ -508,11 +571,12 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                 raise
             finally:
                 runner.close()
-            after = (make_plan(graph, ledger.read_state(conn, schemas, graph), phase) if results
-                     else plan)
+                log({"event": "lock_summary", **runner.stats.as_dict()})
+            after = make_plan(graph, ledger.read_state(conn, schemas, graph), phase)
     finally:
         conn.close()
-    return RunResult(plan=after, results=tuple(results))
+    return RunResult(plan=after, results=tuple(results), locks=runner.stats,
+                     hold_warnings=tuple(runner.warnings))
 
 
 def read_plan(url: str, root: Path, phase: PhaseChoice = "all",

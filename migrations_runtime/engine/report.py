@@ -4,11 +4,12 @@ structured log line written per revision."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import MigrationFailed, PlanError
 from .load import Revision
+from .lockwait import LockStats
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -40,13 +41,18 @@ class RevisionResult:
 class RunResult:
     plan: Plan  # as it stands after the run: what is still pending, and the warnings
     results: tuple[RevisionResult, ...]
+    locks: LockStats = field(default_factory=LockStats)  # what the run's locks cost
+    hold_warnings: tuple[dict[str, object], ...] = ()  # long or ill-placed strong-lock holds
 
     def as_dict(self) -> dict[str, object]:
         return {
             "phase": self.plan.phase,
             "applied": [r.as_dict() for r in self.results],
-            "warnings": [a.as_dict() for a in self.plan.warnings],
+            "warnings": [a.as_dict() for a in self.plan.warnings] + [
+                {k: v for k, v in w.items() if k != "event"} | {"severity": "warning"}
+                for w in self.hold_warnings],
             "services": [s.as_dict() for s in self.plan.services],
+            "locks": self.locks.as_dict(),
         }
 
 
@@ -94,3 +100,13 @@ def status_text(plan: Plan) -> str:
     for anomaly in plan.anomalies:
         lines.append(f"{'error' if anomaly.fatal else 'warning'}: {anomaly.message}")
     return "\n".join(lines)
+
+
+def lock_summary_text(locks: LockStats) -> str:
+    """One line a person reads at the end of a run: what waiting for and holding locks cost."""
+    hold = (f"; longest strong-lock hold on a pre-existing table {locks.longest_hold_ms} ms "
+            f"({locks.longest_hold_mode} on {locks.longest_hold_table} by "
+            f"{locks.longest_hold_revision})") if locks.longest_hold_table else \
+        "; no strong lock on a pre-existing table"
+    return (f"locks: {locks.attempts} attempt(s) gave up waiting, {locks.waited_ms_total} ms "
+            f"waited in all, {locks.waited_ms_max} ms at most{hold}")

@@ -10,7 +10,7 @@ whichever tool applies it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,9 @@ from .discover import Service
 from .errors import MigrationFileError
 from .load import Revision, SqlSource, parse_sql_source, read_text
 
-DEFAULT_LOCK_TIMEOUT_MS = 5000
+# lock_timeout in scripts (`alembic upgrade --sql`, `svcmig plan --sql`), which cannot retry the
+# way the runner does (lockwait.LockPolicy): squawk's suggestion for a migration's statements.
+SCRIPT_LOCK_TIMEOUT_MS = 2000
 
 # What `DISCARD ALL` does (source: PostgreSQL documentation, DISCARD), as statements that may
 # share one simple-protocol query (DISCARD ALL may not: it refuses any transaction block, and
@@ -171,7 +173,7 @@ def sql_literal(text: str) -> str:
 
 
 def enter_service_sql(service: Service, transactional: bool,
-                      lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+                      lock_timeout_ms: int = SCRIPT_LOCK_TIMEOUT_MS,
                       statement_timeout_ms: int | None = None,
                       set_role: bool = False) -> list[str]:
     """Statements that put the session inside the service: its schema first on the search path
@@ -198,3 +200,82 @@ def leave_service_sql() -> list[str]:
 
 def service_of(revision: Revision) -> Service:
     return Service(revision.service, revision.root / "services" / revision.service)
+
+
+# --- which tables a statement locks strongly ---------------------------------------------------
+
+# Lock modes by name (pg_locks.mode), from PostgreSQL's "Explicit Locking" documentation:
+# SHARE and stronger stop writers, ACCESS EXCLUSIVE stops readers too.
+SHARE, SHARE_ROW_EXCLUSIVE, EXCLUSIVE, ACCESS_EXCLUSIVE = (
+    "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
+_LOCK_STMT_MODES = {5: SHARE, 6: SHARE_ROW_EXCLUSIVE, 7: EXCLUSIVE, 8: ACCESS_EXCLUSIVE}
+# ALTER TABLE subcommands that take SHARE UPDATE EXCLUSIVE at most (readers and writers go on).
+_ALTER_TABLE_WEAK = frozenset({
+    "AT_ValidateConstraint", "AT_SetStatistics", "AT_SetOptions", "AT_ResetOptions",
+    "AT_AttachPartition", "AT_DetachPartitionFinalize", "AT_ClusterOn", "AT_DropCluster",
+    "AT_SetCompression", "AT_EnableTrig", "AT_DisableTrig"})
+# Statements whose locks cannot be told from their text: ask the server what is held.
+UNKNOWN_LOCKS = frozenset({"DoStmt", "CallStmt", "SelectStmt", "ExecuteStmt"})
+
+Relation = tuple[str | None, str]  # (schema or None for the search path, name)
+
+
+def _range_var(node: dict[str, Any] | None) -> Relation | None:
+    if not node:
+        return None
+    node = node.get("RangeVar", node)
+    return (node.get("schemaname"), node["relname"]) if "relname" in node else None
+
+
+def _qualified(items: list[dict[str, Any]]) -> Relation:
+    names = [item["String"]["sval"] for item in items]
+    return (names[-2] if len(names) > 1 else None, names[-1])
+
+
+def strong_locks(statement: Statement) -> list[tuple[Relation, str]]:
+    """The relations `statement` locks in SHARE mode or stronger, with the mode: tables for most
+    statements; for DROP INDEX and ALTER INDEX, the index (whose table is locked too). Empty
+    for statements that take weaker locks (DML, CREATE TABLE without foreign keys, GRANT...).
+    Source: PostgreSQL documentation, "Explicit Locking" and each command's reference page."""
+    node, kind = statement.node or {}, statement.kind
+    found: list[tuple[Relation | None, str]] = []
+    if kind == "AlterTableStmt":
+        subtypes = {cmd.get("AlterTableCmd", {}).get("subtype") for cmd in node.get("cmds", [])}
+        if not subtypes <= _ALTER_TABLE_WEAK:
+            found.append((_range_var(node.get("relation")), ACCESS_EXCLUSIVE))
+    elif kind == "IndexStmt" and not node.get("concurrent"):
+        found.append((_range_var(node.get("relation")), SHARE))
+    elif kind in ("TruncateStmt", "LockStmt"):
+        mode = ACCESS_EXCLUSIVE if kind == "TruncateStmt" else \
+            _LOCK_STMT_MODES.get(int(node.get("mode", 8)))
+        if mode:
+            found.extend((_range_var(r), mode) for r in node.get("relations", []))
+    elif kind == "DropStmt" and not node.get("concurrent") and node.get("removeType") in (
+            "OBJECT_TABLE", "OBJECT_INDEX", "OBJECT_MATVIEW"):
+        found.extend((_qualified(o["List"]["items"]), ACCESS_EXCLUSIVE)
+                     for o in node.get("objects", []) if "List" in o)
+    elif kind == "RenameStmt" and node.get("relation"):
+        found.append((_range_var(node["relation"]), ACCESS_EXCLUSIVE))
+    elif kind == "CreateTrigStmt":
+        found.append((_range_var(node.get("relation")), SHARE_ROW_EXCLUSIVE))
+    elif kind == "CreateStmt":
+        found.extend((_range_var(c.get("pktable")), SHARE_ROW_EXCLUSIVE)
+                     for c in _constraints(node) if c.get("contype") == "CONSTR_FOREIGN")
+    elif kind == "RefreshMatViewStmt":
+        found.append((_range_var(node.get("relation")),
+                      EXCLUSIVE if node.get("concurrent") else ACCESS_EXCLUSIVE))
+    elif kind in ("ClusterStmt", "CreatePolicyStmt", "AlterPolicyStmt", "RuleStmt"):
+        found.append((_range_var(node.get("relation") or node.get("table")), ACCESS_EXCLUSIVE))
+    elif kind == "VacuumStmt" and any(o.get("DefElem", {}).get("defname") == "full"
+                                      for o in node.get("options", [])):
+        found.extend((_range_var(r.get("VacuumRelation", {}).get("relation")), ACCESS_EXCLUSIVE)
+                     for r in node.get("rels", []))
+    return [(relation, mode) for relation, mode in found if relation is not None]
+
+
+def _constraints(create: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for element in create.get("tableElts", []):
+        if "Constraint" in element:
+            yield element["Constraint"]
+        for constraint in element.get("ColumnDef", {}).get("constraints", []):
+            yield constraint.get("Constraint", {})

@@ -86,6 +86,8 @@ class CheckReport:
     applied: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # not tied to one service's round trip
     services: list[ServiceCheck] = field(default_factory=list)
+    # strong locks on pre-existing tables held long or across work on rows (fail with --strict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def all_problems(self) -> list[str]:
@@ -96,12 +98,13 @@ class CheckReport:
         return [s.service for s in self.services if s.status == "irreversible"]
 
     def passed(self, strict: bool = False) -> bool:
-        return not self.all_problems and not (strict and self.irreversible)
+        return not self.all_problems and not (strict and (self.irreversible or self.warnings))
 
     def as_dict(self, strict: bool = False) -> dict[str, object]:
         return {"passed": self.passed(strict), "strict": strict, "database": self.database,
                 "throwaway": self.throwaway, "applied": self.applied,
                 "problems": self.all_problems, "irreversible": self.irreversible,
+                "warnings": self.warnings,
                 "services": [s.as_dict() for s in self.services]}
 
     def text(self, strict: bool = False) -> str:
@@ -111,6 +114,7 @@ class CheckReport:
         for s in self.services:
             lines.append(f"{s.service.ljust(width)}  {s.summary()}")
         lines.extend(f"error: {p}" for p in self.all_problems)
+        lines.extend(f"{'error' if strict else 'warning'}: {w}" for w in self.warnings)
         if strict and self.irreversible:
             lines.append(f"error: irreversible service(s) with --strict: "
                          f"{', '.join(self.irreversible)}; write their downgrades")
@@ -180,6 +184,8 @@ def _upgrade(url: str, root: Path, run: _Run, report: CheckReport,
             run.after[rev.id] = take_snapshot(run.snap, rev.service)
             run.progress.step(rev.id)
         elif line.get("event") == "warning":
+            if line.get("kind") in ("long_lock_hold", "lock_held_across_statements"):
+                report.warnings.append(str(line.get("message")))
             run.progress.note(f"warning: {line.get('message')}")
 
     run.progress.start("upgrade heads", len(graph.revisions))

@@ -17,7 +17,7 @@ from ..engine.ledger import (
 from ..engine.lock import LOCK_KEY
 from ..engine.plan import Plan
 from ..engine.statements import (
-    DEFAULT_LOCK_TIMEOUT_MS,
+    SCRIPT_LOCK_TIMEOUT_MS,
     enter_service_sql,
     revision_statements,
     service_of,
@@ -47,7 +47,7 @@ def _statement(sql: str) -> str:
 
 
 def plan_sql(plan: Plan, state: DatabaseState,
-             lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> str:
+             lock_timeout_ms: int = SCRIPT_LOCK_TIMEOUT_MS) -> str:
     """The SQL `svcmig migrate` would run for `plan`, in order, as one reviewable script."""
     out = [f"-- svcmig plan --sql: {len(plan.steps)} revision(s), phase {plan.phase}",
            f"-- svcmig migrate holds the advisory lock {LOCK_KEY} (pg_try_advisory_lock) "

@@ -1,0 +1,102 @@
+"""Step 5 of the flow, for Python revisions: running an Alembic revision module's `upgrade` or
+`downgrade` through Alembic's `op`, on the revision's own session, inside the runner's rules.
+
+SQLAlchemy and Alembic are imported only when the first Python revision runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .errors import MigrationFileError
+from .load import Revision, read_text
+from .sessions import GuardedConnection
+from .statements import forbidden_reason, split_statements
+
+
+class PythonRevisions:
+    """Runs Python revisions through Alembic's `op` on one revision session. SQLAlchemy and
+    Alembic are imported only when the first Python revision runs.
+
+    Every statement the revision sends is parsed first and refused when a revision may not
+    contain it (SQL built at run time escapes the preflight check), `autocommit_block()` is
+    refused in a transactional revision (a no-op in a non-transactional one, which already runs
+    in autocommit), and the session refuses `commit()` while the revision runs."""
+
+    def __init__(self, conn: GuardedConnection,
+                 waiting: Callable[[bool], None] = lambda _starts: None) -> None:
+        self.conn = conn
+        self._waiting = waiting  # told when each statement starts (True) and ends (False)
+        self._connection: Any = None
+        self._context: Any = None
+        self._transactional = True
+        self._path = Path(".")
+
+    def prepare(self) -> None:
+        """Bind SQLAlchemy and an Alembic migration context to the raw connection while it is
+        idle (SQLAlchemy's first connect rolls back), once per session."""
+        if self._connection is None:
+            from alembic.runtime.migration import MigrationContext
+            from sqlalchemy import create_engine, event
+            from sqlalchemy.pool import StaticPool
+
+            engine = create_engine("postgresql+psycopg://", creator=lambda: self.conn,
+                                   poolclass=StaticPool, pool_reset_on_return=None)
+            event.listen(engine, "before_cursor_execute", self._refuse_forbidden)
+            event.listen(engine, "after_cursor_execute", lambda *_args: self._waiting(False))
+            self._connection = engine.connect()
+            self._context = MigrationContext.configure(connection=self._connection)
+
+    def _refuse_forbidden(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self._waiting(True)
+        try:
+            parsed = split_statements(statement, 1, self._path)
+        except MigrationFileError:
+            return  # not parseable on its own (bound parameters): the server decides
+        for found in parsed:
+            reason = forbidden_reason(found, self._transactional)
+            if reason:
+                raise MigrationFileError(self._path, f"not allowed in a revision: {reason} "
+                                         f"(statement: {statement.strip()[:200]})")
+
+    def run(self, revision: Revision, upgrade: bool) -> None:
+        from alembic.operations import Operations
+
+        module = _import_revision(revision)
+        context = self._context
+        context.autocommit_block = _autocommit_block(revision)
+        self._transactional, self._path = revision.transactional, revision.path
+        self.conn.guarded = True
+        try:
+            with Operations.context(context):
+                (module.upgrade if upgrade else module.downgrade)()
+        finally:
+            self.conn.guarded = False
+
+    def close(self) -> None:
+        if self._connection is not None and not self.conn.closed:
+            self._connection.close()
+
+
+def _autocommit_block(revision: Revision) -> Callable[[], Any]:
+    def refuse() -> Any:
+        raise MigrationFileError(
+            revision.path, "autocommit_block() in a transactional revision: it would commit the "
+            "runner's transaction before the ledger row; set `transactional = False`")
+
+    return (lambda: nullcontext()) if not revision.transactional else refuse
+
+
+def _import_revision(revision: Revision) -> ModuleType:
+    """Execute a Python revision as a fresh module. Compiled here rather than imported: a
+    revision runs once per database, so writing its bytecode beside it would only cost a file
+    per revision (and litter the migrations folder)."""
+    module = ModuleType(f"svcmig_revision_{revision.id}")
+    module.__file__ = str(revision.path)
+    code = compile(read_text(revision.path).removeprefix("\ufeff"), str(revision.path), "exec")
+    exec(code, module.__dict__)
+    return module

@@ -1,0 +1,251 @@
+"""Traffic-safe deploys (issue 11), on a real Postgres and not timed: a revision waits for its
+table locks in short attempts within a budget, never long enough to queue live queries for
+more than the cap; it says who was in the way and what its locks cost; long or ill-placed
+strong-lock holds are reported. Latency figures under load are benchmarks (bench_traffic.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migrations_runtime.engine.apply import RunSettings, migrate
+from migrations_runtime.engine.lockwait import LockPolicy
+from tests.conftest import query, run_cli, write_project
+
+QUICK = LockPolicy(first_timeout_ms=100, max_timeout_ms=200, pause_ms=50, budget_seconds=20)
+
+
+def project(tmp_path: Path) -> Path:
+    return write_project(tmp_path / "p", {"shop": {
+        "2026-01-01T0000__shop__items.sql":
+            "CREATE TABLE items (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text);"
+            "\nINSERT INTO items (name) SELECT 'item ' || n FROM generate_series(1, 100) n;\n",
+    }})
+
+
+def add(root: Path, stamp: str, text: str) -> None:
+    (root / "services/shop/migrations" / f"{stamp}__shop__step.sql").write_text(text)
+
+
+def ledger(url: str) -> dict[str, str]:
+    return dict(query(url, "SELECT revision, state FROM svcmig.schema_migrations"))
+
+
+class Blocker:
+    """A session holding a lock for a while, as a long read transaction would."""
+
+    def __init__(self, url: str, statement: str, hold_seconds: float,
+                 application_name: str = "long-report") -> None:
+        self.conn = psycopg.connect(url, application_name=application_name)
+        self.conn.execute(statement)
+        self.pid = self.conn.info.backend_pid
+        self.timer = threading.Timer(hold_seconds, self.release)
+        self.timer.start()
+
+    def release(self) -> None:
+        if not self.conn.closed:
+            self.conn.rollback()
+            self.conn.close()
+
+    def stop(self) -> None:
+        self.timer.cancel()
+        self.release()
+
+
+def test_a_blocker_released_after_some_attempts_is_ridden_out_once(
+        tmp_path: Path, database_url: str) -> None:
+    root = project(tmp_path)
+    migrate(database_url, root, log=lambda _: None)
+    add(root, "2026-01-02T0000", "ALTER TABLE items ADD COLUMN price int;\n"
+        "INSERT INTO items (name) VALUES ('added by the revision');\n")
+    lines: list[dict[str, object]] = []
+    blocker = Blocker(database_url, "SELECT count(*) FROM shop.items", hold_seconds=1.5)
+    try:
+        result = migrate(database_url, root, settings=RunSettings(lock=QUICK), log=lines.append)
+    finally:
+        blocker.stop()
+    waits = [line for line in lines if line["event"] == "lock_wait"]
+    assert len(waits) >= 3  # 1.5 s of 100–200 ms attempts with pauses
+    assert [line["attempt"] for line in waits] == list(range(1, len(waits) + 1))
+    assert all(line["waited_ms"] in (100, 150, 200) for line in waits)
+    named = [b for line in waits for b in line["blockers"]]  # type: ignore[attr-defined]
+    assert named and {b["pid"] for b in named} == {blocker.pid}
+    assert {b["application_name"] for b in named} == {"long-report"}
+    assert [r.revision for r in result.results] == ["shop_202601020000"]
+    assert query(database_url, "SELECT count(*) FROM shop.items WHERE name = "
+                               "'added by the revision'") == [(1,)]  # applied exactly once
+    assert result.locks.attempts == len(waits)
+    assert result.locks.waited_ms_total == sum(int(line["waited_ms"]) for line in waits)
+    summary = [line for line in lines if line["event"] == "lock_summary"]
+    assert summary and summary[0]["lock_timeouts"] == len(waits)
+
+
+def test_a_blocker_longer_than_the_budget_fails_cleanly_naming_it(
+        tmp_path: Path, database_url: str) -> None:
+    root = project(tmp_path)
+    migrate(database_url, root, log=lambda _: None)
+    add(root, "2026-01-02T0000", "ALTER TABLE items ADD COLUMN price int;\n")
+    blocker = Blocker(database_url, "SELECT count(*) FROM shop.items", hold_seconds=60,
+                      application_name="nightly-export")
+    try:
+        done = run_cli(root, "migrate", "--json", "--lock-timeout-ms", "100",
+                       "--lock-timeout-max-ms", "200", "--lock-budget", "2",
+                       database_url=database_url)
+    finally:
+        blocker.stop()
+    assert done.returncode == 1
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "failed" and result["applied"] == []
+    error = result["failed"]["error"]
+    assert "2 s lock budget" in error
+    assert f"pid {blocker.pid} (nightly-export, idle in transaction" in error
+    assert "SELECT count(*) FROM shop.items" in error
+    assert "shop_202601020000" not in ledger(database_url)
+    assert query(database_url, "SELECT count(*) FROM information_schema.columns WHERE "
+                               "table_name = 'items' AND column_name = 'price'") == [(0,)]
+    assert "Traceback" not in done.stderr
+
+
+def test_queries_queued_behind_a_waiting_revision_wait_no_longer_than_the_cap(
+        tmp_path: Path, database_url: str) -> None:
+    """A probe reading the table the whole time: each read waits at most one attempt's
+    timeout (plus a margin for a loaded machine), never the blocker's full 3 s."""
+    root = project(tmp_path)
+    migrate(database_url, root, log=lambda _: None)
+    add(root, "2026-01-02T0000", "ALTER TABLE items ADD COLUMN price int;\n")
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            while not stop.is_set():
+                started = time.monotonic()
+                conn.execute("SELECT count(*) FROM shop.items")
+                waits.append(time.monotonic() - started)
+                time.sleep(0.02)
+
+    reader = threading.Thread(target=probe)
+    blocker = Blocker(database_url, "SELECT count(*) FROM shop.items", hold_seconds=3)
+    reader.start()
+    try:
+        migrate(database_url, root, settings=RunSettings(lock=QUICK), log=lambda _: None)
+    finally:
+        stop.set()
+        reader.join()
+        blocker.stop()
+    assert len(waits) > 20
+    assert max(waits) < QUICK.max_timeout_ms / 1000 + 1.0, max(waits)
+
+
+def test_a_concurrent_index_build_behind_an_old_transaction_retries_cleanly(
+        tmp_path: Path, database_url: str) -> None:
+    root = project(tmp_path)
+    migrate(database_url, root, log=lambda _: None)
+    add(root, "2026-01-02T0000", "-- migrate:no-transaction\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_name ON items (name);\n")
+    lines: list[dict[str, object]] = []
+    old = psycopg.connect(database_url, application_name="old-snapshot")
+    old.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    old.execute("SELECT 1")  # a snapshot every concurrent build waits for
+    timer = threading.Timer(1.5, lambda: (old.rollback(), old.close()))
+    timer.start()
+    try:
+        migrate(database_url, root, settings=RunSettings(lock=QUICK), log=lines.append)
+    finally:
+        timer.join()
+    assert any(line["event"] == "lock_wait" for line in lines)
+    assert any(line["event"] == "invalid_index_dropped" for line in lines)
+    assert query(database_url, "SELECT count(*) FROM pg_index WHERE NOT indisvalid") == [(0,)]
+    assert query(database_url, "SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                               "'shop.items_name'::regclass") == [(True,)]
+    assert ledger(database_url)["shop_202601020000"] == "applied"
+
+
+def test_a_strong_lock_held_through_a_backfill_is_reported(tmp_path: Path,
+                                                           database_url: str) -> None:
+    root = project(tmp_path)
+    migrate(database_url, root, log=lambda _: None)
+    query(database_url, "INSERT INTO shop.items (name) SELECT 'more ' || n "
+                        "FROM generate_series(1, 50000) n")
+    add(root, "2026-01-02T0000", "ALTER TABLE items ADD COLUMN plan text;\n"
+        "UPDATE items SET plan = 'free' WHERE plan IS NULL;\n")
+    lines: list[dict[str, object]] = []
+    result = migrate(database_url, root, settings=RunSettings(long_hold_ms=10),
+                     log=lines.append)
+    kinds = {str(w["kind"]) for w in result.hold_warnings}
+    assert kinds == {"long_lock_hold", "lock_held_across_statements"}
+    across = next(w for w in result.hold_warnings if w["kind"] == "lock_held_across_statements")
+    assert across["table"] == "shop.items" and across["mode"] == "AccessExclusiveLock"
+    assert "2026-01-02T0000__shop__step.sql:1" in str(across["message"])
+    assert "UpdateStmt (line 2)" in str(across["message"])
+    assert result.locks.longest_hold_table == "shop.items"
+    assert result.locks.longest_hold_revision == "shop_202601020000"
+    assert result.locks.longest_hold_ms > 10
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("ALTER TABLE items ADD COLUMN a int;\nALTER TABLE items ADD COLUMN b int;\n", set()),
+    ("CREATE TABLE fresh (id int);\nINSERT INTO fresh SELECT generate_series(1, 10);\n", set()),
+    ("CREATE INDEX items_name_plain ON items (name);\nUPDATE items SET name = name;\n",
+     {"lock_held_across_statements"}),
+    ("LOCK TABLE items IN SHARE MODE;\nSELECT count(*) FROM items;\n",
+     {"lock_held_across_statements"}),
+    ("DO $$ BEGIN EXECUTE 'LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE'; "
+     "PERFORM pg_sleep(0.05); END $$;\n", {"long_lock_hold"}),
+])
+def test_which_holds_are_reported(tmp_path: Path, database_url: str, text: str,
+                                  expected: set[str]) -> None:
+    """Catalog-only changes and new tables are quiet; a strong lock followed by work on rows
+    is reported whatever the table's size; a lock taken where the text cannot tell (DO) is
+    found in pg_locks."""
+    root = project(tmp_path)
+    migrate(database_url, root, log=lambda _: None)
+    add(root, "2026-01-02T0000", text)
+    result = migrate(database_url, root, settings=RunSettings(long_hold_ms=30),
+                     log=lambda _: None)
+    assert {str(w["kind"]) for w in result.hold_warnings} == expected
+
+
+def test_check_and_strict_migrate_report_a_backfill_in_the_same_transaction(
+        tmp_path: Path, database_url: str, server_url: str) -> None:
+    root = project(tmp_path)
+    add(root, "2026-01-02T0000", "-- migrate:up\nALTER TABLE items ADD COLUMN plan text;\n"
+        "UPDATE items SET plan = 'free' WHERE plan IS NULL;\n"
+        "-- migrate:down\nALTER TABLE items DROP COLUMN plan;\n")
+    checked = run_cli(root, "check", "--json", "--quiet", "--database-url", server_url)
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert any("ACCESS" in w or "AccessExclusiveLock" in w for w in report["warnings"])
+    strict = run_cli(root, "check", "--strict", "--quiet", "--database-url", server_url)
+    assert strict.returncode == 1 and "lock" in strict.stdout
+    migrated = run_cli(root, "migrate", "--strict", database_url=database_url)
+    assert migrated.returncode == 1
+    assert "lock_held_across_statements" in migrated.stderr or "--strict" in migrated.stderr
+    assert ledger(database_url)["shop_202601020000"] == "applied"  # strict fails, keeps it
+
+
+def test_the_lambda_budget_is_bounded_by_its_remaining_time() -> None:
+    from infra.migrator.handler import SAFETY_MARGIN_SECONDS, _settings
+
+    class Context:
+        def get_remaining_time_in_millis(self) -> int:
+            return int((SAFETY_MARGIN_SECONDS + 30) * 1000)
+
+    settings = _settings(Context())
+    assert settings.lock.budget_seconds == pytest.approx(30)
+    assert settings.lock.first_timeout_ms == LockPolicy().first_timeout_ms
+
+
+@pytest.mark.parametrize(("first", "cap", "message"), [("0", "500", "0 < first"),
+                                                        ("300", "-1", "Invalid value")])
+def test_bad_lock_settings_are_usage_errors(tmp_path: Path, first: str, cap: str,
+                                            message: str) -> None:
+    root = project(tmp_path)
+    done = run_cli(root, "migrate", "--lock-timeout-ms", first, "--lock-timeout-max-ms", cap,
+                   env={"DATABASE_URL": "postgresql://nobody@invalid.invalid/none"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
