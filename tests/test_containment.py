@@ -102,6 +102,10 @@ REFUSED_UP_FRONT = [
     "SET LOCAL ROLE {admin};",
     "SET SESSION AUTHORIZATION {admin};",
     "RESET SESSION AUTHORIZATION;",
+    'SET "Role" TO {admin};',  # setting names are case-insensitive, quoted or not
+    "ALTER ROLE orders_owner SET lock_timeout = 0;",
+    "ALTER ROLE orders_owner IN DATABASE postgres SET search_path = public;",
+    "ALTER ROLE CURRENT_USER PASSWORD 'known';",
 ]
 DENIED_BY_POSTGRES = [
     "DO $$ BEGIN EXECUTE 'RESET ROLE'; INSERT INTO users.users (email) VALUES ('x'); END $$;",
@@ -114,7 +118,7 @@ DENIED_BY_POSTGRES = [
     "CREATE TABLE public.evil (id int);",
     "CREATE SCHEMA evil;",
     "UPDATE users.users SET email = 'stolen';",
-    "ALTER ROLE orders_owner SUPERUSER;",
+    "DO $$ BEGIN EXECUTE 'ALTER ROLE orders_owner SUPERUSER'; END $$;",
     "GRANT users_owner TO orders_owner;",
     "ALTER TABLE users.users ADD COLUMN evil text;",
     "CREATE OR REPLACE VIEW svcmig.alembic_version AS SELECT 'x'::varchar(32) AS version_num;",
@@ -160,17 +164,46 @@ def test_postgres_keeps_a_revision_inside_its_service(tmp_path: Path, database_u
     assert lock_is_free(database_url)
 
 
-def test_a_revision_cannot_touch_another_services_ledger_rows(tmp_path: Path,
-                                                             database_url: str) -> None:
+LEDGER_ROW = ("INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, "
+              "state, applied_by) VALUES ('{id}', '{service}', 'x', 'x', 'expand', '{state}', 'x');")
+# Kind: a revision writing ledger rows it does not own. Row-level security shows an owner only
+# its service's rows, lets it insert only an `applied` row whose id names its service, and the
+# owner has no UPDATE at all.
+FORGED_LEDGER_WRITES = [
+    LEDGER_ROW.format(id="users_209912312359", service="orders", state="applied"),
+    LEDGER_ROW.format(id="orders_209912312359", service="orders", state="dirty"),
+    LEDGER_ROW.format(id="orders_209912312359", service="orders", state="baselined"),
+    LEDGER_ROW.format(id="ordersx_209912312359", service="orders", state="applied"),
+    "UPDATE svcmig.schema_migrations SET checksum = 'forged' WHERE service = 'users';",
+    "UPDATE svcmig.schema_migrations SET state = 'dirty' WHERE service = 'orders';",
+]
+
+
+def test_a_revision_cannot_see_or_delete_another_services_ledger_rows(
+        tmp_path: Path, database_url: str) -> None:
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
     before = outside(database_url)
     add(root, "orders", "2026-02-01T0000",
         "DELETE FROM svcmig.schema_migrations WHERE service = 'users';\n"
-        "UPDATE svcmig.schema_migrations SET checksum = 'forged' WHERE service = 'users';\n")
+        "DO $$ BEGIN IF EXISTS (SELECT FROM svcmig.schema_migrations WHERE service <> 'orders') "
+        "THEN RAISE EXCEPTION 'sees other rows'; END IF; END $$;\n")
     migrate(database_url, root, **QUIET)  # row-level security: the statements see no rows
     assert outside(database_url)["ledger"] == before["ledger"]
     assert outside(database_url)["versions"] == [("orders_202602010000",), ("users_202601010000",)]
+
+
+@pytest.mark.parametrize("statement", FORGED_LEDGER_WRITES)
+def test_a_revision_cannot_forge_ledger_rows(tmp_path: Path, database_url: str,
+                                             statement: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = ledger(database_url)
+    add(root, "orders", "2026-02-01T0000", statement + "\n")
+    with pytest.raises(MigrationFailed, match="row-level security|permission denied"):
+        migrate(database_url, root, **QUIET)
+    assert ledger(database_url) == before
+    assert lock_is_free(database_url)
 
 
 def test_python_revision_is_contained_too(tmp_path: Path, database_url: str) -> None:
@@ -408,7 +441,7 @@ CONTRACT_HEADERS = [
 def test_a_contract_directive_is_seen_however_it_is_encoded(header: str) -> None:
     source = parse_sql_source(f"{header}ALTER TABLE users DROP COLUMN email;\n", Path("x.sql"))
     assert source.phase == "contract"
-    assert "\ufeff" not in source.up and "\r" not in source.up
+    assert "\ufeff" not in source.up
 
 
 def test_a_bom_before_the_directive_keeps_the_drop_out_of_expand(
@@ -456,6 +489,7 @@ def test_a_file_that_is_not_utf8_is_refused_naming_the_byte(tmp_path: Path) -> N
     with pytest.raises(MigrationFileError) as caught:
         read_text(path)
     assert "offset 6" in str(caught.value) and "0xe9" in str(caught.value)
+    assert "iconv -f <its encoding>" in str(caught.value)
     assert caught.value.line == 1
 
 
@@ -631,3 +665,259 @@ def test_owner_sessions_log_in_with_a_password_where_the_server_demands_one(
         with pytest.raises(psycopg.OperationalError, match="password|not permitted to log in"):
             psycopg.connect(psycopg.conninfo.make_conninfo(**{**info, "user": "users_owner",
                                                                "host": "127.0.0.1"}))
+
+
+# --- what a first user tried next (issue 10's breaker round) -----------------------------------
+
+# Kind: statements that change what the runner set for every revision (its lock policy, the idle
+# timeouts), however the setting is named or set.
+RUNNER_SETTING_CHANGES = [
+    "SET lock_timeout = 0;",
+    "SET LOCAL lock_timeout = '1h';",
+    'SET "Lock_Timeout" TO 0;',
+    "SELECT set_config('lock_timeout', '0', false);",
+    "SELECT pg_catalog.set_config('IDLE_SESSION_TIMEOUT', '0', true);",
+    "SET idle_in_transaction_session_timeout = 0;",
+    "RESET lock_timeout;",
+    "RESET ALL;",
+]
+
+
+@pytest.mark.parametrize("statement", RUNNER_SETTING_CHANGES)
+def test_changing_the_runners_settings_is_refused(tmp_path: Path, database_url: str,
+                                                  statement: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    path = add(root, "users", "2026-02-01T0000", f"{statement}\nCREATE TABLE t (id int);\n")
+    with pytest.raises(PlanError, match="lock_timeout") as caught:
+        migrate(database_url, root, **QUIET)
+    assert f"{path}:1" in str(caught.value)
+    assert query(database_url, "SELECT to_regclass('users.t')") == [(None,)]
+
+
+# Kind: statements Postgres runs only outside a transaction, written in their rarer forms.
+@pytest.mark.parametrize("statement", ["REINDEX SCHEMA users;", "REINDEX DATABASE postgres;",
+                                       "CLUSTER;", "DISCARD ALL;"])
+def test_statements_that_need_no_transaction_are_refused_in_one(
+        tmp_path: Path, database_url: str, statement: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", f"CREATE TABLE t (id int);\n{statement}\n")
+    with pytest.raises(PlanError, match="cannot run inside a transaction block.*"
+                                        "migrate:no-transaction"):
+        migrate(database_url, root, **QUIET)
+
+
+def test_role_settings_a_revision_stores_do_not_outlive_the_run(
+        tmp_path: Path, database_url: str) -> None:
+    """A role may store settings on itself (ALTER ROLE ... SET), which Postgres allows; hidden
+    in dynamic SQL the preflight cannot see it, so the runner forgets them at the end."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "orders", "2026-02-01T0000",
+        "DO $$ BEGIN EXECUTE 'ALTER ROLE orders_owner SET lock_timeout = 0'; "
+        "EXECUTE format('ALTER ROLE orders_owner IN DATABASE %I SET statement_timeout = 1', "
+        "current_database()); END $$;\n")
+    migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r "
+                               "ON r.oid = s.setrole WHERE r.rolname = 'orders_owner'") == [(0,)]
+    assert query(database_url, "SELECT rolcanlogin FROM pg_roles "
+                               "WHERE rolname = 'orders_owner'") == [(False,)]
+
+
+def test_a_services_functions_are_not_executable_by_other_services(
+        tmp_path: Path, database_url: str) -> None:
+    root = base_project(tmp_path)
+    add(root, "orders", "2026-02-01T0000",
+        "CREATE FUNCTION total() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';\n")
+    migrate(database_url, root, **QUIET)
+    rows = query(database_url, "SELECT r, has_function_privilege(r, 'orders.total()', 'EXECUTE') "
+                               "FROM unnest(ARRAY['users_app', 'users_owner', 'orders_app']) r "
+                               "ORDER BY 1")
+    assert rows == [("orders_app", True), ("users_app", False), ("users_owner", False)]
+
+
+def test_the_migrator_resolves_names_in_the_system_catalog_only(database_url: str) -> None:
+    """Whatever schemas exist, the migrator's unqualified names and operators are the built-in
+    ones: its sessions' search_path holds only pg_catalog (and pg_temp, last)."""
+    from migrations_runtime.engine.database import connect
+
+    conn = connect(database_url)
+    try:
+        assert conn.execute("SHOW search_path").fetchone() == ("pg_catalog,pg_temp",)
+        conn.execute("RESET ALL")  # what a revision session's reset does
+        assert conn.execute("SHOW search_path").fetchone() == ("pg_catalog,pg_temp",)
+    finally:
+        conn.close()
+
+
+# Kind: a revision that ends the runner's transaction through a door the guards cannot see (the
+# raw libpq connection): what ran may be committed, so the ledger says dirty.
+ESCAPES = {
+    "then-fails": "    conn.pgconn.exec_(b'COMMIT')\n    op.execute('SELECT 1/0')",
+    "then-succeeds": "    conn.pgconn.exec_(b'COMMIT')",
+    "rollback": "    conn.pgconn.exec_(b'ROLLBACK')",
+}
+
+
+@pytest.mark.parametrize("escape", ESCAPES.values(), ids=ESCAPES.keys())
+def test_a_revision_that_ends_the_runners_transaction_is_marked_dirty(
+        tmp_path: Path, database_url: str, escape: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000",
+        "    op.create_table('first', sa.Column('id', sa.Integer))\n"
+        f"    conn = op.get_bind().connection.driver_connection\n{escape}"), ext="py")
+    with pytest.raises(MigrationFailed, match="marked dirty"):
+        migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "dirty"
+    assert lock_is_free(database_url)
+    with pytest.raises(PlanError, match="dirty"):
+        migrate(database_url, root, **QUIET)
+
+
+def test_a_no_transaction_do_block_that_committed_stays_dirty(
+        tmp_path: Path, database_url: str) -> None:
+    """Outside a transaction a DO block (or a procedure) may COMMIT part of its work before it
+    fails: the runner cannot say nothing was left behind."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000",
+        "-- migrate:no-transaction\n"
+        "DO $$ BEGIN CREATE TABLE users.half (id int); COMMIT; RAISE EXCEPTION 'boom'; END $$;\n")
+    with pytest.raises(MigrationFailed, match="the revision is dirty"):
+        migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "dirty"
+    assert query(database_url, "SELECT to_regclass('users.half')") == [("users.half",)]
+
+
+@pytest.mark.parametrize("body", ["    print('hello from the revision')",
+                                  "    import sys\n    sys.stdout.write('{not json')"])
+def test_a_revision_printing_does_not_break_migrate_json(tmp_path: Path, database_url: str,
+                                                         body: str) -> None:
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000", body), ext="py")
+    done = run_cli(root, "migrate", "--json", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "applied"
+    assert "hello from the revision" in done.stderr or "{not json" in done.stderr
+
+
+@pytest.mark.parametrize("call", ["sys.exit(3)", "sys.exit()", "raise SystemExit('bye')"])
+def test_sys_exit_in_a_revision_fails_the_revision_not_the_run(
+        tmp_path: Path, database_url: str, call: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000",
+        f"    import sys\n    op.create_table('first', sa.Column('id', sa.Integer))\n    {call}"),
+        ext="py")
+    with pytest.raises(MigrationFailed, match=r"sys\.exit"):
+        migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT to_regclass('users.first')") == [(None,)]
+    assert "users_202602010000" not in ledger(database_url)
+    assert lock_is_free(database_url)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_an_interrupted_migrate_reports_and_releases(tmp_path: Path, database_url: str,
+                                                     signal_number: int) -> None:
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE t (id int);\nSELECT pg_sleep(60);\n")
+    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "DATABASE_URL": database_url}
+    run = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate", "--json"],
+                           cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not query(database_url, "SELECT 1 FROM pg_stat_activity WHERE query LIKE "
+                                      "'%%pg_sleep(60)%%' AND pid <> pg_backend_pid()"):
+            assert time.monotonic() < deadline and run.poll() is None, run.communicate()
+            time.sleep(0.1)
+        run.send_signal(signal_number)
+        stdout, stderr = run.communicate(timeout=30)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr
+    result = json.loads(stdout)
+    assert result["outcome"] == "interrupted"
+    assert [r["revision"] for r in result["applied"]] == ["users_202601010000"]
+    assert "Traceback" not in stderr and "interrupted after 1 revision(s)" in stderr
+    assert "users_202602010000" not in ledger(database_url)
+    assert query(database_url, "SELECT to_regclass('users.t')") == [(None,)]
+    assert lock_is_free(database_url)
+
+
+# Kind: the preflight's checks on every road to the database, not only `svcmig migrate`.
+def test_stock_alembic_upgrade_checks_every_revision_before_the_first_runs(
+        tmp_path: Path, database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE first (id int);\n")
+    path = add(root, "users", "2026-02-02T0000", "SET lock_timeout = 0;\n")
+    done = run_alembic(root, "upgrade", "heads", database_url=database_url)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert f"{path}:1" in output and "Traceback" not in output, output
+    assert query(database_url, "SELECT to_regclass('users.first')") == [(None,)]
+
+
+@pytest.mark.parametrize("statement", ["SET ROLE postgres;", "COMMIT;", "COPY t FROM STDIN;"])
+def test_offline_scripts_are_checked_like_runs(tmp_path: Path, statement: str) -> None:
+    root = base_project(tmp_path)
+    path = add(root, "users", "2026-02-01T0000", f"CREATE TABLE t (id int);\n{statement}\n")
+    alembic = run_alembic(root, "upgrade", "heads", "--sql")
+    assert alembic.returncode != 0 and f"{path}:2" in alembic.stdout + alembic.stderr, alembic
+    for args in (["plan", "--offline", "--sql"], ["plan", "--from", "orders"]):
+        plan = run_cli(root, *args)
+        assert plan.returncode == 1 and f"{path}:2" in plan.stdout + plan.stderr, plan
+
+
+# Kind: text a reader sees as a directive or marker, however it is encoded or spelt.
+@pytest.mark.parametrize("header", [
+    "-- phase:\u00a0contract\n",          # a no-break space
+    "-- pha\u00adse: contract\n",         # a soft hyphen inside the key
+    "-- phase\uff1a contract\n",          # a fullwidth colon
+    "\u2060-- phase: contract\n",         # a word joiner first
+    "-- phase: contract\u200d\n",         # a zero-width joiner last
+])
+def test_a_contract_directive_hidden_by_unicode_is_seen(header: str) -> None:
+    source = parse_sql_source(f"{header}ALTER TABLE users DROP COLUMN email;\n", Path("x.sql"))
+    assert source.phase == "contract"
+
+
+@pytest.mark.parametrize("text", [
+    "-- migrate down\nSELECT 1;\n",
+    "SELECT 1;\n-- migrate down\nSELECT 2;\n",
+    "-- phase contract\nSELECT 1;\n",
+    "-- Depends on users_202601010000\nSELECT 1;\n",
+    "-- migrate no-transaction\nSELECT 1;\n",
+])
+def test_a_marker_or_directive_without_its_colon_is_refused(text: str) -> None:
+    with pytest.raises(MigrationFileError, match="without its colon"):
+        parse_sql_source(text, Path("x.sql"))
+
+
+@pytest.mark.parametrize("text", ["-- phase contract work is tracked in PAY-12\nSELECT 1;\n",
+                                  "-- we migrate down the road\nSELECT 1;\n"])
+def test_prose_that_starts_like_a_directive_is_a_comment(text: str) -> None:
+    assert parse_sql_source(text, Path("x.sql")).phase == "expand"
+
+
+def test_a_nul_character_is_refused_naming_the_line() -> None:
+    with pytest.raises(MigrationFileError, match="NUL character") as caught:
+        parse_sql_source("CREATE TABLE t (id int);\nSELECT 1;\x00DROP TABLE t;\n", Path("x.sql"))
+    assert caught.value.line == 2
+
+
+def test_whitespace_inside_a_string_literal_runs_as_written(tmp_path: Path,
+                                                           database_url: str) -> None:
+    """The checksum ignores trailing whitespace and line ends; what runs keeps them."""
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000",
+        "INSERT INTO users (email) VALUES ('two spaces then a CRLF  \r\nend');\r\n")
+    migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT email FROM users.users WHERE email LIKE 'two%%'") == [
+        ("two spaces then a CRLF  \r\nend",)]

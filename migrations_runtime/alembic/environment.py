@@ -22,6 +22,7 @@ from ..engine.database import connect, refuse_pooler, sqlalchemy_url
 from ..engine.discover import FRAMEWORK_SCHEMA
 from ..engine.errors import SvcmigError
 from ..engine.lock import migrator_lock
+from ..engine.preflight import prepare_all
 from ..engine.repair import stamp_sql
 from ..engine.validate import Graph, build_graph, parents
 
@@ -139,7 +140,15 @@ def _run_online(context: Any, root: Path) -> None:
                 steps = list(work(heads, migration_context)) if work else []
                 if steps and read_only:
                     raise CommandError("this command may not change the database")
-                runner = Runner(migrator, url, settings, _log)
+                # every revision the command will run up is read and checked before the first
+                # runs, as `svcmig migrate` does
+                prepared, problems = prepare_all(
+                    graph.revisions[step.revision.revision] for step in steps
+                    if isinstance(step, RevisionStep) and step.is_upgrade)
+                if problems:
+                    raise CommandError("\n".join(p.message for p in problems))
+                runner = Runner(migrator, url, settings, _log, prepared,
+                                [s.schema for s in graph.services])
                 try:
                     for step in steps:
                         if isinstance(step, RevisionStep):

@@ -24,12 +24,19 @@ from ..engine.load import (
     load_revision,
     next_timestamp,
     parse_filename,
+    read_text,
     revision_files,
     revision_id,
     service_of_revision_id,
     slugify,
 )
-from ..engine.statements import enter_service_sql, leave_service_sql, revision_statements
+from ..engine.preflight import python_problems
+from ..engine.statements import (
+    check_statements,
+    enter_service_sql,
+    leave_service_sql,
+    revision_statements,
+)
 
 if TYPE_CHECKING:
     from alembic.script.base import Script, ScriptDirectory
@@ -94,6 +101,23 @@ def in_service(service: Service, transactional: bool,
     return run
 
 
+def _checked(revision: Revision, body: Callable[[], Any]) -> Callable[[], Any]:
+    """A Python revision's upgrade/downgrade as Alembic runs it (only `--sql` does: online,
+    svcmig's runner runs the file), checked first as `svcmig migrate` checks it."""
+
+    @functools.wraps(body)
+    def run() -> Any:
+        from alembic.util import CommandError
+
+        try:
+            python_problems(read_text(revision.path), revision.path, revision.transactional)
+        except MigrationFileError as err:
+            raise CommandError(str(err)) from err
+        return body()
+
+    return run
+
+
 def _sql_module(revision: Revision) -> types.ModuleType:
     """A module object standing for a SQL file, with what Alembic reads from a revision."""
     module = types.ModuleType(f"svcmig_sql_{revision.id}")
@@ -108,8 +132,10 @@ def _sql_module(revision: Revision) -> types.ModuleType:
     def statements(upgrade: bool) -> list[str]:
         from alembic.util import CommandError
 
-        try:
-            return [s.sql for s in revision_statements(revision, upgrade)]
+        try:  # checked as `svcmig migrate` checks it (`--sql` renders through here)
+            found = revision_statements(revision, upgrade)
+            check_statements(found, revision.transactional, revision.path)
+            return [s.sql for s in found]
         except MigrationFileError as err:
             raise CommandError(str(err)) from err
 
@@ -164,6 +190,8 @@ def install() -> None:
             module = script.module
         for direction in ("upgrade", "downgrade"):
             body = getattr(module, direction)
+            if path.suffix == ".py":
+                body = _checked(revision, body)
             setattr(module, direction, in_service(service, revision.transactional, body))
         return script
 

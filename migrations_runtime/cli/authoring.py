@@ -20,6 +20,7 @@ from ..engine.apply import RunSettings, read_plan
 from ..engine.database import connect
 from ..engine.ledger import DatabaseState
 from ..engine.plan import PHASE_CHOICES, Plan, make_plan
+from ..engine.preflight import preflight
 from ..engine.report import status_text
 from ..engine.validate import Graph, build_graph
 from ..tools.authoring import new_revision, new_service
@@ -125,7 +126,7 @@ def plan_command(phase: str, database_url: str | None, applied: tuple[str, ...],
     graph = _graph(root)
     if applied or offline:
         state: DatabaseState = run(lambda: offline_state(graph, applied))
-        plan = make_plan(graph, state, phase)  # type: ignore[arg-type]
+        plan = preflight(graph, make_plan(graph, state, phase))[0]  # type: ignore[arg-type]
         against = ("a database at " + ", ".join(applied)) if applied else "an empty database"
     else:
         url = run(lambda: resolve_url(database_url, root))

@@ -2,7 +2,8 @@
 root, the database option and JSON output.
 
 Exit codes: 0 ok; 1 a problem was found (refused plan, failed revision, lock timeout, failed
-check); 2 a usage error (bad arguments, unknown service or revision, a name that is taken).
+check); 2 a usage error (bad arguments, unknown service or revision, a name that is taken);
+130 interrupted (Ctrl-C, or SIGTERM during `migrate`), as shells report a SIGINT.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..engine.errors import SvcmigError, UsageProblem
 
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 DATABASE_URL_HELP = ("Postgres URL; default: $DATABASE_URL, else the project's embedded Postgres "
                      "under .svcmig/ (started on demand and reused)")
 
@@ -37,6 +39,8 @@ def run(action: Callable[[], Any]) -> Any:
         fail(str(err), EXIT_USAGE)
     except SvcmigError as err:
         fail(str(err), EXIT_PROBLEM)
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
 
 
 def project_root() -> Path:

@@ -4,6 +4,7 @@ adapters over `engine.apply`, `engine.manifest` and `engine.repair`."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -11,13 +12,21 @@ import click
 
 from ..dev.embedded import resolve_url
 from ..engine.apply import RunSettings, json_log_to_stderr, migrate, read_plan
-from ..engine.errors import SvcmigError
+from ..engine.errors import RunStopped, SvcmigError
 from ..engine.lockwait import LockPolicy
 from ..engine.manifest import MANIFEST_NAME, load_manifest, write_manifest
 from ..engine.plan import PHASE_CHOICES
 from ..engine.repair import baseline, repair
 from ..engine.report import failure_dict, lock_summary_text, status_text
-from .common import database_url_option, fail, json_option, project_root, run
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_PROBLEM,
+    database_url_option,
+    fail,
+    json_option,
+    project_root,
+    run,
+)
 
 
 @click.command("migrate")
@@ -71,13 +80,16 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wa
     settings = RunSettings(lock_wait_seconds=lock_wait, lock=policy,
                            statement_timeout_ms=statement_timeout_ms,
                            idle_timeout_ms=idle_timeout_ms, long_hold_ms=long_hold_ms)
+    # a deploy tool stops the migrator with SIGTERM: end it as Ctrl-C does, cleanly
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         result = migrate(url, root, phase, settings,  # type: ignore[arg-type]
                          log=json_log_to_stderr, graph=graph)
     except SvcmigError as err:
         if as_json:
             click.echo(json.dumps(failure_dict(err, phase), indent=2, default=str))
-        fail(str(err))
+        interrupted = isinstance(err, RunStopped) and err.interrupted
+        fail(str(err), EXIT_INTERRUPTED if interrupted else EXIT_PROBLEM)
     if as_json:
         click.echo(json.dumps({**result.as_dict(), "outcome": "applied"}, indent=2, default=str))
     else:

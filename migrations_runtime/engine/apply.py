@@ -34,7 +34,7 @@ from psycopg import sql
 
 from . import ledger
 from .database import DEFAULT_IDLE_IN_TRANSACTION_MS, connect, refuse_pooler
-from .errors import MigrationFailed, MigrationFileError, PlanError
+from .errors import MigrationFailed, MigrationFileError, PlanError, RunStopped
 from .load import Revision, checksum, read_text
 from .lock import migrator_lock
 from .lockwait import (
@@ -251,6 +251,16 @@ class Runner:
                                      new_row=revision.transactional)
         return ledger.forget_sql(revision.id)
 
+    def _mark_dirty(self, revision: Revision, err: MigrationFailed, why: str) -> None:
+        """What ran may be committed and no transaction will take it back: say so in the
+        ledger (written by the migrator), so `status` and the next run stop on it."""
+        try:
+            self.sessions.migrator.execute(ledger.record_sql(revision, "dirty", None))
+        except psycopg.Error:
+            pass  # the error below still says it
+        err.add(f"; {why}, so the revision is marked dirty: check what it left, then "
+                f"`svcmig repair {revision.id} --applied` (or --rolled-back)")
+
     def _enter_sql(self, revision: Revision, transactional: bool) -> str:
         """Put the (clean) session inside the service: search_path, the attempt's lock_timeout
         and, when set, statement_timeout; a transactional revision's transaction starts here."""
@@ -272,12 +282,15 @@ class Runner:
         effect at commit (UNLISTEN). When that round trip fails, the ledger says whether the
         COMMIT happened; the session is replaced either way."""
         duration = int((time.monotonic() - started) * 1000)
-        # a non-transactional revision's own session settings must not stop its bookkeeping
-        opening = [] if transactional else [BEGIN, "SET LOCAL statement_timeout = 0"]
+        self._still_locked(revision, started)
+        if not transactional:  # its rows are the migrator's: a revision cannot rewrite them
+            self.sessions.migrator.execute(self._ledger_sql(revision, upgrade, duration))
+            self._rollback(conn)
+            return
         probe = [HELD_LOCKS_SQL] if holds is not None and holds.ask_server else []
         try:
             cursor = conn.execute("; ".join([
-                *opening, *probe, self._ledger_sql(revision, upgrade, duration), "COMMIT",
+                *probe, self._ledger_sql(revision, upgrade, duration), "COMMIT",
                 *SESSION_RESET_SQL]))
         except psycopg.Error:
             committed = self._committed(revision, upgrade)
@@ -290,6 +303,22 @@ class Runner:
                 holds.from_server(cursor.fetchall(), started)
             self._measure(revision, holds)
             self._existing.update(holds.created)
+
+    def _still_locked(self, revision: Revision, started: float) -> None:
+        """Before a revision that ran long commits, make sure the migrator still holds its lock:
+        a migrator frozen for longer than the idle timeout lost its session, and with it the
+        lock, to `idle_session_timeout`; another migrator may be running now. (A revision that
+        ran for less than half that time cannot have outlived the session.)"""
+        if time.monotonic() - started < self.settings.idle_timeout_ms / 2000:
+            return
+        try:
+            self.sessions.migrator.execute("SELECT 1")
+        except psycopg.Error as err:
+            raise MigrationFailed(
+                revision.id, revision.path, "the migrator lost its lock while the revision ran "
+                "(its session ended: was the process stopped or frozen for longer than "
+                f"--idle-timeout-ms {self.settings.idle_timeout_ms}?); the revision was not "
+                "committed; run again") from err
 
     def _measure(self, revision: Revision, holds: HoldTracker) -> None:
         """How long the revision held each strong lock (until now, just after COMMIT)."""
@@ -371,18 +400,37 @@ class Runner:
                                   prefix=self._enter_sql(revision, True), holds=holds)
                     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
                         raise MigrationFileError(
-                            revision.path, "the revision ended the runner's transaction "
-                            "(a rollback or commit from inside it); nothing of it was recorded")
+                            revision.path, "the revision ended the runner's transaction (a "
+                            "commit or rollback from inside it, e.g. through the raw psycopg "
+                            "connection)")
                     self._finish(conn, revision, upgrade, started, True, holds)
                 return
             except LockTimedOut as timed_out:
+                escaped = self._escaped(conn)
                 self._rollback(conn)
+                if escaped:
+                    err = MigrationFailed(revision.id, revision.path, "a lock timeout after the "
+                                          "revision ended the runner's transaction")
+                    self._mark_dirty(revision, err, "what ran before may be committed")
+                    raise err from timed_out
                 last = timed_out
                 self._lock_wait(revision, attempt, timed_out)
-            except MigrationFailed:
+            except MigrationFailed as err:
+                escaped = self._escaped(conn)
                 self._rollback(conn)
+                if escaped:
+                    self._mark_dirty(revision, err, "the revision ended the runner's "
+                                     "transaction before it failed, and what ran until then may "
+                                     "be committed")
                 raise
         raise self._out_of_budget(revision, attempts, started, last)
+
+    @staticmethod
+    def _escaped(conn: psycopg.Connection) -> bool:
+        """After a failure in a transactional revision: the session is not in a transaction any
+        more (it would be in a failed one), so something inside the revision ended ours."""
+        return not conn.closed and \
+            conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
     @staticmethod
     def _rollback(conn: psycopg.Connection) -> None:
@@ -410,8 +458,9 @@ class Runner:
             if statements is None:
                 self._python_for(revision.service, conn).prepare()
             before = {i.name for i in ledger.invalid_indexes(conn, [schema])}
-            conn.execute("; ".join([self._enter_sql(revision, False), *(
-                [ledger.record_sql(revision, "dirty", None)] if upgrade else [])]))
+            if upgrade:
+                self.sessions.migrator.execute(ledger.record_sql(revision, "dirty", None))
+            conn.execute(self._enter_sql(revision, False))
         try:
             with self._failure_as(revision):
                 for statement in statements or []:
@@ -431,8 +480,11 @@ class Runner:
                 self._out_of_budget(revision, 1, started, failure)
             self._end_transaction(conn)  # a revision's own BEGIN, left open by the failure
             left = self._clean_up_invalid(conn, schema, before)
-            if upgrade and done == 0 and left is not None:
-                self._forget_dirty(conn, revision)
+            first = statements[0] if statements else None
+            # a DO block or a procedure may have committed part of its work before failing
+            atomic = first is not None and first.kind not in ("DoStmt", "CallStmt")
+            if upgrade and done == 0 and atomic and left is not None:
+                self._forget_dirty(revision)
                 err.add(f"; nothing was left behind{left} and the revision is not applied")
             elif upgrade:
                 err.add(f"; the revision is dirty: {done if done >= 0 else 'some'} of its "
@@ -502,9 +554,9 @@ class Runner:
         names = ", ".join(f"{schema}.{i.name}" for i in left)
         return f" (dropped the INVALID index {names} the failed build left)" if left else ""
 
-    def _forget_dirty(self, conn: psycopg.Connection, revision: Revision) -> None:
+    def _forget_dirty(self, revision: Revision) -> None:
         try:
-            conn.execute(ledger.forget_sql(revision.id))
+            self.sessions.migrator.execute(ledger.forget_sql(revision.id))
         except psycopg.Error:
             pass  # the row stays dirty; status reports it
 
@@ -531,6 +583,10 @@ def _connect_migrator(url: str, settings: RunSettings) -> psycopg.Connection:
         conn.close()
         raise
     return conn
+
+
+STOPPED = ("the revision running then was rolled back (a non-transactional one is left dirty), "
+           "and the lock is released with the session; see `svcmig status`, then run again")
 
 
 def migrate(url: str, root: Path, phase: PhaseChoice = "all",
@@ -573,6 +629,13 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                 runner.close()
                 log({"event": "lock_summary", **runner.stats.as_dict()})
             after = make_plan(graph, ledger.read_state(conn, schemas, graph), phase)
+    except KeyboardInterrupt as err:
+        raise RunStopped(f"interrupted after {len(results)} revision(s); {STOPPED}",
+                         tuple(results), interrupted=True) from err
+    except psycopg.Error as err:
+        raise RunStopped(f"a database error outside any revision, after {len(results)} "
+                         f"revision(s): {_describe(err)}; {STOPPED}", tuple(results),
+                         interrupted=False) from err
     finally:
         conn.close()
     return RunResult(plan=after, results=tuple(results), locks=runner.stats,

@@ -43,8 +43,13 @@ def session_options(idle_in_transaction_ms: int) -> str:
       and ends, which frees its locks even mid-statement;
     - `idle_in_transaction_session_timeout`: a frozen migrator (a Lambda frozen, a stopped
       process) cannot hold a revision's locks longer than this;
-    - the server's TCP keepalives, for a peer that vanished without closing the socket."""
+    - the server's TCP keepalives, for a peer that vanished without closing the socket;
+    - `search_path` of only the system catalog (and temporary objects last): every name svcmig
+      sends is schema-qualified, and a function or operator a revision created in its schema (or
+      anyone in `public`, or in a schema named like the login) cannot stand in for a built-in one
+      in the migrator's queries. A revision's session sets its own search_path per revision."""
     settings = {
+        "search_path": "pg_catalog,pg_temp",
         "standard_conforming_strings": "on",  # the ledger's literals rely on it
         "client_connection_check_interval": 1000,
         "idle_in_transaction_session_timeout": int(idle_in_transaction_ms),

@@ -67,3 +67,15 @@ class MigrationFailed(SvcmigError):
         """Append to the message (what the runner did about the failure)."""
         self.message += text
         self.args = (self._text(),)
+
+
+class RunStopped(SvcmigError):
+    """The run stopped between or inside revisions for a reason outside any revision: it was
+    interrupted (Ctrl-C, SIGTERM), or the migrator's own connection failed. The revision running
+    then was rolled back (a non-transactional one is left dirty); `.applied` holds the
+    `RevisionResult`s committed before."""
+
+    def __init__(self, message: str, applied: tuple[Any, ...], interrupted: bool) -> None:
+        self.applied = applied
+        self.interrupted = interrupted
+        super().__init__(message)

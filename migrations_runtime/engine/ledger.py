@@ -26,7 +26,7 @@ LEDGER_TABLE = f"{FRAMEWORK_SCHEMA}.schema_migrations"
 VERSION_TABLE = "alembic_version"
 QUALIFIED_VERSION_TABLE = f"{FRAMEWORK_SCHEMA}.{VERSION_TABLE}"
 STATES = ("applied", "dirty", "baselined")
-POLICY = "own_service_rows"
+POLICY = "service_rows"
 
 FRAMEWORK_DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {FRAMEWORK_SCHEMA}",
@@ -42,12 +42,21 @@ FRAMEWORK_DDL = [
         duration_ms integer,
         applied_by text NOT NULL
     )""",
-    # Each revision writes its own ledger row, in its own transaction, from a session logged in
-    # as its service's owner: row-level security limits an owner to its service's rows (USING
-    # checks new rows too). The migrator owns the table and so bypasses it.
+    # A transactional revision writes its own ledger row, in its own transaction, from a
+    # session logged in as its service's owner (and deletes it when it goes down). Row-level
+    # security holds an owner to that: rows of its own service whose id names its service,
+    # inserted as `applied`; never an update, never a dirty row (the migrator writes those of
+    # non-transactional revisions). The migrator owns the table and so bypasses it.
     f"ALTER TABLE {LEDGER_TABLE} ENABLE ROW LEVEL SECURITY",
+    f"DROP POLICY IF EXISTS own_service_rows ON {LEDGER_TABLE}",  # svcmig before 0.2
     f"""DO $$ BEGIN
-        CREATE POLICY {POLICY} ON {LEDGER_TABLE} USING (current_user = service || '_owner');
+        CREATE POLICY {POLICY}_read ON {LEDGER_TABLE} FOR SELECT
+            USING (current_user = service || '_owner');
+        CREATE POLICY {POLICY}_insert ON {LEDGER_TABLE} FOR INSERT
+            WITH CHECK (current_user = service || '_owner' AND state = 'applied'
+                        AND substring(revision FROM '^(.*)_[0-9]{{12}}$') = service);
+        CREATE POLICY {POLICY}_delete ON {LEDGER_TABLE} FOR DELETE
+            USING (current_user = service || '_owner' AND state <> 'dirty');
     EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
     # Alembic's version table, derived: a service's head is its newest applied (or baselined)
     # revision; ids `<service>_<YYYYMMDDhhmm>` sort by time within a service. An older svcmig
@@ -62,7 +71,7 @@ FRAMEWORK_DDL = [
 FRAMEWORK_READY_SQL = f"""
     SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid
                    WHERE c.oid = to_regclass('{LEDGER_TABLE}') AND c.relrowsecurity
-                     AND p.polname = '{POLICY}')
+                     AND p.polname = '{POLICY}_delete')
        AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('{QUALIFIED_VERSION_TABLE}')
                      AND relkind = 'v')"""
 
@@ -97,7 +106,8 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         f"DO $$ BEGIN EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), "
         f"{sql_literal(service.owner_role)}); END $$",
         f"GRANT USAGE ON SCHEMA {FRAMEWORK_SCHEMA} TO {owner}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {LEDGER_TABLE} TO {owner}",
+        f"REVOKE ALL ON {LEDGER_TABLE} FROM {owner}",
+        f"GRANT SELECT, INSERT, DELETE ON {LEDGER_TABLE} TO {owner}",
         f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}",
         f"ALTER SCHEMA {schema} OWNER TO {owner}",  # an adopted schema becomes the service's
         f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
@@ -106,6 +116,12 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {app}",
         f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schema} "
         f"GRANT USAGE, SELECT ON SEQUENCES TO {app}",
+        # Functions are executable by PUBLIC unless said otherwise: a service that grants
+        # another USAGE on its schema would hand over every function in it, SECURITY DEFINER
+        # ones included. Its own app role may call them.
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC",
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schema} "
+        f"GRANT EXECUTE ON FUNCTIONS TO {app}",
     ]
 
 
@@ -124,7 +140,8 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
            WHERE n.nspname = ANY(%s)
              AND EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = n.nspname || '_app')
              AND pg_has_role(current_user, o.oid, 'USAGE')
-             AND has_table_privilege(o.oid, '{LEDGER_TABLE}', 'INSERT')""",
+             AND has_table_privilege(o.oid, '{LEDGER_TABLE}', 'INSERT')
+             AND NOT has_table_privilege(o.oid, '{LEDGER_TABLE}', 'UPDATE')""",
         (names,),
     ).fetchall()
     ready = {row[0] for row in present}

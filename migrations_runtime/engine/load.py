@@ -13,6 +13,7 @@ import difflib
 import functools
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,9 +40,13 @@ MARKER_RE = re.compile(r"^--\s*migrate\s*:\s*(?P<name>.*?)\s*$", re.IGNORECASE)
 # read as `-`, it is one of DIRECTIVES.
 DIRECTIVE_RE = re.compile(r"^--\s*(?P<key>[A-Za-z][A-Za-z _-]*?)\s*:\s*(?P<value>.*?)\s*$")
 DIRECTIVES = ("phase", "depends-on")
-# Characters an editor may put before a directive that `str.strip()` keeps: a byte order mark
-# and the zero-width ones. They must never hide a directive.
-INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060"
+# A comment line that is a marker or a directive with the colon missing (`-- migrate down`,
+# `-- phase contract`): refused, so prose never silently becomes one and one never silently
+# becomes prose.
+COLONLESS_RE = re.compile(
+    r"^--\s*(?:(?P<key>migrate)\s+(?P<value>up|down|no[ _-]?transaction)"
+    r"|(?P<key2>phase)\s+(?P<value2>expand|contract)"
+    r"|(?P<key3>depends[ _-]?on)\s+(?P<value3>[a-z][a-z0-9_]*_\d{12}))\s*$", re.IGNORECASE)
 
 Phase = Literal["expand", "contract"]
 Kind = Literal["sql", "python"]
@@ -77,12 +82,19 @@ def parse_filename(path: Path) -> RevisionFile:
 
 
 def normalise(text: str) -> str:
-    """The text a checksum is taken of, and the text that runs: no byte order mark, LF line ends,
-    no trailing whitespace, no trailing blank lines, so an editor's encoding and whitespace
-    changes do not look like tampering."""
+    """The text a checksum is taken of: no byte order mark, LF line ends, no trailing whitespace,
+    no trailing blank lines, so an editor's encoding and whitespace changes do not look like
+    tampering. (What runs is `runnable`: whitespace inside a string literal is data.)"""
     text = text.removeprefix("\ufeff")  # a byte order mark is an encoding detail, not content
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def runnable(text: str) -> str:
+    """The text a SQL revision's sections are read from and run as: as written, less a byte
+    order mark; old Mac line ends (CR alone) become LF so there are lines to read at all."""
+    text = text.removeprefix("\ufeff")
+    return text.replace("\r", "\n") if "\r" in text and "\n" not in text else text
 
 
 def checksum(text: str) -> str:
@@ -116,18 +128,18 @@ def parse_sql_source(text: str, path: Path) -> SqlSource:
     A plain file is all "up". Directives live in the leading comment block:
     `-- phase: contract`, `-- depends-on: <rev>[, <rev>]`, `-- migrate:no-transaction`.
     """
-    return _sql_source(normalise(text), path)
+    return _sql_source(runnable(text), path)
 
 
-# Normalised text → its parsed sections. A run parses a pending file when it loads it and again
+# A file's text → its parsed sections. A run parses a pending file when it loads it and again
 # when the preflight reads it back; the same text parses the same way, whatever its path.
 _PARSED: dict[str, SqlSource] = {}
 
 
-def _sql_source(normal: str, path: Path) -> SqlSource:
-    found = _PARSED.get(normal)
+def _sql_source(text: str, path: Path) -> SqlSource:
+    found = _PARSED.get(text)
     if found is None:
-        found = _PARSED[normal] = _parse_normalised(normal, path)
+        found = _PARSED[text] = _parse(text, path)
     return found
 
 
@@ -146,8 +158,25 @@ def _directive_key(key: str, path: Path, line: int) -> str | None:
     return None
 
 
-def _parse_normalised(normal: str, path: Path) -> SqlSource:
-    lines = normal.split("\n")
+def visible(line: str) -> str:
+    """A line as a reader sees it, for matching markers and directives: stripped, and (when not
+    plain ASCII) in Unicode compatibility form (NFKC: a fullwidth colon is a colon) without
+    format characters (a byte order mark, zero-width spaces and joiners, soft hyphens), which
+    would otherwise hide a marker or a directive from the parser but not from the eye."""
+    line = line.strip()
+    if line.isascii():
+        return line
+    folded = unicodedata.normalize("NFKC", line)
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf").strip()
+
+
+def _parse(text: str, path: Path) -> SqlSource:
+    if "\x00" in text:
+        offset = text.index("\x00")
+        raise MigrationFileError(path, f"a NUL character at offset {offset}: PostgreSQL's parser "
+                                 "stops there, so what follows would silently not run; remove it",
+                                 text[:offset].count("\n") + 1)
+    lines = text.split("\n")
     phase: Phase = "expand"
     depends_on: list[str] = []
     transactional = True
@@ -155,8 +184,17 @@ def _parse_normalised(normal: str, path: Path) -> SqlSource:
     down_at: int | None = None
     in_header = True
     for index, raw in enumerate(lines):
-        line = raw.strip().lstrip(INVISIBLE).strip()
+        line = visible(raw)
         number = index + 1
+        colonless = COLONLESS_RE.match(line)
+        if colonless:
+            key, value = next((colonless[k], colonless[v]) for k, v in (
+                ("key", "value"), ("key2", "value2"), ("key3", "value3")) if colonless[k])
+            key = re.sub(r"[ _-]+", "-", key.lower())
+            written = f"-- migrate:{value}" if key == "migrate" else f"-- {key}: {value}"
+            raise MigrationFileError(
+                path, f"'{raw.strip()}' looks like '{written}' without its colon; write it with "
+                "the colon, or reword the comment", number)
         marker = MARKER_RE.match(line)
         if marker:
             name = marker["name"].lower().replace("_", "-")
@@ -327,9 +365,10 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
+        source = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "<its encoding>"
         raise MigrationFileError(
             path, f"not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} cannot be "
-            "decoded; save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)", line) from err
+            f"decoded; save the file as UTF-8 (e.g. `iconv -f {source} -t utf-8`)", line) from err
 
 
 def load_revision(name: RevisionFile, service: Service, previous: str | None) -> Revision:
@@ -346,7 +385,7 @@ def load_revision(name: RevisionFile, service: Service, previous: str | None) ->
     normal = normalise(text)
     digest = _checksum_of_normalised(normal)
     if name.kind == "sql":
-        source = _sql_source(normal, path)
+        source = _sql_source(runnable(text), path)
         return Revision(
             id=rev_id, service=service.name, root=root, file=file, timestamp=name.timestamp,
             slug=name.slug, kind="sql", down_revision=previous, depends_on=source.depends_on,

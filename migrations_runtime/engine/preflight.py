@@ -14,6 +14,7 @@ same problems as `migrate`.
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,23 +86,26 @@ def prepare(revision: Revision) -> Prepared:
     return Prepared(statements, stat)
 
 
+def prepare_all(revisions: Iterable[Revision]) -> tuple[dict[str, Prepared], list[Anomaly]]:
+    """`prepare` each revision: what was read of those that can run, and an `invalid_revision`
+    error for each that cannot."""
+    problems: list[Anomaly] = []
+    prepared: dict[str, Prepared] = {}
+    for revision in revisions:
+        try:
+            prepared[revision.id] = prepare(revision)
+        except MigrationFileError as err:
+            problems.append(Anomaly("invalid_revision", revision.service, revision.id,
+                                    str(err)))
+        except OSError as err:
+            problems.append(Anomaly("invalid_revision", revision.service, revision.id,
+                                    f"{revision.path}: cannot read the file: {err}"))
+    return prepared, problems
+
+
 def preflight(graph: Graph, plan: Plan) -> tuple[Plan, dict[str, Prepared]]:
     """The plan with an `invalid_revision` error for every pending revision that cannot run, and
     what the preflight read of those that can (the runner reuses it)."""
-    problems: list[Anomaly] = []
-    prepared: dict[str, Prepared] = {}
-    for status in plan.services:
-        for rev_id in status.pending:
-            revision = graph.revisions[rev_id]
-            try:
-                statements = prepare(revision)
-            except MigrationFileError as err:
-                problems.append(Anomaly("invalid_revision", revision.service, revision.id,
-                                        str(err)))
-                continue
-            except OSError as err:
-                problems.append(Anomaly("invalid_revision", revision.service, revision.id,
-                                        f"{revision.path}: cannot read the file: {err}"))
-                continue
-            prepared[rev_id] = statements
+    prepared, problems = prepare_all(graph.revisions[rev_id] for status in plan.services
+                                     for rev_id in status.pending)
     return plan.with_anomalies(problems), prepared

@@ -6,8 +6,9 @@ SQLAlchemy and Alembic are imported only when the first Python revision runs.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -66,14 +67,19 @@ class PythonRevisions:
     def run(self, revision: Revision, upgrade: bool) -> None:
         from alembic.operations import Operations
 
-        module = _import_revision(revision)
         context = self._context
         context.autocommit_block = _autocommit_block(revision)
         self._transactional, self._path = revision.transactional, revision.path
         self.conn.guarded = True
         try:
-            with Operations.context(context):
+            # stdout is the CLI's (`--json` prints one object there); a revision's print() is
+            # a log line, so it goes to stderr with the rest of the log
+            with Operations.context(context), redirect_stdout(sys.stderr):
+                module = _import_revision(revision)
                 (module.upgrade if upgrade else module.downgrade)()
+        except SystemExit as err:  # sys.exit() ends the revision, not the migrator
+            raise MigrationFileError(revision.path, f"the revision called sys.exit({err.code!r}); "
+                                     "raise an exception to fail it") from err
         finally:
             self.conn.guarded = False
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import MigrationFailed, PlanError
+from .errors import MigrationFailed, PlanError, RunStopped
 from .load import Revision
 from .lockwait import LockStats
 
@@ -68,6 +68,9 @@ def failure_dict(err: Exception, phase: str) -> dict[str, object]:
                 "outcome": "failed", "error": str(err),
                 "failed": {"revision": err.revision, "file": str(err.path), "line": err.line,
                            "error": err.message}}
+    if isinstance(err, RunStopped):
+        return {"phase": phase, "applied": [r.as_dict() for r in err.applied],
+                "outcome": "interrupted" if err.interrupted else "error", "error": str(err)}
     return {"phase": phase, "applied": [], "outcome": "error", "error": str(err)}
 
 

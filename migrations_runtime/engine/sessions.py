@@ -8,9 +8,9 @@ The migrator's own session only holds the advisory lock, bootstraps roles and re
 
 The owner role is NOLOGIN at rest. When a run has revisions of a service to apply, the
 migrator gives the owner a fresh random password (sent as a SCRAM verifier, never in clear
-text), logs in with it, and puts the role back to NOLOGIN at the end of the run unless another
-session of that role is still open (roles are cluster-wide: another database's run may be
-using it). Nothing is stored: a crashed run leaves a password nobody knows.
+text), logs in with it, and puts the role back to NOLOGIN without a password at the end of the
+run (roles are cluster-wide: another database's run using the role keeps its session and logs
+in again when it needs to). Nothing is stored: a crashed run leaves a password nobody knows.
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ class RevisionSessions:
         self.idle_in_transaction_ms = idle_in_transaction_ms
         self.log = log or (lambda _line: None)
         self._open: dict[str, GuardedConnection] = {}
-        self._pids: set[int] = set()  # backends of ours, which may linger a moment after close
 
     def session(self, service: Service) -> GuardedConnection:
         conn = self._open.get(service.name)
@@ -97,7 +96,7 @@ class RevisionSessions:
             verifier = scram_verifier(password)
             try:
                 self.migrator.execute(f"ALTER ROLE {quote_ident(role)} WITH LOGIN PASSWORD "
-                                      f"{sql_literal(verifier)}")
+                                      f"{sql_literal(verifier)}; {_forget_settings(role)}")
             except psycopg.Error as err:
                 raise SvcmigError(
                     f"the migrator cannot let {role} log in ({err.diag.message_primary}); it "
@@ -131,28 +130,32 @@ class RevisionSessions:
         """Close the service's session now; the owner goes back to NOLOGIN at `close`."""
         conn = self._open.get(service)
         if conn is not None and not conn.closed:
-            self._pids.add(conn.info.backend_pid)
             conn.close()
 
     def close(self) -> None:
-        """Close every revision session and put each owner back to NOLOGIN, unless a session of
-        that role that is not ours is open."""
+        """Close every revision session, and put each owner back to NOLOGIN with no password
+        and no role-level settings, whatever a revision did to its own role (`ALTER ROLE` is
+        refused in a revision's text, but dynamic SQL can still reach it). Another run on the
+        same cluster that is using the role keeps its open session and logs in again if it
+        needs another (`_log_in` retries)."""
         for name in list(self._open):
             self.release(name)
         if self.migrator.closed:
             return
-        ours = sorted(self._pids)
         for name in self._open:
             role = f"{name}_owner"
             try:
-                self.migrator.execute(
-                    f"""DO $$ BEGIN
-                        IF NOT EXISTS (SELECT 1 FROM pg_stat_activity
-                                       WHERE usename = {sql_literal(role)}
-                                         AND pid <> ALL('{{{",".join(map(str, ours))}}}'::int[]))
-                        THEN ALTER ROLE {quote_ident(role)} WITH NOLOGIN PASSWORD NULL;
-                        END IF; END $$""")
+                self.migrator.execute(f"ALTER ROLE {quote_ident(role)} WITH NOLOGIN PASSWORD "
+                                      f"NULL; {_forget_settings(role)}")
             except psycopg.Error as err:  # the run's result stands; the next run resets it
                 self.log({"event": "warning", "kind": "owner_login",
                           "message": f"{role} stays LOGIN: {err.diag.message_primary}"})
         self._open.clear()
+
+
+def _forget_settings(role: str) -> str:
+    """Drop settings stored on the role (`ALTER ROLE ... SET`), everywhere and in this
+    database: they would apply to its every session, in any run."""
+    return (f"ALTER ROLE {quote_ident(role)} RESET ALL; DO $$ BEGIN EXECUTE format("
+            f"'ALTER ROLE %I IN DATABASE %I RESET ALL', {sql_literal(role)}, "
+            "current_database()); END $$")

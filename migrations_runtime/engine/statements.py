@@ -120,7 +120,17 @@ _OUTSIDE_TRANSACTION_ONLY: dict[str, tuple[str, Callable[[dict[str, Any]], bool]
     "AlterSystemStmt": ("ALTER SYSTEM", lambda node: True),
     "CreateTableSpaceStmt": ("CREATE TABLESPACE", lambda node: True),
     "DropTableSpaceStmt": ("DROP TABLESPACE", lambda node: True),
+    "DiscardStmt": ("DISCARD ALL", lambda node: node.get("target") == "DISCARD_ALL"),
+    "ClusterStmt": ("CLUSTER of every table", lambda node: not node.get("relation")),
 }
+_REINDEX_OUTSIDE = {"REINDEX_OBJECT_SCHEMA": "REINDEX SCHEMA",
+                    "REINDEX_OBJECT_DATABASE": "REINDEX DATABASE",
+                    "REINDEX_OBJECT_SYSTEM": "REINDEX SYSTEM"}
+# Settings the runner sets for every revision: the lock policy's attempts and the limits that
+# end a frozen migrator's sessions. A revision overriding them would queue live traffic behind
+# it (lock_timeout) or keep its locks after the migrator died (the idle timeouts).
+RUNNER_SETTINGS = frozenset({"lock_timeout", "idle_in_transaction_session_timeout",
+                             "idle_session_timeout"})
 
 
 def forbidden_reason(statement: Statement, transactional: bool) -> str | None:
@@ -135,21 +145,60 @@ def forbidden_reason(statement: Statement, transactional: bool) -> str | None:
         return (f"transaction control ({word}): svcmig runs each transactional revision in one "
                 "transaction with its ledger row; remove it, or split the revision (mark a "
                 "revision that must commit in steps '-- migrate:no-transaction')")
-    if kind == "VariableSetStmt" and node.get("name") in ("role", "session_authorization"):
-        what = "SET ROLE / RESET ROLE" if node.get("name") == "role" else \
-            "SET / RESET SESSION AUTHORIZATION"
+    name = str(node.get("name", "")).lower()  # setting names are case-insensitive
+    if kind == "VariableSetStmt" and name in ("role", "session_authorization"):
+        what = "SET ROLE / RESET ROLE" if name == "role" else "SET / RESET SESSION AUTHORIZATION"
         return (f"{what}: a revision acts as its service's owner role and may not change who it "
                 "acts as; grant what it needs to that role instead")
+    if kind == "VariableSetStmt" and (name in RUNNER_SETTINGS
+                                      or node.get("kind") == "VAR_RESET_ALL"):
+        what = "RESET ALL" if node.get("kind") == "VAR_RESET_ALL" else f"setting {name}"
+        return (f"{what}: the runner sets lock_timeout (its lock policy) and the idle timeouts "
+                "(which end a frozen migrator's sessions) for every revision; change them with "
+                "svcmig migrate's flags")
+    changed = _set_config_of(statement)
+    if changed:
+        return (f"set_config('{changed}', ...): the runner sets lock_timeout (its lock policy) "
+                "and the idle timeouts for every revision; change them with svcmig migrate's "
+                "flags")
+    if kind in ("AlterRoleStmt", "AlterRoleSetStmt"):
+        return ("ALTER ROLE: a revision changes its service's schema, not roles; a role's "
+                "password or settings outlive the run (and apply to its every session)")
     if kind == "CopyStmt" and not node.get("filename") and not node.get("is_program"):
         direction = "FROM STDIN" if node.get("is_from") else "TO STDOUT"
         return (f"COPY {direction}: the data would have to come from (or go to) the client, and "
                 "a revision is a script svcmig sends; put the data in INSERT statements or a "
                 "backfill")
-    if transactional and kind in _OUTSIDE_TRANSACTION_ONLY:
-        name, applies = _OUTSIDE_TRANSACTION_ONLY[kind]
-        if applies(node):
-            return (f"{name} cannot run inside a transaction block; put it in its own revision "
-                    "marked '-- migrate:no-transaction'")
+    outside = None
+    if kind in _OUTSIDE_TRANSACTION_ONLY and _OUTSIDE_TRANSACTION_ONLY[kind][1](node):
+        outside = _OUTSIDE_TRANSACTION_ONLY[kind][0]
+    elif kind == "ReindexStmt":
+        outside = _REINDEX_OUTSIDE.get(str(node.get("kind")))
+    if transactional and outside:
+        return (f"{outside} cannot run inside a transaction block; put it in its own revision "
+                "marked '-- migrate:no-transaction'")
+    return None
+
+
+def _set_config_of(statement: Statement) -> str | None:
+    """The runner setting a `set_config('<name>', ...)` call with a literal name changes, if
+    any. (A name built at run time, or SQL run by EXECUTE, is not seen: this is a guard against
+    mistakes, not a wall.)"""
+    if "set_config" not in statement.sql.lower():
+        return None
+    stack: list[Any] = [statement.node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            call = item.get("FuncCall")
+            if call and [n.get("String", {}).get("sval") for n in call.get("funcname", [])][-1:] \
+                    == ["set_config"] and call.get("args"):
+                name = call["args"][0].get("A_Const", {}).get("sval", {}).get("sval", "")
+                if name.lower() in RUNNER_SETTINGS:
+                    return str(name.lower())
+            stack.extend(item.values())
     return None
 
 
