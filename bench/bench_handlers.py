@@ -29,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -172,17 +173,25 @@ def cold_start(database_url: str) -> tuple[float, float]:
             statistics.median(r["first_ms"] for r in runs))
 
 
-def start_dev(database_url: str) -> tuple[subprocess.Popen[str], int]:
+def start_dev(database_url: str, root: Path = REPO,
+              concurrency: int | None = None) -> tuple[subprocess.Popen[str], int]:
+    """`svcmig dev` on a free port for the project at `root` (it migrates first)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(REPO)}
+    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root)}
+    extra = ["--concurrency", str(concurrency)] if concurrency else []
     process = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "dev", "--port",
-                                str(port), "--database-url", database_url], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                str(port), "--database-url", database_url, *extra], cwd=root,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True)
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line.startswith("serving"), line
+    # keep reading: a full pipe would block the server's next print (Powertools prints a
+    # metrics blob to stdout every 100 values) and with it every request
+    threading.Thread(target=lambda: [None for _ in process.stdout],  # type: ignore[union-attr]
+                     daemon=True).start()
     return process, port
 
 

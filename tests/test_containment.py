@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,7 +166,8 @@ def test_postgres_keeps_a_revision_inside_its_service(tmp_path: Path, database_u
 
 
 LEDGER_ROW = ("INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, "
-              "state, applied_by) VALUES ('{id}', '{service}', 'x', 'x', 'expand', '{state}', 'x');")
+              "state, applied_by) VALUES ('{id}', '{service}', 'x', 'x', 'expand', '{state}', "
+              "'x');")
 # Kind: a revision writing ledger rows it does not own. Row-level security shows an owner only
 # its service's rows, lets it insert only an `applied` row whose id names its service, and the
 # owner has no UPDATE at all.
@@ -689,7 +691,7 @@ def test_changing_the_runners_settings_is_refused(tmp_path: Path, database_url: 
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
     path = add(root, "users", "2026-02-01T0000", f"{statement}\nCREATE TABLE t (id int);\n")
-    with pytest.raises(PlanError, match="lock_timeout") as caught:
+    with pytest.raises(PlanError, match="not allowed in a revision") as caught:
         migrate(database_url, root, **QUIET)
     assert f"{path}:1" in str(caught.value)
     assert query(database_url, "SELECT to_regclass('users.t')") == [(None,)]
@@ -921,3 +923,304 @@ def test_whitespace_inside_a_string_literal_runs_as_written(tmp_path: Path,
     migrate(database_url, root, **QUIET)
     assert query(database_url, "SELECT email FROM users.users WHERE email LIKE 'two%%'") == [
         ("two spaces then a CRLF  \r\nend",)]
+
+
+# --- the second breaker round -------------------------------------------------------------------
+
+# Kind: a statement that changes how PostgreSQL reads the statements after it, so that what was
+# checked is not what runs (`SELECT 'x\''; COMMIT; BEGIN; --'` is one string literal with
+# standard_conforming_strings on, and a COMMIT with it off).
+LEXING_TRICKS = {
+    "do-block": "DO $$ BEGIN SET standard_conforming_strings = off; END $$;\n",
+    "function": ("CREATE FUNCTION relax() RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+                 "PERFORM pg_catalog.set_config('standard_conforming_strings', 'off', false); "
+                 "END $$;\nSELECT relax();\n"),
+    "client-encoding": "DO $$ BEGIN SET client_encoding = 'SJIS'; END $$;\n",
+}
+
+
+@pytest.mark.parametrize("header", ["", "-- migrate:no-transaction\n"],
+                         ids=["transactional", "no-transaction"])
+@pytest.mark.parametrize("trick", LEXING_TRICKS.values(), ids=LEXING_TRICKS.keys())
+def test_a_revision_cannot_change_how_its_later_statements_are_read(
+        tmp_path: Path, database_url: str, trick: str, header: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    path = add(root, "users", "2026-02-01T0000",
+               f"{header}CREATE TABLE half (id int);\n{trick}"
+               "SELECT 'x\\''; COMMIT; BEGIN; --';\nSELECT 1/0;\n")
+    with pytest.raises(MigrationFailed, match="no longer") as caught:
+        migrate(database_url, root, **QUIET)
+    assert str(path) in str(caught.value)
+    state = ledger(database_url).get("users_202602010000")
+    if header:  # what ran before stays, and the ledger says so
+        assert state == "dirty"
+    else:
+        assert state is None
+        assert query(database_url, "SELECT to_regclass('users.half')") == [(None,)]
+    assert lock_is_free(database_url)
+
+
+@pytest.mark.parametrize("statement", [
+    "SET standard_conforming_strings = off;", "SET client_encoding = 'SJIS';",
+    "SET svcmig.revision = 'users_209912312359';",
+    "SELECT set_config('svcmig.revision', 'x', true);"])
+def test_settings_the_checks_rely_on_are_refused_up_front(
+        tmp_path: Path, database_url: str, statement: str) -> None:
+    root = base_project(tmp_path)
+    path = add(root, "users", "2026-02-01T0000", f"{statement}\n")
+    with pytest.raises(PlanError) as caught:
+        migrate(database_url, root, **QUIET)
+    assert f"{path}:1" in str(caught.value) and "not allowed in a revision" in str(caught.value)
+
+
+def psql_script(url: str, script: str) -> subprocess.CompletedProcess[str]:
+    psql = shutil.which("psql")
+    if psql is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("psql is not installed; CI must install postgresql-client")
+        print("skipping: psql not found (apt-get install postgresql-client)")
+        pytest.skip("psql not found")
+    return subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url], input=script,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_offline_script_runs_in_psql_on_a_fresh_database(tmp_path: Path,
+                                                             database_url: str) -> None:
+    """The peer here is psql itself: `alembic upgrade heads --sql` piped into it applies every
+    revision, as `svcmig migrate` would, with nothing an earlier revision set leaking into the
+    next (a READ ONLY default would make it fail)."""
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000", "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY;\n")
+    add(root, "orders", "2026-02-02T0000", "CREATE TABLE after_read_only (id int);\n")
+    script = run_alembic(root, "upgrade", "heads", "--sql")
+    assert script.returncode == 0, script.stdout + script.stderr
+    done = psql_script(database_url, script.stdout)
+    assert done.returncode == 0, done.stderr
+    assert query(database_url, "SELECT to_regclass('orders.after_read_only')") == [
+        ("orders.after_read_only",)]
+    status = run_cli(root, "status", "--json", database_url=database_url)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert all(s["pending"] == [] for s in json.loads(status.stdout)["services"])
+
+
+def test_the_offline_script_keeps_strings_as_they_were_checked(tmp_path: Path,
+                                                               database_url: str) -> None:
+    """A DO block turning standard_conforming_strings off would make psql read a backslash in
+    the next literal as an escape, and a psql meta-command (`\\!` runs a shell) hidden in it
+    would run: the script sets it back after every statement."""
+    root = base_project(tmp_path)
+    marker = tmp_path / "pwned"
+    add(root, "users", "2026-02-01T0000",
+        "DO $$ BEGIN SET standard_conforming_strings = off; END $$;\n"
+        f"SELECT 'a\\''; \\! touch {marker} #';\n")
+    script = run_alembic(root, "upgrade", "heads", "--sql")
+    assert script.returncode == 0, script.stdout + script.stderr
+    psql_script(database_url, script.stdout)
+    assert not marker.exists()
+
+
+def test_another_services_function_cannot_forge_this_services_ledger(
+        tmp_path: Path, database_url: str) -> None:
+    """users attaches a policy function to its table and lets orders read it; the function
+    runs as orders' owner when orders' revision reads (PostgreSQL's rule for invoker
+    functions), and tries to write an orders ledger row. The ledger's row-level security only
+    accepts the row of the revision running in the transaction."""
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000", """
+CREATE FUNCTION visible() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  BEGIN
+    INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, state,
+                                          applied_by)
+    VALUES ('orders_209912312359', 'orders', 'x', 'x', 'expand', 'applied', 'x');
+  EXCEPTION WHEN OTHERS THEN NULL;
+  END;
+  RETURN true;
+END $$;
+ALTER TABLE users ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone ON users USING (visible());
+GRANT USAGE ON SCHEMA users TO orders_owner;
+GRANT SELECT ON users TO orders_owner;
+GRANT EXECUTE ON FUNCTION visible() TO orders_owner;
+""")
+    add(root, "orders", "2026-02-02T0000", "-- depends-on: users_202602010000\n"
+        "CREATE TABLE user_ids AS SELECT id FROM users.users;\n")
+    migrate(database_url, root, **QUIET)
+    assert "orders_209912312359" not in ledger(database_url)
+    assert ledger(database_url)["orders_202602020000"] == "applied"
+
+
+def test_an_interrupted_concurrent_detach_is_dirty_then_finished(tmp_path: Path,
+                                                                  database_url: str) -> None:
+    root = base_project(tmp_path)
+    add(root, "orders", "2026-02-01T0000",
+        "CREATE TABLE ev (at date) PARTITION BY RANGE (at);\n"
+        "CREATE TABLE ev_2025 PARTITION OF ev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');\n")
+    migrate(database_url, root, **QUIET)
+    add(root, "orders", "2026-02-02T0000", "-- migrate:no-transaction\n"
+        "ALTER TABLE ev DETACH PARTITION ev_2025 CONCURRENTLY;\n")
+    reader = psycopg.connect(database_url)
+    reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    reader.execute("SELECT count(*) FROM orders.ev")  # a snapshot the detach must wait out
+    try:
+        with pytest.raises(MigrationFailed, match="dirty"):
+            migrate(database_url, root, log=lambda _: None, settings=RunSettings(
+                lock=LockPolicy(first_timeout_ms=100, max_timeout_ms=200, budget_seconds=1)))
+    finally:
+        reader.rollback()
+        reader.close()
+    assert ledger(database_url)["orders_202602020000"] == "dirty"
+    repaired = run_cli(root, "repair", "orders_202602020000", "--rolled-back",
+                       database_url=database_url)
+    assert repaired.returncode == 0, repaired.stderr
+    lines: list[dict[str, object]] = []
+    migrate(database_url, root, log=lines.append)
+    assert any(line["event"] == "detach_finalized" for line in lines)
+    assert ledger(database_url)["orders_202602020000"] == "applied"
+    assert query(database_url, "SELECT count(*) FROM pg_inherits WHERE inhrelid = "
+                               "'orders.ev_2025'::regclass") == [(0,)]
+
+
+def test_an_owner_login_left_by_a_crashed_run_expires(tmp_path: Path, database_url: str) -> None:
+    """A revision may change its own role's password (PostgreSQL lets a role do that), and a
+    killed migrator never puts the role back to NOLOGIN: the login is VALID UNTIL two minutes
+    after the migrator granted it, which a role cannot change about itself."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000",
+        "DO $$ BEGIN EXECUTE 'ALTER ROLE users_owner PASSWORD ''pwned'''; END $$;\n"
+        "SELECT pg_sleep(60);\n")
+    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "DATABASE_URL": database_url}
+    victim = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate"],
+                              cwd=root, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not query(database_url, "SELECT 1 FROM pg_stat_activity WHERE query LIKE "
+                                      "'%%pg_sleep(60)%%' AND pid <> pg_backend_pid()"):
+            assert time.monotonic() < deadline and victim.poll() is None
+            time.sleep(0.1)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    finally:
+        victim.kill()
+    rows = query(database_url, "SELECT rolcanlogin, rolvaliduntil - now() FROM pg_roles "
+                               "WHERE rolname = 'users_owner'")
+    assert rows[0][0] is True  # the crash left it able to log in ...
+    assert rows[0][1].total_seconds() <= 120  # ... but only for two minutes at most
+
+
+def test_a_revision_cannot_hide_its_locks_from_the_runner(tmp_path: Path,
+                                                          database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000",
+        "CREATE VIEW pg_locks AS SELECT * FROM pg_catalog.pg_locks WHERE false;\n"
+        "SET LOCAL search_path = users, pg_catalog;\n"
+        "DO $$ BEGIN LOCK TABLE users.users IN ACCESS EXCLUSIVE MODE; PERFORM pg_sleep(1.2); "
+        "END $$;\n")
+    result = migrate(database_url, root, **QUIET)
+    assert [w["kind"] for w in result.hold_warnings] == ["long_lock_hold"]
+
+
+@pytest.mark.parametrize("body", [
+    "    os.write(1, b'raw fd write\\n')",
+    "    import subprocess\n    subprocess.run(['echo', 'from a child'], check=True)",
+    "    import sys\n    sys.__stdout__.write('around print\\n')",
+])
+def test_nothing_a_revision_writes_reaches_migrate_json(tmp_path: Path, database_url: str,
+                                                        body: str) -> None:
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000", body), ext="py")
+    done = run_cli(root, "migrate", "--json", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "applied"
+
+
+@pytest.mark.parametrize("raised", ["BaseException('odd')", "GeneratorExit()",
+                                    "__import__('asyncio').CancelledError()"])
+def test_a_base_exception_fails_the_revision_with_one_json_object(
+        tmp_path: Path, database_url: str, raised: str) -> None:
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000", f"    raise {raised}"), ext="py")
+    done = run_cli(root, "migrate", "--json", database_url=database_url)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "failed"
+    assert lock_is_free(database_url)
+
+
+# Kind: input a run cannot even start from; --json still prints one object, errors are a line.
+def test_a_migrations_folder_entry_that_is_not_a_file_is_refused(tmp_path: Path,
+                                                                 database_url: str) -> None:
+    root = base_project(tmp_path)
+    folder = root / "services/users/migrations"
+    entries = [folder / f"2026-03-0{n}T0000__users__{slug}.sql"
+               for n, slug in enumerate(["dir", "link", "fifo", "outside"], start=1)]
+    entries[0].mkdir()
+    entries[1].symlink_to(tmp_path / "missing.sql")
+    os.mkfifo(entries[2])
+    (tmp_path / "outside.sql").write_text("SELECT 1;\n")
+    entries[3].symlink_to(tmp_path / "outside.sql")
+    for entry in entries:
+        done = run_cli(root, "migrate", "--json", database_url=database_url, timeout=30)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert json.loads(done.stdout)["outcome"] == "error"
+        assert entry.name in done.stderr
+        if entry.is_dir() and not entry.is_symlink():
+            entry.rmdir()
+        else:
+            entry.unlink()
+
+
+@pytest.mark.parametrize("url", ["not-a-url", "mysql://root@127.0.0.1/db",
+                                 "postgresql://u@127.0.0.1:1/db?password=S3cretPw",
+                                 "host=127.0.0.1 port=1 user=u password=S3cretPw"])
+def test_a_bad_database_url_is_one_line_and_never_shows_its_password(
+        tmp_path: Path, url: str) -> None:
+    root = base_project(tmp_path)
+    done = run_cli(root, "migrate", "--json", "--database-url", url)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "error"
+    assert "S3cretPw" not in done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_project_root_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    done = run_cli(tmp_path, "status", env={"SVCMIG_PROJECT_ROOT": str(tmp_path / "typo")})
+    assert done.returncode == 1 and "SVCMIG_PROJECT_ROOT" in done.stderr, done.stderr
+
+
+def test_a_python_revision_declaring_another_encoding_is_refused(tmp_path: Path,
+                                                                  database_url: str) -> None:
+    root = base_project(tmp_path)
+    path = add(root, "users", "2026-02-01T0000", "# -*- coding: utf-7 -*-\n" + python_revision(
+        "users", "2026-02-01T0000", "users_202601010000", "    pass"), ext="py")
+    done = run_cli(root, "migrate", database_url=database_url)
+    assert done.returncode == 1 and f"{path}:1" in done.stderr and "utf-7" in done.stderr
+
+
+@pytest.mark.parametrize("text", [
+    "-- ph\u0430se: contract\nSELECT 1;\n",            # a Cyrillic a
+    "SELECT 1;\n-- migr\u0430te:down\nSELECT 2;\n",
+    "-- dep\u0435nds-on: users_202601010000\nSELECT 1;\n",  # a Cyrillic e
+    "-- \u03c1hase: contract\nSELECT 1;\n",            # a Greek rho
+])
+def test_a_directive_spelt_with_look_alike_letters_is_refused(text: str) -> None:
+    with pytest.raises(MigrationFileError, match="another script"):
+        parse_sql_source(text, Path("x.sql"))
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085", "\f", "\v", "\r"])
+def test_characters_shown_as_line_breaks_are_refused(separator: str) -> None:
+    with pytest.raises(MigrationFileError, match="line break") as caught:
+        parse_sql_source(f"SELECT 1;\n-- note{separator}-- migrate:down\nSELECT 2;\n",
+                         Path("x.sql"))
+    assert caught.value.line == 2
+
+
+def test_two_phase_directives_are_refused() -> None:
+    with pytest.raises(MigrationFileError, match="second '-- phase:'"):
+        parse_sql_source("-- phase: contract\n-- phase: expand\nSELECT 1;\n", Path("x.sql"))

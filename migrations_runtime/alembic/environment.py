@@ -66,11 +66,13 @@ def _run_offline(context: Any, root: Path) -> None:
                       on_version_apply=write_ledger,
                       **{**COMMON_OPTIONS, "version_table_schema": "pg_temp"})
     with context.begin_transaction():
-        for sql in ledger.FRAMEWORK_DDL:
-            context.execute(sql)
-        for service in graph.services:
-            for sql in ledger.service_bootstrap_sql(service):
-                context.execute(sql)
+        impl = context.get_context().impl
+        # written as they are (context.execute would double every % for a DB-API driver)
+        bootstrap = [*ledger.FRAMEWORK_DDL, *(
+            statement for service in graph.services
+            for statement in ledger.service_bootstrap_sql(service))]
+        for sql in bootstrap:
+            impl.static_output(sql.strip() + impl.command_terminator)
         context.run_migrations()
 
 

@@ -32,6 +32,7 @@ from ..engine.load import (
 )
 from ..engine.preflight import python_problems
 from ..engine.statements import (
+    SESSION_RESET_SQL,
     check_statements,
     enter_service_sql,
     leave_service_sql,
@@ -64,14 +65,23 @@ def _previous_ids(folder: Path, _mtime_ns: int) -> dict[str, str | None]:
     return parents
 
 
-def _emit(statements: list[str]) -> None:
-    """Run (online) or print (offline, `--sql`) statements through the current Alembic context."""
+# In a script (`--sql`), after each statement of a revision: psql reads a backslash in a string
+# literal by the server's standard_conforming_strings, which a DO block or a function could
+# have turned off; the statements were checked with it on.
+SCRIPT_PIN = "SET standard_conforming_strings = on"
+
+
+def _emit(statements: list[str], pinned: bool = False) -> None:
+    """Run (online) or print (offline, `--sql`) statements through the current Alembic context;
+    `pinned` follows each printed statement with `SCRIPT_PIN`."""
     from alembic import op
 
     context = op.get_context()
     if context.as_sql:
         for sql in statements:
             context.impl.static_output(sql.strip() + context.impl.command_terminator)
+            if pinned:
+                context.impl.static_output(SCRIPT_PIN + context.impl.command_terminator)
     else:
         bind = op.get_bind()
         for sql in statements:
@@ -86,13 +96,19 @@ def in_service(service: Service, transactional: bool,
     def run() -> None:
         from alembic import op
 
+        # in a script, nothing an earlier revision set reaches this one (what the runner's
+        # session reset does, but temporary tables: Alembic keeps its version rows in one),
+        # its transaction may write, and strings read as they were checked
+        fresh = [*(s for s in SESSION_RESET_SQL if s != "DISCARD TEMP"), SCRIPT_PIN] \
+            if op.get_context().as_sql else []
         if transactional:
+            _emit([*fresh, "SET TRANSACTION READ WRITE"] if fresh else [])
             _emit(enter_service_sql(service, transactional=True, set_role=True))
             body()
             _emit(leave_service_sql())
             return
         with op.get_context().autocommit_block():
-            _emit(enter_service_sql(service, transactional=False, set_role=True))
+            _emit([*fresh, *enter_service_sql(service, transactional=False, set_role=True)])
             try:
                 body()
             finally:
@@ -140,10 +156,10 @@ def _sql_module(revision: Revision) -> types.ModuleType:
             raise CommandError(str(err)) from err
 
     def upgrade() -> None:
-        _emit(statements(upgrade=True))
+        _emit(statements(upgrade=True), pinned=True)
 
     def downgrade() -> None:
-        _emit(statements(upgrade=False))
+        _emit(statements(upgrade=False), pinned=True)
 
     module.upgrade = upgrade  # type: ignore[attr-defined]
     module.downgrade = downgrade  # type: ignore[attr-defined]

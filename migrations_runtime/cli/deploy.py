@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from ..dev.embedded import resolve_url
-from ..engine.apply import RunSettings, json_log_to_stderr, migrate, read_plan
+from ..engine.apply import STOPPED, RunSettings, json_log_to_stderr, migrate, read_plan
+from ..engine.discover import find_project_root
 from ..engine.errors import RunStopped, SvcmigError
 from ..engine.lockwait import LockPolicy
 from ..engine.manifest import MANIFEST_NAME, load_manifest, write_manifest
@@ -69,9 +70,6 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wa
     With --json, stdout is always one JSON object: the revisions applied, `locks` (what the
     run's locks cost), and `outcome` (`applied`, `refused` with the anomalies, `failed` with
     the revision, file, line and error, or `error`)."""
-    root = project_root()
-    url = run(lambda: resolve_url(database_url, root))
-    graph = run(lambda: load_manifest(manifest_path, root)) if manifest_path else None
     try:
         policy = LockPolicy(first_timeout_ms=min(lock_timeout_ms, lock_timeout_max_ms),
                             max_timeout_ms=lock_timeout_max_ms, budget_seconds=lock_budget)
@@ -83,8 +81,14 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wa
     # a deploy tool stops the migrator with SIGTERM: end it as Ctrl-C does, cleanly
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        result = migrate(url, root, phase, settings,  # type: ignore[arg-type]
-                         log=json_log_to_stderr, graph=graph)
+        try:
+            root = find_project_root()
+            url = resolve_url(database_url, root)
+            graph = load_manifest(manifest_path, root) if manifest_path else None
+            result = migrate(url, root, phase, settings,  # type: ignore[arg-type]
+                             log=json_log_to_stderr, graph=graph)
+        except KeyboardInterrupt as err:  # before the run began, or after it ended
+            raise RunStopped(f"interrupted; {STOPPED}", (), interrupted=True) from err
     except SvcmigError as err:
         if as_json:
             click.echo(json.dumps(failure_dict(err, phase), indent=2, default=str))

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -51,14 +52,23 @@ from .python_revisions import PythonRevisions
 from .report import RevisionResult, RunResult, json_log
 from .sessions import GuardedConnection, RevisionSessions
 from .statements import (
+    RUNNING_REVISION,
     SESSION_RESET_SQL,
     Statement,
     check_statements,
     enter_service_sql,
+    lexing_changed,
+    queues_traffic,
+    quote_ident,
     revision_statements,
     service_of,
+    sql_literal,
 )
 from .validate import Graph, build_graph
+
+# Before the runner's own statements in a revision's session: the revision may have put its
+# schema (and functions or operators named like built-in ones) first on the search path.
+CATALOG_ONLY = "SET LOCAL search_path = pg_catalog, pg_temp"
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,23 @@ class RunSettings:
 def _python_error_line(err: BaseException, path: Path) -> int | None:
     frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == path]
     return frames[-1].lineno if frames else None
+
+
+def _detached_partition(statement: Statement) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(parent, partition) RangeVars of an `ALTER TABLE … DETACH PARTITION … CONCURRENTLY`."""
+    if statement.kind != "AlterTableStmt":
+        return None
+    for cmd in (statement.node or {}).get("cmds", []):
+        action = cmd.get("AlterTableCmd", {})
+        detach = action.get("def", {}).get("PartitionCmd", {})
+        if action.get("subtype") == "AT_DetachPartition" and detach.get("concurrent"):
+            return statement.node["relation"], detach["name"]
+    return None
+
+
+def _qualified_name(relation: dict[str, Any], schema: str) -> str:
+    """A RangeVar as a quoted, schema-qualified name (the service's schema when unqualified)."""
+    return f"{quote_ident(relation.get('schemaname') or schema)}.{quote_ident(relation['relname'])}"
 
 
 def _describe(err: psycopg.Error) -> str:
@@ -156,6 +183,10 @@ class Runner:
             return 0
         done = 0
         for statement in statements:
+            changed = lexing_changed(conn)
+            if changed:  # an earlier statement (a DO block, a function) changed it
+                raise MigrationFileError(revision.path, f"before this statement, {changed}; "
+                                         "leave the setting alone", statement.line)
             lead = f"{prefix}; " if prefix and not done else ""
             started = time.monotonic()
             try:
@@ -163,7 +194,7 @@ class Runner:
                 conn.execute(lead + statement.sql)
             except psycopg.Error as err:
                 blockers = self._watch.done()
-                if isinstance(err, pg_errors.LockNotAvailable):
+                if self._lock_timed_out(err):
                     raise LockTimedOut(self._timeout_ms, blockers) from err
                 position = err.diag.statement_position
                 offset = int(position) - 1 - len(lead) if position else 0
@@ -176,6 +207,11 @@ class Runner:
             done += 1
         return done
 
+    def _lock_timed_out(self, err: psycopg.Error) -> bool:
+        """lock_timeout fired, or the blocker watch cancelled a wait that outlived it."""
+        return isinstance(err, pg_errors.LockNotAvailable) or (
+            isinstance(err, pg_errors.QueryCanceled) and self._watch.cancelled)
+
     @contextmanager
     def _failure_as(self, revision: Revision) -> Iterator[None]:
         """Turn a database or Python error into `MigrationFailed` naming the file and line."""
@@ -186,9 +222,9 @@ class Runner:
         except MigrationFileError as err:
             raise MigrationFailed(revision.id, revision.path, err.message,
                                   err.line or _python_error_line(err, revision.path)) from err
-        except pg_errors.LockNotAvailable as err:  # a Python revision's statement
-            raise LockTimedOut(self._timeout_ms, self._watch.done()) from err
         except psycopg.Error as err:
+            if self._lock_timed_out(err):  # a Python revision's statement
+                raise LockTimedOut(self._timeout_ms, self._watch.done()) from err
             notes = [n for n in getattr(err, "__notes__", []) if n.startswith("svcmig-line:")]
             line = int(notes[-1].split(":")[1]) if notes else _python_error_line(err, revision.path)
             raise MigrationFailed(revision.id, revision.path, _describe(err), line) from err
@@ -249,7 +285,8 @@ class Runner:
         if upgrade:  # a pending transactional revision has no row; a dirty one has one
             return ledger.record_sql(revision, "applied", duration_ms,
                                      new_row=revision.transactional)
-        return ledger.forget_sql(revision.id)
+        return ledger.forget_own_sql(revision.id) if revision.transactional else \
+            ledger.forget_sql(revision.id)
 
     def _mark_dirty(self, revision: Revision, err: MigrationFailed, why: str) -> None:
         """What ran may be committed and no transaction will take it back: say so in the
@@ -264,7 +301,9 @@ class Runner:
     def _enter_sql(self, revision: Revision, transactional: bool) -> str:
         """Put the (clean) session inside the service: search_path, the attempt's lock_timeout
         and, when set, statement_timeout; a transactional revision's transaction starts here."""
-        begin = [BEGIN] if transactional else []
+        # in a transaction, name the revision it runs: the only ledger row it may write
+        begin = [BEGIN, f"SET LOCAL {RUNNING_REVISION} = {sql_literal(revision.id)}"] \
+            if transactional else []
         return "; ".join([*begin, *enter_service_sql(
             service_of(revision), transactional, self._timeout_ms,
             self.settings.statement_timeout_ms)])
@@ -287,19 +326,31 @@ class Runner:
             self.sessions.migrator.execute(self._ledger_sql(revision, upgrade, duration))
             self._rollback(conn)
             return
+        changed = lexing_changed(conn)
+        if changed:  # the ledger row's literals are written for the pinned values
+            raise MigrationFileError(revision.path, f"{changed}; leave the setting alone")
         probe = [HELD_LOCKS_SQL] if holds is not None and holds.ask_server else []
         try:
             cursor = conn.execute("; ".join([
-                *probe, self._ledger_sql(revision, upgrade, duration), "COMMIT",
+                CATALOG_ONLY, *probe, self._ledger_sql(revision, upgrade, duration), "COMMIT",
                 *SESSION_RESET_SQL]))
-        except psycopg.Error:
+        except psycopg.Error as err:
             committed = self._committed(revision, upgrade)
             conn.close()
-            if not committed:
-                raise
-            return
+            if committed:
+                return
+            if isinstance(err, (pg_errors.InsufficientPrivilege,
+                                pg_errors.InvalidTextRepresentation)):
+                # the ledger refused the row: the transaction no longer names the revision,
+                # so it was ended (and what ran before may be committed)
+                failed = MigrationFailed(revision.id, revision.path, "the revision ended the "
+                                         "runner's transaction (a commit from inside it)")
+                self._mark_dirty(revision, failed, "what ran before may be committed")
+                raise failed from err
+            raise
         if holds is not None:
             if probe:
+                cursor.nextset()  # past CATALOG_ONLY's (empty) result
                 holds.from_server(cursor.fetchall(), started)
             self._measure(revision, holds)
             self._existing.update(holds.created)
@@ -360,7 +411,7 @@ class Runner:
                    line: int | None = None) -> None:
         """Record an attempt that gave up on a lock, then pause so queued traffic drains."""
         self.stats.waited(timed_out.waited_ms)
-        pause = self.settings.lock.pause_seconds()
+        pause = self.settings.lock.pause_seconds(timed_out.waited_ms)
         self.log({"event": "lock_wait", "revision": revision.id, "attempt": attempt + 1,
                   "waited_ms": timed_out.waited_ms, "line": line,
                   "blockers": [b.as_dict() for b in timed_out.blockers],
@@ -385,7 +436,8 @@ class Runner:
                              statements: list[Statement] | None, started: float) -> None:
         last: LockTimedOut | None = None
         attempts = 0
-        for attempt, timeout_ms in self.settings.lock.attempts(started):
+        queues = statements is None or any(queues_traffic(s) for s in statements)
+        for attempt, timeout_ms in self.settings.lock.attempts(started, queues):
             self._timeout_ms = timeout_ms
             attempts = attempt + 1
             conn = self._session(revision)
@@ -457,7 +509,7 @@ class Runner:
         with self._failure_as(revision):
             if statements is None:
                 self._python_for(revision.service, conn).prepare()
-            before = {i.name for i in ledger.invalid_indexes(conn, [schema])}
+            before = {i.name for i in ledger.invalid_indexes(self.sessions.migrator, [schema])}
             if upgrade:
                 self.sessions.migrator.execute(ledger.record_sql(revision, "dirty", None))
             conn.execute(self._enter_sql(revision, False))
@@ -465,7 +517,9 @@ class Runner:
             with self._failure_as(revision):
                 for statement in statements or []:
                     self._drop_invalid_target(conn, statement, schema)
-                    self._run_with_retries(conn, revision, upgrade, statement, started, before)
+                    if not self._finalize_pending_detach(conn, statement, schema):
+                        self._run_with_retries(conn, revision, upgrade, statement, started,
+                                               before)
                     done += 1
                 if statements is None:
                     self._execute(conn, revision, upgrade, None)
@@ -481,8 +535,10 @@ class Runner:
             self._end_transaction(conn)  # a revision's own BEGIN, left open by the failure
             left = self._clean_up_invalid(conn, schema, before)
             first = statements[0] if statements else None
-            # a DO block or a procedure may have committed part of its work before failing
-            atomic = first is not None and first.kind not in ("DoStmt", "CallStmt")
+            # a DO block or a procedure may have committed part of its work before failing,
+            # and a concurrent detach its first transaction (the partition is "pending")
+            atomic = first is not None and first.kind not in ("DoStmt", "CallStmt") and \
+                _detached_partition(first) is None
             if upgrade and done == 0 and atomic and left is not None:
                 self._forget_dirty(revision)
                 err.add(f"; nothing was left behind{left} and the revision is not applied")
@@ -499,7 +555,8 @@ class Runner:
                           statement: Statement, started: float, before: set[str]) -> None:
         last: LockTimedOut | None = None
         attempts = 0
-        for attempt, timeout_ms in self.settings.lock.attempts(started):
+        for attempt, timeout_ms in self.settings.lock.attempts(started,
+                                                               queues_traffic(statement)):
             attempts = attempt + 1
             if timeout_ms != self._timeout_ms or attempt:
                 self._timeout_ms = timeout_ms
@@ -530,11 +587,31 @@ class Runner:
         if statement.kind != "IndexStmt" or not node.get("concurrent") or not node.get("idxname"):
             return
         name = node["idxname"]
-        if any(i.name == name for i in ledger.invalid_indexes(conn, [schema])):
+        if any(i.name == name for i in ledger.invalid_indexes(self.sessions.migrator, [schema])):
             conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
                 sql.Identifier(schema), sql.Identifier(name)))
             self.log({"event": "invalid_index_dropped", "index": f"{schema}.{name}",
                       "reason": "left INVALID by an earlier build; building it again"})
+
+    def _finalize_pending_detach(self, conn: psycopg.Connection, statement: Statement,
+                                 schema: str) -> bool:
+        """`DETACH PARTITION … CONCURRENTLY` of a partition an earlier, interrupted detach left
+        pending would fail ("already pending detach"): finish that one instead (FINALIZE, as
+        the PostgreSQL documentation says). True when it did."""
+        found = _detached_partition(statement)
+        if found is None:
+            return False
+        parent, partition = (_qualified_name(r, schema) for r in found)
+        row = self.sessions.migrator.execute(
+            "SELECT inhdetachpending FROM pg_catalog.pg_inherits WHERE inhrelid = "
+            "pg_catalog.to_regclass(%s) AND inhparent = pg_catalog.to_regclass(%s)",
+            (partition, parent)).fetchone()
+        if not row or not row[0]:
+            return False
+        conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {partition} FINALIZE")
+        self.log({"event": "detach_finalized", "partition": partition,
+                  "reason": "left pending by an earlier, interrupted DETACH … CONCURRENTLY"})
+        return True
 
     def _clean_up_invalid(self, conn: psycopg.Connection, schema: str,
                           before: set[str]) -> str | None:
@@ -543,7 +620,8 @@ class Runner:
         if conn.closed:
             return None
         try:
-            left = [i for i in ledger.invalid_indexes(conn, [schema]) if i.name not in before]
+            left = [i for i in ledger.invalid_indexes(self.sessions.migrator, [schema])
+                    if i.name not in before]
             for index in left:
                 conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
                     sql.Identifier(index.schema), sql.Identifier(index.name)))
@@ -623,7 +701,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                     if last[revision.service] == index:
                         runner.release(revision.service)
             except MigrationFailed as err:
-                err.applied = tuple(results)
+                err.applied, err.locks = tuple(results), runner.stats
                 raise
             finally:
                 runner.close()

@@ -15,7 +15,13 @@ APPLICATION_NAME = "svcmig-migrator"
 
 
 def libpq_url(url: str) -> str:
-    """Accept SQLAlchemy-style URLs (`postgresql+psycopg://`) and hand libpq a plain one."""
+    """Accept SQLAlchemy-style URLs (`postgresql+psycopg://`) and hand libpq a plain one; a URL
+    of another scheme (`mysql://`) is refused here, with a message, not by libpq."""
+    scheme = re.match(r"^([A-Za-z][\w+.-]*)://", url)
+    if scheme and not re.fullmatch(r"postgres(ql)?(\+\w+)?", scheme[1]):
+        raise SvcmigError(f"{redact(url)} is not a PostgreSQL URL: expected "
+                          "postgresql://user@host:port/database; check --database-url / "
+                          "DATABASE_URL")
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
 
 
@@ -24,8 +30,11 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def redact(url: str) -> str:
-    """A URL safe to print: the password replaced."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """A URL or libpq connection string safe to print: every password replaced, whether it
+    is written `user:password@host`, `?password=…` or `password=…` (quoted or not)."""
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", r"\1***", url,
+                  flags=re.IGNORECASE)
 
 
 # Dead peers are noticed within about a minute either way: the client's TCP keepalives (libpq)
@@ -76,15 +85,16 @@ def connect(url: str, *, autocommit: bool = True, role: str = APPLICATION_NAME,
             # Nothing svcmig sends repeats in a way worth a server-side prepared statement, and
             # a revision session's reset deallocates them all (DISCARD ALL's DEALLOCATE ALL).
             prepare_threshold=None,
+            client_encoding="UTF8",  # what revision files are; pinned (statements.py)
             options=session_options(idle_in_transaction_ms),
             **KEEPALIVES,  # type: ignore[arg-type]
             **overrides,  # type: ignore[arg-type]
         )
-    except psycopg.OperationalError as err:
+    except psycopg.Error as err:  # unreachable, refused, or not a connection string at all
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
         raise SvcmigError(
-            f"cannot connect to {redact(url)}: {first_line}; check --database-url / DATABASE_URL"
-        ) from err
+            f"cannot connect to {redact(url)}: {redact(first_line)}; check --database-url / "
+            "DATABASE_URL") from err
 
 
 def refuse_pooler(conn: psycopg.Connection, url: str) -> None:

@@ -75,7 +75,11 @@ def find_project_root(start: Path | None = None) -> Path:
     """
     env_root = os.environ.get("SVCMIG_PROJECT_ROOT")
     if env_root:
-        return Path(env_root).resolve()
+        root = Path(env_root).resolve()
+        if not (root / "services").is_dir():  # a typo must not read as "no services at all"
+            raise ProjectError(f"SVCMIG_PROJECT_ROOT is {env_root}, which has no services/ "
+                               "folder; point it at the project root (or unset it)")
+        return root
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "services").is_dir() and (folder / "alembic.ini").is_file():

@@ -57,6 +57,7 @@ class MigrationFailed(SvcmigError):
         self.line = line
         self.message = message
         self.applied: tuple[Any, ...] = ()  # `RevisionResult`s of the run that came before
+        self.locks: Any = None  # the run's `LockStats` (what its lock waits cost)
         super().__init__(self._text())
 
     def _text(self) -> str:

@@ -19,14 +19,14 @@ from typing import Any, NamedTuple, Protocol
 
 from .discover import FRAMEWORK_SCHEMA, Service
 from .load import Revision
-from .statements import quote_ident, sql_literal
+from .statements import RUNNING_REVISION, quote_ident, sql_literal
 from .validate import Graph
 
 LEDGER_TABLE = f"{FRAMEWORK_SCHEMA}.schema_migrations"
 VERSION_TABLE = "alembic_version"
 QUALIFIED_VERSION_TABLE = f"{FRAMEWORK_SCHEMA}.{VERSION_TABLE}"
 STATES = ("applied", "dirty", "baselined")
-POLICY = "service_rows"
+POLICY = "revision_rows"
 
 FRAMEWORK_DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {FRAMEWORK_SCHEMA}",
@@ -44,19 +44,27 @@ FRAMEWORK_DDL = [
     )""",
     # A transactional revision writes its own ledger row, in its own transaction, from a
     # session logged in as its service's owner (and deletes it when it goes down). Row-level
-    # security holds an owner to that: rows of its own service whose id names its service,
-    # inserted as `applied`; never an update, never a dirty row (the migrator writes those of
-    # non-transactional revisions). The migrator owns the table and so bypasses it.
+    # security holds an owner to exactly that: it sees its own service's rows, and may insert
+    # (as `applied`) or delete only the row of the revision running in its transaction, which
+    # the runner names in `svcmig.revision` (SET LOCAL, gone when the transaction ends). Never
+    # an update, never a dirty row (the migrator writes those of non-transactional revisions).
+    # So neither a revision nor another service's function it happens to call (in a view, a
+    # policy, a default) can forge or drop a row, and a row written after the revision ended
+    # the runner's transaction is refused. The migrator owns the table and so bypasses it.
     f"ALTER TABLE {LEDGER_TABLE} ENABLE ROW LEVEL SECURITY",
-    f"DROP POLICY IF EXISTS own_service_rows ON {LEDGER_TABLE}",  # svcmig before 0.2
+    *(f"DROP POLICY IF EXISTS {old} ON {LEDGER_TABLE}"  # earlier svcmig versions
+      for old in ("own_service_rows", "service_rows_read", "service_rows_insert",
+                  "service_rows_delete")),
     f"""DO $$ BEGIN
         CREATE POLICY {POLICY}_read ON {LEDGER_TABLE} FOR SELECT
             USING (current_user = service || '_owner');
         CREATE POLICY {POLICY}_insert ON {LEDGER_TABLE} FOR INSERT
             WITH CHECK (current_user = service || '_owner' AND state = 'applied'
+                        AND revision = current_setting('{RUNNING_REVISION}', true)
                         AND substring(revision FROM '^(.*)_[0-9]{{12}}$') = service);
         CREATE POLICY {POLICY}_delete ON {LEDGER_TABLE} FOR DELETE
-            USING (current_user = service || '_owner' AND state <> 'dirty');
+            USING (current_user = service || '_owner' AND state <> 'dirty'
+                   AND revision = current_setting('{RUNNING_REVISION}', true));
     EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
     # Alembic's version table, derived: a service's head is its newest applied (or baselined)
     # revision; ids `<service>_<YYYYMMDDhhmm>` sort by time within a service. An older svcmig
@@ -335,6 +343,16 @@ def record_sql(revision: Revision, state: str, duration_ms: int | None,
 
 def forget_sql(revision_id: str) -> str:
     return f"DELETE FROM {LEDGER_TABLE} WHERE revision = {_literal(revision_id)}"
+
+
+def forget_own_sql(revision_id: str) -> str:
+    """`forget_sql` for a revision's own session going down: fails (an error naming the
+    revision) unless the row went, since row-level security turns a refused DELETE into one
+    that finds nothing (the transaction no longer names the revision: it was ended)."""
+    problem = sql_literal(f"svcmig: the ledger row of {revision_id} could not be deleted; the "
+                          "revision ended the runner's transaction")
+    return (f"WITH gone AS ({forget_sql(revision_id)} RETURNING 1) "
+            f"SELECT (CASE WHEN count(*) = 1 THEN '1' ELSE {problem} END)::int FROM gone")
 
 
 def record(conn: Executes, revision: Revision, state: str, duration_ms: int | None) -> None:

@@ -170,13 +170,50 @@ def visible(line: str) -> str:
     return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf").strip()
 
 
-def _parse(text: str, path: Path) -> SqlSource:
+# Characters some viewers (a browser, a diff) show as a line break where the parser (and
+# PostgreSQL, in a `--` comment) sees none, and a carriage return alone, which PostgreSQL ends a
+# comment at but a line-by-line reader does not: either could hide a marker or a statement.
+LINE_BREAK_LOOKALIKES = re.compile("[\v\f\x1c\x1d\x1e\x85\u2028\u2029]|\r(?!\n)")
+# Words a marker or directive starts with: a comment whose key has them with some letters
+# swapped for look-alikes from another script (a Cyrillic 'а' in `phаse`) is refused.
+KEYWORDS = ("phase", "depends-on", "migrate")
+
+
+def _refuse_hidden_text(text: str, path: Path) -> None:
+    """A NUL (PostgreSQL's parser stops there) or a line-break look-alike, anywhere."""
     if "\x00" in text:
         offset = text.index("\x00")
         raise MigrationFileError(path, f"a NUL character at offset {offset}: PostgreSQL's parser "
                                  "stops there, so what follows would silently not run; remove it",
                                  text[:offset].count("\n") + 1)
+    found = LINE_BREAK_LOOKALIKES.search(text)
+    if found:
+        raise MigrationFileError(
+            path, f"the character U+{ord(found[0][0]):04X}, which some viewers show as a line "
+            "break and the parser does not (or the other way round): a marker or statement "
+            "could look different to a reviewer than it runs; use plain line ends (LF or CRLF)",
+            text[:found.start()].count("\n") + 1)
+
+
+def _lookalike_keyword(line: str) -> str | None:
+    """The marker or directive word a comment's key imitates with letters from another script
+    (`-- phаse:` with a Cyrillic 'а'), or None."""
+    key = re.match(r"^--\s*([^:]{1,30}?)\s*:", line)
+    if key is None or key[1].isascii():
+        return None
+    folded = unicodedata.normalize("NFKD", key[1].lower())
+    folded = re.sub(r"[ _-]+", "-", "".join(ch for ch in folded if not unicodedata.combining(ch)))
+    for word in KEYWORDS:
+        if len(folded) == len(word) and all(a == b or not a.isascii()
+                                            for a, b in zip(folded, word, strict=True)):
+            return word
+    return None
+
+
+def _parse(text: str, path: Path) -> SqlSource:
+    _refuse_hidden_text(text, path)
     lines = text.split("\n")
+    phase_at: int | None = None
     phase: Phase = "expand"
     depends_on: list[str] = []
     transactional = True
@@ -186,6 +223,12 @@ def _parse(text: str, path: Path) -> SqlSource:
     for index, raw in enumerate(lines):
         line = visible(raw)
         number = index + 1
+        imitated = _lookalike_keyword(line)
+        if imitated:
+            raise MigrationFileError(
+                path, f"'{raw.strip()}' spells '{imitated}' with letters from another script "
+                "(look-alikes of Latin ones); write it in plain ASCII, or reword the comment",
+                number)
         colonless = COLONLESS_RE.match(line)
         if colonless:
             key, value = next((colonless[k], colonless[v]) for k, v in (
@@ -236,7 +279,11 @@ def _parse(text: str, path: Path) -> SqlSource:
                 raise MigrationFileError(
                     path, f"unknown phase {directive['value']!r}; use 'expand' or 'contract'",
                     number)
-            phase = value  # type: ignore[assignment]
+            if phase_at is not None:
+                raise MigrationFileError(
+                    path, f"second '-- phase:' directive (first on line {phase_at}); keep one",
+                    number)
+            phase, phase_at = value, number  # type: ignore[assignment]
             continue
         if directive and key == "depends-on":
             targets = [t.strip() for t in directive["value"].split(",") if t.strip()]
@@ -315,8 +362,18 @@ _PY_ATTRIBUTES = ("revision", "down_revision", "branch_labels", "depends_on", "p
                   "transactional")
 
 
+# PEP 263: a coding declaration in a comment on the first or second line
+CODING_RE = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
+
+
 def read_python_header(text: str, path: Path) -> dict[str, object]:
     """Module-level literal assignments of a Python revision, without importing it."""
+    for number, line in enumerate(text.removeprefix("\ufeff").split("\n")[:2], start=1):
+        coding = CODING_RE.match(line)
+        if coding and coding[1].lower().replace("_", "-") not in ("utf-8", "utf8"):
+            raise MigrationFileError(path, f"a coding declaration for {coding[1]}: svcmig reads "
+                                     "revisions as UTF-8 and Alembic would read this one "
+                                     "differently; remove the declaration", number)
     try:
         tree = ast.parse(text.removeprefix("\ufeff"), filename=str(path))
     except SyntaxError as err:
@@ -422,9 +479,16 @@ def revision_files(service: Service) -> list[RevisionFile]:
     """The service's migration files in name (= time) order. Other files are refused, so a typo
     in a name never makes a migration silently disappear."""
     names: list[RevisionFile] = []
+    root = service.migrations_dir.parents[2].resolve()  # <root>/services/<name>/migrations
     for path in sorted(service.migrations_dir.iterdir()):
         if path.name.startswith(".") or path.name in ("__init__.py", "__pycache__", "README.md"):
             continue
+        if not path.is_file():  # a folder, a broken link, a pipe (which would hang the read)
+            raise MigrationFileError(path, "not a regular file; a migration is a .sql or .py "
+                                     "file: remove it or move it out of the migrations folder")
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise MigrationFileError(path, f"a link to {path.resolve()}, outside the project: "
+                                     "a migration must live in the repository; copy it here")
         names.append(parse_filename(path))
     return names
 

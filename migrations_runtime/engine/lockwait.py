@@ -47,32 +47,43 @@ class LockPolicy:
     """How a revision waits for its locks.
 
     Attempt n (from 0) may wait `min(max_timeout_ms, first_timeout_ms * growth**n)` (so no
-    request queued behind it waits longer than `max_timeout_ms`); between attempts the runner
-    pauses `pause_ms` × a random factor in [0.5, 1.5) so queued traffic drains and concurrent
-    migrators do not retry in step; attempts continue until the revision has spent
+    request queued behind it waits longer than `max_timeout_ms`). After an attempt that gave up,
+    the runner pauses `pause_ratio` × that attempt's timeout (at least `pause_ms`), × a random
+    factor in [0.75, 1.25) so concurrent migrators do not retry in step: the queries that queued
+    behind the attempt need about as long again to drain when the service runs at half its
+    capacity, so a pause shorter than the attempt would let the queue grow from attempt to
+    attempt (measured: bench/bench_traffic.py). Attempts continue until the revision has spent
     `budget_seconds` (the budget covers every attempt and pause of one revision)."""
 
     first_timeout_ms: int = 150
     max_timeout_ms: int = 500
     growth: float = 1.5
+    pause_ratio: float = 2.0
     pause_ms: int = 250
     budget_seconds: float = 180.0
 
     def __post_init__(self) -> None:
         if not 0 < self.first_timeout_ms <= self.max_timeout_ms:
             raise ValueError("lock timeouts: 0 < first <= max")
-        if self.budget_seconds <= 0 or self.growth < 1 or self.pause_ms < 0:
-            raise ValueError("lock policy: budget > 0, growth >= 1, pause >= 0")
+        if self.budget_seconds <= 0 or self.growth < 1 or self.pause_ms < 0 or \
+                self.pause_ratio < 0:
+            raise ValueError("lock policy: budget > 0, growth >= 1, pauses >= 0")
 
     def timeout_ms(self, attempt: int) -> int:
         return int(min(self.max_timeout_ms, self.first_timeout_ms * self.growth ** attempt))
 
-    def pause_seconds(self) -> float:
-        return self.pause_ms / 1000 * random.uniform(0.5, 1.5)
+    def pause_seconds(self, timeout_ms: int) -> float:
+        """The pause after an attempt that waited `timeout_ms` in vain."""
+        return max(self.pause_ms, self.pause_ratio * timeout_ms) / 1000 * \
+            random.uniform(0.75, 1.25)
 
-    def attempts(self, started: float) -> Iterator[tuple[int, int]]:
+    def attempts(self, started: float, queues_traffic: bool = True) -> Iterator[tuple[int, int]]:
         """(attempt, timeout_ms) while the budget (counted from `started`, a monotonic time)
-        leaves room for the attempt's full wait."""
+        leaves room for the attempt's full wait. Work that no query queues behind while it
+        waits (`statements.queues_traffic`) gets one attempt with the whole budget."""
+        if not queues_traffic:
+            yield 0, max(1, int((self.budget_seconds - (time.monotonic() - started)) * 1000))
+            return
         attempt = 0
         while True:
             timeout = self.timeout_ms(attempt)
@@ -106,24 +117,39 @@ class Blocker:
 
 
 class BlockerWatch:
-    """Finds out who blocks a waiting revision. The waiter cannot ask (it is waiting) and once
-    its attempt times out nothing is blocked any more, so a thread asks from the migrator's own
-    session while the attempt is still waiting: after 60% of its timeout, when a quick statement
-    would have finished long before. Costs nothing for attempts that are not waiting."""
+    """Finds out who blocks a waiting revision, and holds it to its attempt's timeout.
+
+    The waiter cannot ask (it is waiting) and once its attempt times out nothing is blocked any
+    more, so a thread asks from the migrator's own session while the attempt is still waiting:
+    after 60% of its timeout, when a quick statement would have finished long before. Costs
+    nothing for attempts that are not waiting.
+
+    A revision can change its own `lock_timeout` where no check sees it (in a DO block, in a
+    function's SET clause): if the session is still waiting for a lock `CANCEL_MARGIN_MS`
+    after its attempt should have timed out, the thread cancels the statement
+    (`pg_cancel_backend`) and `cancelled` says so, so the runner treats it as a lock timeout.
+    The lock policy is thus the runner's to enforce, not the revision's to keep."""
+
+    CANCEL_MARGIN_MS = 250
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self._cond = threading.Condition()
-        self._target: tuple[int, float] | None = None  # (pid, monotonic time to look)
+        # (pid, monotonic time to look for blockers, monotonic time to cancel a waiter)
+        self._target: tuple[int, float, float] | None = None
         self._found: list[Blocker] = []
+        self.cancelled = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="svcmig-blockers", daemon=True)
         self._thread.start()
 
     def watch(self, pid: int, timeout_ms: int) -> None:
+        now = time.monotonic()
         with self._cond:
-            self._target = (pid, time.monotonic() + timeout_ms * 0.6 / 1000)
+            self._target = (pid, now + timeout_ms * 0.6 / 1000,
+                            now + (timeout_ms + self.CANCEL_MARGIN_MS) / 1000)
             self._found = []
+            self.cancelled = False
             self._cond.notify()
 
     def done(self) -> list[Blocker]:
@@ -132,6 +158,14 @@ class BlockerWatch:
             self._target = None
             return self._found
 
+    def _sleep_until(self, target: tuple[int, float, float], at: float) -> bool:
+        """Wait (holding the condition) until `at`; False when the attempt ended first."""
+        delay = at - time.monotonic()
+        while delay > 0 and self._target == target and not self._closed:
+            self._cond.wait(delay)
+            delay = at - time.monotonic()
+        return self._target == target and not self._closed
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -139,18 +173,36 @@ class BlockerWatch:
                     self._cond.wait()
                 if self._closed:
                     return
-                assert self._target is not None
-                pid, at = self._target
-                delay = at - time.monotonic()
-                if delay > 0:
-                    self._cond.wait(delay)
-                    if self._target != (pid, at):
-                        continue  # the attempt ended, or another one started
-            found = self._blockers(pid)
+                target = self._target
+                assert target is not None
+                if not self._sleep_until(target, target[1]):
+                    continue  # the attempt ended, or another one started
+            found = self._blockers(target[0])
             with self._cond:
-                if self._target == (pid, at):
-                    self._found = found
-                    self._target = None
+                if self._target != target:
+                    continue
+                self._found = found
+                if not found or not self._sleep_until(target, target[2]):
+                    if self._target == target:
+                        self._target = None
+                    continue
+                # said before the cancel is sent: the waiter may see its error (and ask)
+                # before this thread hears back
+                self.cancelled = True
+            cancelled = self._cancel_if_waiting(target[0])
+            with self._cond:
+                if self._target == target:
+                    self.cancelled = cancelled
+                    self._target = None  # one cancel per attempt
+
+    def _cancel_if_waiting(self, pid: int) -> bool:
+        try:
+            row = self.conn.execute(
+                "SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity "
+                "WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)).fetchone()
+        except psycopg.Error:
+            return False
+        return bool(row and row[0])
 
     def _blockers(self, pid: int) -> list[Blocker]:
         try:

@@ -6,9 +6,10 @@ SQLAlchemy and Alembic are imported only when the first Python revision runs.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
-from contextlib import nullcontext, redirect_stdout
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from .errors import MigrationFileError
 from .load import Revision, read_text
 from .sessions import GuardedConnection
-from .statements import forbidden_reason, split_statements
+from .statements import forbidden_reason, lexing_changed, split_statements
 
 
 class PythonRevisions:
@@ -53,6 +54,10 @@ class PythonRevisions:
             self._context = MigrationContext.configure(connection=self._connection)
 
     def _refuse_forbidden(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        changed = lexing_changed(self.conn)
+        if changed:
+            raise MigrationFileError(self._path, f"{changed}; leave the setting alone "
+                                     f"(statement: {statement.strip()[:200]})")
         self._waiting(True)
         try:
             parsed = split_statements(statement, 1, self._path)
@@ -72,20 +77,42 @@ class PythonRevisions:
         self._transactional, self._path = revision.transactional, revision.path
         self.conn.guarded = True
         try:
-            # stdout is the CLI's (`--json` prints one object there); a revision's print() is
+            # stdout is the CLI's (`--json` prints one object there); what a revision prints is
             # a log line, so it goes to stderr with the rest of the log
-            with Operations.context(context), redirect_stdout(sys.stderr):
+            with Operations.context(context), _stdout_to_stderr():
                 module = _import_revision(revision)
                 (module.upgrade if upgrade else module.downgrade)()
         except SystemExit as err:  # sys.exit() ends the revision, not the migrator
             raise MigrationFileError(revision.path, f"the revision called sys.exit({err.code!r}); "
                                      "raise an exception to fail it") from err
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # GeneratorExit, CancelledError, a class of its own
+            if isinstance(err, Exception):
+                raise
+            raise MigrationFileError(revision.path, f"{type(err).__name__}: {err}") from err
         finally:
             self.conn.guarded = False
 
     def close(self) -> None:
         if self._connection is not None and not self.conn.closed:
             self._connection.close()
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send whatever writes to stdout to stderr: `print`, and file descriptor 1 itself
+    (`os.write(1, …)`, a subprocess), restored afterwards."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _autocommit_block(revision: Revision) -> Callable[[], Any]:

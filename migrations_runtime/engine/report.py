@@ -67,7 +67,8 @@ def failure_dict(err: Exception, phase: str) -> dict[str, object]:
         return {"phase": phase, "applied": [r.as_dict() for r in err.applied],
                 "outcome": "failed", "error": str(err),
                 "failed": {"revision": err.revision, "file": str(err.path), "line": err.line,
-                           "error": err.message}}
+                           "error": err.message},
+                **({"locks": err.locks.as_dict()} if err.locks is not None else {})}
     if isinstance(err, RunStopped):
         return {"phase": phase, "applied": [r.as_dict() for r in err.applied],
                 "outcome": "interrupted" if err.interrupted else "error", "error": str(err)}

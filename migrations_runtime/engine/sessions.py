@@ -10,7 +10,9 @@ The owner role is NOLOGIN at rest. When a run has revisions of a service to appl
 migrator gives the owner a fresh random password (sent as a SCRAM verifier, never in clear
 text), logs in with it, and puts the role back to NOLOGIN without a password at the end of the
 run (roles are cluster-wide: another database's run using the role keeps its session and logs
-in again when it needs to). Nothing is stored: a crashed run leaves a password nobody knows.
+in again when it needs to). Nothing is stored, and the login is VALID UNTIL two minutes after
+it was granted: a crashed run leaves a password nobody knows, and one a revision set on its own
+role expires.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from .statements import quote_ident, sql_literal
 
 REVISION_SESSION_NAME = "svcmig-revision"
 LOGIN_ATTEMPTS = 5  # another run on the same cluster may set the password between two steps
+# How long after the migrator sets it an owner's password logs in: the runner logs in at once,
+# and open sessions outlive it. A role may change its own password (dynamic SQL in a revision
+# can), but not its VALID UNTIL, so after a crashed run no password logs in for long.
+LOGIN_WINDOW_SECONDS = 120
 
 
 # PBKDF2 rounds in the verifier. Key stretching protects passwords people choose; these are 256
@@ -95,8 +101,11 @@ class RevisionSessions:
             password = secrets.token_urlsafe(32)
             verifier = scram_verifier(password)
             try:
-                self.migrator.execute(f"ALTER ROLE {quote_ident(role)} WITH LOGIN PASSWORD "
-                                      f"{sql_literal(verifier)}; {_forget_settings(role)}")
+                self.migrator.execute(
+                    "DO $svcmig$ BEGIN EXECUTE format('ALTER ROLE %I WITH LOGIN PASSWORD %L "
+                    f"VALID UNTIL %L', {sql_literal(role)}, {sql_literal(verifier)}, "
+                    f"now() + interval '{LOGIN_WINDOW_SECONDS} seconds'); END $svcmig$; "
+                    f"{_forget_settings(role)}")
             except psycopg.Error as err:
                 raise SvcmigError(
                     f"the migrator cannot let {role} log in ({err.diag.message_primary}); it "

@@ -126,11 +126,44 @@ _OUTSIDE_TRANSACTION_ONLY: dict[str, tuple[str, Callable[[dict[str, Any]], bool]
 _REINDEX_OUTSIDE = {"REINDEX_OBJECT_SCHEMA": "REINDEX SCHEMA",
                     "REINDEX_OBJECT_DATABASE": "REINDEX DATABASE",
                     "REINDEX_OBJECT_SYSTEM": "REINDEX SYSTEM"}
-# Settings the runner sets for every revision: the lock policy's attempts and the limits that
-# end a frozen migrator's sessions. A revision overriding them would queue live traffic behind
-# it (lock_timeout) or keep its locks after the migrator died (the idle timeouts).
-RUNNER_SETTINGS = frozenset({"lock_timeout", "idle_in_transaction_session_timeout",
-                             "idle_session_timeout"})
+# Settings a revision may not change, and why: the runner sets them for every revision, or
+# every statement was checked on the assumption that they hold.
+_LOCK = ("the runner's lock policy sets it for every attempt (a revision waiting longer queues "
+         "live traffic behind it); use svcmig migrate's --lock-timeout-ms/--lock-timeout-max-ms")
+_IDLE = ("it ends a frozen migrator's sessions and frees their locks; use svcmig migrate's "
+         "--idle-timeout-ms")
+_LEXING = ("svcmig checks each statement as PostgreSQL reads it with standard_conforming_strings "
+           "on and UTF-8; changed, PostgreSQL would read the statements after it differently "
+           "(a backslash could end a string literal early)")
+PINNED_SETTINGS = {
+    "lock_timeout": _LOCK,
+    "idle_in_transaction_session_timeout": _IDLE,
+    "idle_session_timeout": _IDLE,
+    "standard_conforming_strings": _LEXING,
+    "client_encoding": _LEXING,
+}
+# svcmig's own settings: `svcmig.revision` names the revision a transaction runs, and the
+# ledger's row-level security lets an owner write only that revision's row.
+OWN_SETTINGS_PREFIX = "svcmig."
+RUNNING_REVISION = f"{OWN_SETTINGS_PREFIX}revision"
+
+
+def lexing_changed(conn: Any) -> str | None:
+    """Which setting that decides how PostgreSQL reads a statement the session no longer has at
+    its pinned value, if any. Both are reported by the server whenever they change (libpq
+    ParameterStatus), so this costs no round trip; `conn` is a psycopg connection."""
+    for name, pinned in (("standard_conforming_strings", "on"), ("client_encoding", "UTF8")):
+        if conn.info.parameter_status(name) != pinned:
+            return f"{name} is no longer {pinned} ({_LEXING})"
+    return None
+
+
+def pinned_reason(name: str) -> str | None:
+    """Why a revision may not change the setting `name` (any case), or None."""
+    name = name.lower()
+    if name.startswith(OWN_SETTINGS_PREFIX):
+        return "svcmig's own setting: it ties the ledger row to the running revision"
+    return PINNED_SETTINGS.get(name)
 
 
 def forbidden_reason(statement: Statement, transactional: bool) -> str | None:
@@ -150,17 +183,14 @@ def forbidden_reason(statement: Statement, transactional: bool) -> str | None:
         what = "SET ROLE / RESET ROLE" if name == "role" else "SET / RESET SESSION AUTHORIZATION"
         return (f"{what}: a revision acts as its service's owner role and may not change who it "
                 "acts as; grant what it needs to that role instead")
-    if kind == "VariableSetStmt" and (name in RUNNER_SETTINGS
-                                      or node.get("kind") == "VAR_RESET_ALL"):
-        what = "RESET ALL" if node.get("kind") == "VAR_RESET_ALL" else f"setting {name}"
-        return (f"{what}: the runner sets lock_timeout (its lock policy) and the idle timeouts "
-                "(which end a frozen migrator's sessions) for every revision; change them with "
-                "svcmig migrate's flags")
+    if kind == "VariableSetStmt" and node.get("kind") == "VAR_RESET_ALL":
+        return ("RESET ALL: it would undo what the runner sets for every revision (lock_timeout, "
+                "the idle timeouts, search_path); RESET the settings you changed one by one")
+    if kind == "VariableSetStmt" and pinned_reason(name):
+        return f"changing {name}: {pinned_reason(name)}"
     changed = _set_config_of(statement)
     if changed:
-        return (f"set_config('{changed}', ...): the runner sets lock_timeout (its lock policy) "
-                "and the idle timeouts for every revision; change them with svcmig migrate's "
-                "flags")
+        return f"set_config('{changed}', ...): {pinned_reason(changed)}"
     if kind in ("AlterRoleStmt", "AlterRoleSetStmt"):
         return ("ALTER ROLE: a revision changes its service's schema, not roles; a role's "
                 "password or settings outlive the run (and apply to its every session)")
@@ -181,7 +211,7 @@ def forbidden_reason(statement: Statement, transactional: bool) -> str | None:
 
 
 def _set_config_of(statement: Statement) -> str | None:
-    """The runner setting a `set_config('<name>', ...)` call with a literal name changes, if
+    """The pinned setting a `set_config('<name>', ...)` call with a literal name changes, if
     any. (A name built at run time, or SQL run by EXECUTE, is not seen: this is a guard against
     mistakes, not a wall.)"""
     if "set_config" not in statement.sql.lower():
@@ -196,7 +226,7 @@ def _set_config_of(statement: Statement) -> str | None:
             if call and [n.get("String", {}).get("sval") for n in call.get("funcname", [])][-1:] \
                     == ["set_config"] and call.get("args"):
                 name = call["args"][0].get("A_Const", {}).get("sval", {}).get("sval", "")
-                if name.lower() in RUNNER_SETTINGS:
+                if pinned_reason(name):
                     return str(name.lower())
             stack.extend(item.values())
     return None
@@ -289,8 +319,7 @@ def strong_locks(statement: Statement) -> list[tuple[Relation, str]]:
     node, kind = statement.node or {}, statement.kind
     found: list[tuple[Relation | None, str]] = []
     if kind == "AlterTableStmt":
-        subtypes = {cmd.get("AlterTableCmd", {}).get("subtype") for cmd in node.get("cmds", [])}
-        if not subtypes <= _ALTER_TABLE_WEAK:
+        if not all(_weak_alter(cmd.get("AlterTableCmd", {})) for cmd in node.get("cmds", [])):
             found.append((_range_var(node.get("relation")), ACCESS_EXCLUSIVE))
     elif kind == "IndexStmt" and not node.get("concurrent"):
         found.append((_range_var(node.get("relation")), SHARE))
@@ -320,6 +349,39 @@ def strong_locks(statement: Statement) -> list[tuple[Relation, str]]:
         found.extend((_range_var(r.get("VacuumRelation", {}).get("relation")), ACCESS_EXCLUSIVE)
                      for r in node.get("rels", []))
     return [(relation, mode) for relation, mode in found if relation is not None]
+
+
+def _weak_alter(cmd: dict[str, Any]) -> bool:
+    """An ALTER TABLE action that takes SHARE UPDATE EXCLUSIVE or weaker."""
+    detach = cmd.get("def", {}).get("PartitionCmd", {})
+    return cmd.get("subtype") in _ALTER_TABLE_WEAK or (
+        cmd.get("subtype") == "AT_DetachPartition" and bool(detach.get("concurrent")))
+
+
+# Statements that, without a strong lock (`strong_locks` empty), take none that reads or writes
+# of an existing table queue behind: their lock request may wait as long as it needs.
+_POLITE_KINDS = frozenset({
+    "IndexStmt", "DropStmt", "ReindexStmt", "AlterTableStmt", "InsertStmt", "UpdateStmt",
+    "DeleteStmt", "MergeStmt", "CreateStmt", "CreateSeqStmt", "CreateSchemaStmt",
+    "VacuumStmt", "CreateTableAsStmt", "CommentStmt"})
+
+
+def queues_traffic(statement: Statement) -> bool:
+    """Whether, while `statement` waits for a lock, reads or writes of the table would queue
+    behind it: a strong lock (`strong_locks`), or a statement whose locks cannot be told.
+    A concurrent index build or a VALIDATE CONSTRAINT, which take SHARE UPDATE EXCLUSIVE,
+    does not: it may wait without hurting anyone (and a build retried from scratch only
+    costs). A REINDEX or DROP INDEX that is not CONCURRENTLY, or a DROP of a table, does."""
+    if strong_locks(statement):
+        return True
+    node = statement.node or {}
+    if statement.kind == "ReindexStmt":
+        return not any(o.get("DefElem", {}).get("defname") == "concurrently"
+                       for o in node.get("params", []))
+    if statement.kind == "DropStmt" and not node.get("concurrent"):
+        return node.get("removeType") not in ("OBJECT_SEQUENCE", "OBJECT_FUNCTION",
+                                              "OBJECT_SCHEMA", "OBJECT_TYPE")
+    return statement.kind not in _POLITE_KINDS
 
 
 def _constraints(create: dict[str, Any]) -> Iterator[dict[str, Any]]:
