@@ -221,9 +221,13 @@ def _parse(text: str, path: Path) -> SqlSource:
     down_at: int | None = None
     in_header = True
     for index, raw in enumerate(lines):
+        if raw.isascii() and not raw.lstrip().startswith("--"):  # SQL or blank: the fast path
+            if in_header and raw.strip():
+                in_header = False
+            continue
         line = visible(raw)
         number = index + 1
-        imitated = _lookalike_keyword(line)
+        imitated = None if line.isascii() else _lookalike_keyword(line)
         if imitated:
             raise MigrationFileError(
                 path, f"'{raw.strip()}' spells '{imitated}' with letters from another script "
