@@ -15,7 +15,8 @@ While the load runs, each scenario applies revisions with the CLI, as a deploy w
 - `CREATE INDEX CONCURRENTLY` while a 20 s transaction is open (on any table);
 - `ADD CONSTRAINT … CHECK … NOT VALID`, then `VALIDATE CONSTRAINT` (two revisions);
 - `ADD COLUMN` and an `UPDATE` of every row in one revision (the unsafe pattern; ~1M rows);
-- `ADD COLUMN`, then a batched backfill (a no-transaction revision committing every 10,000 rows).
+- `ADD COLUMN`, then a throttled batched backfill (a no-transaction revision committing every
+  5,000 rows and pausing 50 ms between batches).
 
 The lock-bound scenarios run twice, side by side: with svcmig's lock policy (short attempts
 growing to a 500 ms cap, jittered pauses, a per-revision budget) and with the attempt length
@@ -99,13 +100,14 @@ SCENARIOS = [
              ["ALTER TABLE users ADD COLUMN {tag}_score int;\n"
               "UPDATE users SET {tag}_score = 0 WHERE {tag}_score IS NULL;\n"],
              policies=(NEW,)),
-    Scenario("ADD COLUMN, then a batched backfill",
+    Scenario("ADD COLUMN, then a throttled batched backfill",
              ["ALTER TABLE users ADD COLUMN {tag}_rank int;\n",
               "-- migrate:no-transaction\n"
               "DO $$ DECLARE top bigint := (SELECT max(id) FROM users); BEGIN\n"
-              "  FOR low IN 0..top BY 10000 LOOP\n"
-              "    UPDATE users SET {tag}_rank = 0 WHERE id > low AND id <= low + 10000;\n"
+              "  FOR low IN 0..top BY 5000 LOOP\n"
+              "    UPDATE users SET {tag}_rank = 0 WHERE id > low AND id <= low + 5000;\n"
               "    COMMIT;\n"
+              "    PERFORM pg_sleep(0.05);  -- leave the server to live traffic between batches\n"
               "  END LOOP;\n"
               "END $$;\n"],
              policies=(NEW,)),

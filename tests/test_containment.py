@@ -778,6 +778,84 @@ def test_a_revision_that_ends_the_runners_transaction_is_marked_dirty(
         migrate(database_url, root, **QUIET)
 
 
+# Kind: the ledger row is written in the same round trip as the revision's last statement (one
+# round trip for a one-statement revision); the batch commits only if the migrator still holds
+# its lock, records how long the statement ran, and survives whatever the statement ends with.
+
+LAST_STATEMENT_ENDINGS = [
+    "CREATE TABLE users.ending (id int) -- a comment, no newline at the end",
+    "CREATE TABLE users.ending (id int); -- a comment, no newline at the end",
+    "CREATE TABLE users.ending (id int) /* a block comment */",
+    "CREATE TABLE users.ending (id int);\n\n-- trailing lines\n-- of comments\n",
+    "CREATE TABLE users.ending (id int, note text DEFAULT '-- not a comment; COMMIT')",
+]
+
+
+@pytest.mark.parametrize("text", LAST_STATEMENT_ENDINGS)
+def test_the_ledger_row_follows_any_ending_of_the_last_statement(
+        tmp_path: Path, database_url: str, text: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", text)
+    migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "applied"
+    assert query(database_url, "SELECT to_regclass('users.ending')") == [("users.ending",)]
+
+
+@pytest.mark.parametrize("ext", ["sql", "py"])
+def test_the_ledger_row_records_the_last_statements_time(
+        tmp_path: Path, database_url: str, ext: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    sql = "CREATE TABLE users.slow AS SELECT pg_sleep(0.4) IS NULL AS slept"
+    add(root, "users", "2026-02-01T0000", sql if ext == "sql" else python_revision(
+        "users", "2026-02-01T0000", "users_202601010000", f"    op.execute({sql!r})"), ext=ext)
+    migrate(database_url, root, **QUIET)
+    rows = query(database_url, "SELECT duration_ms FROM svcmig.schema_migrations "
+                               "WHERE revision = 'users_202602010000'")
+    assert rows[0][0] >= 400
+
+
+@pytest.mark.parametrize("ext", ["sql", "py"])
+def test_a_revision_does_not_commit_once_the_migrator_lost_its_lock(
+        tmp_path: Path, database_url: str, ext: str) -> None:
+    """The migrator's session (which holds the lock) ends while a revision runs for longer
+    than half the idle timeout: another migrator could be running now, so the revision's
+    COMMIT must not happen."""
+    import threading
+
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    sql = "CREATE TABLE users.late AS SELECT pg_sleep(1.5) IS NULL AS slept"
+    add(root, "users", "2026-02-01T0000", sql if ext == "sql" else python_revision(
+        "users", "2026-02-01T0000", "users_202601010000", f"    op.execute({sql!r})"), ext=ext)
+
+    def end_the_migrators_session() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ended = query(database_url, "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
+                                        "JOIN pg_stat_activity a ON a.pid <> l.pid "
+                                        "WHERE l.locktype = 'advisory' AND l.granted "
+                                        "AND a.query LIKE %s AND a.state = 'active'",
+                          ("%pg_sleep(1.5)%",))
+            if ended:
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=end_the_migrators_session)
+    killer.start()
+    try:
+        with pytest.raises(MigrationFailed, match="lost its lock"):
+            migrate(database_url, root, settings=RunSettings(idle_timeout_ms=2000), **QUIET)
+    finally:
+        killer.join()
+    assert query(database_url, "SELECT to_regclass('users.late')") == [(None,)]
+    assert "users_202602010000" not in ledger(database_url)
+    assert lock_is_free(database_url)
+    migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "applied"
+
+
 def test_a_no_transaction_do_block_that_committed_stays_dirty(
         tmp_path: Path, database_url: str) -> None:
     """Outside a transaction a DO block (or a procedure) may COMMIT part of its work before it

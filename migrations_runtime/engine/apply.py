@@ -37,7 +37,7 @@ from . import ledger
 from .database import DEFAULT_IDLE_IN_TRANSACTION_MS, connect, refuse_pooler
 from .errors import MigrationFailed, MigrationFileError, PlanError, RunStopped
 from .load import Revision, checksum, read_text
-from .lock import migrator_lock
+from .lock import held_by_sql, migrator_lock
 from .lockwait import (
     HELD_LOCKS_SQL,
     Blocker,
@@ -52,11 +52,14 @@ from .python_revisions import PythonRevisions
 from .report import RevisionResult, RunResult, json_log
 from .sessions import GuardedConnection, RevisionSessions
 from .statements import (
+    OWN_ERROR_PREFIX,
     RUNNING_REVISION,
     SESSION_RESET_SQL,
+    UNKNOWN_LOCKS,
     Statement,
     check_statements,
     enter_service_sql,
+    fail_unless,
     lexing_changed,
     queues_traffic,
     quote_ident,
@@ -112,6 +115,15 @@ def _describe(err: psycopg.Error) -> str:
     detail = f" ({diag.message_detail})" if diag.message_detail else ""
     hint = f" Hint: {diag.message_hint}" if diag.message_hint else ""
     return f"{text}{detail} [SQLSTATE {err.sqlstate}]{hint}"
+
+
+def _own_error(err: psycopg.Error) -> str | None:
+    """The message of a failed `statements.fail_unless` check, or None."""
+    if not isinstance(err, pg_errors.InvalidTextRepresentation):
+        return None
+    text = err.diag.message_primary or ""
+    start = text.find(OWN_ERROR_PREFIX)
+    return text[start + len(OWN_ERROR_PREFIX):].rstrip('"') if start >= 0 else None
 
 
 # Whatever defaults a revision left on the session, the runner's transactions are these.
@@ -171,10 +183,15 @@ class Runner:
 
     def _execute(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                  statements: list[Statement] | None, prefix: str = "",
-                 holds: HoldTracker | None = None) -> int:
+                 holds: HoldTracker | None = None,
+                 finish: Callable[[], str] | None = None) -> int:
         """Run the revision's body; returns how many SQL statements completed. `prefix` (the
         runner's own statements, which cannot fail) shares the first statement's round trip;
-        `holds` learns which strong locks each statement takes."""
+        `holds` learns which strong locks each statement takes. `finish` (the ledger row,
+        COMMIT and the reset; built just before it is sent) shares the last statement's round
+        trip, so a one-statement revision costs one: the server reads the whole batch before
+        it runs any of it, so the ledger row is read as it was written whatever the
+        statement changes."""
         if statements is None or not statements:
             if prefix:
                 conn.execute(prefix)
@@ -182,7 +199,8 @@ class Runner:
                 self._python_for(revision.service, conn).run(revision, upgrade)
             return 0
         done = 0
-        for statement in statements:
+        for index, statement in enumerate(statements):
+            last = finish is not None and index == len(statements) - 1
             changed = lexing_changed(conn)
             if changed:  # an earlier statement (a DO block, a function) changed it
                 raise MigrationFileError(revision.path, f"before this statement, {changed}; "
@@ -191,9 +209,18 @@ class Runner:
             started = time.monotonic()
             try:
                 self._waiting(conn, True)
-                conn.execute(lead + statement.sql)
+                # a newline first: the statement may end in a -- comment
+                conn.execute(lead + statement.sql + (f"\n; {finish()}" if last and finish else ""))
             except psycopg.Error as err:
                 blockers = self._watch.done()
+                if last and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+                    self._finish_failed(conn, revision, upgrade, err)  # returns if committed
+                    if holds is not None:
+                        holds.statement(statement, started)
+                    return done + 1
+                own = _own_error(err)
+                if own is not None and last:
+                    raise MigrationFailed(revision.id, revision.path, own) from err
                 if self._lock_timed_out(err):
                     raise LockTimedOut(self._timeout_ms, blockers) from err
                 position = err.diag.statement_position
@@ -279,7 +306,7 @@ class Runner:
             raise MigrationFailed(revision.id, revision.path, str(err)) from err
 
     @staticmethod
-    def _ledger_sql(revision: Revision, upgrade: bool, duration_ms: int) -> str:
+    def _ledger_sql(revision: Revision, upgrade: bool, duration_ms: int | ledger.Elapsed) -> str:
         """The ledger row says the revision is applied (or, going down, that it is not); the
         version view follows."""
         if upgrade:  # a pending transactional revision has no row; a dirty one has one
@@ -321,39 +348,76 @@ class Runner:
         effect at commit (UNLISTEN). When that round trip fails, the ledger says whether the
         COMMIT happened; the session is replaced either way."""
         duration = int((time.monotonic() - started) * 1000)
-        self._still_locked(revision, started)
         if not transactional:  # its rows are the migrator's: a revision cannot rewrite them
+            self._still_locked(revision, started)
             self.sessions.migrator.execute(self._ledger_sql(revision, upgrade, duration))
             self._rollback(conn)
             return
         changed = lexing_changed(conn)
         if changed:  # the ledger row's literals are written for the pinned values
             raise MigrationFileError(revision.path, f"{changed}; leave the setting alone")
-        probe = [HELD_LOCKS_SQL] if holds is not None and holds.ask_server else []
+        probe = holds is not None and holds.ask_server
         try:
-            cursor = conn.execute("; ".join([
-                CATALOG_ONLY, *probe, self._ledger_sql(revision, upgrade, duration), "COMMIT",
-                *SESSION_RESET_SQL]))
+            cursor = conn.execute(self._finish_sql(revision, upgrade, duration, probe))
         except psycopg.Error as err:
-            committed = self._committed(revision, upgrade)
-            conn.close()
-            if committed:
-                return
-            if isinstance(err, (pg_errors.InsufficientPrivilege,
-                                pg_errors.InvalidTextRepresentation)):
-                # the ledger refused the row: the transaction no longer names the revision,
-                # so it was ended (and what ran before may be committed)
-                failed = MigrationFailed(revision.id, revision.path, "the revision ended the "
-                                         "runner's transaction (a commit from inside it)")
-                self._mark_dirty(revision, failed, "what ran before may be committed")
-                raise failed from err
-            raise
+            self._finish_failed(conn, revision, upgrade, err)
+            return
         if holds is not None:
             if probe:
                 cursor.nextset()  # past CATALOG_ONLY's (empty) result
                 holds.from_server(cursor.fetchall(), started)
-            self._measure(revision, holds)
-            self._existing.update(holds.created)
+            self._recorded(revision, holds)
+
+    def _finish_sql(self, revision: Revision, upgrade: bool, duration: int | ledger.Elapsed,
+                    probe: bool = False) -> str:
+        """The round trip that ends a transactional revision (see `_finish`): the runner's
+        search path, the strong locks held (with `probe`), a check that the migrator still
+        holds its lock, the ledger row, COMMIT and the reset.
+
+        A migrator frozen for longer than the idle timeout lost its session, and with it the
+        lock, to `idle_session_timeout`: another may be running now. Only a transaction that
+        ran for half that time can have outlived the session, so only its check reads
+        `pg_locks` (about 0.1 ms of the server's time, measured here)."""
+        outlived = f"pg_catalog.clock_timestamp() - pg_catalog.now() >= " \
+                   f"'{self.settings.idle_timeout_ms // 2} milliseconds'::pg_catalog.interval"
+        held = held_by_sql(self.sessions.migrator.info.backend_pid)
+        return "; ".join([
+            CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []),
+            fail_unless(f"NOT ({outlived}) OR {held}", self._lost_lock_message()),
+            self._ledger_sql(revision, upgrade, duration), "COMMIT", *SESSION_RESET_SQL])
+
+    def _finish_failed(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
+                       err: psycopg.Error) -> None:
+        """The round trip with the ledger row failed. Still in the revision's (failed)
+        transaction: nothing was committed. Otherwise the ledger says whether COMMIT
+        happened (returns if so); the session is replaced either way."""
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.close()
+            raise MigrationFailed(revision.id, revision.path,
+                                  _own_error(err) or _describe(err)) from err
+        committed = self._committed(revision, upgrade)
+        conn.close()
+        if committed:
+            return
+        if isinstance(err, (pg_errors.InsufficientPrivilege,
+                            pg_errors.InvalidTextRepresentation)):
+            # the ledger refused the row: the transaction no longer names the revision,
+            # so it was ended (and what ran before may be committed)
+            failed = MigrationFailed(revision.id, revision.path, "the revision ended the "
+                                     "runner's transaction (a commit from inside it)")
+            self._mark_dirty(revision, failed, "what ran before may be committed")
+            raise failed from err
+        raise err
+
+    def _recorded(self, revision: Revision, holds: HoldTracker) -> None:
+        """After COMMIT: what the revision held and created."""
+        self._measure(revision, holds)
+        self._existing.update(holds.created)
+
+    def _lost_lock_message(self) -> str:
+        return ("the migrator lost its lock while the revision ran (its session ended: was the "
+                "process stopped or frozen for longer than --idle-timeout-ms "
+                f"{self.settings.idle_timeout_ms}?); the revision was not committed; run again")
 
     def _still_locked(self, revision: Revision, started: float) -> None:
         """Before a revision that ran long commits, make sure the migrator still holds its lock:
@@ -365,11 +429,7 @@ class Runner:
         try:
             self.sessions.migrator.execute("SELECT 1")
         except psycopg.Error as err:
-            raise MigrationFailed(
-                revision.id, revision.path, "the migrator lost its lock while the revision ran "
-                "(its session ended: was the process stopped or frozen for longer than "
-                f"--idle-timeout-ms {self.settings.idle_timeout_ms}?); the revision was not "
-                "committed; run again") from err
+            raise MigrationFailed(revision.id, revision.path, self._lost_lock_message()) from err
 
     def _measure(self, revision: Revision, holds: HoldTracker) -> None:
         """How long the revision held each strong lock (until now, just after COMMIT)."""
@@ -437,6 +497,13 @@ class Runner:
         last: LockTimedOut | None = None
         attempts = 0
         queues = statements is None or any(queues_traffic(s) for s in statements)
+        # the ledger row shares the last statement's round trip unless the statements cannot
+        # tell which locks they take (then the finish asks the server, in a round trip of its own)
+        merged = bool(statements) and not any(s.kind in UNKNOWN_LOCKS for s in statements or [])
+
+        def finish() -> str:
+            elapsed = ledger.Elapsed(int((time.monotonic() - started) * 1000))
+            return self._finish_sql(revision, upgrade, elapsed)
         for attempt, timeout_ms in self.settings.lock.attempts(started, queues):
             self._timeout_ms = timeout_ms
             attempts = attempt + 1
@@ -449,7 +516,11 @@ class Runner:
                     if statements is None:
                         self._python_for(revision.service, conn).prepare()
                     self._execute(conn, revision, upgrade, statements,
-                                  prefix=self._enter_sql(revision, True), holds=holds)
+                                  prefix=self._enter_sql(revision, True), holds=holds,
+                                  finish=finish if merged else None)
+                    if merged:
+                        self._recorded(revision, holds)
+                        return
                     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
                         raise MigrationFileError(
                             revision.path, "the revision ended the runner's transaction (a "

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Protocol
 
 from .discover import FRAMEWORK_SCHEMA, Service
 from .load import Revision
-from .statements import RUNNING_REVISION, quote_ident, sql_literal
+from .statements import RUNNING_REVISION, fail_unless, quote_ident, sql_literal
 from .validate import Graph
 
 LEDGER_TABLE = f"{FRAMEWORK_SCHEMA}.schema_migrations"
@@ -311,18 +311,33 @@ def version_rows(rows: Iterable[LedgerRow]) -> frozenset[str]:
     return frozenset(heads.values())
 
 
-def _literal(value: str | int | None) -> str:
+@dataclass(frozen=True)
+class Elapsed:
+    """A duration the server finishes: `before_ms` already spent, plus how long the batch of
+    statements that writes it has run so far (`statement_timestamp()` is when the server
+    received the batch). For a ledger row written in the same round trip as the revision's
+    last statement."""
+    before_ms: int
+
+    def sql(self) -> str:
+        return (f"{int(self.before_ms)} + (extract(epoch FROM clock_timestamp() - "
+                "statement_timestamp()) * 1000)::int")
+
+
+def _literal(value: str | int | Elapsed | None) -> str:
     """A SQL literal for the ledger's own values (ids, names, paths, checksums, counts). Every
     svcmig session sets `standard_conforming_strings = on` (`database.session_options`), so
     doubling quotes is the whole of string quoting."""
     if value is None:
         return "NULL"
+    if isinstance(value, Elapsed):
+        return value.sql()
     if isinstance(value, int):
         return str(value)
     return sql_literal(value)
 
 
-def record_sql(revision: Revision, state: str, duration_ms: int | None,
+def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | None,
                replace_state: str | None = None, new_row: bool = False) -> str:
     """Insert or update the ledger row of `revision`, as one statement with its values inlined
     (so it can share a round trip with other statements). With `replace_state`, an existing
@@ -349,10 +364,9 @@ def forget_own_sql(revision_id: str) -> str:
     """`forget_sql` for a revision's own session going down: fails (an error naming the
     revision) unless the row went, since row-level security turns a refused DELETE into one
     that finds nothing (the transaction no longer names the revision: it was ended)."""
-    problem = sql_literal(f"svcmig: the ledger row of {revision_id} could not be deleted; the "
-                          "revision ended the runner's transaction")
-    return (f"WITH gone AS ({forget_sql(revision_id)} RETURNING 1) "
-            f"SELECT (CASE WHEN count(*) = 1 THEN '1' ELSE {problem} END)::int FROM gone")
+    check = fail_unless("count(*) = 1", f"the ledger row of {revision_id} could not be "
+                        "deleted; the revision ended the runner's transaction")
+    return f"WITH gone AS ({forget_sql(revision_id)} RETURNING 1) {check} FROM gone"
 
 
 def record(conn: Executes, revision: Revision, state: str, duration_ms: int | None) -> None:

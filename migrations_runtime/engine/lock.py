@@ -35,6 +35,15 @@ def lock_holders(conn: psycopg.Connection) -> list[tuple[int, str, str]]:
     ).fetchall()
 
 
+def held_by_sql(pid: int) -> str:
+    """SQL that is true while the session `pid` holds the migrator lock in this database."""
+    return (f"EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted "
+            f"AND pid = {int(pid)} AND classid = {LOCK_KEY >> 32}::pg_catalog.oid "
+            f"AND objid = {LOCK_KEY & 0xFFFFFFFF}::pg_catalog.oid AND objsubid = 1 "
+            "AND database = (SELECT oid FROM pg_catalog.pg_database "
+            "WHERE datname = pg_catalog.current_database()))")
+
+
 def acquire(conn: psycopg.Connection, wait_seconds: float) -> None:
     if not conn.autocommit:
         raise ValueError("the migrator lock needs a connection in autocommit mode")

@@ -251,6 +251,19 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+# How the runner's own checks inside a batch of statements say what failed (see `fail_unless`).
+OWN_ERROR_PREFIX = "svcmig: "
+
+
+def fail_unless(condition: str, message: str) -> str:
+    """A SELECT that fails the batch it is in unless `condition` (SQL) holds; the error is
+    22P02 (invalid_text_representation) and its message carries `OWN_ERROR_PREFIX` +
+    `message`. The cast sits outside the CASE, so the planner cannot fold the error into
+    every run; append a FROM clause for a condition over a table."""
+    return (f"SELECT (CASE WHEN {condition} THEN '1' "
+            f"ELSE {sql_literal(OWN_ERROR_PREFIX + message)} END)::int")
+
+
 def enter_service_sql(service: Service, transactional: bool,
                       lock_timeout_ms: int = SCRIPT_LOCK_TIMEOUT_MS,
                       statement_timeout_ms: int | None = None,
