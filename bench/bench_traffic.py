@@ -284,9 +284,19 @@ def settle(load: Load, limit: float = 60.0) -> None:
         time.sleep(0.5)
 
 
+def vacuum(url: str) -> None:
+    """Vacuum users before a scenario, outside its window: after a scenario that rewrote every
+    row, autovacuum would otherwise still hold SHARE UPDATE EXCLUSIVE on the table during the
+    next one, and that scenario's ALTER would queue behind it (a manual VACUUM cancels an
+    autovacuum in its way after deadlock_timeout, then finishes the work)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) users.users")
+
+
 def run_scenario(scenario: Scenario, policy: tuple[str, list[str]], project: Project,
                  url: str, load: Load) -> Row:
     lead, tail = 2.0, 2.0
+    vacuum(url)
     settle(load)
     start = time.monotonic()
     if not scenario.revisions:
