@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from migrations_runtime.engine.apply import migrate
+from migrations_runtime.engine.apply import migrate, read_plan
 from migrations_runtime.engine.errors import PlanError, ProjectError
 from migrations_runtime.engine.manifest import load_manifest, write_manifest
 from migrations_runtime.engine.validate import build_graph
@@ -50,3 +51,63 @@ def test_unreadable_manifest(project: Path, tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text("{not json")
     with pytest.raises(ProjectError, match="rebuild it with `svcmig manifest`"):
         load_manifest(tmp_path / "m.json", project)
+
+
+# Kind: a deploy with nothing to do answers from each service's summary (count, digest of ids
+# and checksums, head) without building a revision; the answer must be the one the full graph
+# gives, and anything that differs from the ledger must still be seen.
+
+def test_the_manifests_summaries_are_the_graphs(project: Path, tmp_path: Path) -> None:
+    graph = write_manifest(project, tmp_path / "m.json")
+    loaded = load_manifest(tmp_path / "m.json", project)
+    names = [s.name for s in graph.services]
+    assert [loaded.summary(n) for n in names] == [graph.summary(n) for n in names]
+    assert all(loaded.summary(n) is not None for n in names)
+    assert "chains" not in vars(loaded)  # the summaries did not build the revisions
+
+
+def test_a_no_op_from_the_manifest_builds_no_revision(project: Path, database_url: str,
+                                                      tmp_path: Path) -> None:
+    write_manifest(project, tmp_path / "m.json")
+    full = migrate(database_url, project, log=lambda _: None)
+    assert full.results
+    loaded = load_manifest(tmp_path / "m.json", project)
+    noop = migrate(database_url, project, graph=loaded, log=lambda _: None)
+    assert noop.results == () and "chains" not in vars(loaded)
+    from_files = migrate(database_url, project, log=lambda _: None)
+    assert noop.plan.services == from_files.plan.services
+    assert all(s.pending == () and s.applied_head == s.code_head for s in noop.plan.services)
+
+
+@pytest.mark.parametrize("change", ["edited", "dirty", "missing_row", "extra_row"])
+def test_a_ledger_that_differs_from_the_manifest_is_planned_in_full(
+        project: Path, database_url: str, tmp_path: Path, change: str) -> None:
+    """The summary check only short-cuts an exact match; every other ledger gets the full plan
+    (and its anomalies or pending revisions)."""
+    write_manifest(project, tmp_path / "m.json")
+    migrate(database_url, project, log=lambda _: None)
+    statement = {
+        "edited": "UPDATE svcmig.schema_migrations SET checksum = repeat('0', 64) "
+                  "WHERE revision = (SELECT min(revision) FROM svcmig.schema_migrations)",
+        "dirty": "UPDATE svcmig.schema_migrations SET state = 'dirty' "
+                 "WHERE revision = (SELECT max(revision) FROM svcmig.schema_migrations)",
+        "missing_row": "DELETE FROM svcmig.schema_migrations "
+                       "WHERE revision = (SELECT max(revision) FROM svcmig.schema_migrations)",
+        "extra_row": "INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, "
+                     "phase, state, applied_by) SELECT service || '_209901010000', service, "
+                     "'gone.sql', checksum, phase, state, applied_by "
+                     "FROM svcmig.schema_migrations LIMIT 1",
+    }[change]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(statement)
+    loaded = load_manifest(tmp_path / "m.json", project)
+    if change in ("edited", "dirty"):
+        with pytest.raises(PlanError, match="edited" if change == "edited" else "dirty"):
+            migrate(database_url, project, graph=loaded, log=lambda _: None)
+    elif change == "missing_row":  # its table exists, so rerunning it would fail: plan only
+        plan = read_plan(database_url, project, graph=loaded)
+        assert [len(s.pending) for s in plan.services].count(1) == 1
+    else:  # a revision of newer code: "ahead", not fatal
+        plan = migrate(database_url, project, graph=loaded, log=lambda _: None).plan
+        assert any(a.kind == "ahead" for a in plan.anomalies)
+    assert "chains" in vars(loaded)

@@ -10,7 +10,6 @@ applied revision), so the two can never disagree, whichever tool wrote last.
 from __future__ import annotations
 
 import functools
-import hashlib
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any, NamedTuple, Protocol
 from .discover import FRAMEWORK_SCHEMA, Service
 from .load import Revision
 from .statements import RUNNING_REVISION, fail_unless, quote_ident, sql_literal
-from .validate import Graph
+from .validate import ChainSummary, Graph
 
 LEDGER_TABLE = f"{FRAMEWORK_SCHEMA}.schema_migrations"
 VERSION_TABLE = "alembic_version"
@@ -250,12 +249,6 @@ SUMMARY_SQL = f"""
     FROM {LEDGER_TABLE} GROUP BY service"""
 
 
-def chain_digest(revisions: Iterable[Revision]) -> str:
-    """What `SUMMARY_SQL` computes for a service whose ledger holds exactly `revisions`."""
-    text = ",".join(f"{r.id}:{r.checksum}" for r in sorted(revisions, key=lambda r: r.id))
-    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
-
-
 def read_state(conn: Executes, schemas: Iterable[str] = (),
                graph: Graph | None = None) -> DatabaseState:
     """The ledger and version rows (empty when svcmig never ran on this database), and the
@@ -269,8 +262,9 @@ def read_state(conn: Executes, schemas: Iterable[str] = (),
     ledger: dict[str, LedgerRow] = {}
     schemas = list(schemas)
     if exists[0]:
-        if graph is not None and _matches(conn.execute(SUMMARY_SQL).fetchall(), graph):
-            heads = frozenset(chain[-1].id for chain in graph.chains.values() if chain)
+        expected = _summaries(graph) if graph is not None else {}
+        if graph is not None and _matches(conn.execute(SUMMARY_SQL).fetchall(), expected):
+            heads = frozenset(summary.head for summary in expected.values())
             return DatabaseState(SettledLedger(graph), heads,
                                  invalid_indexes(conn, schemas) if schemas else (), True)
         else:
@@ -282,12 +276,17 @@ def read_state(conn: Executes, schemas: Iterable[str] = (),
                          invalid_indexes(conn, schemas) if schemas else ())
 
 
-def _matches(summaries: list[tuple[str, int, int, str | None]], graph: Graph) -> bool:
-    expected = {name: chain for name, chain in graph.chains.items() if chain}
+def _summaries(graph: Graph) -> dict[str, ChainSummary]:
+    found = {service.name: graph.summary(service.name) for service in graph.services}
+    return {name: summary for name, summary in found.items() if summary is not None}
+
+
+def _matches(summaries: list[tuple[str, int, int, str | None]],
+             expected: dict[str, ChainSummary]) -> bool:
     if {row[0] for row in summaries} != set(expected):
         return False
-    return all(count == len(expected[service]) and dirty == 0
-               and digest == chain_digest(expected[service])
+    return all(count == expected[service].revisions and dirty == 0
+               and digest == expected[service].digest
                for service, count, dirty, digest in summaries)
 
 

@@ -6,6 +6,7 @@ instead of trusted."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from .discover import Service
 from .errors import ProjectError
 from .load import Revision, revision_from, revision_id
-from .validate import Graph, build_graph
+from .validate import ChainSummary, Graph, build_graph, chain_digest
 
 MANIFEST_VERSION = 2
 MANIFEST_NAME = "migrations.manifest.json"
@@ -45,7 +46,9 @@ def write_manifest(root: Path, path: Path) -> Graph:
 
 
 def load_manifest(path: Path, root: Path) -> Graph:
-    """The graph as it was at build time; revision paths resolve under `root`."""
+    """The graph as it was at build time; revision paths resolve under `root`. Its revisions
+    are built when something first asks for them: a deploy with nothing to do only needs each
+    service's summary (`ManifestGraph.summary`)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -55,22 +58,49 @@ def load_manifest(path: Path, root: Path) -> Graph:
         raise ProjectError(f"{path}: manifest version {data.get('version')!r}, expected "
                            f"{MANIFEST_VERSION}; rebuild it with `svcmig manifest`")
     services = tuple(Service(name, root / "services" / name) for name in data["services"])
-    revisions: dict[str, Revision] = {}
-    chains: dict[str, tuple[Revision, ...]] = {}
-    for service, entries in data["chains"].items():
+    return ManifestGraph(root, services, data["chains"])
+
+
+class ManifestGraph(Graph):
+    """A `Graph` read from a manifest: `chains` and `revisions` are built on first use (about
+    40 ms at 10,000 revisions), `summary` from the manifest's entries without building them."""
+
+    _entries: dict[str, list[list[Any]]]
+
+    def __init__(self, root: Path, services: tuple[Service, ...],
+                 entries: dict[str, list[list[Any]]]) -> None:
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "services", services)
+        object.__setattr__(self, "_entries", entries)
+
+    @functools.cached_property
+    def chains(self) -> dict[str, tuple[Revision, ...]]:  # type: ignore[override]
+        return {service: self._chain(service, entries)
+                for service, entries in self._entries.items()}
+
+    @functools.cached_property
+    def revisions(self) -> dict[str, Revision]:  # type: ignore[override]
+        return {r.id: r for chain in self.chains.values() for r in chain}
+
+    def summary(self, service: str) -> ChainSummary | None:
+        entries = self._entries.get(service)
+        if not entries:
+            return None
+        pairs = [(revision_id(service, entry[0]), entry[-1]) for entry in entries]
+        return ChainSummary(len(pairs), chain_digest(pairs), pairs[-1][0])
+
+    def _chain(self, service: str, entries: list[list[Any]]) -> tuple[Revision, ...]:
         chain = []
         previous: str | None = None
         for stamp, slug, kind, depends_on, labels, phase, transactional, reversible, digest \
                 in entries:
             rev_id = revision_id(service, stamp)
             ext = "sql" if kind == "sql" else "py"
-            revision = revision_from(
-                rev_id, service, root, f"services/{service}/migrations/{stamp}__{service}__{slug}"
-                f".{ext}", stamp, slug, kind, previous, tuple(depends_on),
+            chain.append(revision_from(
+                rev_id, service, self.root,
+                f"services/{service}/migrations/{stamp}__{service}__{slug}.{ext}", stamp, slug,
+                kind, previous, tuple(depends_on),
                 tuple(labels) if labels is not None else (() if previous else (service,)),
-                phase, transactional, reversible, digest)
-            revisions[rev_id] = revision
-            chain.append(revision)
+                phase, transactional, reversible, digest))
             previous = rev_id
-        chains[service] = tuple(chain)
-    return Graph(root, services, chains, revisions)
+        return tuple(chain)

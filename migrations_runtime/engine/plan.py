@@ -166,6 +166,11 @@ def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all") ->
     selected: list[Revision] = []
     statuses: list[ServiceStatus] = []
     for service in graph.services:
+        if state.settled:  # every revision is applied: no need to look at one
+            summary = graph.summary(service.name)
+            if summary is not None:
+                statuses.append(ServiceStatus(service.name, summary.head, summary.head, ()))
+            continue
         steps, status = _service_plan(graph.chains.get(service.name, ()), state, phase, anomalies)
         selected.extend(steps)
         if status is not None:
@@ -185,5 +190,5 @@ def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all") ->
             "failed (or is running now); it slows every write and serves no read. Drop it with "
             f"DROP INDEX CONCURRENTLY {index.schema}.{index.name}, then apply (or repair) the "
             "revision that creates it", fatal=False))
-    return Plan(phase, tuple(topological_order(selected, graph.revisions)), tuple(anomalies),
-                tuple(statuses))
+    ordered = topological_order(selected, graph.revisions) if selected else []
+    return Plan(phase, tuple(ordered), tuple(anomalies), tuple(statuses))

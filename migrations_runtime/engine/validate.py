@@ -7,14 +7,33 @@ the first, so a CI run shows everything at once.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .discover import Service, discover_services
 from .errors import MigrationFileError, ProjectError, SvcmigError
 from .load import Revision, load_service
+
+
+class ChainSummary(NamedTuple):
+    """A service's chain in brief: what `ledger.SUMMARY_SQL` reads back from a ledger that
+    holds exactly its revisions (`revisions`, how many, and `digest`), and its last revision
+    (`head`)."""
+
+    revisions: int
+    digest: str
+    head: str
+
+
+def chain_digest(pairs: Iterable[tuple[str, str]]) -> str:
+    """md5 of `id:checksum` for each (revision id, checksum), by id, comma-separated: what
+    `ledger.SUMMARY_SQL` computes over a service's settled ledger rows."""
+    text = ",".join(f"{rev_id}:{digest}" for rev_id, digest in sorted(pairs))
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -29,6 +48,14 @@ class Graph:
     def head(self, service: str) -> Revision | None:
         chain = self.chains.get(service, ())
         return chain[-1] if chain else None
+
+    def summary(self, service: str) -> ChainSummary | None:
+        """The service's chain in brief (None when it has no revisions)."""
+        chain = self.chains.get(service, ())
+        if not chain:
+            return None
+        return ChainSummary(len(chain), chain_digest((r.id, r.checksum) for r in chain),
+                            chain[-1].id)
 
     def upto(self, target: str) -> tuple[Revision, ...] | None:
         """`target` (a revision id, or a service name meaning its code head) and everything
