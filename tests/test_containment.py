@@ -758,6 +758,13 @@ ESCAPES = {
     "then-fails": "    conn.pgconn.exec_(b'COMMIT')\n    op.execute('SELECT 1/0')",
     "then-succeeds": "    conn.pgconn.exec_(b'COMMIT')",
     "rollback": "    conn.pgconn.exec_(b'ROLLBACK')",
+    # a new transaction right after: the session looks as if it never left the runner's
+    "commit-and-begin": "    conn.pgconn.exec_(b'COMMIT')\n    conn.pgconn.exec_(b'BEGIN')\n"
+                        "    op.execute('CREATE TABLE second (id int)')",
+    "commit-begin-succeeds": "    conn.pgconn.exec_(b'COMMIT')\n    conn.pgconn.exec_(b'BEGIN')\n"
+                             "    op.execute('CREATE TABLE users.second (id int)')",
+    "commit-begin-then-fails": "    conn.pgconn.exec_(b'COMMIT')\n"
+                               "    conn.pgconn.exec_(b'BEGIN')\n    op.execute('SELECT 1/0')",
 }
 
 
@@ -802,26 +809,41 @@ def test_the_ledger_row_follows_any_ending_of_the_last_statement(
     assert query(database_url, "SELECT to_regclass('users.ending')") == [("users.ending",)]
 
 
-@pytest.mark.parametrize("ext", ["sql", "py"])
+DEFERRED_SLEEP = (
+    "CREATE TABLE users.marker (id int);\n"
+    "CREATE FUNCTION users.slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "PERFORM pg_sleep(0.4); RETURN NULL; END $$;\n"
+    "CREATE CONSTRAINT TRIGGER slow_at_commit AFTER INSERT ON users.marker DEFERRABLE "
+    "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION users.slow();\n"
+    "INSERT INTO users.marker VALUES (1);\n")
+
+
+@pytest.mark.parametrize("ext", ["sql", "py", "deferred-trigger"])
 def test_the_ledger_row_records_the_last_statements_time(
         tmp_path: Path, database_url: str, ext: str) -> None:
+    """Including work deferred to the end of the transaction (constraint triggers)."""
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
     sql = "CREATE TABLE users.slow AS SELECT pg_sleep(0.4) IS NULL AS slept"
-    add(root, "users", "2026-02-01T0000", sql if ext == "sql" else python_revision(
-        "users", "2026-02-01T0000", "users_202601010000", f"    op.execute({sql!r})"), ext=ext)
+    if ext == "deferred-trigger":
+        add(root, "users", "2026-02-01T0000", DEFERRED_SLEEP)
+    else:
+        add(root, "users", "2026-02-01T0000", sql if ext == "sql" else python_revision(
+            "users", "2026-02-01T0000", "users_202601010000", f"    op.execute({sql!r})"),
+            ext=ext)
     migrate(database_url, root, **QUIET)
     rows = query(database_url, "SELECT duration_ms FROM svcmig.schema_migrations "
                                "WHERE revision = 'users_202602010000'")
     assert rows[0][0] >= 400
 
 
+@pytest.mark.parametrize("idle_ms", [2000, RunSettings().idle_timeout_ms])
 @pytest.mark.parametrize("ext", ["sql", "py"])
 def test_a_revision_does_not_commit_once_the_migrator_lost_its_lock(
-        tmp_path: Path, database_url: str, ext: str) -> None:
-    """The migrator's session (which holds the lock) ends while a revision runs for longer
-    than half the idle timeout: another migrator could be running now, so the revision's
-    COMMIT must not happen."""
+        tmp_path: Path, database_url: str, ext: str, idle_ms: int) -> None:
+    """The migrator's session (which holds the lock) ends while a revision runs, however
+    short the run: another migrator could be running now, so the revision's COMMIT must not
+    happen."""
     import threading
 
     root = base_project(tmp_path)
@@ -846,7 +868,7 @@ def test_a_revision_does_not_commit_once_the_migrator_lost_its_lock(
     killer.start()
     try:
         with pytest.raises(MigrationFailed, match="lost its lock"):
-            migrate(database_url, root, settings=RunSettings(idle_timeout_ms=2000), **QUIET)
+            migrate(database_url, root, settings=RunSettings(idle_timeout_ms=idle_ms), **QUIET)
     finally:
         killer.join()
     assert query(database_url, "SELECT to_regclass('users.late')") == [(None,)]
@@ -854,6 +876,27 @@ def test_a_revision_does_not_commit_once_the_migrator_lost_its_lock(
     assert lock_is_free(database_url)
     migrate(database_url, root, **QUIET)
     assert ledger(database_url)["users_202602010000"] == "applied"
+
+
+def test_a_deferred_trigger_cannot_rewrite_the_revisions_ledger_row(
+        tmp_path: Path, database_url: str) -> None:
+    """Deferred triggers run before the ledger row is written (SET CONSTRAINTS ALL
+    IMMEDIATE), so one that writes the revision's row makes the runner's own row fail: the
+    revision fails whole, nothing of it is left."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", DEFERRED_SLEEP.replace(
+        "PERFORM pg_sleep(0.4);",
+        "DELETE FROM svcmig.schema_migrations WHERE revision = "
+        "current_setting('svcmig.revision'); INSERT INTO svcmig.schema_migrations (revision, "
+        "service, file, checksum, phase, state, duration_ms, applied_by) VALUES "
+        "(current_setting('svcmig.revision'), 'users', 'forged', 'forged', 'expand', "
+        "'applied', 424242, 'forger');"))
+    with pytest.raises(MigrationFailed):
+        migrate(database_url, root, **QUIET)
+    assert "users_202602010000" not in ledger(database_url)
+    assert query(database_url, "SELECT to_regclass('users.marker')") == [(None,)]
+    assert lock_is_free(database_url)
 
 
 def test_a_no_transaction_do_block_that_committed_stays_dirty(
@@ -1041,14 +1084,21 @@ def test_a_revision_cannot_change_how_its_later_statements_are_read(
 @pytest.mark.parametrize("statement", [
     "SET standard_conforming_strings = off;", "SET client_encoding = 'SJIS';",
     "SET svcmig.revision = 'users_209912312359';",
-    "SELECT set_config('svcmig.revision', 'x', true);"])
+    "SELECT set_config('svcmig.revision', 'x', true);",
+    "SELECT set_config('svcmig.revision'::text, 'x', true);",
+    "SELECT set_config('svcmig.' || 'revision', 'x', true);",
+    "SELECT set_config(('lock_' || 'timeout')::varchar COLLATE \"C\", '0', true);",
+    "-- migrate:no-transaction\nPREPARE TRANSACTION 'limbo';",
+    "-- migrate:no-transaction\nCOMMIT PREPARED 'limbo';"])
 def test_settings_the_checks_rely_on_are_refused_up_front(
         tmp_path: Path, database_url: str, statement: str) -> None:
     root = base_project(tmp_path)
     path = add(root, "users", "2026-02-01T0000", f"{statement}\n")
     with pytest.raises(PlanError) as caught:
         migrate(database_url, root, **QUIET)
-    assert f"{path}:1" in str(caught.value) and "not allowed in a revision" in str(caught.value)
+    line = statement.count("\n") + 1
+    assert f"{path}:{line}" in str(caught.value)
+    assert "not allowed in a revision" in str(caught.value)
 
 
 def psql_script(url: str, script: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from ..dev.embedded import resolve_url
 from ..engine.apply import STOPPED, RunSettings, json_log_to_stderr, migrate, read_plan
 from ..engine.discover import find_project_root
 from ..engine.errors import RunStopped, SvcmigError
-from ..engine.lockwait import LockPolicy
+from ..engine.lockwait import MAX_BUDGET_SECONDS, MAX_TIMEOUT_MS, LockPolicy
 from ..engine.manifest import MANIFEST_NAME, load_manifest, write_manifest
 from ..engine.plan import PHASE_CHOICES
 from ..engine.repair import baseline, repair
@@ -37,12 +37,14 @@ from .common import (
 @json_option
 @click.option("--lock-wait", type=float, default=60.0, show_default=True,
               help="Seconds to wait for another migrator's lock.")
-@click.option("--lock-timeout-ms", type=click.IntRange(min=1), default=LockPolicy.first_timeout_ms,
+@click.option("--lock-timeout-ms", type=click.IntRange(min=1, max=MAX_TIMEOUT_MS),
+              default=LockPolicy.first_timeout_ms,
               show_default=True, help="lock_timeout of a revision's first attempt at its locks.")
-@click.option("--lock-timeout-max-ms", type=click.IntRange(min=1),
+@click.option("--lock-timeout-max-ms", type=click.IntRange(min=1, max=MAX_TIMEOUT_MS),
               default=LockPolicy.max_timeout_ms, show_default=True,
               help="The most any attempt waits: no query on a locked table waits longer.")
-@click.option("--lock-budget", type=click.FloatRange(min=0, min_open=True),
+@click.option("--lock-budget", type=click.FloatRange(min=0, min_open=True,
+                                                    max=MAX_BUDGET_SECONDS),
               default=LockPolicy.budget_seconds, show_default=True,
               help="Seconds a revision may spend on attempts and pauses before it fails.")
 @click.option("--long-hold-ms", type=click.IntRange(min=0), default=1000, show_default=True,

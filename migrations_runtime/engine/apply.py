@@ -37,7 +37,7 @@ from . import ledger
 from .database import DEFAULT_IDLE_IN_TRANSACTION_MS, connect, refuse_pooler
 from .errors import MigrationFailed, MigrationFileError, PlanError, RunStopped
 from .load import Revision, checksum, read_text
-from .lock import held_by_sql, migrator_lock
+from .lock import migrator_lock, session_alive_sql
 from .lockwait import (
     HELD_LOCKS_SQL,
     Blocker,
@@ -117,6 +117,11 @@ def _describe(err: psycopg.Error) -> str:
     return f"{text}{detail} [SQLSTATE {err.sqlstate}]{hint}"
 
 
+# What a `fail_unless` check in the finish says when the transaction is not the one the
+# revision began in.
+ESCAPED = "the revision ended the runner's transaction"
+
+
 def _own_error(err: psycopg.Error) -> str | None:
     """The message of a failed `statements.fail_unless` check, or None."""
     if not isinstance(err, pg_errors.InvalidTextRepresentation):
@@ -170,8 +175,7 @@ class Runner:
         runner = self._python.get(service)
         if runner is None or runner.conn is not conn:
             assert isinstance(conn, GuardedConnection)
-            runner = self._python[service] = PythonRevisions(
-                conn, lambda starts: self._waiting(conn, starts))
+            runner = self._python[service] = PythonRevisions(conn)
         return runner
 
     def _waiting(self, conn: psycopg.Connection, starts: bool) -> None:
@@ -195,8 +199,12 @@ class Runner:
         if statements is None or not statements:
             if prefix:
                 conn.execute(prefix)
-            if statements is None:
-                self._python_for(revision.service, conn).run(revision, upgrade)
+            if statements is None:  # watched as a whole: its raw connection passes no hook
+                self._waiting(conn, True)
+                try:
+                    self._python_for(revision.service, conn).run(revision, upgrade)
+                finally:
+                    self._watch.done()
             return 0
         done = 0
         for index, statement in enumerate(statements):
@@ -214,7 +222,7 @@ class Runner:
             except psycopg.Error as err:
                 blockers = self._watch.done()
                 if last and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-                    self._finish_failed(conn, revision, upgrade, err)  # returns if committed
+                    self._finish_failed(conn, revision, upgrade, err, merged=True)
                     if holds is not None:
                         holds.statement(statement, started)
                     return done + 1
@@ -222,7 +230,8 @@ class Runner:
                 if own is not None and last:
                     raise MigrationFailed(revision.id, revision.path, own) from err
                 if self._lock_timed_out(err):
-                    raise LockTimedOut(self._timeout_ms, blockers) from err
+                    waited = int((time.monotonic() - started) * 1000)
+                    raise LockTimedOut(waited, blockers) from err
                 position = err.diag.statement_position
                 offset = int(position) - 1 - len(lead) if position else 0
                 extra = statement.sql[:offset].count("\n") if offset > 0 else 0
@@ -255,7 +264,10 @@ class Runner:
             notes = [n for n in getattr(err, "__notes__", []) if n.startswith("svcmig-line:")]
             line = int(notes[-1].split(":")[1]) if notes else _python_error_line(err, revision.path)
             raise MigrationFailed(revision.id, revision.path, _describe(err), line) from err
-        except Exception as err:  # a Python revision's own bug
+        except Exception as err:  # a Python revision's own bug, or a database error wrapped
+            cause = getattr(err, "orig", None)  # SQLAlchemy's DBAPIError around psycopg's
+            if isinstance(cause, psycopg.Error) and self._lock_timed_out(cause):
+                raise LockTimedOut(self._timeout_ms, self._watch.done()) from err
             line = _python_error_line(err, revision.path)
             raise MigrationFailed(revision.id, revision.path, f"{type(err).__name__}: {err}",
                                   line) from err
@@ -322,6 +334,7 @@ class Runner:
             self.sessions.migrator.execute(ledger.record_sql(revision, "dirty", None))
         except psycopg.Error:
             pass  # the error below still says it
+        err.dirty = True
         err.add(f"; {why}, so the revision is marked dirty: check what it left, then "
                 f"`svcmig repair {revision.id} --applied` (or --rolled-back)")
 
@@ -337,7 +350,7 @@ class Runner:
 
     def _finish(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                 started: float, transactional: bool,
-                holds: HoldTracker | None = None) -> None:
+                holds: HoldTracker | None = None, xid: int | None = None) -> None:
         """Record the revision (its ledger row), commit, and leave the session clean for the
         next revision, in one round trip; with `holds` that must ask the server, the strong
         locks held are read first, in the same round trip.
@@ -346,11 +359,15 @@ class Runner:
         implicit transaction: inside the revision's transaction it would come too late for what
         the transaction's start already took (a read-only default) and too early for what takes
         effect at commit (UNLISTEN). When that round trip fails, the ledger says whether the
-        COMMIT happened; the session is replaced either way."""
+        COMMIT happened; the session is replaced either way. `xid`: the transaction the
+        revision started in (a Python revision's), which must still be the one that commits."""
         duration = int((time.monotonic() - started) * 1000)
         if not transactional:  # its rows are the migrator's: a revision cannot rewrite them
-            self._still_locked(revision, started)
-            self.sessions.migrator.execute(self._ledger_sql(revision, upgrade, duration))
+            try:  # on the migrator's own session: it succeeds only while the lock is held
+                self.sessions.migrator.execute(self._ledger_sql(revision, upgrade, duration))
+            except psycopg.OperationalError as err:
+                raise MigrationFailed(revision.id, revision.path, self._lost_lock_message(
+                    "its ledger row is not written")) from err
             self._rollback(conn)
             return
         changed = lexing_changed(conn)
@@ -358,9 +375,9 @@ class Runner:
             raise MigrationFileError(revision.path, f"{changed}; leave the setting alone")
         probe = holds is not None and holds.ask_server
         try:
-            cursor = conn.execute(self._finish_sql(revision, upgrade, duration, probe))
+            cursor = conn.execute(self._finish_sql(revision, upgrade, duration, probe, xid))
         except psycopg.Error as err:
-            self._finish_failed(conn, revision, upgrade, err)
+            self._finish_failed(conn, revision, upgrade, err, merged=False)
             return
         if holds is not None:
             if probe:
@@ -369,40 +386,47 @@ class Runner:
             self._recorded(revision, holds)
 
     def _finish_sql(self, revision: Revision, upgrade: bool, duration: int | ledger.Elapsed,
-                    probe: bool = False) -> str:
+                    probe: bool = False, xid: int | None = None) -> str:
         """The round trip that ends a transactional revision (see `_finish`): the runner's
-        search path, the strong locks held (with `probe`), a check that the migrator still
-        holds its lock, the ledger row, COMMIT and the reset.
-
-        A migrator frozen for longer than the idle timeout lost its session, and with it the
-        lock, to `idle_session_timeout`: another may be running now. Only a transaction that
-        ran for half that time can have outlived the session, so only its check reads
-        `pg_locks` (about 0.1 ms of the server's time, measured here)."""
-        outlived = f"pg_catalog.clock_timestamp() - pg_catalog.now() >= " \
-                   f"'{self.settings.idle_timeout_ms // 2} milliseconds'::pg_catalog.interval"
-        held = held_by_sql(self.sessions.migrator.info.backend_pid)
+        search path, the strong locks held (with `probe`), the deferred constraints and
+        triggers (run now, so none runs after the ledger row and the duration counts them),
+        checks that the migrator still holds its lock (a migrator frozen for longer than the
+        idle timeout lost its session, and with it the lock, to `idle_session_timeout`;
+        another may be running now) and, with `xid`, that the transaction is still the one
+        the revision began in, then the ledger row, COMMIT and the reset."""
+        migrator = self.sessions.migrator.info
+        checks = [fail_unless(session_alive_sql(migrator.backend_pid,
+                                                migrator.parameter_status("application_name")
+                                                or ""),
+                              self._lost_lock_message("the revision was not committed"))]
+        if xid is not None:
+            checks.append(fail_unless(f"pg_catalog.txid_current() = {int(xid)}", ESCAPED))
         return "; ".join([
-            CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []),
-            fail_unless(f"NOT ({outlived}) OR {held}", self._lost_lock_message()),
+            CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []), "SET CONSTRAINTS ALL IMMEDIATE",
+            "SELECT pg_catalog.pg_stat_clear_snapshot()", *checks,
             self._ledger_sql(revision, upgrade, duration), "COMMIT", *SESSION_RESET_SQL])
 
     def _finish_failed(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
-                       err: psycopg.Error) -> None:
-        """The round trip with the ledger row failed. Still in the revision's (failed)
-        transaction: nothing was committed. Otherwise the ledger says whether COMMIT
-        happened (returns if so); the session is replaced either way."""
-        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                       err: psycopg.Error, merged: bool) -> None:
+        """The round trip with the ledger row failed. The ledger says whether COMMIT happened
+        (returns if so); the session is replaced either way. A `merged` batch (a SQL
+        revision's, which cannot end the transaction) still in its failed transaction
+        committed nothing; a revision that ended the runner's transaction may have committed
+        what ran before, so it is marked dirty."""
+        own = _own_error(err)
+        in_failed_transaction = conn.info.transaction_status == \
+            psycopg.pq.TransactionStatus.INERROR
+        if own is not None and own != ESCAPED or merged and in_failed_transaction:
             conn.close()
-            raise MigrationFailed(revision.id, revision.path,
-                                  _own_error(err) or _describe(err)) from err
+            raise MigrationFailed(revision.id, revision.path, own or _describe(err)) from err
         committed = self._committed(revision, upgrade)
         conn.close()
         if committed:
             return
-        if isinstance(err, (pg_errors.InsufficientPrivilege,
-                            pg_errors.InvalidTextRepresentation)):
-            # the ledger refused the row: the transaction no longer names the revision,
-            # so it was ended (and what ran before may be committed)
+        if own == ESCAPED or isinstance(err, (pg_errors.InsufficientPrivilege,
+                                              pg_errors.InvalidTextRepresentation)):
+            # a new transaction, or the ledger refused the row: the transaction no longer
+            # names the revision, so it was ended (and what ran before may be committed)
             failed = MigrationFailed(revision.id, revision.path, "the revision ended the "
                                      "runner's transaction (a commit from inside it)")
             self._mark_dirty(revision, failed, "what ran before may be committed")
@@ -414,22 +438,11 @@ class Runner:
         self._measure(revision, holds)
         self._existing.update(holds.created)
 
-    def _lost_lock_message(self) -> str:
+    def _lost_lock_message(self, consequence: str) -> str:
         return ("the migrator lost its lock while the revision ran (its session ended: was the "
                 "process stopped or frozen for longer than --idle-timeout-ms "
-                f"{self.settings.idle_timeout_ms}?); the revision was not committed; run again")
-
-    def _still_locked(self, revision: Revision, started: float) -> None:
-        """Before a revision that ran long commits, make sure the migrator still holds its lock:
-        a migrator frozen for longer than the idle timeout lost its session, and with it the
-        lock, to `idle_session_timeout`; another migrator may be running now. (A revision that
-        ran for less than half that time cannot have outlived the session.)"""
-        if time.monotonic() - started < self.settings.idle_timeout_ms / 2000:
-            return
-        try:
-            self.sessions.migrator.execute("SELECT 1")
-        except psycopg.Error as err:
-            raise MigrationFailed(revision.id, revision.path, self._lost_lock_message()) from err
+                f"{self.settings.idle_timeout_ms}, or the session terminated?); {consequence}; "
+                "another migrator may be running: check `svcmig status`, then run again")
 
     def _measure(self, revision: Revision, holds: HoldTracker) -> None:
         """How long the revision held each strong lock (until now, just after COMMIT)."""
@@ -468,15 +481,20 @@ class Runner:
         return (row is not None and row[0] == "applied") if upgrade else row is None
 
     def _lock_wait(self, revision: Revision, attempt: int, timed_out: LockTimedOut,
-                   line: int | None = None) -> None:
-        """Record an attempt that gave up on a lock, then pause so queued traffic drains."""
+                   started: float, queues: bool, line: int | None = None) -> bool:
+        """Record an attempt that gave up on a lock, then, if the budget leaves room for
+        another, pause so queued traffic drains; False when there is none (no pause)."""
         self.stats.waited(timed_out.waited_ms)
-        pause = self.settings.lock.pause_seconds(timed_out.waited_ms)
+        policy = self.settings.lock
+        pause = policy.pause_seconds(timed_out.waited_ms)
+        more = policy.another_attempt(started, attempt, pause, queues)
         self.log({"event": "lock_wait", "revision": revision.id, "attempt": attempt + 1,
                   "waited_ms": timed_out.waited_ms, "line": line,
                   "blockers": [b.as_dict() for b in timed_out.blockers],
-                  "pause_ms": int(pause * 1000)})
-        time.sleep(pause)
+                  "pause_ms": int(pause * 1000) if more else 0})
+        if more:
+            time.sleep(pause)
+        return more
 
     def _out_of_budget(self, revision: Revision, attempts: int, started: float,
                        last: LockTimedOut | None, line: int | None = None) -> MigrationFailed:
@@ -511,13 +529,16 @@ class Runner:
             holds = HoldTracker(self._existing, service_of(revision).schema)
             if statements is None:
                 holds.ask_server = True
+            xid: int | None = None  # a Python revision's transaction, which it could end
             try:
                 with self._failure_as(revision):
+                    prefix = self._enter_sql(revision, True)
                     if statements is None:
                         self._python_for(revision.service, conn).prepare()
-                    self._execute(conn, revision, upgrade, statements,
-                                  prefix=self._enter_sql(revision, True), holds=holds,
-                                  finish=finish if merged else None)
+                        xid = self._begin_python(conn, prefix)
+                        prefix = ""
+                    self._execute(conn, revision, upgrade, statements, prefix=prefix,
+                                  holds=holds, finish=finish if merged else None)
                     if merged:
                         self._recorded(revision, holds)
                         return
@@ -526,22 +547,21 @@ class Runner:
                             revision.path, "the revision ended the runner's transaction (a "
                             "commit or rollback from inside it, e.g. through the raw psycopg "
                             "connection)")
-                    self._finish(conn, revision, upgrade, started, True, holds)
+                    self._finish(conn, revision, upgrade, started, True, holds, xid)
                 return
             except LockTimedOut as timed_out:
-                escaped = self._escaped(conn)
-                self._rollback(conn)
+                escaped = self._escaped(conn, xid)
                 if escaped:
                     err = MigrationFailed(revision.id, revision.path, "a lock timeout after the "
                                           "revision ended the runner's transaction")
                     self._mark_dirty(revision, err, "what ran before may be committed")
                     raise err from timed_out
                 last = timed_out
-                self._lock_wait(revision, attempt, timed_out)
+                if not self._lock_wait(revision, attempt, timed_out, started, queues):
+                    break
             except MigrationFailed as err:
-                escaped = self._escaped(conn)
-                self._rollback(conn)
-                if escaped:
+                escaped = self._escaped(conn, xid)
+                if escaped and not err.dirty:
                     self._mark_dirty(revision, err, "the revision ended the runner's "
                                      "transaction before it failed, and what ran until then may "
                                      "be committed")
@@ -549,11 +569,32 @@ class Runner:
         raise self._out_of_budget(revision, attempts, started, last)
 
     @staticmethod
-    def _escaped(conn: psycopg.Connection) -> bool:
-        """After a failure in a transactional revision: the session is not in a transaction any
-        more (it would be in a failed one), so something inside the revision ended ours."""
-        return not conn.closed and \
+    def _begin_python(conn: psycopg.Connection, prefix: str) -> int:
+        """Start a Python revision's transaction; its id, so the runner can tell whether the
+        revision ended it (through the raw connection) and began another."""
+        cursor = conn.execute(f"{prefix}; SELECT pg_catalog.txid_current()")
+        while cursor.nextset():
+            pass
+        row = cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _escaped(self, conn: psycopg.Connection, xid: int | None) -> bool:
+        """After a failure in a transactional revision, roll it back; whether something inside
+        the revision had ended the runner's transaction: the session is not in a transaction
+        any more (it would be in a failed one), or (a Python revision, whose transaction `xid`
+        is) that transaction committed although the runner never committed it."""
+        escaped = not conn.closed and \
             conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        self._rollback(conn)
+        if escaped or xid is None:
+            return escaped
+        try:
+            row = self.sessions.migrator.execute("SELECT pg_catalog.txid_status(%s)",
+                                                 (xid,)).fetchone()
+        except psycopg.Error:
+            return False
+        return row is not None and row[0] == "committed"
 
     @staticmethod
     def _rollback(conn: psycopg.Connection) -> None:
@@ -638,7 +679,9 @@ class Runner:
             except LockTimedOut as timed_out:
                 last = timed_out
                 self._clean_up_invalid(conn, service_of(revision).schema, before)
-                self._lock_wait(revision, attempt, timed_out, statement.line)
+                if not self._lock_wait(revision, attempt, timed_out, started,
+                                       queues_traffic(statement), statement.line):
+                    break
         raise self._out_of_budget(revision, attempts, started, last, statement.line)
 
     @staticmethod

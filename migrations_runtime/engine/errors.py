@@ -58,6 +58,7 @@ class MigrationFailed(SvcmigError):
         self.message = message
         self.applied: tuple[Any, ...] = ()  # `RevisionResult`s of the run that came before
         self.locks: Any = None  # the run's `LockStats` (what its lock waits cost)
+        self.dirty = False  # the runner marked (or tried to mark) the revision dirty
         super().__init__(self._text())
 
     def _text(self) -> str:

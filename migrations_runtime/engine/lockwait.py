@@ -35,11 +35,25 @@ HELD_LOCKS_SQL = (
     f"AND l.mode IN ({', '.join(repr(m) for m in STRONG_MODES)}) "
     "AND c.relkind IN ('r', 'p', 'm')")
 
+# pid 0 is a prepared transaction (PREPARE TRANSACTION): it has no session to name, only gids.
 BLOCKERS_SQL = """
-    SELECT b.pid, coalesce(b.application_name, ''), coalesce(b.state, ''),
-           round(extract(epoch FROM now() - b.xact_start)::numeric, 1),
-           left(coalesce(b.query, ''), 200)
-    FROM unnest(pg_blocking_pids(%s)) AS x(pid) JOIN pg_stat_activity b ON b.pid = x.pid"""
+    SELECT x.pid,
+           CASE WHEN x.pid = 0 THEN 'prepared transaction ' || p.gids
+                ELSE coalesce(b.application_name, '') END,
+           CASE WHEN x.pid = 0 THEN 'prepared' ELSE coalesce(b.state, '') END,
+           round(extract(epoch FROM now() - CASE WHEN x.pid = 0 THEN p.oldest
+                                                 ELSE b.xact_start END)::numeric, 1),
+           CASE WHEN x.pid = 0 THEN 'end it with COMMIT PREPARED or ROLLBACK PREPARED'
+                ELSE left(coalesce(b.query, ''), 200) END
+    FROM (SELECT DISTINCT unnest(pg_blocking_pids(%s))) AS x(pid)
+    LEFT JOIN pg_stat_activity b ON b.pid = x.pid
+    CROSS JOIN (SELECT string_agg(gid, ', ') AS gids, min(prepared) AS oldest
+                FROM pg_prepared_xacts) AS p
+    WHERE x.pid = 0 OR b.pid IS NOT NULL"""
+
+
+MAX_TIMEOUT_MS = 2**31 - 1  # lock_timeout is a 32-bit count of milliseconds
+MAX_BUDGET_SECONDS = 86_400.0  # a day: anything longer is a mistake, not a wait
 
 
 @dataclass(frozen=True)
@@ -65,9 +79,12 @@ class LockPolicy:
     def __post_init__(self) -> None:
         if not 0 < self.first_timeout_ms <= self.max_timeout_ms:
             raise ValueError("lock timeouts: 0 < first <= max")
-        if self.budget_seconds <= 0 or self.growth < 1 or self.pause_ms < 0 or \
-                self.pause_ratio < 0:
-            raise ValueError("lock policy: budget > 0, growth >= 1, pauses >= 0")
+        if not 0 < self.budget_seconds <= MAX_BUDGET_SECONDS or self.growth < 1 or \
+                self.pause_ms < 0 or self.pause_ratio < 0:
+            raise ValueError(f"lock policy: 0 < budget <= {MAX_BUDGET_SECONDS} s, growth >= 1, "
+                             "pauses >= 0")
+        if self.max_timeout_ms > MAX_TIMEOUT_MS:
+            raise ValueError(f"lock timeouts: at most {MAX_TIMEOUT_MS} ms (PostgreSQL's limit)")
 
     def timeout_ms(self, attempt: int) -> int:
         return int(min(self.max_timeout_ms, self.first_timeout_ms * self.growth ** attempt))
@@ -76,6 +93,14 @@ class LockPolicy:
         """The pause after an attempt that waited `timeout_ms` in vain."""
         return max(self.pause_ms, self.pause_ratio * timeout_ms) / 1000 * \
             random.uniform(0.75, 1.25)
+
+    def another_attempt(self, started: float, attempt: int, pause: float,
+                        queues_traffic: bool = True) -> bool:
+        """Whether, after attempt `attempt` (0-based) gave up and a pause of `pause` seconds,
+        the budget leaves room for the next attempt's full wait (as `attempts` decides)."""
+        spent = time.monotonic() - started + pause
+        return queues_traffic and spent + self.timeout_ms(attempt + 1) / 1000 <= \
+            self.budget_seconds
 
     def attempts(self, started: float, queues_traffic: bool = True) -> Iterator[tuple[int, int]]:
         """(attempt, timeout_ms) while the budget (counted from `started`, a monotonic time)
@@ -120,23 +145,25 @@ class BlockerWatch:
     """Finds out who blocks a waiting revision, and holds it to its attempt's timeout.
 
     The waiter cannot ask (it is waiting) and once its attempt times out nothing is blocked any
-    more, so a thread asks from the migrator's own session while the attempt is still waiting:
-    after 60% of its timeout, when a quick statement would have finished long before. Costs
-    nothing for attempts that are not waiting.
+    more, so a thread asks from the migrator's own session while the attempt is still running:
+    first after 60% of its timeout, when a quick statement would have finished long before,
+    then every `POLL_SECONDS` until it ends. Costs nothing for attempts that finish quickly.
 
     A revision can change its own `lock_timeout` where no check sees it (in a DO block, in a
-    function's SET clause): if the session is still waiting for a lock `CANCEL_MARGIN_MS`
-    after its attempt should have timed out, the thread cancels the statement
-    (`pg_cancel_backend`) and `cancelled` says so, so the runner treats it as a lock timeout.
-    The lock policy is thus the runner's to enforce, not the revision's to keep."""
+    function's SET clause, through a Python revision's raw connection): a session that has
+    been waiting for one lock (`pg_locks.waitstart`) `CANCEL_MARGIN_MS` longer than its
+    attempt's timeout is cancelled (`pg_cancel_backend`), however late in the attempt the wait
+    began, and `cancelled` says so, so the runner treats it as a lock timeout. The lock policy
+    is thus the runner's to enforce, not the revision's to keep."""
 
     CANCEL_MARGIN_MS = 250
+    POLL_SECONDS = 0.1
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self._cond = threading.Condition()
-        # (pid, monotonic time to look for blockers, monotonic time to cancel a waiter)
-        self._target: tuple[int, float, float] | None = None
+        # (pid, the attempt's timeout in ms, monotonic time of the first look)
+        self._target: tuple[int, int, float] | None = None
         self._found: list[Blocker] = []
         self.cancelled = False
         self._closed = False
@@ -144,10 +171,8 @@ class BlockerWatch:
         self._thread.start()
 
     def watch(self, pid: int, timeout_ms: int) -> None:
-        now = time.monotonic()
         with self._cond:
-            self._target = (pid, now + timeout_ms * 0.6 / 1000,
-                            now + (timeout_ms + self.CANCEL_MARGIN_MS) / 1000)
+            self._target = (pid, timeout_ms, time.monotonic() + timeout_ms * 0.6 / 1000)
             self._found = []
             self.cancelled = False
             self._cond.notify()
@@ -158,7 +183,7 @@ class BlockerWatch:
             self._target = None
             return self._found
 
-    def _sleep_until(self, target: tuple[int, float, float], at: float) -> bool:
+    def _sleep_until(self, target: tuple[int, int, float], at: float) -> bool:
         """Wait (holding the condition) until `at`; False when the attempt ended first."""
         delay = at - time.monotonic()
         while delay > 0 and self._target == target and not self._closed:
@@ -175,31 +200,49 @@ class BlockerWatch:
                     return
                 target = self._target
                 assert target is not None
-                if not self._sleep_until(target, target[1]):
+                if not self._sleep_until(target, target[2]):
                     continue  # the attempt ended, or another one started
-            found = self._blockers(target[0])
+            self._follow(target)
+
+    def _follow(self, target: tuple[int, int, float]) -> None:
+        """Look at the attempt until it ends: who blocks it, and whether to cancel it."""
+        pid, timeout_ms = target[0], target[1]
+        while True:
+            found = self._blockers(pid)
+            overdue = self._waited_longer(pid, timeout_ms + self.CANCEL_MARGIN_MS)
             with self._cond:
                 if self._target != target:
-                    continue
-                self._found = found
-                if not found or not self._sleep_until(target, target[2]):
-                    if self._target == target:
-                        self._target = None
+                    return
+                if found:
+                    self._found = found
+                if not overdue:
+                    if not self._sleep_until(target, time.monotonic() + self.POLL_SECONDS):
+                        return
                     continue
                 # said before the cancel is sent: the waiter may see its error (and ask)
                 # before this thread hears back
                 self.cancelled = True
-            cancelled = self._cancel_if_waiting(target[0])
+            cancelled = self._cancel(pid)
             with self._cond:
                 if self._target == target:
                     self.cancelled = cancelled
                     self._target = None  # one cancel per attempt
+            return
 
-    def _cancel_if_waiting(self, pid: int) -> bool:
+    def _waited_longer(self, pid: int, milliseconds: int) -> bool:
+        """Whether session `pid` has been waiting for one lock longer than `milliseconds`."""
         try:
             row = self.conn.execute(
-                "SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity "
-                "WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)).fetchone()
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE pid = %s AND NOT granted "
+                "AND waitstart < pg_catalog.clock_timestamp() - %s * interval '1 millisecond')",
+                (pid, milliseconds)).fetchone()
+        except psycopg.Error:
+            return False
+        return bool(row and row[0])
+
+    def _cancel(self, pid: int) -> bool:
+        try:
+            row = self.conn.execute("SELECT pg_catalog.pg_cancel_backend(%s)", (pid,)).fetchone()
         except psycopg.Error:
             return False
         return bool(row and row[0])

@@ -29,10 +29,8 @@ class PythonRevisions:
     refused in a transactional revision (a no-op in a non-transactional one, which already runs
     in autocommit), and the session refuses `commit()` while the revision runs."""
 
-    def __init__(self, conn: GuardedConnection,
-                 waiting: Callable[[bool], None] = lambda _starts: None) -> None:
+    def __init__(self, conn: GuardedConnection) -> None:
         self.conn = conn
-        self._waiting = waiting  # told when each statement starts (True) and ends (False)
         self._connection: Any = None
         self._context: Any = None
         self._transactional = True
@@ -49,7 +47,6 @@ class PythonRevisions:
             engine = create_engine("postgresql+psycopg://", creator=lambda: self.conn,
                                    poolclass=StaticPool, pool_reset_on_return=None)
             event.listen(engine, "before_cursor_execute", self._refuse_forbidden)
-            event.listen(engine, "after_cursor_execute", lambda *_args: self._waiting(False))
             self._connection = engine.connect()
             self._context = MigrationContext.configure(connection=self._connection)
 
@@ -58,7 +55,6 @@ class PythonRevisions:
         if changed:
             raise MigrationFileError(self._path, f"{changed}; leave the setting alone "
                                      f"(statement: {statement.strip()[:200]})")
-        self._waiting(True)
         try:
             parsed = split_statements(statement, 1, self._path)
         except MigrationFileError:

@@ -173,6 +173,12 @@ def forbidden_reason(statement: Statement, transactional: bool) -> str | None:
     runner's transaction with its ledger row; these statements would end that transaction,
     change who the session acts as, or need a client protocol the runner does not speak."""
     node, kind = statement.node or {}, statement.kind
+    if kind == "TransactionStmt" and str(node.get("kind", "")).endswith("PREPARED") or \
+            node.get("kind") == "TRANS_STMT_PREPARE":
+        return ("transaction control (two-phase commit: PREPARE TRANSACTION, COMMIT/ROLLBACK "
+                "PREPARED), in any revision: a prepared "
+                "transaction outlives the revision's session and keeps its locks until someone "
+                "commits or rolls it back by hand; commit the work in the revision itself")
     if kind == "TransactionStmt" and transactional:
         word = str(node.get("kind", "")).removeprefix("TRANS_STMT_").replace("_", " ")
         return (f"transaction control ({word}): svcmig runs each transactional revision in one "
@@ -225,10 +231,27 @@ def _set_config_of(statement: Statement) -> str | None:
             call = item.get("FuncCall")
             if call and [n.get("String", {}).get("sval") for n in call.get("funcname", [])][-1:] \
                     == ["set_config"] and call.get("args"):
-                name = call["args"][0].get("A_Const", {}).get("sval", {}).get("sval", "")
+                name = _constant_text(call["args"][0]) or ""
                 if pinned_reason(name):
                     return str(name.lower())
             stack.extend(item.values())
+    return None
+
+
+def _constant_text(node: dict[str, Any]) -> str | None:
+    """The text of a constant expression: a string literal, through casts, COLLATE and `||`
+    between constants (`'svcmig.' || 'revision'::text`); None for anything else."""
+    if "A_Const" in node:
+        value = node["A_Const"].get("sval")
+        return value.get("sval", "") if isinstance(value, dict) else None
+    if "TypeCast" in node:
+        return _constant_text(node["TypeCast"].get("arg", {}))
+    if "CollateClause" in node:
+        return _constant_text(node["CollateClause"].get("arg", {}))
+    expr = node.get("A_Expr")
+    if expr and [n.get("String", {}).get("sval") for n in expr.get("name", [])] == ["||"]:
+        left, right = _constant_text(expr.get("lexpr", {})), _constant_text(expr.get("rexpr", {}))
+        return left + right if left is not None and right is not None else None
     return None
 
 
@@ -305,7 +328,9 @@ _LOCK_STMT_MODES = {5: SHARE, 6: SHARE_ROW_EXCLUSIVE, 7: EXCLUSIVE, 8: ACCESS_EX
 _ALTER_TABLE_WEAK = frozenset({
     "AT_ValidateConstraint", "AT_SetStatistics", "AT_SetOptions", "AT_ResetOptions",
     "AT_AttachPartition", "AT_DetachPartitionFinalize", "AT_ClusterOn", "AT_DropCluster",
-    "AT_SetCompression", "AT_EnableTrig", "AT_DisableTrig"})
+    "AT_SetCompression"})
+# ALTER TABLE actions that take SHARE ROW EXCLUSIVE: writes queue behind them, reads do not.
+_ALTER_TABLE_SHARE_ROW = frozenset({"AT_EnableTrig", "AT_DisableTrig"})
 # Statements whose locks cannot be told from their text: ask the server what is held.
 UNKNOWN_LOCKS = frozenset({"DoStmt", "CallStmt", "SelectStmt", "ExecuteStmt"})
 
@@ -332,8 +357,16 @@ def strong_locks(statement: Statement) -> list[tuple[Relation, str]]:
     node, kind = statement.node or {}, statement.kind
     found: list[tuple[Relation | None, str]] = []
     if kind == "AlterTableStmt":
-        if not all(_weak_alter(cmd.get("AlterTableCmd", {})) for cmd in node.get("cmds", [])):
-            found.append((_range_var(node.get("relation")), ACCESS_EXCLUSIVE))
+        cmds = [cmd.get("AlterTableCmd", {}) for cmd in node.get("cmds", [])]
+        strong = [cmd for cmd in cmds if not _weak_alter(cmd)]
+        if strong:
+            share_row = all(cmd.get("subtype") in _ALTER_TABLE_SHARE_ROW for cmd in strong)
+            found.append((_range_var(node.get("relation")),
+                          SHARE_ROW_EXCLUSIVE if share_row else ACCESS_EXCLUSIVE))
+        # ATTACH PARTITION: SHARE UPDATE EXCLUSIVE on the parent, ACCESS EXCLUSIVE on the table
+        found.extend((_range_var(cmd.get("def", {}).get("PartitionCmd", {}).get("name")),
+                      ACCESS_EXCLUSIVE)
+                     for cmd in cmds if cmd.get("subtype") == "AT_AttachPartition")
     elif kind == "IndexStmt" and not node.get("concurrent"):
         found.append((_range_var(node.get("relation")), SHARE))
     elif kind in ("TruncateStmt", "LockStmt"):
@@ -352,16 +385,22 @@ def strong_locks(statement: Statement) -> list[tuple[Relation, str]]:
     elif kind == "CreateStmt":
         found.extend((_range_var(c.get("pktable")), SHARE_ROW_EXCLUSIVE)
                      for c in _constraints(node) if c.get("contype") == "CONSTR_FOREIGN")
+        if node.get("partbound"):  # CREATE TABLE … PARTITION OF locks the parent
+            found.extend((_range_var(parent), ACCESS_EXCLUSIVE)
+                         for parent in node.get("inhRelations", []))
     elif kind == "RefreshMatViewStmt":
         found.append((_range_var(node.get("relation")),
                       EXCLUSIVE if node.get("concurrent") else ACCESS_EXCLUSIVE))
     elif kind in ("ClusterStmt", "CreatePolicyStmt", "AlterPolicyStmt", "RuleStmt"):
         found.append((_range_var(node.get("relation") or node.get("table")), ACCESS_EXCLUSIVE))
-    elif kind == "VacuumStmt" and any(o.get("DefElem", {}).get("defname") == "full"
-                                      for o in node.get("options", [])):
+    elif kind == "VacuumStmt" and _vacuum_full(node):
         found.extend((_range_var(r.get("VacuumRelation", {}).get("relation")), ACCESS_EXCLUSIVE)
                      for r in node.get("rels", []))
     return [(relation, mode) for relation, mode in found if relation is not None]
+
+
+def _vacuum_full(node: dict[str, Any]) -> bool:
+    return any(o.get("DefElem", {}).get("defname") == "full" for o in node.get("options", []))
 
 
 def _weak_alter(cmd: dict[str, Any]) -> bool:
@@ -392,8 +431,11 @@ def queues_traffic(statement: Statement) -> bool:
         return not any(o.get("DefElem", {}).get("defname") == "concurrently"
                        for o in node.get("params", []))
     if statement.kind == "DropStmt" and not node.get("concurrent"):
-        return node.get("removeType") not in ("OBJECT_SEQUENCE", "OBJECT_FUNCTION",
-                                              "OBJECT_SCHEMA", "OBJECT_TYPE")
+        # CASCADE may drop a column of a table (a type, a sequence used as a default)
+        return node.get("behavior") == "DROP_CASCADE" or node.get("removeType") not in (
+            "OBJECT_SEQUENCE", "OBJECT_FUNCTION", "OBJECT_SCHEMA", "OBJECT_TYPE")
+    if statement.kind == "VacuumStmt" and not node.get("rels") and _vacuum_full(node):
+        return True  # ACCESS EXCLUSIVE on every table the role owns
     return statement.kind not in _POLITE_KINDS
 
 
