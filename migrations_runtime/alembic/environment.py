@@ -42,6 +42,39 @@ def settings_from_environment() -> RunSettings:
     return RunSettings(lock_wait_seconds=float(wait)) if wait else RunSettings()
 
 
+def database_url(context: Any, root: Path) -> str:
+    """Where a stock `alembic` command runs, first found wins: the connection a caller handed
+    Alembic in `config.attributes["connection"]` (pytest-alembic's fixtures and Alembic's
+    cookbook do this: its own server, database, user and password, never another database);
+    `-x url=…`; `sqlalchemy.url` in alembic.ini; `$DATABASE_URL`; the embedded PostgreSQL."""
+    from ..dev.embedded import resolve_url
+
+    given = context.config.attributes.get("connection")
+    if given is not None:
+        return _url_of(given)
+    explicit = context.get_x_argument(as_dictionary=True).get("url") or \
+        context.config.get_main_option("sqlalchemy.url")
+    return resolve_url(explicit or None, root)
+
+
+def _url_of(given: Any) -> str:
+    """The libpq URL of the database behind a SQLAlchemy `Connection` (or `Engine`): read
+    from the open psycopg connection itself, so an engine built with a `creator` (no host in
+    its URL) is still found; from the engine's URL for other drivers."""
+    import psycopg
+
+    if not hasattr(given, "connection"):  # an Engine: ask one of its connections
+        with given.connect() as connection:
+            return _url_of(connection)
+    driver = getattr(given.connection, "driver_connection", None)
+    if isinstance(driver, psycopg.Connection):
+        info = driver.info
+        params = {**info.get_parameters(), "password": info.password or ""}
+        return psycopg.conninfo.make_conninfo(
+            **{key: value for key, value in params.items() if value})
+    return str(given.engine.url.render_as_string(hide_password=False))
+
+
 def run(context: Any) -> None:
     """Entry point for `migrations_runtime/alembic/env.py`."""
     root = Path(context.config.config_file_name).resolve().parent
@@ -56,7 +89,10 @@ def _run_offline(context: Any, root: Path) -> None:
     service, and writes each revision's ledger row after it. Alembic's own version rows go to a
     temporary table (`pg_temp`): in svcmig the version table is a view over the ledger."""
     graph = build_graph(root)
-    url = os.environ.get("DATABASE_URL", "postgresql://")
+    given = context.config.attributes.get("connection")
+    url = (context.get_x_argument(as_dictionary=True).get("url")
+           or context.config.get_main_option("sqlalchemy.url")
+           or os.environ.get("DATABASE_URL", "postgresql://")) if given is None else _url_of(given)
 
     def write_ledger(ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
         for statement in _ledger_statements(graph, step):
@@ -114,12 +150,10 @@ def _run_online(context: Any, root: Path) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import StaticPool
 
-    from ..dev.embedded import resolve_url
-
     settings = settings_from_environment()
     try:
         graph = build_graph(root)
-        url = resolve_url(None, root)
+        url = database_url(context, root)
         migrator = connect(url, idle_in_transaction_ms=settings.idle_timeout_ms)
     except SvcmigError as err:
         raise CommandError(str(err)) from err

@@ -1,0 +1,105 @@
+"""Where stock `alembic` commands run (issue 12): the connection a caller hands Alembic, then
+`-x url=`, then `sqlalchemy.url`, then `$DATABASE_URL`, then the embedded Postgres. A command
+aimed at one database never touches another; a read-only one (`current`) writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine
+
+from migrations_runtime.engine.apply import migrate
+from migrations_runtime.engine.database import sqlalchemy_url
+from tests.conftest import query, revision_count, run_alembic
+
+QUIET = {"log": lambda _line: None}
+
+
+@pytest.fixture
+def other_url(server_url: str) -> object:
+    """A second database: what `$DATABASE_URL` points at, with rows that must survive."""
+    import uuid
+
+    from tests.conftest import url_for
+
+    name = f"svcmig_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url_for(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def developers_database(project: Path, url: str) -> list[tuple[object, ...]]:
+    """A developer's database, migrated, with a user in it; returns what must survive."""
+    migrate(url, project, **QUIET)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO users.users (email) VALUES ('keep@example.com')")
+    return survivors(url)
+
+
+def survivors(url: str) -> list[tuple[object, ...]]:
+    return query(url, "SELECT (SELECT count(*) FROM users.users), "
+                      "(SELECT count(*) FROM svcmig.schema_migrations)")
+
+
+def ledger_size(url: str) -> int:
+    rows = query(url, "SELECT count(*) FROM svcmig.schema_migrations "
+                      "WHERE to_regclass('svcmig.schema_migrations') IS NOT NULL") \
+        if query(url, "SELECT to_regclass('svcmig.schema_migrations')")[0][0] else [(0,)]
+    return int(rows[0][0])
+
+
+@pytest.mark.parametrize("hand_over", ["connection", "engine"])
+def test_a_connection_handed_to_alembic_is_where_it_runs(
+        project: Path, database_url: str, other_url: str, monkeypatch: pytest.MonkeyPatch,
+        hand_over: str) -> None:
+    """pytest-alembic's way (and Alembic's cookbook's): `config.attributes["connection"]`.
+    `$DATABASE_URL` names a developer's database, which up/down must not touch."""
+    from alembic import command
+    from alembic.config import Config
+
+    before = developers_database(project, other_url)
+    monkeypatch.setenv("DATABASE_URL", other_url)
+    # built with a creator, as fixtures often are: the URL names no database
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(database_url))
+    config = Config(str(project / "alembic.ini"))
+    try:
+        with engine.connect() as connection:
+            config.attributes["connection"] = connection if hand_over == "connection" else engine
+            command.upgrade(config, "heads")
+            assert ledger_size(database_url) == revision_count(project)
+            command.downgrade(config, "users@base")
+    finally:
+        engine.dispose()
+    assert survivors(other_url) == before
+    assert query(database_url, "SELECT count(*) FROM svcmig.schema_migrations "
+                               "WHERE service = 'users'") == [(0,)]
+
+
+@pytest.mark.parametrize("where", ["x-argument", "alembic.ini"])
+def test_a_url_given_to_alembic_wins_over_database_url(
+        project: Path, database_url: str, other_url: str, where: str) -> None:
+    before = developers_database(project, other_url)
+    args: list[str] = []
+    if where == "x-argument":
+        args = ["-x", f"url={database_url}"]
+    else:
+        ini = project / "alembic.ini"
+        ini.write_text(ini.read_text().replace(
+            "[alembic]\n", f"[alembic]\nsqlalchemy.url = {sqlalchemy_url(database_url)}\n", 1))
+    done = run_alembic(project, *args, "upgrade", "heads", database_url=other_url)
+    assert done.returncode == 0, done.stderr
+    assert ledger_size(database_url) == revision_count(project)
+    assert survivors(other_url) == before
+
+
+def test_current_on_an_empty_database_writes_nothing(project: Path, database_url: str) -> None:
+    done = run_alembic(project, "current", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert query(database_url, "SELECT to_regnamespace('svcmig'), to_regnamespace('users')") \
+        == [(None, None)]
