@@ -899,6 +899,25 @@ def test_a_deferred_trigger_cannot_rewrite_the_revisions_ledger_row(
     assert lock_is_free(database_url)
 
 
+@pytest.mark.parametrize("declare", [
+    "DECLARE late CURSOR WITH HOLD FOR SELECT users.at_commit();",
+    "DO $$ BEGIN EXECUTE 'DECLARE late CURSOR WITH HOLD FOR SELECT users.at_commit()'; END $$;"])
+def test_a_held_cursor_runs_nothing_at_commit(tmp_path: Path, database_url: str,
+                                               declare: str) -> None:
+    """PostgreSQL runs a WITH HOLD cursor's query at COMMIT, after the ledger row and the
+    runner's checks: the finish closes every cursor first."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000",
+        "CREATE TABLE users.commit_log (n int);\n"
+        "CREATE FUNCTION users.at_commit() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "INSERT INTO users.commit_log VALUES (1); DELETE FROM svcmig.schema_migrations; "
+        "RETURN 1; END $$;\n" + declare + "\n")
+    migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "applied"
+    assert query(database_url, "SELECT count(*) FROM users.commit_log") == [(0,)]
+
+
 def test_a_no_transaction_do_block_that_committed_stays_dirty(
         tmp_path: Path, database_url: str) -> None:
     """Outside a transaction a DO block (or a procedure) may COMMIT part of its work before it

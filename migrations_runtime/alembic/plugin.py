@@ -172,6 +172,15 @@ def _load_for_alembic(path: Path, service: Service) -> Revision:
     return load_revision(parse_filename(path), service, previous)
 
 
+MERGE_REFUSED = (
+    "svcmig does not merge: each service is one chain (one head), and heads of different "
+    "services are meant to stay apart (`alembic upgrade heads` applies them all). Two heads "
+    "in one service are two revisions with the same parent: rename the later file to a later "
+    "timestamp (a SQL revision's parent is the previous file), or set its down_revision to "
+    "the other one (a Python revision), then `svcmig repair <id> --accept-checksum` if it was "
+    "applied. Nothing was written")
+
+
 def install() -> None:
     """Patch Alembic once (idempotent). Alembic is imported here, not at module level: Alembic
     imports this module while `import alembic` is still running."""
@@ -213,7 +222,16 @@ def install() -> None:
 
     def generate_revision(self: ScriptDirectory, revid: str, message: str | None,
                           head: Any = None, *args: Any, **kw: Any) -> Script | None:
-        heads = self.revision_map.get_revisions(head or "head")
+        from alembic.script.revision import RevisionError
+        from alembic.util import CommandError
+
+        try:
+            heads = self.revision_map.get_revisions(head or "head")
+        except RevisionError:  # e.g. several heads and no --head: Alembic's own message
+            return original_generate(self, revid, message, head, *args, **kw)
+        ours = [h for h in heads if isinstance(h, Script) and service_for(Path(h.path))]
+        if len(heads) > 1 and ours:  # `alembic merge`: nothing is written
+            raise CommandError(MERGE_REFUSED)
         tip = heads[0] if len(heads) == 1 else None
         service = service_for(Path(tip.path)) if isinstance(tip, Script) else None
         if service is not None:

@@ -390,6 +390,7 @@ class Runner:
         """The round trip that ends a transactional revision (see `_finish`): the runner's
         search path, the strong locks held (with `probe`), the deferred constraints and
         triggers (run now, so none runs after the ledger row and the duration counts them),
+        every open cursor closed (a `WITH HOLD` cursor's query would otherwise run at COMMIT),
         checks that the migrator still holds its lock (a migrator frozen for longer than the
         idle timeout lost its session, and with it the lock, to `idle_session_timeout`;
         another may be running now) and, with `xid`, that the transaction is still the one
@@ -403,7 +404,7 @@ class Runner:
             checks.append(fail_unless(f"pg_catalog.txid_current() = {int(xid)}", ESCAPED))
         return "; ".join([
             CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []), "SET CONSTRAINTS ALL IMMEDIATE",
-            "SELECT pg_catalog.pg_stat_clear_snapshot()", *checks,
+            "CLOSE ALL", "SELECT pg_catalog.pg_stat_clear_snapshot()", *checks,
             self._ledger_sql(revision, upgrade, duration), "COMMIT", *SESSION_RESET_SQL])
 
     def _finish_failed(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
@@ -437,6 +438,15 @@ class Runner:
         """After COMMIT: what the revision held and created."""
         self._measure(revision, holds)
         self._existing.update(holds.created)
+
+    def _check_lock(self, revision: Revision) -> None:
+        """Before each statement of a non-transactional revision (each commits on its own):
+        the migrator's session, and with it the lock, is still there."""
+        try:
+            self.sessions.migrator.execute("SELECT 1")
+        except psycopg.OperationalError as err:
+            raise MigrationFailed(revision.id, revision.path, self._lost_lock_message(
+                "the statements after it did not run")) from err
 
     def _lost_lock_message(self, consequence: str) -> str:
         return ("the migrator lost its lock while the revision ran (its session ended: was the "
@@ -628,6 +638,7 @@ class Runner:
         try:
             with self._failure_as(revision):
                 for statement in statements or []:
+                    self._check_lock(revision)
                     self._drop_invalid_target(conn, statement, schema)
                     if not self._finalize_pending_detach(conn, statement, schema):
                         self._run_with_retries(conn, revision, upgrade, statement, started,
