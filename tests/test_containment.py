@@ -887,11 +887,10 @@ def test_a_deferred_trigger_cannot_rewrite_the_revisions_ledger_row(
     migrate(database_url, root, **QUIET)
     add(root, "users", "2026-02-01T0000", DEFERRED_SLEEP.replace(
         "PERFORM pg_sleep(0.4);",
-        "DELETE FROM svcmig.schema_migrations WHERE revision = "
-        "current_setting('svcmig.revision'); INSERT INTO svcmig.schema_migrations (revision, "
-        "service, file, checksum, phase, state, duration_ms, applied_by) VALUES "
-        "(current_setting('svcmig.revision'), 'users', 'forged', 'forged', 'expand', "
-        "'applied', 424242, 'forger');"))
+        "DELETE FROM svcmig.schema_migrations WHERE revision = 'users_202602010000'; "
+        "INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, "
+        "state, duration_ms, applied_by) VALUES ('users_202602010000', 'users', 'forged', "
+        "'forged', 'expand', 'applied', 424242, 'forger');"))
     with pytest.raises(MigrationFailed):
         migrate(database_url, root, **QUIET)
     assert "users_202602010000" not in ledger(database_url)
@@ -916,6 +915,48 @@ def test_a_held_cursor_runs_nothing_at_commit(tmp_path: Path, database_url: str,
     migrate(database_url, root, **QUIET)
     assert ledger(database_url)["users_202602010000"] == "applied"
     assert query(database_url, "SELECT count(*) FROM users.commit_log") == [(0,)]
+
+
+# Kind: a revision's own SQL reaching for the ledger however it likes (settings built at run
+# time, dynamic SQL, work re-deferred to COMMIT): it can write its own row only, once, the way
+# the runner planned it. Postgres decides (row-level security over svcmig.running_revisions).
+LEDGER_REACHES = {
+    "delete-earlier-rows": (
+        "DO $$ DECLARE r record; BEGIN FOR r IN SELECT revision FROM svcmig.schema_migrations "
+        "LOOP PERFORM set_config(lower('SVCMIG.REVISION'), r.revision, true); "
+        "DELETE FROM svcmig.schema_migrations WHERE revision = r.revision; END LOOP; END $$;"),
+    "claim-another-revision": (
+        "DO $$ BEGIN EXECUTE format('INSERT INTO svcmig.running_revisions (revision, checksum, "
+        "direction) VALUES (%L, %L, %L)', 'users_209901010000', 'x', 'up'); END $$;"),
+    "delete-own-row-at-commit": (
+        "CREATE TABLE users.ta (x int); CREATE TABLE users.tb (x int);\n"
+        "CREATE FUNCTION users.t1() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "SET CONSTRAINTS ALL DEFERRED; INSERT INTO users.tb VALUES (1); RETURN NULL; END $$;\n"
+        "CREATE FUNCTION users.t2() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "DELETE FROM svcmig.schema_migrations WHERE revision = 'users_202602010000'; "
+        "RETURN NULL; END $$;\n"
+        "CREATE CONSTRAINT TRIGGER c1 AFTER INSERT ON users.ta DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION users.t1();\n"
+        "CREATE CONSTRAINT TRIGGER c2 AFTER INSERT ON users.tb DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION users.t2();\n"
+        "INSERT INTO users.ta VALUES (1);\n"),
+}
+
+
+@pytest.mark.parametrize("text", LEDGER_REACHES.values(), ids=LEDGER_REACHES.keys())
+def test_a_revision_writes_only_its_own_ledger_row(tmp_path: Path, database_url: str,
+                                                    text: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = ledger(database_url)
+    add(root, "users", "2026-02-01T0000", text)
+    try:
+        migrate(database_url, root, **QUIET)
+    except MigrationFailed:  # refused by Postgres: then nothing of it is left
+        assert ledger(database_url) == before
+        return
+    assert ledger(database_url) == {**before, "users_202602010000": "applied"}
+    assert all(s.pending == () for s in read_plan(database_url, root).services)
 
 
 def test_a_no_transaction_do_block_that_committed_stays_dirty(

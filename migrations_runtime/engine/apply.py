@@ -53,7 +53,6 @@ from .report import RevisionResult, RunResult, json_log
 from .sessions import GuardedConnection, RevisionSessions
 from .statements import (
     OWN_ERROR_PREFIX,
-    RUNNING_REVISION,
     SESSION_RESET_SQL,
     UNKNOWN_LOCKS,
     Statement,
@@ -65,7 +64,6 @@ from .statements import (
     quote_ident,
     revision_statements,
     service_of,
-    sql_literal,
 )
 from .validate import Graph, build_graph
 
@@ -338,12 +336,11 @@ class Runner:
         err.add(f"; {why}, so the revision is marked dirty: check what it left, then "
                 f"`svcmig repair {revision.id} --applied` (or --rolled-back)")
 
-    def _enter_sql(self, revision: Revision, transactional: bool) -> str:
+    def _enter_sql(self, revision: Revision, transactional: bool, upgrade: bool = True) -> str:
         """Put the (clean) session inside the service: search_path, the attempt's lock_timeout
         and, when set, statement_timeout; a transactional revision's transaction starts here."""
-        # in a transaction, name the revision it runs: the only ledger row it may write
-        begin = [BEGIN, f"SET LOCAL {RUNNING_REVISION} = {sql_literal(revision.id)}"] \
-            if transactional else []
+        # in a transaction, first say which revision it runs: the only ledger row it may write
+        begin = [BEGIN, ledger.running_sql(revision, upgrade)] if transactional else []
         return "; ".join([*begin, *enter_service_sql(
             service_of(revision), transactional, self._timeout_ms,
             self.settings.statement_timeout_ms)])
@@ -542,7 +539,7 @@ class Runner:
             xid: int | None = None  # a Python revision's transaction, which it could end
             try:
                 with self._failure_as(revision):
-                    prefix = self._enter_sql(revision, True)
+                    prefix = self._enter_sql(revision, True, upgrade)
                     if statements is None:
                         self._python_for(revision.service, conn).prepare()
                         xid = self._begin_python(conn, prefix)

@@ -18,14 +18,16 @@ from typing import Any, NamedTuple, Protocol
 
 from .discover import FRAMEWORK_SCHEMA, Service
 from .load import Revision
-from .statements import RUNNING_REVISION, fail_unless, quote_ident, sql_literal
+from .statements import fail_unless, quote_ident, sql_literal
 from .validate import ChainSummary, Graph
 
 LEDGER_TABLE = f"{FRAMEWORK_SCHEMA}.schema_migrations"
 VERSION_TABLE = "alembic_version"
 QUALIFIED_VERSION_TABLE = f"{FRAMEWORK_SCHEMA}.{VERSION_TABLE}"
 STATES = ("applied", "dirty", "baselined")
-POLICY = "revision_rows"
+POLICY = "running_revision"
+# Which revision each runner transaction runs (see FRAMEWORK_DDL); read by the ledger's policies.
+RUNNING_TABLE = f"{FRAMEWORK_SCHEMA}.running_revisions"
 
 FRAMEWORK_DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {FRAMEWORK_SCHEMA}",
@@ -44,26 +46,53 @@ FRAMEWORK_DDL = [
     # A transactional revision writes its own ledger row, in its own transaction, from a
     # session logged in as its service's owner (and deletes it when it goes down). Row-level
     # security holds an owner to exactly that: it sees its own service's rows, and may insert
-    # (as `applied`) or delete only the row of the revision running in its transaction, which
-    # the runner names in `svcmig.revision` (SET LOCAL, gone when the transaction ends). Never
-    # an update, never a dirty row (the migrator writes those of non-transactional revisions).
-    # So neither a revision nor another service's function it happens to call (in a view, a
-    # policy, a default) can forge or drop a row, and a row written after the revision ended
-    # the runner's transaction is refused. The migrator owns the table and so bypasses it.
+    # (as `applied`, with the checksum the runner planned) or delete only the row of the
+    # revision its transaction runs, in the direction it runs it. The runner says which in the
+    # transaction's first statement, before any of the revision's: a row of RUNNING_TABLE
+    # keyed by the session's pid and the transaction's id, which an owner may insert only for
+    # its own pid and transaction (the key allows one) and never change or delete. Never an
+    # update, never a dirty row (the migrator writes those of non-transactional revisions). So
+    # neither a revision (whatever settings or dynamic SQL it uses, whatever it defers to
+    # COMMIT) nor another service's function it happens to call can forge or drop a row, and a
+    # row written after the revision ended the runner's transaction is refused. The migrator
+    # owns both tables and so bypasses it.
+    f"""CREATE TABLE IF NOT EXISTS {RUNNING_TABLE} (
+        pid integer NOT NULL DEFAULT pg_backend_pid(),
+        xid bigint NOT NULL DEFAULT txid_current(),
+        revision varchar(32) NOT NULL,
+        checksum text NOT NULL,
+        direction text NOT NULL CHECK (direction IN ('up', 'down')),
+        PRIMARY KEY (pid, xid)
+    )""",
+    f"ALTER TABLE {RUNNING_TABLE} ENABLE ROW LEVEL SECURITY",
     f"ALTER TABLE {LEDGER_TABLE} ENABLE ROW LEVEL SECURITY",
     *(f"DROP POLICY IF EXISTS {old} ON {LEDGER_TABLE}"  # earlier svcmig versions
       for old in ("own_service_rows", "service_rows_read", "service_rows_insert",
-                  "service_rows_delete")),
+                  "service_rows_delete", "revision_rows_read", "revision_rows_insert",
+                  "revision_rows_delete")),
     f"""DO $$ BEGIN
+        CREATE POLICY {POLICY}_own ON {RUNNING_TABLE} FOR SELECT
+            USING (pid = pg_backend_pid());
+        CREATE POLICY {POLICY}_begin ON {RUNNING_TABLE} FOR INSERT
+            WITH CHECK (pid = pg_backend_pid() AND xid = txid_current()
+                        AND substring(revision FROM '^(.*)_[0-9]{{12}}$') || '_owner'
+                            = current_user);
         CREATE POLICY {POLICY}_read ON {LEDGER_TABLE} FOR SELECT
             USING (current_user = service || '_owner');
         CREATE POLICY {POLICY}_insert ON {LEDGER_TABLE} FOR INSERT
             WITH CHECK (current_user = service || '_owner' AND state = 'applied'
-                        AND revision = current_setting('{RUNNING_REVISION}', true)
-                        AND substring(revision FROM '^(.*)_[0-9]{{12}}$') = service);
+                        AND substring(revision FROM '^(.*)_[0-9]{{12}}$') = service
+                        AND EXISTS (SELECT FROM {RUNNING_TABLE} r
+                                    WHERE r.pid = pg_backend_pid() AND r.xid = txid_current()
+                                      AND r.revision = schema_migrations.revision
+                                      AND r.checksum = schema_migrations.checksum
+                                      AND r.direction = 'up'));
         CREATE POLICY {POLICY}_delete ON {LEDGER_TABLE} FOR DELETE
             USING (current_user = service || '_owner' AND state <> 'dirty'
-                   AND revision = current_setting('{RUNNING_REVISION}', true));
+                   AND EXISTS (SELECT FROM {RUNNING_TABLE} r
+                               WHERE r.pid = pg_backend_pid() AND r.xid = txid_current()
+                                 AND r.revision = schema_migrations.revision
+                                 AND r.direction = 'down'));
     EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
     # Alembic's version table, derived: a service's head is its newest applied (or baselined)
     # revision; ids `<service>_<YYYYMMDDhhmm>` sort by time within a service. An older svcmig
@@ -115,6 +144,8 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         f"GRANT USAGE ON SCHEMA {FRAMEWORK_SCHEMA} TO {owner}",
         f"REVOKE ALL ON {LEDGER_TABLE} FROM {owner}",
         f"GRANT SELECT, INSERT, DELETE ON {LEDGER_TABLE} TO {owner}",
+        f"REVOKE ALL ON {RUNNING_TABLE} FROM {owner}",
+        f"GRANT SELECT, INSERT ON {RUNNING_TABLE} TO {owner}",
         f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}",
         f"ALTER SCHEMA {schema} OWNER TO {owner}",  # an adopted schema becomes the service's
         f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
@@ -141,6 +172,7 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
     if not conn.execute(FRAMEWORK_READY_SQL).fetchone()[0]:
         for sql in FRAMEWORK_DDL:
             conn.execute(sql)
+    conn.execute(f"DELETE FROM {RUNNING_TABLE}")  # earlier runs' transactions, all ended
     present = conn.execute(
         f"""SELECT n.nspname FROM pg_namespace n
            JOIN pg_roles o ON o.oid = n.nspowner AND o.rolname = n.nspname || '_owner'
@@ -148,6 +180,7 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
              AND EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = n.nspname || '_app')
              AND pg_has_role(current_user, o.oid, 'USAGE')
              AND has_table_privilege(o.oid, '{LEDGER_TABLE}', 'INSERT')
+             AND has_table_privilege(o.oid, '{RUNNING_TABLE}', 'INSERT')
              AND NOT has_table_privilege(o.oid, '{LEDGER_TABLE}', 'UPDATE')""",
         (names,),
     ).fetchall()
@@ -353,6 +386,14 @@ def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | None
             "checksum = EXCLUDED.checksum, state = EXCLUDED.state, "
             "duration_ms = EXCLUDED.duration_ms, applied_at = now(), "
             f"applied_by = EXCLUDED.applied_by, file = EXCLUDED.file{only}")
+
+
+def running_sql(revision: Revision, upgrade: bool) -> str:
+    """The first statement of a revision's transaction: which revision it runs, and which way
+    (the only ledger row the transaction may then write, see FRAMEWORK_DDL)."""
+    return (f"INSERT INTO {RUNNING_TABLE} (revision, checksum, direction) VALUES "
+            f"({_literal(revision.id)}, {_literal(revision.checksum)}, "
+            f"{_literal('up' if upgrade else 'down')})")
 
 
 def forget_sql(revision_id: str) -> str:

@@ -142,10 +142,9 @@ PINNED_SETTINGS = {
     "standard_conforming_strings": _LEXING,
     "client_encoding": _LEXING,
 }
-# svcmig's own settings: `svcmig.revision` names the revision a transaction runs, and the
-# ledger's row-level security lets an owner write only that revision's row.
+# svcmig's own namespace of settings, kept for svcmig (older versions named the running
+# revision there; the ledger's policies now read `ledger.RUNNING_TABLE`, which no setting moves).
 OWN_SETTINGS_PREFIX = "svcmig."
-RUNNING_REVISION = f"{OWN_SETTINGS_PREFIX}revision"
 
 
 def lexing_changed(conn: Any) -> str | None:
@@ -162,7 +161,7 @@ def pinned_reason(name: str) -> str | None:
     """Why a revision may not change the setting `name` (any case), or None."""
     name = name.lower()
     if name.startswith(OWN_SETTINGS_PREFIX):
-        return "svcmig's own setting: it ties the ledger row to the running revision"
+        return "svcmig's own namespace of settings"
     return PINNED_SETTINGS.get(name)
 
 
