@@ -332,6 +332,12 @@ QUEUES = {
     "VACUUM FULL": True,
     "VACUUM (FULL) items": True,
     "ALTER TABLE items SET (user_catalog_table = true)": True,
+    "ALTER TABLE items ALTER COLUMN name SET COMPRESSION pglz": True,  # ACCESS EXCLUSIVE
+    # DML: a wait for one row holds every row already changed; a trigger may lock anything
+    "UPDATE items SET name = 'x'": True,
+    "DELETE FROM items WHERE id < 10": True,
+    "INSERT INTO items (name) SELECT name FROM items": True,
+    "CREATE TABLE copy AS SELECT * FROM items": True,
     "CREATE INDEX CONCURRENTLY items_name ON items (name)": False,
     "ALTER TABLE items VALIDATE CONSTRAINT items_name_check": False,
     "DROP TYPE mood": False,
@@ -374,6 +380,7 @@ def test_a_prepared_transaction_in_the_way_is_named_and_cannot_hold_the_revision
 
 
 @pytest.mark.parametrize("flag", [("--lock-budget", "nan"), ("--lock-budget", "inf"),
+                                  ("--lock-wait", "nan"), ("--lock-wait", "-5"),
                                   ("--lock-budget", "1e9"), ("--lock-timeout-ms", "3000000000"),
                                   ("--lock-timeout-max-ms", "3000000000")])
 def test_lock_settings_out_of_range_are_usage_errors(tmp_path: Path,
@@ -382,3 +389,23 @@ def test_lock_settings_out_of_range_are_usage_errors(tmp_path: Path,
     done = run_cli(root, "migrate", *flag,
                    env={"DATABASE_URL": "postgresql://nobody@invalid.invalid/none"})
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_hold_read_from_the_server_counts_from_the_attempt_that_took_it(
+        tmp_path: Path, database_url: str) -> None:
+    """A DO block's locks are read from pg_locks: after attempts that gave up, the hold is
+    timed from the attempt that succeeded, not from the revision's first attempt."""
+    root = project(tmp_path)
+    migrate(database_url, root, log=lambda _: None)
+    add(root, "2026-01-02T0000", "DO $$ BEGIN LOCK TABLE shop.items IN SHARE MODE; END $$;\n")
+    lines: list[dict[str, object]] = []
+    blocker = Blocker(database_url, "INSERT INTO shop.items (name) VALUES ('in flight')",
+                      hold_seconds=1.5)
+    try:
+        result = migrate(database_url, root, settings=RunSettings(lock=QUICK),
+                         log=lines.append)
+    finally:
+        blocker.stop()
+    assert [line for line in lines if line["event"] == "lock_wait"]  # it did wait
+    assert result.hold_warnings == ()
+    assert result.locks.longest_hold_ms < 1000

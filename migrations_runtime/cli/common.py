@@ -9,6 +9,7 @@ check); 2 a usage error (bad arguments, unknown service or revision, a name that
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,13 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 DATABASE_URL_HELP = ("Postgres URL; default: $DATABASE_URL, else the project's embedded Postgres "
                      "under .svcmig/ (started on demand and reused)")
+
+
+def finite(_ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """Refuse NaN (which passes every range check) and infinities as a usage error."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds", param=param)
+    return value
 
 
 def fail(message: str, code: int = EXIT_PROBLEM) -> NoReturn:

@@ -24,6 +24,7 @@ from .common import (
     EXIT_PROBLEM,
     database_url_option,
     fail,
+    finite,
     json_option,
     project_root,
     run,
@@ -35,7 +36,8 @@ from .common import (
               help="expand: before new code goes live; contract: after it; all: both.")
 @database_url_option
 @json_option
-@click.option("--lock-wait", type=float, default=60.0, show_default=True,
+@click.option("--lock-wait", type=click.FloatRange(min=0, max=MAX_BUDGET_SECONDS),
+              default=60.0, show_default=True, callback=finite,
               help="Seconds to wait for another migrator's lock.")
 @click.option("--lock-timeout-ms", type=click.IntRange(min=1, max=MAX_TIMEOUT_MS),
               default=LockPolicy.first_timeout_ms,
@@ -44,7 +46,7 @@ from .common import (
               default=LockPolicy.max_timeout_ms, show_default=True,
               help="The most any attempt waits: no query on a locked table waits longer.")
 @click.option("--lock-budget", type=click.FloatRange(min=0, min_open=True,
-                                                    max=MAX_BUDGET_SECONDS),
+                                                    max=MAX_BUDGET_SECONDS), callback=finite,
               default=LockPolicy.budget_seconds, show_default=True,
               help="Seconds a revision may spend on attempts and pauses before it fails.")
 @click.option("--long-hold-ms", type=click.IntRange(min=0), default=1000, show_default=True,

@@ -347,7 +347,8 @@ class Runner:
 
     def _finish(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                 started: float, transactional: bool,
-                holds: HoldTracker | None = None, xid: int | None = None) -> None:
+                holds: HoldTracker | None = None, xid: int | None = None,
+                attempt_started: float | None = None) -> None:
         """Record the revision (its ledger row), commit, and leave the session clean for the
         next revision, in one round trip; with `holds` that must ask the server, the strong
         locks held are read first, in the same round trip.
@@ -357,7 +358,8 @@ class Runner:
         the transaction's start already took (a read-only default) and too early for what takes
         effect at commit (UNLISTEN). When that round trip fails, the ledger says whether the
         COMMIT happened; the session is replaced either way. `xid`: the transaction the
-        revision started in (a Python revision's), which must still be the one that commits."""
+        revision started in (a Python revision's), which must still be the one that commits;
+        `attempt_started`: when it began (a lock read from the server was taken since)."""
         duration = int((time.monotonic() - started) * 1000)
         if not transactional:  # its rows are the migrator's: a revision cannot rewrite them
             try:  # on the migrator's own session: it succeeds only while the lock is held
@@ -379,7 +381,7 @@ class Runner:
         if holds is not None:
             if probe:
                 cursor.nextset()  # past CATALOG_ONLY's (empty) result
-                holds.from_server(cursor.fetchall(), started)
+                holds.from_server(cursor.fetchall(), attempt_started or started)
             self._recorded(revision, holds)
 
     def _finish_sql(self, revision: Revision, upgrade: bool, duration: int | ledger.Elapsed,
@@ -532,6 +534,7 @@ class Runner:
         for attempt, timeout_ms in self.settings.lock.attempts(started, queues):
             self._timeout_ms = timeout_ms
             attempts = attempt + 1
+            attempt_started = time.monotonic()
             conn = self._session(revision)
             holds = HoldTracker(self._existing, service_of(revision).schema)
             if statements is None:
@@ -554,7 +557,8 @@ class Runner:
                             revision.path, "the revision ended the runner's transaction (a "
                             "commit or rollback from inside it, e.g. through the raw psycopg "
                             "connection)")
-                    self._finish(conn, revision, upgrade, started, True, holds, xid)
+                    self._finish(conn, revision, upgrade, started, True, holds, xid,
+                                 attempt_started)
                 return
             except LockTimedOut as timed_out:
                 escaped = self._escaped(conn, xid)
@@ -638,7 +642,9 @@ class Runner:
                     self._check_lock(revision)
                     self._drop_invalid_target(conn, statement, schema)
                     if not self._finalize_pending_detach(conn, statement, schema):
-                        self._run_with_retries(conn, revision, upgrade, statement, started,
+                        # the budget is for this statement's lock waits, from its start
+                        self._run_with_retries(conn, revision, upgrade, statement,
+                                               time.monotonic(),
                                                before)
                     done += 1
                 if statements is None:

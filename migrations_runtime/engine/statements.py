@@ -326,8 +326,7 @@ _LOCK_STMT_MODES = {5: SHARE, 6: SHARE_ROW_EXCLUSIVE, 7: EXCLUSIVE, 8: ACCESS_EX
 # ALTER TABLE subcommands that take SHARE UPDATE EXCLUSIVE at most (readers and writers go on).
 _ALTER_TABLE_WEAK = frozenset({
     "AT_ValidateConstraint", "AT_SetStatistics", "AT_SetOptions", "AT_ResetOptions",
-    "AT_AttachPartition", "AT_DetachPartitionFinalize", "AT_ClusterOn", "AT_DropCluster",
-    "AT_SetCompression"})
+    "AT_AttachPartition", "AT_DetachPartitionFinalize", "AT_ClusterOn", "AT_DropCluster"})
 # ALTER TABLE actions that take SHARE ROW EXCLUSIVE: writes queue behind them, reads do not.
 _ALTER_TABLE_SHARE_ROW = frozenset({"AT_EnableTrig", "AT_DisableTrig"})
 # Statements whose locks cannot be told from their text: ask the server what is held.
@@ -411,10 +410,11 @@ def _weak_alter(cmd: dict[str, Any]) -> bool:
 
 # Statements that, without a strong lock (`strong_locks` empty), take none that reads or writes
 # of an existing table queue behind: their lock request may wait as long as it needs.
+# DML is not among them: an UPDATE that waits for one row holds the rows it already changed,
+# and a trigger it fires may lock anything.
 _POLITE_KINDS = frozenset({
-    "IndexStmt", "DropStmt", "ReindexStmt", "AlterTableStmt", "InsertStmt", "UpdateStmt",
-    "DeleteStmt", "MergeStmt", "CreateStmt", "CreateSeqStmt", "CreateSchemaStmt",
-    "VacuumStmt", "CreateTableAsStmt", "CommentStmt"})
+    "IndexStmt", "DropStmt", "ReindexStmt", "AlterTableStmt", "CreateStmt", "CreateSeqStmt",
+    "CreateSchemaStmt", "VacuumStmt", "CommentStmt"})
 
 
 def queues_traffic(statement: Statement) -> bool:
