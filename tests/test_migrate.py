@@ -224,7 +224,10 @@ def test_out_of_order_revision_is_refused(project: Path, database_url: str) -> N
     assert "2026-11-15T0000__users__late.sql" in str(caught.value)
 
 
-def test_expand_after_pending_contract_is_refused(tmp_path: Path, database_url: str) -> None:
+# Kind: a database left between releases (expand revisions pending after a contract one):
+# every phase has a next step, and `--phase all` applies everything pending, in order.
+def releases(tmp_path: Path, database_url: str) -> Path:
+    """shop at release 1; pending: release 2's contract revision, then release 3's expand."""
     root = write_project(tmp_path, {"shop": {
         "2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int, old text);"}})
     migrate(database_url, root, log=lambda _: None)
@@ -232,10 +235,63 @@ def test_expand_after_pending_contract_is_refused(tmp_path: Path, database_url: 
     (folder / "2026-01-02T0000__shop__drop.sql").write_text(
         "-- phase: contract\nALTER TABLE one DROP COLUMN old;")
     (folder / "2026-01-03T0000__shop__add.sql").write_text("ALTER TABLE one ADD COLUMN new text;")
-    with pytest.raises(PlanError, match="expand revision shop_202601030000 comes after pending "
-                                        "contract revision shop_202601020000"):
-        migrate(database_url, root, phase="expand", log=lambda _: None)
+    return root
+
+
+def test_expand_stops_at_the_release_boundary_and_says_so(tmp_path: Path,
+                                                          database_url: str) -> None:
+    root = releases(tmp_path, database_url)
+    result = migrate(database_url, root, phase="expand", log=lambda _: None)
+    assert result.results == ()
+    [boundary] = [w for w in result.plan.warnings if w.kind == "release_boundary"]
+    assert "stops before contract revision shop_202601020000" in boundary.message
+    assert "--phase contract" in boundary.message and "1 later revision(s)" in boundary.message
     assert ledger(database_url) == {"shop_202601010000": "applied"}
+
+
+def test_contract_then_expand_moves_one_release_at_a_time(tmp_path: Path,
+                                                          database_url: str) -> None:
+    root = releases(tmp_path, database_url)
+    done = migrate(database_url, root, phase="contract", log=lambda _: None)
+    assert [r.revision for r in done.results] == ["shop_202601020000"]
+    done = migrate(database_url, root, phase="expand", log=lambda _: None)
+    assert [r.revision for r in done.results] == ["shop_202601030000"]
+
+
+def test_phase_all_applies_every_pending_revision_in_order(tmp_path: Path,
+                                                           database_url: str) -> None:
+    root = releases(tmp_path, database_url)
+    done = migrate(database_url, root, phase="all", log=lambda _: None)
+    assert [r.revision for r in done.results] == ["shop_202601020000", "shop_202601030000"]
+    assert query(database_url, "SELECT column_name FROM information_schema.columns WHERE "
+                               "table_schema = 'shop' AND table_name = 'one' ORDER BY 1") \
+        == [("id",), ("new",)]
+
+
+def test_contract_before_expand_is_refused(tmp_path: Path, database_url: str) -> None:
+    root = write_project(tmp_path, {"shop": {
+        "2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int, old text);"}})
+    migrate(database_url, root, log=lambda _: None)
+    folder = root / "services/shop/migrations"
+    (folder / "2026-01-02T0000__shop__add.sql").write_text("ALTER TABLE one ADD COLUMN new text;")
+    (folder / "2026-01-03T0000__shop__drop.sql").write_text(
+        "-- phase: contract\nALTER TABLE one DROP COLUMN old;")
+    with pytest.raises(PlanError, match="run `svcmig migrate --phase expand` before"):
+        migrate(database_url, root, phase="contract", log=lambda _: None)
+
+
+@pytest.mark.parametrize("stock", [("upgrade", "orders@+2"), ("upgrade", "users@+1"),
+                                   ("downgrade", "users@base")])
+def test_any_state_stock_alembic_leaves_continues_with_phase_all(
+        project: Path, database_url: str, stock: tuple[str, str]) -> None:
+    from tests.conftest import run_alembic
+
+    if stock[0] == "downgrade":
+        migrate(database_url, project, log=lambda _: None)
+    done = run_alembic(project, *stock, database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    migrate(database_url, project, phase="all", log=lambda _: None)
+    assert len(ledger(database_url)) == revision_count(project)
 
 
 def test_database_ahead_of_code_is_a_warning_and_a_noop(project: Path, database_url: str) -> None:

@@ -6,6 +6,7 @@ through the `DatabaseState` it is given, so it is cheap and easy to test.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -16,7 +17,7 @@ from .validate import Graph, topological_order
 PhaseChoice = Literal["expand", "contract", "all"]
 PHASE_CHOICES: tuple[PhaseChoice, ...] = ("expand", "contract", "all")
 AnomalyKind = Literal["tampered", "missing", "out_of_order", "dirty", "ahead",
-                      "expand_after_contract", "expand_pending", "blocked", "invalid_revision",
+                      "release_boundary", "expand_pending", "blocked", "invalid_revision",
                       "invalid_index"]
 
 
@@ -126,29 +127,35 @@ def _service_plan(chain: tuple[Revision, ...], state: DatabaseState, phase: Phas
                     "`svcmig revision`)"))
     # With nothing applied yet no code runs against the service, so contract revisions need not
     # wait for a deploy: a fresh database (a new stage, a preview stack) gets all in one phase.
+    # Otherwise the pending revisions are releases one after another (expand revisions, then
+    # the contract revisions that wait for that release's code): `expand` stops at the first
+    # contract revision, `contract` takes the contract revisions at the front, `all` everything,
+    # in order, from any state a database was left in.
     fresh = not applied
-    first_contract = None if fresh else next((r for r in pending if r.phase == "contract"), None)
-    if first_contract is not None:
-        for rev in pending[pending.index(first_contract):]:
-            if rev.phase == "expand":
-                anomalies.append(Anomaly(
-                    "expand_after_contract", service, rev.id,
-                    f"{rev.path}: expand revision {rev.id} comes after pending contract revision "
-                    f"{first_contract.id}; contract revisions wait for the code deploy, so it "
-                    "would wait too. Mark it '-- phase: contract' (or phase = \"contract\"), "
-                    f"or deploy {first_contract.id} first"))
-    if phase == "all":
+    boundary = None if fresh else next((r for r in pending if r.phase == "contract"), None)
+    if phase == "all" or (phase == "expand" and boundary is None):
         selected = pending
     elif phase == "expand":
-        selected = pending[: pending.index(first_contract)] if first_contract else pending
+        assert boundary is not None
+        selected = pending[: pending.index(boundary)]
+        later = len(pending) - len(selected) - 1
+        anomalies.append(Anomaly(
+            "release_boundary", service, boundary.id,
+            f"{boundary.path}: {service} stops before contract revision {boundary.id}, which "
+            "waits for the code deploy: once the code that no longer needs what it removes is "
+            "live, run `svcmig migrate --phase contract`"
+            + (f" ({later} later revision(s) wait behind it; `--phase all` applies every "
+               "pending revision in order)" if later else ""), fatal=False))
+    elif fresh:
+        selected = []
     else:
-        selected = [] if fresh else [r for r in pending if r.phase == "contract"]
-        waiting = [r for r in pending if r.phase == "expand"]
-        if selected and waiting:
+        selected = list(itertools.takewhile(lambda r: r.phase == "contract", pending))
+        if not selected and boundary is not None:
             anomalies.append(Anomaly(
-                "expand_pending", service, waiting[0].id,
-                f"{waiting[0].path}: expand revision {waiting[0].id} is still pending; run "
-                "`svcmig migrate --phase expand` before the contract phase"))
+                "expand_pending", service, pending[0].id,
+                f"{pending[0].path}: expand revision {pending[0].id} is still pending before "
+                f"contract revision {boundary.id}; run `svcmig migrate --phase expand` before "
+                "the contract phase"))
     status = ServiceStatus(
         service=service,
         applied_head=ahead[-1] if ahead else (applied[-1].id if applied else None),
