@@ -959,6 +959,29 @@ def test_a_revision_writes_only_its_own_ledger_row(tmp_path: Path, database_url:
     assert all(s.pending == () for s in read_plan(database_url, root).services)
 
 
+# Kind: a non-transactional revision going down that fails: dirty when some of its down
+# statements completed (the schema is half reverted), still applied when none did.
+@pytest.mark.parametrize(("down", "state"), [
+    ("DROP INDEX CONCURRENTLY users.users_a_idx;\nDROP INDEX CONCURRENTLY users.users_typo;",
+     "dirty"),
+    ("DROP INDEX CONCURRENTLY users.users_typo;\nDROP INDEX CONCURRENTLY users.users_a_idx;",
+     "applied")])
+def test_a_failed_no_transaction_downgrade_says_how_far_it_got(
+        tmp_path: Path, database_url: str, down: str, state: str) -> None:
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000",
+        "-- migrate:no-transaction\n-- migrate:up\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_a_idx ON users.users (id);\n"
+        f"-- migrate:down\n{down}\n")
+    migrate(database_url, root, **QUIET)
+    done = run_alembic(root, "downgrade", "users@-1", database_url=database_url)
+    assert done.returncode != 0
+    assert ledger(database_url)["users_202602010000"] == state
+    index_left = query(database_url, "SELECT to_regclass('users.users_a_idx')")
+    assert index_left == ([(None,)] if state == "dirty" else [("users.users_a_idx",)])
+    assert lock_is_free(database_url)
+
+
 def test_a_no_transaction_do_block_that_committed_stays_dirty(
         tmp_path: Path, database_url: str) -> None:
     """Outside a transaction a DO block (or a procedure) may COMMIT part of its work before it

@@ -623,9 +623,10 @@ class Runner:
     def _apply_autocommit(self, revision: Revision, upgrade: bool,
                           statements: list[Statement] | None, started: float) -> None:
         """CREATE INDEX CONCURRENTLY and friends: no transaction, so the ledger row says `dirty`
-        from before the first statement until every statement has succeeded. A statement that
-        times out on a lock did nothing (bar a concurrent build's INVALID index, dropped
-        first) and is tried again under the lock policy."""
+        from before the first statement until every statement has succeeded, going up and
+        going down (then the row goes). A statement that times out on a lock did nothing (bar
+        a concurrent build's INVALID index, dropped first) and is tried again under the lock
+        policy."""
         conn = self._session(revision)
         schema = service_of(revision).schema
         done = 0
@@ -633,8 +634,8 @@ class Runner:
             if statements is None:
                 self._python_for(revision.service, conn).prepare()
             before = {i.name for i in ledger.invalid_indexes(self.sessions.migrator, [schema])}
-            if upgrade:
-                self.sessions.migrator.execute(ledger.record_sql(revision, "dirty", None))
+            self.sessions.migrator.execute(ledger.record_sql(revision, "dirty", None) if upgrade
+                                           else ledger.set_state_sql(revision.id, "dirty"))
             conn.execute(self._enter_sql(revision, False))
         try:
             with self._failure_as(revision):
@@ -665,13 +666,15 @@ class Runner:
             # and a concurrent detach its first transaction (the partition is "pending")
             atomic = first is not None and first.kind not in ("DoStmt", "CallStmt") and \
                 _detached_partition(first) is None
-            if upgrade and done == 0 and atomic and left is not None:
-                self._forget_dirty(revision)
-                err.add(f"; nothing was left behind{left} and the revision is not applied")
-            elif upgrade:
+            if done == 0 and atomic and left is not None:
+                self._undo_dirty(revision, upgrade)
+                err.add(f"; nothing was left behind{left} and the revision is "
+                        + ("not applied" if upgrade else "still applied"))
+            else:
                 err.add(f"; the revision is dirty: {done if done >= 0 else 'some'} of its "
-                        f"statements completed{left or ''}. Check what they left, then "
-                        f"`svcmig repair {revision.id} --applied` (or --rolled-back)")
+                        f"{'' if upgrade else 'down '}statements completed{left or ''}. Check "
+                        f"what they left, then `svcmig repair {revision.id} --applied` (or "
+                        "--rolled-back)")
             self._rollback(conn)
             if err is failure:
                 raise
@@ -760,9 +763,11 @@ class Runner:
         names = ", ".join(f"{schema}.{i.name}" for i in left)
         return f" (dropped the INVALID index {names} the failed build left)" if left else ""
 
-    def _forget_dirty(self, revision: Revision) -> None:
+    def _undo_dirty(self, revision: Revision, upgrade: bool) -> None:
+        """Nothing of the revision ran: no row going up, `applied` again going down."""
         try:
-            self.sessions.migrator.execute(ledger.forget_sql(revision.id))
+            self.sessions.migrator.execute(ledger.forget_sql(revision.id) if upgrade
+                                           else ledger.set_state_sql(revision.id, "applied"))
         except psycopg.Error:
             pass  # the row stays dirty; status reports it
 

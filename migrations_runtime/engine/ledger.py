@@ -396,6 +396,13 @@ def running_sql(revision: Revision, upgrade: bool) -> str:
             f"{_literal('up' if upgrade else 'down')})")
 
 
+def set_state_sql(revision_id: str, state: str) -> str:
+    """Change only the state of an existing row (a downgrade under way keeps when and by whom
+    the revision was applied)."""
+    return (f"UPDATE {LEDGER_TABLE} SET state = {_literal(state)} "
+            f"WHERE revision = {_literal(revision_id)}")
+
+
 def forget_sql(revision_id: str) -> str:
     return f"DELETE FROM {LEDGER_TABLE} WHERE revision = {_literal(revision_id)}"
 
