@@ -982,6 +982,83 @@ def test_a_failed_no_transaction_downgrade_says_how_far_it_got(
     assert lock_is_free(database_url)
 
 
+FORGE_IN_OWN_TRANSACTIONS = (
+    "-- migrate:no-transaction\n"
+    "BEGIN;\n"
+    "INSERT INTO svcmig.running_revisions (revision, checksum, direction) "
+    "VALUES ('users_202601010000', 'x', 'down');\n"
+    "DELETE FROM svcmig.schema_migrations WHERE revision = 'users_202601010000';\n"
+    "COMMIT;\n")
+
+
+@pytest.mark.parametrize("text", [
+    FORGE_IN_OWN_TRANSACTIONS,
+    FORGE_IN_OWN_TRANSACTIONS.replace(
+        "INSERT INTO svcmig.running_revisions (revision, checksum, direction) "
+        "VALUES ('users_202601010000', 'x', 'down');",
+        "SELECT svcmig.begin_revision('0123456789abcdef0123456789abcdef');")],
+    ids=["insert-running-row", "guess-a-token"])
+def test_a_no_transaction_revision_cannot_name_a_revision_for_its_own_transactions(
+        tmp_path: Path, database_url: str, text: str) -> None:
+    """Outside the runner's transactions (its own BEGIN … COMMIT), a revision cannot say which
+    revision a transaction runs: the running-revisions row comes only from a one-time token
+    the migrator issued, which no owner can read."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = ledger(database_url)
+    add(root, "users", "2026-02-01T0000", text)
+    with pytest.raises(MigrationFailed, match="permission denied|no revision token"):
+        migrate(database_url, root, **QUIET)
+    after = ledger(database_url)
+    assert {k: v for k, v in after.items() if k != "users_202602010000"} == before
+
+
+def test_an_escaped_python_revision_is_dirty_whatever_it_wrote(
+        tmp_path: Path, database_url: str) -> None:
+    """It ends the runner's transaction and tries to write its own ledger row in another: the
+    row is refused and the revision is dirty (its first table is committed)."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    raw = "    raw = op.get_bind().connection.driver_connection.pgconn\n"
+    steps = ["CREATE TABLE users.half_done (id int)", "COMMIT", "BEGIN",
+             "INSERT INTO svcmig.running_revisions (revision, checksum, direction) "
+             "SELECT revision, checksum, direction FROM svcmig.running_revisions",
+             "INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, "
+             "state, applied_by) VALUES ('users_202602010000', 'users', 'x', 'x', 'expand', "
+             "'applied', 'x')", "COMMIT", "BEGIN"]
+    body = raw + "".join(f"    raw.exec_({step.encode()!r})\n" for step in steps)
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000", body), ext="py")
+    with pytest.raises(MigrationFailed, match="marked dirty"):
+        migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "dirty"
+    assert query(database_url, "SELECT to_regclass('users.half_done')") == [("users.half_done",)]
+
+
+def test_an_error_at_commit_fails_the_revision_without_marking_it_dirty(
+        tmp_path: Path, database_url: str) -> None:
+    """A trigger re-deferred to COMMIT fails there: the transaction (work and ledger row) is
+    rolled back together; nothing was committed, so the revision is simply not applied."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000",
+        "CREATE TABLE users.ta (x int); CREATE TABLE users.tb (x int);\n"
+        "CREATE FUNCTION users.t1() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "SET CONSTRAINTS ALL DEFERRED; INSERT INTO users.tb VALUES (1); RETURN NULL; END $$;\n"
+        "CREATE FUNCTION users.t2() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'late' USING ERRCODE = '42501'; END $$;\n"
+        "CREATE CONSTRAINT TRIGGER c1 AFTER INSERT ON users.ta DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION users.t1();\n"
+        "CREATE CONSTRAINT TRIGGER c2 AFTER INSERT ON users.tb DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION users.t2();\n"
+        "INSERT INTO users.ta VALUES (1);\n")
+    with pytest.raises(MigrationFailed) as caught:
+        migrate(database_url, root, **QUIET)
+    assert "dirty" not in str(caught.value)
+    assert "users_202602010000" not in ledger(database_url)
+    assert query(database_url, "SELECT to_regclass('users.ta')") == [(None,)]
+
+
 def test_a_no_transaction_do_block_that_committed_stays_dirty(
         tmp_path: Path, database_url: str) -> None:
     """Outside a transaction a DO block (or a procedure) may COMMIT part of its work before it

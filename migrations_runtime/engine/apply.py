@@ -20,10 +20,11 @@ is not left dirty.
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,10 +165,28 @@ class Runner:
         self.stats = LockStats()
         self.warnings: list[dict[str, object]] = []
         self._python: dict[str, PythonRevisions] = {}
+        self._tokens: dict[tuple[str, bool], str] = {}  # (revision, upgrade) → its token
         self._watch = BlockerWatch(migrator)
         self._timeout_ms = settings.lock.first_timeout_ms  # the current attempt's
         rows = migrator.execute(EXISTING_RELATIONS_SQL, (schemas or [],)).fetchall()
         self._existing = {(schema, name): table for schema, name, table in rows}
+
+    def issue_tokens(self, revisions: Iterable[Revision], upgrade: bool = True) -> None:
+        """Issue, in one round trip, the one-time tokens with which the transactional
+        revisions about to run will say which revision their transaction runs
+        (`ledger.BEGIN_FUNCTION`): random, kept in a table no owner can read."""
+        fresh = {secrets.token_hex(16): (revision, upgrade) for revision in revisions
+                 if revision.transactional and (revision.id, upgrade) not in self._tokens}
+        if fresh:
+            self.sessions.migrator.execute(ledger.issue_tokens_sql(fresh))
+            self._tokens.update({(r.id, up): token for token, (r, up) in fresh.items()})
+
+    def _token(self, revision: Revision, upgrade: bool) -> str:
+        """The revision's token (reused by a retried attempt, whose transaction rolled back
+        its use), issued now if the run did not issue it up front."""
+        if (revision.id, upgrade) not in self._tokens:
+            self.issue_tokens([revision], upgrade)
+        return self._tokens[(revision.id, upgrade)]
 
     def _python_for(self, service: str, conn: psycopg.Connection) -> PythonRevisions:
         runner = self._python.get(service)
@@ -220,7 +239,7 @@ class Runner:
             except psycopg.Error as err:
                 blockers = self._watch.done()
                 if last and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-                    self._finish_failed(conn, revision, upgrade, err, merged=True)
+                    self._finish_failed(conn, revision, upgrade, err)
                     if holds is not None:
                         holds.statement(statement, started)
                     return done + 1
@@ -282,6 +301,7 @@ class Runner:
         except MigrationFailed as err:
             self.log(json_log(revision, upgrade, started, "failed", error=str(err)))
             raise
+        self._tokens.pop((revision.id, upgrade), None)  # used: its transaction committed
         result = RevisionResult.of(revision, started, "applied" if upgrade else "reverted")
         self.log(json_log(revision, upgrade, started, result.outcome))
         return result
@@ -340,7 +360,8 @@ class Runner:
         """Put the (clean) session inside the service: search_path, the attempt's lock_timeout
         and, when set, statement_timeout; a transactional revision's transaction starts here."""
         # in a transaction, first say which revision it runs: the only ledger row it may write
-        begin = [BEGIN, ledger.running_sql(revision, upgrade)] if transactional else []
+        begin = [BEGIN, ledger.begin_revision_sql(self._token(revision, upgrade))] \
+            if transactional else []
         return "; ".join([*begin, *enter_service_sql(
             service_of(revision), transactional, self._timeout_ms,
             self.settings.statement_timeout_ms)])
@@ -376,7 +397,7 @@ class Runner:
         try:
             cursor = conn.execute(self._finish_sql(revision, upgrade, duration, probe, xid))
         except psycopg.Error as err:
-            self._finish_failed(conn, revision, upgrade, err, merged=False)
+            self._finish_failed(conn, revision, upgrade, err, xid)
             return
         if holds is not None:
             if probe:
@@ -407,31 +428,29 @@ class Runner:
             self._ledger_sql(revision, upgrade, duration), "COMMIT", *SESSION_RESET_SQL])
 
     def _finish_failed(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
-                       err: psycopg.Error, merged: bool) -> None:
-        """The round trip with the ledger row failed. The ledger says whether COMMIT happened
-        (returns if so); the session is replaced either way. A `merged` batch (a SQL
-        revision's, which cannot end the transaction) still in its failed transaction
-        committed nothing; a revision that ended the runner's transaction may have committed
-        what ran before, so it is marked dirty."""
+                       err: psycopg.Error, xid: int | None = None) -> None:
+        """The round trip with the ledger row failed; the session is replaced. A Python
+        revision (`xid`: the transaction it began in) whose transaction is not that one any
+        more ended the runner's: what it ran may be committed, so it is marked dirty, whatever
+        the ledger says (the revision could have written its row itself). One of the runner's
+        checks failing, or a SQL revision's transaction failing (SQL cannot end it), committed
+        nothing. Otherwise the ledger says whether COMMIT happened (returns if so)."""
         own = _own_error(err)
-        in_failed_transaction = conn.info.transaction_status == \
-            psycopg.pq.TransactionStatus.INERROR
-        if own is not None and own != ESCAPED or merged and in_failed_transaction:
+        if own == ESCAPED or (xid is not None and own is None and isinstance(
+                err, (pg_errors.InsufficientPrivilege, pg_errors.InvalidTextRepresentation))):
             conn.close()
-            raise MigrationFailed(revision.id, revision.path, own or _describe(err)) from err
-        committed = self._committed(revision, upgrade)
-        conn.close()
-        if committed:
-            return
-        if own == ESCAPED or isinstance(err, (pg_errors.InsufficientPrivilege,
-                                              pg_errors.InvalidTextRepresentation)):
-            # a new transaction, or the ledger refused the row: the transaction no longer
-            # names the revision, so it was ended (and what ran before may be committed)
             failed = MigrationFailed(revision.id, revision.path, "the revision ended the "
                                      "runner's transaction (a commit from inside it)")
             self._mark_dirty(revision, failed, "what ran before may be committed")
             raise failed from err
-        raise err
+        if own is not None or conn.info.transaction_status == \
+                psycopg.pq.TransactionStatus.INERROR:
+            conn.close()
+            raise MigrationFailed(revision.id, revision.path, own or _describe(err)) from err
+        committed = self._committed(revision, upgrade)
+        conn.close()
+        if not committed:
+            raise err
 
     def _recorded(self, revision: Revision, holds: HoldTracker) -> None:
         """After COMMIT: what the revision held and created."""
@@ -827,6 +846,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             if not plan.steps:
                 return RunResult(plan=plan, results=())
             runner = Runner(conn, url, settings, log, prepared, schemas)
+            runner.issue_tokens(plan.steps)
             last = {revision.service: index for index, revision in enumerate(plan.steps)}
             try:
                 for index, revision in enumerate(plan.steps):

@@ -28,6 +28,9 @@ STATES = ("applied", "dirty", "baselined")
 POLICY = "running_revision"
 # Which revision each runner transaction runs (see FRAMEWORK_DDL); read by the ledger's policies.
 RUNNING_TABLE = f"{FRAMEWORK_SCHEMA}.running_revisions"
+# One-time tokens the migrator issues for the transactional revisions it is about to run.
+TOKENS_TABLE = f"{FRAMEWORK_SCHEMA}.revision_tokens"
+BEGIN_FUNCTION = f"{FRAMEWORK_SCHEMA}.begin_revision"
 
 FRAMEWORK_DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {FRAMEWORK_SCHEMA}",
@@ -48,9 +51,11 @@ FRAMEWORK_DDL = [
     # security holds an owner to exactly that: it sees its own service's rows, and may insert
     # (as `applied`, with the checksum the runner planned) or delete only the row of the
     # revision its transaction runs, in the direction it runs it. The runner says which in the
-    # transaction's first statement, before any of the revision's: a row of RUNNING_TABLE
-    # keyed by the session's pid and the transaction's id, which an owner may insert only for
-    # its own pid and transaction (the key allows one) and never change or delete. Never an
+    # transaction's first statement, before any of the revision's: BEGIN_FUNCTION (security
+    # definer, the migrator's) takes a one-time token the migrator issued for that revision
+    # (TOKENS_TABLE, which no owner can read) and writes a row of RUNNING_TABLE keyed by the
+    # session's pid and the transaction's id; an owner cannot write that table itself, and a
+    # token is gone once its transaction commits, so a revision cannot name another. Never an
     # update, never a dirty row (the migrator writes those of non-transactional revisions). So
     # neither a revision (whatever settings or dynamic SQL it uses, whatever it defers to
     # COMMIT) nor another service's function it happens to call can forge or drop a row, and a
@@ -65,6 +70,29 @@ FRAMEWORK_DDL = [
         PRIMARY KEY (pid, xid)
     )""",
     f"ALTER TABLE {RUNNING_TABLE} ENABLE ROW LEVEL SECURITY",
+    f"""CREATE TABLE IF NOT EXISTS {TOKENS_TABLE} (
+        token text PRIMARY KEY,
+        revision varchar(32) NOT NULL,
+        checksum text NOT NULL,
+        direction text NOT NULL CHECK (direction IN ('up', 'down'))
+    )""",
+    f"REVOKE ALL ON {TOKENS_TABLE} FROM PUBLIC",
+    f"""CREATE OR REPLACE FUNCTION {BEGIN_FUNCTION}(token text) RETURNS void
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+        DECLARE issued record;
+        BEGIN
+            DELETE FROM {TOKENS_TABLE} t WHERE t.token = begin_revision.token
+                RETURNING t.revision, t.checksum, t.direction INTO issued;
+            IF issued IS NULL OR substring(issued.revision FROM '^(.*)_[0-9]{{12}}$')
+                    || '_owner' <> session_user THEN
+                RAISE EXCEPTION 'svcmig: no revision token for this session'
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            INSERT INTO {RUNNING_TABLE} (pid, xid, revision, checksum, direction)
+            VALUES (pg_backend_pid(), txid_current(), issued.revision, issued.checksum,
+                    issued.direction);
+        END $$""",
+    f"REVOKE ALL ON FUNCTION {BEGIN_FUNCTION}(text) FROM PUBLIC",
     f"ALTER TABLE {LEDGER_TABLE} ENABLE ROW LEVEL SECURITY",
     *(f"DROP POLICY IF EXISTS {old} ON {LEDGER_TABLE}"  # earlier svcmig versions
       for old in ("own_service_rows", "service_rows_read", "service_rows_insert",
@@ -73,10 +101,6 @@ FRAMEWORK_DDL = [
     f"""DO $$ BEGIN
         CREATE POLICY {POLICY}_own ON {RUNNING_TABLE} FOR SELECT
             USING (pid = pg_backend_pid());
-        CREATE POLICY {POLICY}_begin ON {RUNNING_TABLE} FOR INSERT
-            WITH CHECK (pid = pg_backend_pid() AND xid = txid_current()
-                        AND substring(revision FROM '^(.*)_[0-9]{{12}}$') || '_owner'
-                            = current_user);
         CREATE POLICY {POLICY}_read ON {LEDGER_TABLE} FOR SELECT
             USING (current_user = service || '_owner');
         CREATE POLICY {POLICY}_insert ON {LEDGER_TABLE} FOR INSERT
@@ -109,7 +133,8 @@ FRAMEWORK_READY_SQL = f"""
                    WHERE c.oid = to_regclass('{LEDGER_TABLE}') AND c.relrowsecurity
                      AND p.polname = '{POLICY}_delete')
        AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('{QUALIFIED_VERSION_TABLE}')
-                     AND relkind = 'v')"""
+                     AND relkind = 'v')
+       AND to_regprocedure('{BEGIN_FUNCTION}(text)') IS NOT NULL"""
 
 
 class Executes(Protocol):
@@ -145,7 +170,8 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         f"REVOKE ALL ON {LEDGER_TABLE} FROM {owner}",
         f"GRANT SELECT, INSERT, DELETE ON {LEDGER_TABLE} TO {owner}",
         f"REVOKE ALL ON {RUNNING_TABLE} FROM {owner}",
-        f"GRANT SELECT, INSERT ON {RUNNING_TABLE} TO {owner}",
+        f"GRANT SELECT ON {RUNNING_TABLE} TO {owner}",
+        f"GRANT EXECUTE ON FUNCTION {BEGIN_FUNCTION}(text) TO {owner}",
         f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}",
         f"ALTER SCHEMA {schema} OWNER TO {owner}",  # an adopted schema becomes the service's
         f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
@@ -172,7 +198,8 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
     if not conn.execute(FRAMEWORK_READY_SQL).fetchone()[0]:
         for sql in FRAMEWORK_DDL:
             conn.execute(sql)
-    conn.execute(f"DELETE FROM {RUNNING_TABLE}")  # earlier runs' transactions, all ended
+    # earlier runs' transactions, all ended, and tokens they did not use
+    conn.execute(f"DELETE FROM {RUNNING_TABLE}; DELETE FROM {TOKENS_TABLE}")
     present = conn.execute(
         f"""SELECT n.nspname FROM pg_namespace n
            JOIN pg_roles o ON o.oid = n.nspowner AND o.rolname = n.nspname || '_owner'
@@ -180,7 +207,7 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
              AND EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = n.nspname || '_app')
              AND pg_has_role(current_user, o.oid, 'USAGE')
              AND has_table_privilege(o.oid, '{LEDGER_TABLE}', 'INSERT')
-             AND has_table_privilege(o.oid, '{RUNNING_TABLE}', 'INSERT')
+             AND has_function_privilege(o.oid, '{BEGIN_FUNCTION}(text)', 'EXECUTE')
              AND NOT has_table_privilege(o.oid, '{LEDGER_TABLE}', 'UPDATE')""",
         (names,),
     ).fetchall()
@@ -388,12 +415,18 @@ def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | None
             f"applied_by = EXCLUDED.applied_by, file = EXCLUDED.file{only}")
 
 
-def running_sql(revision: Revision, upgrade: bool) -> str:
+def issue_tokens_sql(tokens: Mapping[str, tuple[Revision, bool]]) -> str:
+    """The migrator issues one-time tokens: token → (revision, upgrade)."""
+    rows = ", ".join(f"({_literal(token)}, {_literal(revision.id)}, "
+                     f"{_literal(revision.checksum)}, {_literal('up' if up else 'down')})"
+                     for token, (revision, up) in tokens.items())
+    return f"INSERT INTO {TOKENS_TABLE} (token, revision, checksum, direction) VALUES {rows}"
+
+
+def begin_revision_sql(token: str) -> str:
     """The first statement of a revision's transaction: which revision it runs, and which way
     (the only ledger row the transaction may then write, see FRAMEWORK_DDL)."""
-    return (f"INSERT INTO {RUNNING_TABLE} (revision, checksum, direction) VALUES "
-            f"({_literal(revision.id)}, {_literal(revision.checksum)}, "
-            f"{_literal('up' if upgrade else 'down')})")
+    return f"SELECT {BEGIN_FUNCTION}({_literal(token)})"
 
 
 def set_state_sql(revision_id: str, state: str) -> str:
