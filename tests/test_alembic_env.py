@@ -103,3 +103,16 @@ def test_current_on_an_empty_database_writes_nothing(project: Path, database_url
     assert done.returncode == 0, done.stderr
     assert query(database_url, "SELECT to_regnamespace('svcmig'), to_regnamespace('users')") \
         == [(None, None)]
+
+
+def test_stock_commands_log_as_alembic_ini_says(project: Path, database_url: str) -> None:
+    """alembic.ini's [loggers] configure logging, as Alembic's own env.py templates do: an
+    upgrade says what it runs, in Alembic's format, on stderr."""
+    done = run_alembic(project, "upgrade", "users@+1", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert "INFO  [alembic.runtime.migration] Running " in done.stderr
+    quiet = project / "alembic.ini"
+    quiet.write_text(quiet.read_text().replace("[logger_alembic]\nlevel = INFO",
+                                               "[logger_alembic]\nlevel = WARNING"))
+    done = run_alembic(project, "upgrade", "users@+1", database_url=database_url)
+    assert done.returncode == 0 and "Running " not in done.stderr

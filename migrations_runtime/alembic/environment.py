@@ -76,12 +76,23 @@ def _url_of(given: Any) -> str:
 
 
 def run(context: Any) -> None:
-    """Entry point for `migrations_runtime/alembic/env.py`."""
-    root = Path(context.config.config_file_name).resolve().parent
+    """Entry point for `migrations_runtime/alembic/env.py`. Logging comes from alembic.ini's
+    `[loggers]` sections, as in Alembic's own env.py templates (unless the caller, e.g. a test
+    harness, says `config.attributes["configure_logger"] = False`)."""
+    config = context.config
+    root = Path(config.config_file_name).resolve().parent
+    if config.attributes.get("configure_logger", True) and _has_loggers(config):
+        from logging.config import fileConfig
+
+        fileConfig(config.config_file_name, disable_existing_loggers=False)
     if context.is_offline_mode():
         _run_offline(context, root)
     else:
         _run_online(context, root)
+
+
+def _has_loggers(config: Any) -> bool:
+    return bool(config.file_config.has_section("loggers"))
 
 
 def _run_offline(context: Any, root: Path) -> None:
