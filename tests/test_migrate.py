@@ -14,7 +14,7 @@ from migrations_runtime.engine.errors import LockTimeout, MigrationFailed, PlanE
 from migrations_runtime.engine.lock import LOCK_KEY
 from migrations_runtime.engine.lockwait import LockPolicy
 from migrations_runtime.engine.repair import baseline, repair
-from tests.conftest import code_heads, query, revision_count, write_project
+from tests.conftest import code_heads, query, revision_count, run_cli, write_project
 
 FAST = RunSettings(lock_wait_seconds=2, lock=LockPolicy(first_timeout_ms=100, max_timeout_ms=200,
                                                         pause_ms=20, budget_seconds=1))
@@ -357,3 +357,43 @@ def test_migrator_waits_for_a_running_one(project: Path, database_url: str) -> N
     result = migrate(database_url, project, settings=RunSettings(lock_wait_seconds=20),
                      log=lambda _: None)
     assert len(result.results) == revision_count(project)
+
+
+def two_releases_behind(tmp_path: Path, database_url: str) -> Path:
+    """shop and stock at their first revision; three releases pending, stock's third depending
+    on shop's second."""
+    root = write_project(tmp_path, {
+        "shop": {"2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int, old text);"},
+        "stock": {"2026-01-01T0100__stock__one.sql": "CREATE TABLE items (id int);"}})
+    migrate(database_url, root, log=lambda _: None)
+    shop, stock = (root / f"services/{s}/migrations" for s in ("shop", "stock"))
+    (shop / "2026-01-02T0000__shop__add.sql").write_text("ALTER TABLE one ADD COLUMN a int;")
+    (shop / "2026-01-03T0000__shop__drop.sql").write_text(
+        "-- phase: contract\nALTER TABLE one DROP COLUMN old;")
+    (shop / "2026-01-04T0000__shop__more.sql").write_text("ALTER TABLE one ADD COLUMN b int;")
+    (stock / "2026-01-02T0100__stock__add.sql").write_text("ALTER TABLE items ADD COLUMN n int;")
+    (stock / "2026-01-05T0100__stock__link.sql").write_text(
+        "-- depends-on: shop_202601030000\nALTER TABLE items ADD COLUMN shop_id int;")
+    return root
+
+
+def test_target_moves_forward_to_a_revision_and_what_it_needs(tmp_path: Path,
+                                                              database_url: str) -> None:
+    root = two_releases_behind(tmp_path, database_url)
+    done = migrate(database_url, root, target="shop_202601020000", log=lambda _: None)
+    assert [r.revision for r in done.results] == ["shop_202601020000"]
+    done = migrate(database_url, root, target="stock", log=lambda _: None)  # a service's head
+    order = [r.revision for r in done.results]
+    assert sorted(order) == ["shop_202601030000", "stock_202601020100", "stock_202601050100"]
+    assert order.index("shop_202601030000") < order.index("stock_202601050100")
+    done = migrate(database_url, root, log=lambda _: None)
+    assert [r.revision for r in done.results] == ["shop_202601040000"]
+
+
+def test_an_unknown_target_is_refused_before_anything_runs(tmp_path: Path,
+                                                           database_url: str) -> None:
+    root = two_releases_behind(tmp_path, database_url)
+    done = run_cli(root, "migrate", "--target", "shop_209901010000", database_url=database_url)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "--target shop_209901010000: neither a revision id nor a service" in done.stderr
+    assert len(ledger(database_url)) == 2

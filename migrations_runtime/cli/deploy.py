@@ -61,10 +61,14 @@ from .common import (
               "session, kept alive by a heartbeat).")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Plan from this build-time manifest instead of every file.")
+@click.option("--target", default=None, metavar="REV",
+              help="Apply only what leads up to this revision (or service's head), and what "
+              "it depends on: move a lagging database forward one release at a time.")
 def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wait: float,
                     lock_timeout_ms: int, lock_timeout_max_ms: int, lock_budget: float,
                     long_hold_ms: int, strict: bool, statement_timeout_ms: int | None,
-                    idle_timeout_ms: int, manifest_path: Path | None) -> None:
+                    idle_timeout_ms: int, manifest_path: Path | None,
+                    target: str | None) -> None:
     """Apply pending revisions of every service, in dependency order.
 
     Each revision waits for its table locks in short attempts (--lock-timeout-ms growing to
@@ -90,7 +94,7 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wa
             url = resolve_url(database_url, root)
             graph = load_manifest(manifest_path, root) if manifest_path else None
             result = migrate(url, root, phase, settings,  # type: ignore[arg-type]
-                             log=json_log_to_stderr, graph=graph)
+                             log=json_log_to_stderr, graph=graph, target=target)
         except KeyboardInterrupt as err:  # before the run began, or after it ended
             raise RunStopped(f"interrupted; {STOPPED}", (), interrupted=True) from err
     except SvcmigError as err:

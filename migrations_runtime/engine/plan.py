@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from .errors import ProjectError
 from .ledger import DatabaseState, LedgerRow
 from .load import Revision, service_of_revision_id
 from .validate import Graph, topological_order
@@ -165,10 +166,33 @@ def _service_plan(chain: tuple[Revision, ...], state: DatabaseState, phase: Phas
     return selected, status
 
 
-def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all") -> Plan:
-    """What `svcmig migrate --phase <phase>` would run, in order, and what stops it."""
+def up_to(graph: Graph, target: str) -> set[str]:
+    """The ids of `target` (a revision id, or a service name meaning its code head), the
+    revisions before it in its service, and everything those depend on, transitively: what
+    `svcmig migrate --target` may apply. Raises `ProjectError` for an unknown target."""
+    chain = graph.upto(target)
+    if chain is None:
+        raise ProjectError(f"--target {target}: neither a revision id nor a service of this "
+                           "project (see `svcmig status`)")
+    wanted: set[str] = set()
+    stack = list(chain)
+    while stack:
+        revision = stack.pop()
+        if revision.id not in wanted:
+            wanted.add(revision.id)
+            for dependency in revision.depends_on:
+                stack.extend(graph.upto(dependency) or ())
+    return wanted
+
+
+def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all",
+              target: str | None = None) -> Plan:
+    """What `svcmig migrate --phase <phase> [--target REV]` would run, in order, and what
+    stops it. With `target`, only what leads up to it (`up_to`), so a database that lags
+    several releases can be moved forward one release at a time."""
     if phase not in PHASE_CHOICES:
         raise ValueError(f"unknown phase {phase!r}; use one of {', '.join(PHASE_CHOICES)}")
+    allowed = up_to(graph, target) if target else None
     anomalies = _ledger_anomalies(graph, state)
     selected: list[Revision] = []
     statuses: list[ServiceStatus] = []
@@ -179,7 +203,7 @@ def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all") ->
                 statuses.append(ServiceStatus(service.name, summary.head, summary.head, ()))
             continue
         steps, status = _service_plan(graph.chains.get(service.name, ()), state, phase, anomalies)
-        selected.extend(steps)
+        selected.extend(r for r in steps if allowed is None or r.id in allowed)
         if status is not None:
             statuses.append(status)
     chosen = {r.id for r in selected}
