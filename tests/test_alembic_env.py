@@ -116,3 +116,51 @@ def test_stock_commands_log_as_alembic_ini_says(project: Path, database_url: str
                                                "[logger_alembic]\nlevel = WARNING"))
     done = run_alembic(project, "upgrade", "users@+1", database_url=database_url)
     assert done.returncode == 0 and "Running " not in done.stderr
+
+
+# Kind: stock commands in a project where one service depends on another's head (Alembic then
+# leaves that head out of `heads`): upgrade and every stamp form keep each service's ledger as
+# svcmig means it — only the stamped services move, and what they depend on counts as applied.
+def depends_on_users_head(project: Path) -> str:
+    from tests.conftest import code_heads
+
+    users_head = code_heads(project)["users"]
+    (project / "services/orders/migrations/2026-12-01T0000__orders__link_users.sql").write_text(
+        f"-- depends-on: {users_head}\nCREATE TABLE orders.user_links (id int);\n")
+    return "orders_202612010000"
+
+
+def statuses(project: Path, url: str) -> dict[str, tuple[str | None, int]]:
+    from migrations_runtime.engine.apply import read_plan
+
+    return {s.service: (s.applied_head, len(s.pending)) for s in read_plan(url, project).services}
+
+
+def test_upgrade_heads_with_a_service_depending_on_another_services_head(
+        project: Path, database_url: str) -> None:
+    depends_on_users_head(project)
+    migrate(database_url, project, **QUIET)
+    done = run_alembic(project, "upgrade", "heads", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert all(pending == 0 for _, pending in statuses(project, database_url).values())
+
+
+def test_every_stamp_form_moves_only_the_stamped_services(project: Path,
+                                                          database_url: str) -> None:
+    from tests.conftest import code_heads
+
+    link = depends_on_users_head(project)
+    heads = code_heads(project)
+    done = run_alembic(project, "stamp", "heads", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert statuses(project, database_url) == {
+        "orders": (link, 0), "users": (heads["users"], 0)}  # users: orders depends on it
+    done = run_alembic(project, "stamp", "users@head", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert statuses(project, database_url)["orders"] == (link, 0)  # orders keeps its head
+    earlier = sorted(p.name for p in (project / "services/orders/migrations").glob("*.sql"))[1]
+    earlier_id = "orders_" + earlier[:15].replace("-", "").replace("T", "")
+    done = run_alembic(project, "stamp", earlier_id, database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert statuses(project, database_url)["orders"][0] == earlier_id
+    assert statuses(project, database_url)["users"] == (heads["users"], 0)

@@ -22,6 +22,7 @@ from ..engine.database import connect, refuse_pooler, sqlalchemy_url
 from ..engine.discover import FRAMEWORK_SCHEMA
 from ..engine.errors import SvcmigError
 from ..engine.lock import migrator_lock
+from ..engine.plan import up_to
 from ..engine.preflight import prepare_all
 from ..engine.repair import stamp_sql
 from ..engine.validate import Graph, build_graph, parents
@@ -130,13 +131,26 @@ def _ledger_statements(graph: Graph, step: Any) -> list[str]:
         revision = graph.revisions[step.up_revision_id]
         return [ledger.record_sql(revision, "applied", None) if step.is_upgrade
                 else ledger.forget_sql(revision.id)]
-    touched: dict[str, str | None] = {
-        graph.revisions[r].service: None for r in step.source_revision_ids
-        if r in graph.revisions}
-    for rev_id in step.destination_revision_ids:
-        touched[graph.revisions[rev_id].service] = rev_id
-    return [statement for service, target in touched.items()
-            for statement in stamp_sql(graph, service, target)]
+    destinations = [r for r in step.destination_revision_ids if r in graph.revisions]
+    if not destinations:  # to base: the services it comes from lose their rows
+        return [statement for service in {graph.revisions[r].service
+                                          for r in step.source_revision_ids
+                                          if r in graph.revisions}
+                for statement in stamp_sql(graph, service, None)]
+    # Only the destinations' services move (Alembic may list other services' heads as the
+    # stamp's sources: they stay as they are); what a destination depends on is applied too,
+    # as Alembic counts it among the destination's ancestors.
+    moved = {graph.revisions[r].service: r for r in destinations}
+    needed: dict[str, str] = {}
+    for rev_id in destinations:
+        for dependency in up_to(graph, rev_id):
+            revision = graph.revisions[dependency]
+            if revision.service not in moved and revision.id > needed.get(revision.service, ""):
+                needed[revision.service] = revision.id
+    return [*(statement for service, target in moved.items()
+              for statement in stamp_sql(graph, service, target)),
+            *(statement for service, target in needed.items()
+              for statement in stamp_sql(graph, service, target, forget_later=False))]
 
 
 def alembic_heads(graph: Graph, rows: set[str]) -> tuple[str, ...]:

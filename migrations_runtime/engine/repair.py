@@ -89,17 +89,19 @@ def repair(url: str, root: Path, revision_id: str, action: RepairAction,
 
 
 
-def stamp_sql(graph: Graph, service: str, target: str | None) -> list[str]:
+def stamp_sql(graph: Graph, service: str, target: str | None,
+              forget_later: bool = True) -> list[str]:
     """What `alembic stamp` means in ledger terms: `target` becomes the service's head without
     running anything. It and every revision before it in the service are applied (rows that are
-    missing or dirty become `baselined`; applied ones stay), every revision after it is not.
-    `target` None stamps the service to base. Statements only, so `alembic stamp --sql` can
-    print them; they read nothing."""
+    missing or dirty become `baselined`; applied ones stay), every revision after it is not
+    (unless not `forget_later`: a service stamped only because another depends on it keeps
+    what it has beyond). `target` None stamps the service to base. Statements only, so
+    `alembic stamp --sql` can print them; they read nothing."""
     kept = {r.id for r in graph.upto(target) or ()} if target is not None else set()
     found = []
     for revision in graph.chains.get(service, ()):
         if revision.id in kept:
             found.append(ledger.record_sql(revision, "baselined", None, replace_state="dirty"))
-        else:
+        elif forget_later:
             found.append(ledger.forget_sql(revision.id))
     return found
