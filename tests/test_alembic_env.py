@@ -164,3 +164,28 @@ def test_every_stamp_form_moves_only_the_stamped_services(project: Path,
     assert done.returncode == 0, done.stderr
     assert statuses(project, database_url)["orders"][0] == earlier_id
     assert statuses(project, database_url)["users"] == (heads["users"], 0)
+
+
+def test_an_alembic_project_that_did_not_opt_in_is_left_to_alembic(tmp_path: Path) -> None:
+    """Its folders happen to be `services/<x>/migrations`, but its alembic.ini points at its
+    own env, not svcmig's: svcmig's plugin (installed in the same environment) stays out."""
+    root = tmp_path / "other"
+    (root / "env").mkdir(parents=True)
+    folder = root / "services" / "billing" / "migrations"
+    folder.mkdir(parents=True)
+    (root / "alembic.ini").write_text(
+        "[alembic]\nscript_location = %(here)s/env\n"
+        "version_locations = %(here)s/services/billing/migrations\n")
+    (root / "env" / "env.py").write_text("")
+    (root / "env" / "script.py.mako").write_text(
+        "revision = ${repr(up_revision)}\ndown_revision = ${repr(down_revision)}\n"
+        "branch_labels = None\ndepends_on = None\n\n\ndef upgrade():\n    pass\n")
+    (folder / "ae1027a6acf_first.py").write_text(
+        "revision = 'ae1027a6acf'\ndown_revision = None\nbranch_labels = None\n"
+        "depends_on = None\n\n\ndef upgrade():\n    pass\n")
+    done = run_alembic(root, "heads")
+    assert done.returncode == 0, done.stderr
+    assert "ae1027a6acf (head)" in done.stdout
+    done = run_alembic(root, "revision", "-m", "second")
+    assert done.returncode == 0, done.stderr
+    assert len(list(folder.glob("*_second.py"))) == 1  # Alembic's own naming

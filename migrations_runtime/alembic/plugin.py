@@ -53,6 +53,17 @@ def service_for(path: Path) -> Service | None:
     return Service(folder.parent.name, folder.parent)
 
 
+# A project opts in by pointing alembic.ini's `script_location` at svcmig's environment
+# (`migrations_runtime:alembic`): every other Alembic project in the same Python environment,
+# whatever its folders are called, is left to Alembic alone.
+SVCMIG_SCRIPT_LOCATION = Path(__file__).resolve().parent
+
+
+def opted_in(scriptdir: Any) -> bool:
+    """Whether the `ScriptDirectory` belongs to a svcmig project (its env is svcmig's)."""
+    return Path(scriptdir.dir).resolve() == SVCMIG_SCRIPT_LOCATION
+
+
 @functools.lru_cache(maxsize=256)
 def _previous_ids(folder: Path, _mtime_ns: int) -> dict[str, str | None]:
     """file name → id of the previous revision file in the same folder (a SQL file's parent)."""
@@ -194,7 +205,7 @@ def install() -> None:
 
     def _from_path(cls: type[Script], scriptdir: ScriptDirectory, path: Any) -> Script | None:
         path = Path(path)
-        service = service_for(path)
+        service = service_for(path) if opted_in(scriptdir) else None
         if service is None:
             return original_from_path(cls, scriptdir, path)
         if path.suffix not in (".sql", ".py") or path.name == "__init__.py":
@@ -225,6 +236,8 @@ def install() -> None:
         from alembic.script.revision import RevisionError
         from alembic.util import CommandError
 
+        if not opted_in(self):
+            return original_generate(self, revid, message, head, *args, **kw)
         try:
             heads = self.revision_map.get_revisions(head or "head")
         except RevisionError:  # e.g. several heads and no --head: Alembic's own message
@@ -244,7 +257,7 @@ def install() -> None:
     def _rev_path(self: ScriptDirectory, path: Any, rev_id: str, message: str | None,
                   create_date: datetime) -> Path:
         parsed = service_of_revision_id(rev_id)
-        service = service_for(Path(path) / "x.py")
+        service = service_for(Path(path) / "x.py") if opted_in(self) else None
         if parsed is None or service is None or parsed[0] != service.name:
             return original_rev_path(self, path, rev_id, message, create_date)
         _, stamp = parsed
