@@ -189,3 +189,42 @@ def test_an_alembic_project_that_did_not_opt_in_is_left_to_alembic(tmp_path: Pat
     done = run_alembic(root, "revision", "-m", "second")
     assert done.returncode == 0, done.stderr
     assert len(list(folder.glob("*_second.py"))) == 1  # Alembic's own naming
+
+
+def test_baseline_adopts_a_database_stock_alembic_migrated(project: Path,
+                                                           database_url: str) -> None:
+    """Stock Alembic recorded orders' head in public.alembic_version (and left out users' head,
+    which orders depends on): `svcmig baseline` without targets adopts both chains."""
+    from tests.conftest import code_heads, run_cli
+
+    link = depends_on_users_head(project)
+    heads = code_heads(project)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO public.alembic_version VALUES (%s)", (link,))
+    done = run_cli(project, "baseline", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert statuses(project, database_url) == {
+        "orders": (link, 0), "users": (heads["users"], 0)}
+
+
+def test_baseline_without_targets_or_version_rows_says_what_to_do(
+        project: Path, database_url: str) -> None:
+    from tests.conftest import run_cli
+
+    done = run_cli(project, "baseline", database_url=database_url)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "no TARGETS given and no version rows in public.alembic_version" in done.stderr
+
+
+def test_baseline_refuses_version_rows_the_code_does_not_know(project: Path,
+                                                              database_url: str) -> None:
+    from tests.conftest import run_cli
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO public.alembic_version VALUES ('ae1027a6acf')")
+    done = run_cli(project, "baseline", database_url=database_url)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "revisions this code does not know: ae1027a6acf" in done.stderr
+    assert query(database_url, "SELECT to_regclass('svcmig.schema_migrations')") == [(None,)]

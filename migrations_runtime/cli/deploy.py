@@ -154,12 +154,14 @@ def status_command(database_url: str | None, as_json: bool) -> None:
 
 
 @click.command("baseline")
-@click.argument("targets", nargs=-1, required=True)
+@click.argument("targets", nargs=-1)
 @database_url_option
 @json_option
 def baseline_command(targets: tuple[str, ...], database_url: str | None, as_json: bool) -> None:
     """Adopt svcmig on an existing database: mark TARGETS (services, meaning their code head, or
-    revision ids) and everything before them as applied, without running them."""
+    revision ids) and everything before them as applied, without running them. Without
+    TARGETS, the revisions stock Alembic recorded in public.alembic_version (and what they
+    depend on) are the targets."""
     root = project_root()
     url = run(lambda: resolve_url(database_url, root))
     marked = run(lambda: baseline(url, root, list(targets)))

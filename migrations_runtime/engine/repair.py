@@ -14,10 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import psycopg
+
 from . import ledger
 from .database import connect
 from .errors import SvcmigError
 from .lock import migrator_lock
+from .plan import up_to
 from .validate import Graph, build_graph
 
 RepairAction = Literal["applied", "rolled-back", "accept-checksum"]
@@ -35,6 +38,7 @@ def baseline(url: str, root: Path, targets: list[str],
     marked: list[str] = []
     try:
         with migrator_lock(conn, lock_wait_seconds):
+            targets = targets or _alembic_version_targets(conn, graph)
             ledger.bootstrap(conn, graph.services)
             state = ledger.read_state(conn)
             for target in targets:
@@ -56,6 +60,32 @@ def baseline(url: str, root: Path, targets: list[str],
     finally:
         conn.close()
     return marked
+
+
+STOCK_VERSION_TABLE = "public.alembic_version"
+
+
+def _alembic_version_targets(conn: psycopg.Connection, graph: Graph) -> list[str]:
+    """The targets a database stock Alembic migrated implies: each revision in its version
+    table, and for each service what those depend on (Alembic leaves a head that another head
+    depends on out of the table), the newest per service."""
+    found = conn.execute(f"SELECT to_regclass('{STOCK_VERSION_TABLE}') IS NOT NULL").fetchone()
+    rows = [r[0] for r in conn.execute(f"SELECT version_num FROM {STOCK_VERSION_TABLE}")] \
+        if found and found[0] else []
+    if not rows:
+        raise SvcmigError(f"no TARGETS given and no version rows in {STOCK_VERSION_TABLE} to "
+                          "adopt: name the revisions (or services) the database is at")
+    unknown = sorted(r for r in rows if r not in graph.revisions)
+    if unknown:
+        raise SvcmigError(f"{STOCK_VERSION_TABLE} has revisions this code does not know: "
+                          f"{', '.join(unknown)}; check out the code the database was "
+                          "migrated with, or name TARGETS")
+    newest: dict[str, str] = {}
+    for row in rows:
+        for rev_id in up_to(graph, row):
+            service = graph.revisions[rev_id].service
+            newest[service] = max(newest.get(service, rev_id), rev_id)
+    return sorted(newest.values())
 
 
 def repair(url: str, root: Path, revision_id: str, action: RepairAction,
