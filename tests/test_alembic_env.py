@@ -4,6 +4,7 @@ aimed at one database never touches another; a read-only one (`current`) writes 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -12,26 +13,16 @@ from sqlalchemy import create_engine
 
 from migrations_runtime.engine.apply import migrate
 from migrations_runtime.engine.database import sqlalchemy_url
-from tests.conftest import query, revision_count, run_alembic
+from tests.conftest import fresh_database, query, revision_count, run_alembic
 
 QUIET = {"log": lambda _line: None}
 
 
 @pytest.fixture
-def other_url(server_url: str) -> object:
+def other_url(server_url: str) -> Iterator[str]:
     """A second database: what `$DATABASE_URL` points at, with rows that must survive."""
-    import uuid
-
-    from tests.conftest import url_for
-
-    name = f"svcmig_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield url_for(server_url, name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(server_url) as url:
+        yield url
 
 
 def developers_database(project: Path, url: str) -> list[tuple[object, ...]]:
@@ -48,10 +39,9 @@ def survivors(url: str) -> list[tuple[object, ...]]:
 
 
 def ledger_size(url: str) -> int:
-    rows = query(url, "SELECT count(*) FROM svcmig.schema_migrations "
-                      "WHERE to_regclass('svcmig.schema_migrations') IS NOT NULL") \
-        if query(url, "SELECT to_regclass('svcmig.schema_migrations')")[0][0] else [(0,)]
-    return int(rows[0][0])
+    if query(url, "SELECT to_regclass('svcmig.schema_migrations')") == [(None,)]:
+        return 0
+    return int(query(url, "SELECT count(*) FROM svcmig.schema_migrations")[0][0])
 
 
 @pytest.mark.parametrize("hand_over", ["connection", "engine"])

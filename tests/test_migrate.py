@@ -62,7 +62,8 @@ def test_applies_every_service_then_is_a_noop(project: Path, database_url: str) 
     assert again.results == ()
 
 
-def test_phases_expand_then_contract(tmp_path: Path, database_url: str) -> None:
+def one_release_pending(tmp_path: Path, database_url: str) -> Path:
+    """shop at its first revision; pending: an expand revision, then a contract one."""
     root = write_project(tmp_path, {"shop": {
         "2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int, old text);"}})
     migrate(database_url, root, log=lambda _: None)
@@ -70,6 +71,11 @@ def test_phases_expand_then_contract(tmp_path: Path, database_url: str) -> None:
     (folder / "2026-01-02T0000__shop__add.sql").write_text("ALTER TABLE one ADD COLUMN new text;")
     (folder / "2026-01-03T0000__shop__drop.sql").write_text(
         "-- phase: contract\nALTER TABLE one DROP COLUMN old;")
+    return root
+
+
+def test_phases_expand_then_contract(tmp_path: Path, database_url: str) -> None:
+    root = one_release_pending(tmp_path, database_url)
     expand = migrate(database_url, root, phase="expand", log=lambda _: None)
     assert [r.revision for r in expand.results] == ["shop_202601020000"]
     assert [s.pending for s in read_plan(database_url, root).services] == [("shop_202601030000",)]
@@ -269,13 +275,7 @@ def test_phase_all_applies_every_pending_revision_in_order(tmp_path: Path,
 
 
 def test_contract_before_expand_is_refused(tmp_path: Path, database_url: str) -> None:
-    root = write_project(tmp_path, {"shop": {
-        "2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int, old text);"}})
-    migrate(database_url, root, log=lambda _: None)
-    folder = root / "services/shop/migrations"
-    (folder / "2026-01-02T0000__shop__add.sql").write_text("ALTER TABLE one ADD COLUMN new text;")
-    (folder / "2026-01-03T0000__shop__drop.sql").write_text(
-        "-- phase: contract\nALTER TABLE one DROP COLUMN old;")
+    root = one_release_pending(tmp_path, database_url)
     with pytest.raises(PlanError, match="run `svcmig migrate --phase expand` before"):
         migrate(database_url, root, phase="contract", log=lambda _: None)
 
