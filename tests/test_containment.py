@@ -918,16 +918,33 @@ def test_a_held_cursor_runs_nothing_at_commit(tmp_path: Path, database_url: str,
 
 
 # Kind: a revision's own SQL reaching for the ledger however it likes (settings built at run
-# time, dynamic SQL, work re-deferred to COMMIT): it can write its own row only, once, the way
-# the runner planned it. Postgres decides (row-level security over svcmig.running_revisions).
+# time, dynamic SQL, work re-deferred to COMMIT, a guessed token, its own token read from its
+# query text): it can write its own row only, once, the way the runner planned it. Postgres
+# decides (row-level security over the digests of svcmig.revision_tokens).
+INSERT_ROW = ("INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, "
+              "state, applied_by) ")
+OWN_TOKEN = ("DO $$ DECLARE t text := substring(current_query() FROM "
+             "'revision_token = ''([0-9a-f]+)'''); BEGIN "
+             "PERFORM set_config('svcmig.' || 'revision_token', t, true); ")
 LEDGER_REACHES = {
     "delete-earlier-rows": (
         "DO $$ DECLARE r record; BEGIN FOR r IN SELECT revision FROM svcmig.schema_migrations "
-        "LOOP PERFORM set_config(lower('SVCMIG.REVISION'), r.revision, true); "
+        "LOOP PERFORM set_config(lower('SVCMIG.REVISION_TOKEN'), r.revision, true); "
         "DELETE FROM svcmig.schema_migrations WHERE revision = r.revision; END LOOP; END $$;"),
-    "claim-another-revision": (
-        "DO $$ BEGIN EXECUTE format('INSERT INTO svcmig.running_revisions (revision, checksum, "
-        "direction) VALUES (%L, %L, %L)', 'users_209901010000', 'x', 'up'); END $$;"),
+    "claim-another-revision-with-a-guessed-token": (
+        "DO $$ BEGIN PERFORM set_config('svcmig.' || 'revision_token', "
+        "md5(random()::text), true); EXECUTE format('" + INSERT_ROW.replace("'", "''")
+        + "VALUES (%L, ''users'', ''x'', ''x'', ''expand'', ''applied'', ''x'')', "
+        "'users_209901010000'); END $$;"),
+    "claim-another-revision-with-its-own-token": (
+        OWN_TOKEN + "EXECUTE format('" + INSERT_ROW.replace("'", "''")
+        + "SELECT %L, service, file, checksum, phase, state, applied_by "
+        "FROM svcmig.schema_migrations LIMIT 1', 'users_209901010000'); END $$;"),
+    "write-its-own-row-early-with-its-own-token": (
+        OWN_TOKEN + "EXECUTE format('" + INSERT_ROW.replace("'", "''")
+        + "SELECT %L, ''users'', ''x'', checksum, ''expand'', ''applied'', ''x'' "
+        "FROM svcmig.revision_tokens WHERE revision = %L', 'users_202602010000', "
+        "'users_202602010000'); END $$;"),
     "delete-own-row-at-commit": (
         "CREATE TABLE users.ta (x int); CREATE TABLE users.tb (x int);\n"
         "CREATE FUNCTION users.t1() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
@@ -982,11 +999,60 @@ def test_a_failed_no_transaction_downgrade_says_how_far_it_got(
     assert lock_is_free(database_url)
 
 
+# Kind: one revision of a run writing or deleting the row of another revision the same run is
+# about to apply or revert (the only rows whose tokens exist), with a guessed token or its own:
+# refused, so no revision is ever recorded without having run.
+CLAIM_NEXT = {
+    "guessed-token": "md5(random()::text)",
+    "own-token": "substring(current_query() FROM 'revision_token = ''([0-9a-f]+)''')",
+}
+
+
+@pytest.mark.parametrize("token", CLAIM_NEXT.values(), ids=CLAIM_NEXT.keys())
+def test_a_revision_cannot_record_the_next_revision_of_its_run(
+        tmp_path: Path, database_url: str, token: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = ledger(database_url)
+    add(root, "users", "2026-02-01T0000",
+        f"DO $$ BEGIN PERFORM set_config('svcmig.revision_token', {token}, true); END $$;\n"
+        "INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, state, "
+        "applied_by) SELECT revision, 'users', 'x', checksum, 'expand', 'applied', 'x' "
+        "FROM svcmig.revision_tokens WHERE revision = 'users_202602020000';\n")
+    (root / "services" / "users" / "migrations" / "2026-02-02T0000__users__next.sql").write_text(
+        "CREATE TABLE users.second (id int);\n")
+    with pytest.raises(MigrationFailed, match="row-level security"):
+        migrate(database_url, root, **QUIET)
+    assert ledger(database_url) == before
+
+
+@pytest.mark.parametrize("token", CLAIM_NEXT.values(), ids=CLAIM_NEXT.keys())
+def test_a_revision_going_down_cannot_delete_the_next_row_of_its_run(
+        tmp_path: Path, database_url: str, token: str) -> None:
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000",
+        "-- migrate:up\nCREATE TABLE users.first (id int);\n"
+        "-- migrate:down\nDROP TABLE users.first;\n")
+    (root / "services" / "users" / "migrations" / "2026-02-02T0000__users__next.sql").write_text(
+        "-- migrate:up\nCREATE TABLE users.second (id int);\n-- migrate:down\n"
+        f"DO $$ BEGIN PERFORM set_config('svcmig.revision_token', {token}, true); END $$;\n"
+        "DELETE FROM svcmig.schema_migrations WHERE revision = 'users_202602010000';\n"
+        "DROP TABLE users.second;\n")
+    migrate(database_url, root, **QUIET)
+    done = run_alembic(root, "downgrade", "users@-2", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    rows = ledger(database_url)
+    assert "users_202602010000" not in rows and "users_202602020000" not in rows
+    # each went down in its own transaction, with its own row: the first one's DELETE found
+    # nothing to delete, so its own down ran and deleted its row itself
+    assert query(database_url, "SELECT to_regclass('users.first')") == [(None,)]
+
+
 FORGE_IN_OWN_TRANSACTIONS = (
     "-- migrate:no-transaction\n"
     "BEGIN;\n"
-    "INSERT INTO svcmig.running_revisions (revision, checksum, direction) "
-    "VALUES ('users_202601010000', 'x', 'down');\n"
+    "DO $$ BEGIN PERFORM set_config('svcmig.revision_token', "
+    "'0123456789abcdef0123456789abcdef', true); END $$;\n"
     "DELETE FROM svcmig.schema_migrations WHERE revision = 'users_202601010000';\n"
     "COMMIT;\n")
 
@@ -994,39 +1060,67 @@ FORGE_IN_OWN_TRANSACTIONS = (
 @pytest.mark.parametrize("text", [
     FORGE_IN_OWN_TRANSACTIONS,
     FORGE_IN_OWN_TRANSACTIONS.replace(
-        "INSERT INTO svcmig.running_revisions (revision, checksum, direction) "
-        "VALUES ('users_202601010000', 'x', 'down');",
-        "SELECT svcmig.begin_revision('0123456789abcdef0123456789abcdef');")],
-    ids=["insert-running-row", "guess-a-token"])
+        "'0123456789abcdef0123456789abcdef'",
+        "(SELECT encode(digest, 'hex') FROM svcmig.revision_tokens LIMIT 1)")],
+    ids=["guess-a-token", "present-a-digest"])
 def test_a_no_transaction_revision_cannot_name_a_revision_for_its_own_transactions(
         tmp_path: Path, database_url: str, text: str) -> None:
-    """Outside the runner's transactions (its own BEGIN … COMMIT), a revision cannot say which
-    revision a transaction runs: the running-revisions row comes only from a one-time token
-    the migrator issued, which no owner can read."""
+    """Outside the runner's transactions (its own BEGIN … COMMIT), a revision cannot present a
+    revision's token: the database keeps only digests of the tokens the migrator issued, so a
+    guess or a digest opens no row (the DELETE finds nothing)."""
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
     before = ledger(database_url)
     add(root, "users", "2026-02-01T0000", text)
-    with pytest.raises(MigrationFailed, match="permission denied|no revision token"):
-        migrate(database_url, root, **QUIET)
-    after = ledger(database_url)
-    assert {k: v for k, v in after.items() if k != "users_202602010000"} == before
+    migrate(database_url, root, **QUIET)
+    assert ledger(database_url) == {**before, "users_202602010000": "applied"}
+
+
+def test_a_token_kept_by_one_revision_opens_nothing_for_the_next(
+        tmp_path: Path, database_url: str) -> None:
+    """A revision can read its own token from its query text and keep it in a table; the next
+    revision (same run, same session) presenting it can neither delete that row (the token is
+    for going up) nor write another (the token names one revision)."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000",
+        "CREATE TABLE users.kept AS SELECT substring(current_query() FROM "
+        "'revision_token = ''([0-9a-f]+)''') AS token;\n")
+    (root / "services" / "users" / "migrations" / "2026-02-02T0000__users__next.sql").write_text(
+        "DO $$ BEGIN PERFORM set_config('svcmig.' || 'revision_token', "
+        "(SELECT token FROM users.kept), true); "
+        "DELETE FROM svcmig.schema_migrations WHERE revision = 'users_202602010000'; "
+        "BEGIN INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, "
+        "state, applied_by) SELECT 'users_209901010000', service, file, checksum, phase, state, "
+        "applied_by FROM svcmig.schema_migrations WHERE revision = 'users_202602010000'; "
+        "EXCEPTION WHEN insufficient_privilege THEN NULL; END; END $$;\n")
+    migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT length(token) FROM users.kept") == [(32,)]
+    rows = ledger(database_url)
+    assert rows["users_202602010000"] == rows["users_202602020000"] == "applied"
+    assert "users_209901010000" not in rows
 
 
 def test_an_escaped_python_revision_is_dirty_whatever_it_wrote(
         tmp_path: Path, database_url: str) -> None:
-    """It ends the runner's transaction and tries to write its own ledger row in another: the
-    row is refused and the revision is dirty (its first table is committed)."""
+    """It ends the runner's transaction and writes its own ledger row in another, with its
+    own token: the runner sees its transaction was not the one it began, and marks the
+    revision dirty (its first table is committed)."""
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
     raw = "    raw = op.get_bind().connection.driver_connection.pgconn\n"
+    # the strongest case: it finds its token in the runner's memory (a Python revision runs in
+    # the migrator's process) and its checksum in the digests' table
+    steal = ("    import gc\n    from migrations_runtime.engine.apply import Runner\n"
+             "    runner = next(o for o in gc.get_objects() if isinstance(o, Runner))\n"
+             "    token = runner._tokens[('users_202602010000', True)]\n")
     steps = ["CREATE TABLE users.half_done (id int)", "COMMIT", "BEGIN",
-             "INSERT INTO svcmig.running_revisions (revision, checksum, direction) "
-             "SELECT revision, checksum, direction FROM svcmig.running_revisions",
+             "SET LOCAL svcmig.revision_token = '{token}'",
              "INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, "
-             "state, applied_by) VALUES ('users_202602010000', 'users', 'x', 'x', 'expand', "
-             "'applied', 'x')", "COMMIT", "BEGIN"]
-    body = raw + "".join(f"    raw.exec_({step.encode()!r})\n" for step in steps)
+             "state, applied_by) SELECT 'users_202602010000', 'users', 'x', checksum, 'expand', "
+             "'applied', 'x' FROM svcmig.revision_tokens WHERE revision = 'users_202602010000' "
+             "AND direction = 'up'", "COMMIT", "BEGIN"]
+    body = raw + steal + "".join(f"    raw.exec_(f{step!r}.encode())\n" for step in steps)
     add(root, "users", "2026-02-01T0000", python_revision(
         "users", "2026-02-01T0000", "users_202601010000", body), ext="py")
     with pytest.raises(MigrationFailed, match="marked dirty"):

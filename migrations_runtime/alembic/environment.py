@@ -26,6 +26,7 @@ from ..engine.plan import up_to
 from ..engine.preflight import prepare_all
 from ..engine.repair import stamp_sql
 from ..engine.validate import Graph, build_graph, parents
+from .autogenerate import autogenerate_options
 
 log = logging.getLogger("alembic.runtime.migration")
 
@@ -187,10 +188,12 @@ def _run_online(context: Any, root: Path) -> None:
         engine = create_engine(sqlalchemy_url("postgresql://"), creator=lambda: migrator,
                                poolclass=StaticPool, pool_reset_on_return=None)
         with engine.connect() as connection:
-            context.configure(connection=connection, **COMMON_OPTIONS)
+            compare = autogenerate_options(context, graph)
+            context.configure(connection=connection, **COMMON_OPTIONS, **compare)
             migration_context = context.get_context()
-            # `current`, `check` and the like pass dont_mutate: they read and never write
-            read_only = bool(migration_context.opts.get("dont_mutate"))
+            # `current` and the like pass dont_mutate, autogenerate compares: they read and
+            # never write
+            read_only = bool(migration_context.opts.get("dont_mutate")) or bool(compare)
             lock = nullcontext() if read_only else migrator_lock(
                 migrator, settings.lock_wait_seconds, settings.idle_timeout_ms)
             with lock:
@@ -210,6 +213,10 @@ def _run_online(context: Any, root: Path) -> None:
                     raise CommandError("\n".join(p.message for p in problems))
                 runner = Runner(migrator, url, settings, _log, prepared,
                                 [s.schema for s in graph.services])
+                for upgrade in (True, False):  # every token the command needs, up front
+                    runner.issue_tokens([graph.revisions[step.revision.revision]
+                                         for step in steps if isinstance(step, RevisionStep)
+                                         and step.is_upgrade == upgrade], upgrade)
                 try:
                     for step in steps:
                         if isinstance(step, RevisionStep):

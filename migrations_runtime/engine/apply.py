@@ -172,9 +172,9 @@ class Runner:
         self._existing = {(schema, name): table for schema, name, table in rows}
 
     def issue_tokens(self, revisions: Iterable[Revision], upgrade: bool = True) -> None:
-        """Issue, in one round trip, the one-time tokens with which the transactional
-        revisions about to run will say which revision their transaction runs
-        (`ledger.BEGIN_FUNCTION`): random, kept in a table no owner can read."""
+        """Issue, in one round trip, the tokens with which the transactional revisions about to
+        run will show which ledger row their transaction may write (see
+        `ledger.FRAMEWORK_DDL`): 128 random bits each, of which the database keeps a digest."""
         fresh = {secrets.token_hex(16): (revision, upgrade) for revision in revisions
                  if revision.transactional and (revision.id, upgrade) not in self._tokens}
         if fresh:
@@ -182,8 +182,8 @@ class Runner:
             self._tokens.update({(r.id, up): token for token, (r, up) in fresh.items()})
 
     def _token(self, revision: Revision, upgrade: bool) -> str:
-        """The revision's token (reused by a retried attempt, whose transaction rolled back
-        its use), issued now if the run did not issue it up front."""
+        """The revision's token (also for a retried attempt), issued now if the run did not
+        issue it up front."""
         if (revision.id, upgrade) not in self._tokens:
             self.issue_tokens([revision], upgrade)
         return self._tokens[(revision.id, upgrade)]
@@ -359,10 +359,7 @@ class Runner:
     def _enter_sql(self, revision: Revision, transactional: bool, upgrade: bool = True) -> str:
         """Put the (clean) session inside the service: search_path, the attempt's lock_timeout
         and, when set, statement_timeout; a transactional revision's transaction starts here."""
-        # in a transaction, first say which revision it runs: the only ledger row it may write
-        begin = [BEGIN, ledger.begin_revision_sql(self._token(revision, upgrade))] \
-            if transactional else []
-        return "; ".join([*begin, *enter_service_sql(
+        return "; ".join([*([BEGIN] if transactional else []), *enter_service_sql(
             service_of(revision), transactional, self._timeout_ms,
             self.settings.statement_timeout_ms)])
 
@@ -414,17 +411,15 @@ class Runner:
         checks that the migrator still holds its lock (a migrator frozen for longer than the
         idle timeout lost its session, and with it the lock, to `idle_session_timeout`;
         another may be running now) and, with `xid`, that the transaction is still the one
-        the revision began in, then the ledger row, COMMIT and the reset."""
-        migrator = self.sessions.migrator.info
-        checks = [fail_unless(session_alive_sql(migrator.backend_pid,
-                                                migrator.parameter_status("application_name")
-                                                or ""),
+        the revision began in, then the revision's token, its ledger row, COMMIT and the
+        reset."""
+        checks = [fail_unless(session_alive_sql(self.sessions.migrator.info.backend_pid),
                               self._lost_lock_message("the revision was not committed"))]
         if xid is not None:
             checks.append(fail_unless(f"pg_catalog.txid_current() = {int(xid)}", ESCAPED))
         return "; ".join([
             CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []), "SET CONSTRAINTS ALL IMMEDIATE",
-            "CLOSE ALL", "SELECT pg_catalog.pg_stat_clear_snapshot()", *checks,
+            "CLOSE ALL", *checks, ledger.present_token_sql(self._token(revision, upgrade)),
             self._ledger_sql(revision, upgrade, duration), "COMMIT", *SESSION_RESET_SQL])
 
     def _finish_failed(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,

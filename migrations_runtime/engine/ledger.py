@@ -10,6 +10,7 @@ applied revision), so the two can never disagree, whichever tool wrote last.
 from __future__ import annotations
 
 import functools
+import hashlib
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,12 +26,13 @@ LEDGER_TABLE = f"{FRAMEWORK_SCHEMA}.schema_migrations"
 VERSION_TABLE = "alembic_version"
 QUALIFIED_VERSION_TABLE = f"{FRAMEWORK_SCHEMA}.{VERSION_TABLE}"
 STATES = ("applied", "dirty", "baselined")
-POLICY = "running_revision"
-# Which revision each runner transaction runs (see FRAMEWORK_DDL); read by the ledger's policies.
-RUNNING_TABLE = f"{FRAMEWORK_SCHEMA}.running_revisions"
-# One-time tokens the migrator issues for the transactional revisions it is about to run.
+POLICY = "revision_token"
+# Digests of the one-time tokens the migrator issues for the transactional revisions it is about
+# to run (see FRAMEWORK_DDL); read by the ledger's policies.
 TOKENS_TABLE = f"{FRAMEWORK_SCHEMA}.revision_tokens"
-BEGIN_FUNCTION = f"{FRAMEWORK_SCHEMA}.begin_revision"
+# The setting through which a revision's transaction presents its token, just before its row.
+TOKEN_SETTING = "svcmig.revision_token"
+_PRESENTED = f"sha256(convert_to(current_setting('{TOKEN_SETTING}', true), 'UTF8'))"
 
 FRAMEWORK_DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {FRAMEWORK_SCHEMA}",
@@ -49,74 +51,58 @@ FRAMEWORK_DDL = [
     # A transactional revision writes its own ledger row, in its own transaction, from a
     # session logged in as its service's owner (and deletes it when it goes down). Row-level
     # security holds an owner to exactly that: it sees its own service's rows, and may insert
-    # (as `applied`, with the checksum the runner planned) or delete only the row of the
-    # revision its transaction runs, in the direction it runs it. The runner says which in the
-    # transaction's first statement, before any of the revision's: BEGIN_FUNCTION (security
-    # definer, the migrator's) takes a one-time token the migrator issued for that revision
-    # (TOKENS_TABLE, which no owner can read) and writes a row of RUNNING_TABLE keyed by the
-    # session's pid and the transaction's id; an owner cannot write that table itself, and a
-    # token is gone once its transaction commits, so a revision cannot name another. Never an
-    # update, never a dirty row (the migrator writes those of non-transactional revisions). So
-    # neither a revision (whatever settings or dynamic SQL it uses, whatever it defers to
-    # COMMIT) nor another service's function it happens to call can forge or drop a row, and a
-    # row written after the revision ended the runner's transaction is refused. The migrator
-    # owns both tables and so bypasses it.
-    f"""CREATE TABLE IF NOT EXISTS {RUNNING_TABLE} (
-        pid integer NOT NULL DEFAULT pg_backend_pid(),
-        xid bigint NOT NULL DEFAULT txid_current(),
-        revision varchar(32) NOT NULL,
-        checksum text NOT NULL,
-        direction text NOT NULL CHECK (direction IN ('up', 'down')),
-        PRIMARY KEY (pid, xid)
-    )""",
-    f"ALTER TABLE {RUNNING_TABLE} ENABLE ROW LEVEL SECURITY",
+    # (as `applied`, with the checksum the runner planned) or delete only the row of a revision
+    # whose token the transaction presents, in the direction the token was issued for. The
+    # migrator issues a random token per revision and direction for the run and keeps only its
+    # SHA-256 digest in TOKENS_TABLE (which owners may read: a digest gives nothing away); the
+    # runner presents the token (TOKEN_SETTING, a transaction-local setting) in the statement
+    # just before the row, after every statement of the revision. A revision's own SQL cannot
+    # know another revision's token, and the one it could read from its own query text only
+    # writes or deletes its own row, which the runner's statement then finds done and fails
+    # (rolling everything back); a row is written once (the primary key) and deleted once, and
+    # every run clears the digests. Never an update, never a dirty row (the migrator writes
+    # those of non-transactional revisions). So neither a revision (whatever settings or dynamic
+    # SQL it uses, whatever it defers to COMMIT) nor another service's function it happens to
+    # call can forge or drop a row. The migrator owns both tables and so bypasses it.
+    # an earlier svcmig kept the tokens themselves there (read only by a function of its own)
+    f"""DO $$ BEGIN
+        IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{TOKENS_TABLE}')
+                   AND attname = 'token') THEN DROP TABLE {TOKENS_TABLE}; END IF; END $$""",
     f"""CREATE TABLE IF NOT EXISTS {TOKENS_TABLE} (
-        token text PRIMARY KEY,
+        digest bytea PRIMARY KEY,
         revision varchar(32) NOT NULL,
+        service text NOT NULL,
         checksum text NOT NULL,
         direction text NOT NULL CHECK (direction IN ('up', 'down'))
     )""",
     f"REVOKE ALL ON {TOKENS_TABLE} FROM PUBLIC",
-    f"""CREATE OR REPLACE FUNCTION {BEGIN_FUNCTION}(token text) RETURNS void
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-        DECLARE issued record;
-        BEGIN
-            DELETE FROM {TOKENS_TABLE} t WHERE t.token = begin_revision.token
-                RETURNING t.revision, t.checksum, t.direction INTO issued;
-            IF issued IS NULL OR substring(issued.revision FROM '^(.*)_[0-9]{{12}}$')
-                    || '_owner' <> session_user THEN
-                RAISE EXCEPTION 'svcmig: no revision token for this session'
-                    USING ERRCODE = 'insufficient_privilege';
-            END IF;
-            INSERT INTO {RUNNING_TABLE} (pid, xid, revision, checksum, direction)
-            VALUES (pg_backend_pid(), txid_current(), issued.revision, issued.checksum,
-                    issued.direction);
-        END $$""",
-    f"REVOKE ALL ON FUNCTION {BEGIN_FUNCTION}(text) FROM PUBLIC",
     f"ALTER TABLE {LEDGER_TABLE} ENABLE ROW LEVEL SECURITY",
     *(f"DROP POLICY IF EXISTS {old} ON {LEDGER_TABLE}"  # earlier svcmig versions
       for old in ("own_service_rows", "service_rows_read", "service_rows_insert",
                   "service_rows_delete", "revision_rows_read", "revision_rows_insert",
-                  "revision_rows_delete")),
+                  "revision_rows_delete", "running_revision_read", "running_revision_insert",
+                  "running_revision_delete")),
+    f"DROP FUNCTION IF EXISTS {FRAMEWORK_SCHEMA}.begin_revision(text)",  # earlier versions
+    f"DROP TABLE IF EXISTS {FRAMEWORK_SCHEMA}.running_revisions",
     f"""DO $$ BEGIN
-        CREATE POLICY {POLICY}_own ON {RUNNING_TABLE} FOR SELECT
-            USING (pid = pg_backend_pid());
         CREATE POLICY {POLICY}_read ON {LEDGER_TABLE} FOR SELECT
             USING (current_user = service || '_owner');
         CREATE POLICY {POLICY}_insert ON {LEDGER_TABLE} FOR INSERT
-            WITH CHECK (current_user = service || '_owner' AND state = 'applied'
-                        AND substring(revision FROM '^(.*)_[0-9]{{12}}$') = service
-                        AND EXISTS (SELECT FROM {RUNNING_TABLE} r
-                                    WHERE r.pid = pg_backend_pid() AND r.xid = txid_current()
-                                      AND r.revision = schema_migrations.revision
-                                      AND r.checksum = schema_migrations.checksum
-                                      AND r.direction = 'up'));
+            WITH CHECK (current_user = service || '_owner' AND session_user = current_user
+                        AND state = 'applied'
+                        AND EXISTS (SELECT FROM {TOKENS_TABLE} t
+                                    WHERE t.digest = {_PRESENTED}
+                                      AND t.revision = schema_migrations.revision
+                                      AND t.service = schema_migrations.service
+                                      AND t.checksum = schema_migrations.checksum
+                                      AND t.direction = 'up'));
         CREATE POLICY {POLICY}_delete ON {LEDGER_TABLE} FOR DELETE
-            USING (current_user = service || '_owner' AND state <> 'dirty'
-                   AND EXISTS (SELECT FROM {RUNNING_TABLE} r
-                               WHERE r.pid = pg_backend_pid() AND r.xid = txid_current()
-                                 AND r.revision = schema_migrations.revision
-                                 AND r.direction = 'down'));
+            USING (current_user = service || '_owner' AND session_user = current_user
+                   AND state <> 'dirty'
+                   AND EXISTS (SELECT FROM {TOKENS_TABLE} t
+                               WHERE t.digest = {_PRESENTED}
+                                 AND t.revision = schema_migrations.revision
+                                 AND t.direction = 'down'));
     EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
     # Alembic's version table, derived: a service's head is its newest applied (or baselined)
     # revision; ids `<service>_<YYYYMMDDhhmm>` sort by time within a service. An older svcmig
@@ -134,7 +120,7 @@ FRAMEWORK_READY_SQL = f"""
                      AND p.polname = '{POLICY}_delete')
        AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('{QUALIFIED_VERSION_TABLE}')
                      AND relkind = 'v')
-       AND to_regprocedure('{BEGIN_FUNCTION}(text)') IS NOT NULL"""
+       AND to_regclass('{TOKENS_TABLE}') IS NOT NULL"""
 
 
 class Executes(Protocol):
@@ -169,9 +155,7 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         f"GRANT USAGE ON SCHEMA {FRAMEWORK_SCHEMA} TO {owner}",
         f"REVOKE ALL ON {LEDGER_TABLE} FROM {owner}",
         f"GRANT SELECT, INSERT, DELETE ON {LEDGER_TABLE} TO {owner}",
-        f"REVOKE ALL ON {RUNNING_TABLE} FROM {owner}",
-        f"GRANT SELECT ON {RUNNING_TABLE} TO {owner}",
-        f"GRANT EXECUTE ON FUNCTION {BEGIN_FUNCTION}(text) TO {owner}",
+        f"GRANT SELECT ON {TOKENS_TABLE} TO {owner}",
         f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}",
         f"ALTER SCHEMA {schema} OWNER TO {owner}",  # an adopted schema becomes the service's
         f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
@@ -198,8 +182,7 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
     if not conn.execute(FRAMEWORK_READY_SQL).fetchone()[0]:
         for sql in FRAMEWORK_DDL:
             conn.execute(sql)
-    # earlier runs' transactions, all ended, and tokens they did not use
-    conn.execute(f"DELETE FROM {RUNNING_TABLE}; DELETE FROM {TOKENS_TABLE}")
+    conn.execute(f"DELETE FROM {TOKENS_TABLE}")  # earlier runs' tokens
     present = conn.execute(
         f"""SELECT n.nspname FROM pg_namespace n
            JOIN pg_roles o ON o.oid = n.nspowner AND o.rolname = n.nspname || '_owner'
@@ -207,7 +190,7 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
              AND EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = n.nspname || '_app')
              AND pg_has_role(current_user, o.oid, 'USAGE')
              AND has_table_privilege(o.oid, '{LEDGER_TABLE}', 'INSERT')
-             AND has_function_privilege(o.oid, '{BEGIN_FUNCTION}(text)', 'EXECUTE')
+             AND has_table_privilege(o.oid, '{TOKENS_TABLE}', 'SELECT')
              AND NOT has_table_privilege(o.oid, '{LEDGER_TABLE}', 'UPDATE')""",
         (names,),
     ).fetchall()
@@ -416,17 +399,20 @@ def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | None
 
 
 def issue_tokens_sql(tokens: Mapping[str, tuple[Revision, bool]]) -> str:
-    """The migrator issues one-time tokens: token → (revision, upgrade)."""
-    rows = ", ".join(f"({_literal(token)}, {_literal(revision.id)}, "
+    """The migrator issues the run's tokens (token → (revision, upgrade)), keeping only their
+    SHA-256 digests."""
+    rows = ", ".join(f"('\\x{hashlib.sha256(token.encode()).hexdigest()}'::bytea, "
+                     f"{_literal(revision.id)}, {_literal(revision.service)}, "
                      f"{_literal(revision.checksum)}, {_literal('up' if up else 'down')})"
                      for token, (revision, up) in tokens.items())
-    return f"INSERT INTO {TOKENS_TABLE} (token, revision, checksum, direction) VALUES {rows}"
+    return (f"INSERT INTO {TOKENS_TABLE} (digest, revision, service, checksum, direction) "
+            f"VALUES {rows}")
 
 
-def begin_revision_sql(token: str) -> str:
-    """The first statement of a revision's transaction: which revision it runs, and which way
-    (the only ledger row the transaction may then write, see FRAMEWORK_DDL)."""
-    return f"SELECT {BEGIN_FUNCTION}({_literal(token)})"
+def present_token_sql(token: str) -> str:
+    """Just before a revision's ledger row: the token of the revision and direction the
+    transaction runs (the only row it may then write or delete, see FRAMEWORK_DDL)."""
+    return f"SET LOCAL {TOKEN_SETTING} = {_literal(token)}"
 
 
 def set_state_sql(revision_id: str, state: str) -> str:

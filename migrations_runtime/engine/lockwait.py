@@ -29,7 +29,7 @@ STRONG_MODES = ("AccessExclusiveLock", "ExclusiveLock", "ShareRowExclusiveLock",
 
 # The strong locks this session holds on tables and materialized views, schema-qualified.
 HELD_LOCKS_SQL = (
-    "SELECT n.nspname || '.' || c.relname, l.mode FROM pg_locks l "
+    "SELECT n.nspname, c.relname, l.mode FROM pg_locks l "
     "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE l.pid = pg_backend_pid() AND l.granted AND l.locktype = 'relation' "
     f"AND l.mode IN ({', '.join(repr(m) for m in STRONG_MODES)}) "
@@ -357,10 +357,11 @@ class HoldTracker:
             key = (schema or self.schema, name)
             self.created[key] = f"{key[0]}.{table}"
 
-    def from_server(self, rows: list[tuple[str, str]], started: float) -> None:
-        known = set(self.existing.values())
-        for table, mode in rows:
-            if table in known:
+    def from_server(self, rows: list[tuple[str, str, str]], started: float) -> None:
+        """`rows`: (schema, table, mode) of the strong locks the transaction holds."""
+        for schema, name, mode in rows:
+            table = self.existing.get((schema, name))
+            if table == f"{schema}.{name}":  # a table that was there before the revision
                 self.holds.setdefault(table, Hold(table, mode, started, None))
 
 

@@ -142,8 +142,9 @@ PINNED_SETTINGS = {
     "standard_conforming_strings": _LEXING,
     "client_encoding": _LEXING,
 }
-# svcmig's own namespace of settings, kept for svcmig (older versions named the running
-# revision there; the ledger's policies now read `ledger.RUNNING_TABLE`, which no setting moves).
+# svcmig's own namespace of settings, kept for svcmig: the runner presents a revision's token
+# there (`ledger.TOKEN_SETTING`). Refusing it is only a clear message: without the token a
+# setting there opens nothing (the ledger's policies compare its digest).
 OWN_SETTINGS_PREFIX = "svcmig."
 
 
