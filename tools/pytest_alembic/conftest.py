@@ -1,0 +1,61 @@
+"""pytest-alembic against this repository, set up the way its documentation says: an
+`alembic_config` fixture naming alembic.ini and an `alembic_engine` fixture on a fresh, empty
+database. svcmig's env runs every revision there (the connection pytest-alembic hands Alembic
+comes first, `migrations_runtime/alembic/environment.py`), never in `$DATABASE_URL`.
+
+Run it in a venv of its own (pytest-alembic 0.13 does not load under pytest 9, which the
+project's tests use): see docs/testing.md, "pytest-alembic".
+
+The server: `$PYTEST_ALEMBIC_SERVER_URL` (a superuser URL; each test gets a new database on it,
+dropped afterwards), else a private cluster started from the machine's PostgreSQL binaries
+(`pg_config --bindir`), so the service roles the migrations create never meet anyone else's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, create_engine
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench.private_postgres import private_postgres  # noqa: E402
+from migrations_runtime.engine.database import sqlalchemy_url  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    given = os.environ.get("PYTEST_ALEMBIC_SERVER_URL")
+    if given:
+        yield given
+        return
+    with private_postgres(durable=False) as url:
+        yield url
+
+
+@pytest.fixture
+def alembic_config() -> dict[str, str]:
+    return {"file": str(REPO / "alembic.ini")}
+
+
+@pytest.fixture
+def alembic_engine(server_url: str) -> Iterator[Engine]:
+    name = f"pytest_alembic_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    engine = create_engine(sqlalchemy_url(urlunsplit(urlsplit(server_url)._replace(
+        path=f"/{name}"))))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
