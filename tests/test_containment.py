@@ -1383,6 +1383,13 @@ def test_the_offline_script_runs_in_psql_on_a_fresh_database(tmp_path: Path,
     status = run_cli(root, "status", "--json", database_url=database_url)
     assert status.returncode == 0, status.stdout + status.stderr
     assert all(s["pending"] == [] for s in json.loads(status.stdout)["services"])
+    # a state to continue from: nothing to do, then a new revision applies on top
+    assert migrate(database_url, root, **QUIET).results == ()
+    add(root, "orders", "2026-02-03T0000", "CREATE TABLE after_psql (id int);\n")
+    assert [r.revision for r in migrate(database_url, root, **QUIET).results] == [
+        "orders_202602030000"]
+    assert query(database_url, "SELECT to_regclass('orders.after_psql')") == [
+        ("orders.after_psql",)]
 
 
 def test_the_offline_script_keeps_strings_as_they_were_checked(tmp_path: Path,

@@ -30,7 +30,8 @@ from migrations_runtime.engine.errors import MigrationFailed, SvcmigError
 from migrations_runtime.engine.load import service_of_revision_id
 from migrations_runtime.engine.lockwait import LockPolicy
 from migrations_runtime.engine.manifest import MANIFEST_NAME, load_manifest
-from migrations_runtime.engine.validate import Graph
+from migrations_runtime.engine.plan import releases_behind
+from migrations_runtime.engine.validate import Graph, build_graph
 
 PHASES = ("expand", "contract")
 MAX_REASON = 1500  # CloudFormation rejects responses over 4 KiB; leave room for the framework's
@@ -119,10 +120,11 @@ def failure_reason(err: SvcmigError, root: Path) -> str:
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
 
 
-def load_graph(root: Path) -> Graph | None:
-    """The build-time manifest when the bundle has one (no file parsing for planning)."""
+def load_graph(root: Path) -> Graph:
+    """The build-time manifest when the bundle has one (no file parsing for planning), else
+    the migration files."""
     path = root / MANIFEST_NAME
-    return load_manifest(path, root) if path.is_file() else None
+    return load_manifest(path, root) if path.is_file() else build_graph(root)
 
 
 def sync_app_passwords(url: str, app_secrets: dict[str, str]) -> list[str]:
@@ -182,8 +184,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     secret = read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"])
     url = database_url(secret)
     try:
-        result = migrate(url, root, phase, settings=_settings(context), log=log,
-                         graph=load_graph(root))
+        graph = load_graph(root)
+        result = migrate(url, root, phase, settings=_settings(context), log=log, graph=graph)
         app_secrets = json.loads(os.environ.get("SVCMIG_APP_SECRETS", "{}"))
         synced = sync_app_passwords(url, app_secrets) if phase == "expand" else []
     except SvcmigError as err:
@@ -195,6 +197,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         reason = f"database error: {first}"
         log({"event": "failed", "phase": phase, "reason": reason})
         raise MigrationError(reason) from err
+    behind = releases_behind(graph, result.plan) if phase == "expand" else []
+    if behind:  # fail before the code goes live; what was applied is safe for the old code
+        reason = "; ".join(behind)
+        log({"event": "failed", "phase": phase, "reason": reason})
+        raise MigrationError(reason)
     summary = result.as_dict()
     pending = sum(len(s.pending) for s in result.plan.services)
     log({"event": "done", **summary, "passwords_synced": synced})

@@ -166,6 +166,28 @@ def _service_plan(chain: tuple[Revision, ...], state: DatabaseState, phase: Phas
     return selected, status
 
 
+def releases_behind(graph: Graph, plan: Plan) -> list[str]:
+    """After an expand phase: one message per service whose pending revisions are a contract
+    revision followed by expand revisions. The code about to go live may need those expand
+    revisions, which cannot run before the contract one, which cannot run before the code that
+    no longer needs what it removes: the database lags more than one release, and no single
+    deploy can bring it forward safely."""
+    found = []
+    for status in plan.services:
+        pending = [graph.revisions[rev_id] for rev_id in status.pending]
+        later = [r for r in pending[1:] if r.phase == "expand"]
+        if pending and pending[0].phase == "contract" and later:
+            found.append(
+                f"{status.service} lags more than one release: contract revision "
+                f"{pending[0].id} waits for the code deploy, and {len(later)} expand "
+                f"revision(s) after it (first {later[0].id}) would run only after the new code "
+                f"is live. Deploy the release whose code goes with {pending[0].id} first (or "
+                f"`svcmig migrate --target {pending[0].id}` with that release's code), then "
+                "this one; or apply everything in a maintenance window with `svcmig migrate "
+                "--phase all`")
+    return found
+
+
 def up_to(graph: Graph, target: str) -> set[str]:
     """The ids of `target` (a revision id, or a service name meaning its code head), the
     revisions before it in its service, and everything those depend on, transitively: what

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from infra.migrator import handler as migrator
-from migrations_runtime.engine.manifest import MANIFEST_NAME, write_manifest
+from migrations_runtime.engine.manifest import MANIFEST_NAME, ManifestGraph, write_manifest
 from tests.conftest import code_heads, query
 
 moto = pytest.importorskip("moto")
@@ -155,8 +155,9 @@ def test_unreachable_database_is_a_reason_without_the_password(project: Path,
 
 def test_plans_from_the_manifest_when_bundled(project: Path, database_url: str,
                                               aws: dict[str, str]) -> None:
+    assert not isinstance(migrator.load_graph(project), ManifestGraph)
     write_manifest(project, project / MANIFEST_NAME)
-    assert migrator.load_graph(project) is not None
+    assert isinstance(migrator.load_graph(project), ManifestGraph)
     result = migrator.handler(event("Create", "expand", code_heads(project)))
     assert result["Data"]["Applied"] > 0
 
@@ -169,3 +170,74 @@ def test_database_url_prefers_the_cluster_endpoint(monkeypatch: pytest.MonkeyPat
     url = migrator.database_url(secret)
     assert url == "postgresql://a%40b:p%3Aw%2F%40@cluster.example:5432/app?sslmode=require"
     assert psycopg.conninfo.conninfo_to_dict(url)["password"] == "p:w/@"
+
+
+# Kind: a stage several releases behind. One deploy is safe when, after its expand phase, what
+# is pending is only contract revisions (they run after the code); when an expand revision waits
+# behind a contract one, the new code would go live without it: the expand phase fails before
+# the code deploy, keeping what it applied (safe for the old code), and says what to do.
+RELEASES = {  # file stamp → (phase, up)
+    "2027-01-01T0000": ("expand", "ALTER TABLE users ADD COLUMN nickname text;"),
+    "2027-01-02T0000": ("contract", "ALTER TABLE users DROP COLUMN display_name;"),
+    "2027-01-03T0000": ("expand", "ALTER TABLE users ADD COLUMN bio text;"),
+    "2027-01-04T0000": ("contract", "ALTER TABLE users DROP COLUMN nickname;"),
+}
+
+
+def add_releases(project: Path, stamps: list[str]) -> None:
+    for stamp in stamps:
+        phase, up = RELEASES[stamp]
+        (project / "services/users/migrations" / f"{stamp}__users__r{stamp[8:10]}.sql").write_text(
+            f"-- phase: {phase}\n{up}\n")
+
+
+@pytest.mark.parametrize("stamps", [
+    ["2027-01-01T0000", "2027-01-02T0000"],  # one release: expand, then its contract
+    ["2027-01-02T0000"],  # only a contract
+], ids=["one-release", "contract-only"])
+def test_a_stage_one_release_behind_deploys_in_one_go(project: Path, database_url: str,
+                                                      aws: dict[str, str],
+                                                      stamps: list[str]) -> None:
+    migrator.handler(event("Create", "expand", code_heads(project)))
+    migrator.handler(event("Create", "contract", code_heads(project)))
+    add_releases(project, stamps)
+    heads = code_heads(project)
+    migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand"))
+    done = migrator.handler(event("Update", "contract", heads, heads, "svcmig-test-contract"))
+    assert done["Data"]["Pending"] == 0
+
+
+def test_a_stage_several_releases_behind_stops_before_the_code_and_says_how_to_catch_up(
+        project: Path, database_url: str, aws: dict[str, str]) -> None:
+    migrator.handler(event("Create", "expand", code_heads(project)))
+    migrator.handler(event("Create", "contract", code_heads(project)))
+    old = code_heads(project)
+    add_releases(project, list(RELEASES))
+    with pytest.raises(migrator.MigrationError) as caught:
+        migrator.handler(event("Update", "expand", code_heads(project), old,
+                               "svcmig-test-expand"))
+    message = str(caught.value)
+    assert "users lags more than one release" in message
+    assert "contract revision users_202701020000" in message
+    assert "first users_202701030000" in message and "--target users_202701020000" in message
+    # what ran is the first release's expand revision, safe for the old code
+    assert query(database_url, "SELECT revision FROM svcmig.schema_migrations "
+                 "WHERE revision >= 'users_2027' ORDER BY 1") == [("users_202701010000",)]
+    # catching up release by release, as the message says: the release ending at the contract…
+    later = sorted((project / "services/users/migrations").glob("2027-01-0[34]*"))
+    kept = {path: path.read_text() for path in later}
+    for path in later:
+        path.unlink()
+    middle = code_heads(project)
+    migrator.handler(event("Update", "expand", middle, old, "svcmig-test-expand"))
+    migrator.handler(event("Update", "contract", middle, old, "svcmig-test-contract"))
+    # …then this one, in one go
+    for path, text in kept.items():
+        path.write_text(text)
+    heads = code_heads(project)
+    migrator.handler(event("Update", "expand", heads, middle, "svcmig-test-expand"))
+    done = migrator.handler(event("Update", "contract", heads, middle, "svcmig-test-contract"))
+    assert done["Data"]["Pending"] == 0
+    assert query(database_url, "SELECT count(*) FROM information_schema.columns WHERE "
+                 "table_schema = 'users' AND column_name IN ('bio', 'nickname', "
+                 "'display_name')") == [(1,)]
