@@ -41,6 +41,33 @@ def server_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session", autouse=True)
+def developers_database(server_url: str) -> Iterator[None]:
+    """`$DATABASE_URL` names another database, as on a developer's machine: pytest-alembic's
+    runs must leave it alone (the bug this guards against emptied one)."""
+    name = f"pytest_alembic_keep_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE keep (note text); INSERT INTO keep VALUES ('mine')")
+    saved = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    try:
+        yield
+        with psycopg.connect(url, autocommit=True) as conn:
+            left = conn.execute("SELECT (SELECT count(*) FROM keep), "
+                                "to_regnamespace('svcmig') IS NULL").fetchone()
+        assert left == (1, True), f"pytest-alembic's runs touched $DATABASE_URL: {left}"
+    finally:
+        if saved is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = saved
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def alembic_config() -> dict[str, str]:
     return {"file": str(REPO / "alembic.ini")}
