@@ -278,8 +278,13 @@ def test_autogenerate_writes_a_services_drift_into_its_folder(project: Path,
      "sa.Column('id', sa.Integer))\n", "t not in schema 'orders'"),
     ("import sqlalchemy as sa\nmeta = sa.MetaData(schema='orders')\n",
      "define `metadata = sa.MetaData(schema='orders')`"),
-    ("raise RuntimeError('typo')\n", "cannot import it: RuntimeError: typo")],
-    ids=["no-schema-module", "table-outside-the-schema", "no-metadata", "broken-module"])
+    ("raise RuntimeError('typo')\n", "cannot import it: RuntimeError: typo"),
+    ("import sys\nsys.exit(0)\n", "cannot import it: SystemExit: 0"),
+    ("import sqlalchemy as sa\nmetadata = sa.MetaData(schema='orders')\nsa.Table('orders', "
+     "metadata, sa.Column('user_id', sa.BigInteger, sa.ForeignKey('users.users.id')))\n",
+     "refers to users.users.id, which this metadata does not describe")],
+    ids=["no-schema-module", "table-outside-the-schema", "no-metadata", "broken-module",
+         "exits", "foreign-key-to-another-service"])
 def test_autogenerate_for_a_service_without_usable_metadata_says_what_to_do(
         project: Path, database_url: str, schema_py: str | None, message: str) -> None:
     migrate(database_url, project, **QUIET)
@@ -299,3 +304,55 @@ def test_check_on_an_empty_database_writes_nothing(project: Path, database_url: 
     assert done.returncode != 0
     assert "not up to date" in alembic_lines(done)
     assert query(database_url, "SELECT to_regnamespace('svcmig')") == [(None,)]
+
+
+# Kind: autogenerate asked for something a service's revision cannot be (no message, several
+# services, another service's folder, a head that names no service): one line, nothing written.
+@pytest.mark.parametrize(("args", "message"), [
+    (["--head", "users@head"], "give the revision a message"),
+    (["--head", "users@head", "-m", "!!!"], "give the revision a message"),
+    (["--head", "heads", "-m", "x"], "a revision belongs to one service"),
+    (["--head", "users@head", "-m", "x", "--version-path", "services/orders/migrations"],
+     "is not users's folder"),
+    (["--head", "nosuch@head", "-m", "x"], "name one service's head")],
+    ids=["no-message", "message-without-letters", "several-services", "other-folder",
+         "unknown-service"])
+def test_autogenerate_refusals_are_one_line_and_write_nothing(
+        project: Path, database_url: str, args: list[str], message: str) -> None:
+    migrate(database_url, project, **QUIET)
+    before = sorted(project.rglob("*"))
+    done = run_alembic(project, "revision", "--autogenerate", *args, database_url=database_url)
+    assert done.returncode != 0
+    assert message in alembic_lines(done)
+    assert "Traceback" not in done.stderr
+    assert sorted(project.rglob("*")) == before
+
+
+@pytest.mark.parametrize("head", ["users", "users@head", "users_2026"],
+                         ids=["branch-name", "branch-head", "partial-id"])
+def test_autogenerate_head_forms_naming_one_service(project: Path, database_url: str,
+                                                    head: str) -> None:
+    migrate(database_url, project, **QUIET)
+    schema = project / "services/users/schema.py"
+    schema.write_text(schema.read_text().replace(
+        'server_default=sa.text("now()")),\n    sa.Column("display_name"',
+        'server_default=sa.text("now()")),\n    sa.Column("tier", sa.Text, '
+        'server_default="free"),\n    sa.Column("display_name"', 1))
+    check = run_alembic(project, "check", database_url=database_url)
+    assert "add_column', 'users', 'users'" in alembic_lines(check)
+    done = run_alembic(project, "revision", "--autogenerate", "--head", head, "-m", "tier",
+                       database_url=database_url)
+    if head != "users@head":  # Alembic's own rules: a bare branch label names the branch's
+        # first revision (not a head), a partial id must name one revision; its own message
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        return
+    assert done.returncode == 0, alembic_lines(done)
+    [written] = (project / "services/users/migrations").glob("*__users__tier.py")
+    migrate(database_url, project, **QUIET)
+    assert run_alembic(project, "check", database_url=database_url).returncode == 0
+    # a changed server default is drift too
+    schema.write_text(schema.read_text().replace('server_default="free"',
+                                                 'server_default="basic"'))
+    changed = run_alembic(project, "check", database_url=database_url)
+    assert changed.returncode != 0 and "modify_default" in alembic_lines(changed)
+    assert written.is_file()

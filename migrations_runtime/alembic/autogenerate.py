@@ -16,7 +16,6 @@ from typing import Any
 
 from ..engine.discover import Service
 from ..engine.errors import SvcmigError
-from ..engine.load import service_of_revision_id
 from ..engine.validate import Graph
 
 SCHEMA_MODULE = "schema.py"
@@ -37,7 +36,9 @@ def service_metadata(service: Service) -> Any | None:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as err:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # SystemExit too: the module's, not Alembic's, exit
         raise SvcmigError(f"{path}: cannot import it: {type(err).__name__}: {err}") from err
     metadata = getattr(module, "metadata", None)
     if not isinstance(metadata, MetaData):
@@ -48,21 +49,34 @@ def service_metadata(service: Service) -> Any | None:
         raise SvcmigError(f"{path}: {', '.join(outside)} not in schema {service.schema!r}: a "
                           f"service describes only its own tables (MetaData(schema="
                           f"{service.schema!r}))")
+    for table in metadata.tables.values():
+        for key in table.foreign_keys:
+            try:
+                key.column  # noqa: B018 (resolves the referenced table)
+            except Exception as err:
+                raise SvcmigError(
+                    f"{path}: {table.fullname} refers to {key.target_fullname}, which this "
+                    "metadata does not describe: for another service's table, describe the "
+                    "referenced columns in a MetaData of its own (`_users = sa.Table('users', "
+                    "sa.MetaData(schema='users'), sa.Column('id', sa.BigInteger, "
+                    "primary_key=True))`) and refer to `_users.c.id`") from err
     return metadata
 
 
 def services_in_scope(graph: Graph, head: str | None) -> list[Service]:
-    """The services `--head` names: one for `<svc>@head`, `<svc>@<rev>` or a revision id of
-    a service, every service for `head`, `heads` or none."""
+    """The services `--head` names: one for `<svc>@head`, `<svc>@<rev>`, `<svc>` or a (partial)
+    revision id of a service; every service for `head`, `heads` or none (`alembic check`,
+    pytest-alembic; a revision written then is refused by the plugin unless the project has
+    one service)."""
     if head in (None, "head", "heads"):
         return list(graph.services)
-    branch = head.split("@", 1)[0] if "@" in head else None
-    parsed = service_of_revision_id(head)
-    name = branch or (parsed[0] if parsed else None)
-    found = [s for s in graph.services if s.name == name]
+    name = head.split("@", 1)[0]
+    found = [s for s in graph.services if s.name == name] or sorted(  # a (partial) revision id
+        (s for s in graph.services if name.startswith(f"{s.name}_")),
+        key=lambda s: len(s.name))[-1:]
     if not found:
-        raise SvcmigError(f"--head {head}: not a service of this project; use "
-                          "--head <service>@head")
+        raise SvcmigError(f"--head {head}: name one service's head, e.g. --head "
+                          f"{graph.services[0].name if graph.services else 'users'}@head")
     return found
 
 
@@ -95,4 +109,4 @@ def autogenerate_options(context: Any, graph: Graph) -> dict[str, Any]:
         return name in schemas if type_ == "schema" else True
 
     return {"target_metadata": [found[name] for name in described], "include_schemas": True,
-            "include_name": include_name}
+            "include_name": include_name, "compare_server_default": True}

@@ -242,8 +242,11 @@ def install() -> None:
             heads = self.revision_map.get_revisions(head or "head")
         except RevisionError:  # e.g. several heads and no --head: Alembic's own message
             return original_generate(self, revid, message, head, *args, **kw)
-        ours = [h for h in heads if isinstance(h, Script) and service_for(Path(h.path))]
-        if len(heads) > 1 and ours:  # `alembic merge`: nothing is written
+        ours = [service_for(Path(h.path)) for h in heads if isinstance(h, Script)]
+        if len(heads) > 1 and any(ours):  # `alembic merge`, or --head heads: nothing written
+            if len({service.name for service in ours if service}) > 1:
+                raise CommandError("a revision belongs to one service: name its head, e.g. "
+                                   "--head users@head (svcmig does not merge services)")
             raise CommandError(MERGE_REFUSED)
         tip = heads[0] if len(heads) == 1 else None
         service = service_for(Path(tip.path)) if isinstance(tip, Script) else None
@@ -251,7 +254,16 @@ def install() -> None:
             chain = revision_files(service)
             stamp = next_timestamp(chain[-1].timestamp if chain else None, datetime.now(UTC))
             revid = revision_id(service.name, stamp)
-            slugify(message or "", service.migrations_dir)  # refuse an empty slug up front
+            try:  # refuse an empty slug up front
+                slugify(message or "", service.migrations_dir)
+            except MigrationFileError as err:
+                raise CommandError(f"{err.message}: give the revision a message, "
+                                   "-m \"add plan column\"") from err
+            folder = kw.get("version_path")
+            if folder and Path(folder).resolve() != service.migrations_dir.resolve():
+                raise CommandError(f"--version-path {folder} is not {service.name}'s folder "
+                                   f"({service.migrations_dir}): a revision of {service.name} "
+                                   "goes there; leave --version-path out. Nothing was written")
         return original_generate(self, revid, message, head, *args, **kw)
 
     def _rev_path(self: ScriptDirectory, path: Any, rev_id: str, message: str | None,
