@@ -193,6 +193,15 @@ def test_baseline_adopts_a_database_stock_alembic_migrated(project: Path,
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)")
         conn.execute("INSERT INTO public.alembic_version VALUES (%s)", (link,))
+    # before it is adopted, status says so and migrate refuses, applying nothing (its
+    # revisions would fail on what stock Alembic already created, or half-apply)
+    status = run_cli(project, "status", database_url=database_url)
+    assert status.returncode == 1
+    assert f"public.alembic_version says {link} applied" in status.stdout + status.stderr
+    assert "svcmig baseline" in status.stdout + status.stderr
+    refused = run_cli(project, "migrate", database_url=database_url)
+    assert refused.returncode != 0 and "svcmig baseline" in refused.stderr
+    assert query(database_url, "SELECT count(*) FROM svcmig.schema_migrations") == [(0,)]
     done = run_cli(project, "baseline", database_url=database_url)
     assert done.returncode == 0, done.stderr
     assert statuses(project, database_url) == {

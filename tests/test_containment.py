@@ -28,9 +28,11 @@ import pytest
 
 from migrations_runtime.engine.apply import RunSettings, migrate, read_plan
 from migrations_runtime.engine.errors import MigrationFailed, MigrationFileError, PlanError
+from migrations_runtime.engine.ledger import issue_tokens_sql
 from migrations_runtime.engine.load import checksum, parse_sql_source, read_text
 from migrations_runtime.engine.lock import LOCK_KEY
 from migrations_runtime.engine.lockwait import LockPolicy
+from migrations_runtime.engine.validate import build_graph
 from tests.conftest import REPO, query, run_alembic, run_cli, write_project
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
 
@@ -1046,6 +1048,35 @@ def test_a_revision_going_down_cannot_delete_the_next_row_of_its_run(
     # each went down in its own transaction, with its own row: the first one's DELETE found
     # nothing to delete, so its own down ran and deleted its row itself
     assert query(database_url, "SELECT to_regclass('users.first')") == [(None,)]
+
+
+def test_a_token_opens_a_row_only_in_the_session_it_was_issued_to(
+        tmp_path: Path, database_url: str) -> None:
+    """Another login as the same owner sees a waiting batch, token included, in
+    pg_stat_activity: presenting it from that session opens nothing (the digest is bound to
+    the runner's session's backend pid)."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    revision = build_graph(root).revisions["users_202601010000"]
+    token = "ab" * 16
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("ALTER ROLE users_owner LOGIN")
+        try:
+            owner = psycopg.connect(psycopg.conninfo.make_conninfo(database_url,
+                                                                   user="users_owner"))
+            with owner:
+                pid = owner.info.backend_pid
+                deleted = []
+                for bound_to in (pid + 1, pid):  # another session's token, then this one's
+                    admin.execute(issue_tokens_sql(
+                        "users", {token: (revision, False)}, bound_to))
+                    owner.execute(f"SET LOCAL svcmig.revision_token = '{token}'")
+                    deleted.append(owner.execute("DELETE FROM svcmig.schema_migrations WHERE "
+                                                 "revision = 'users_202601010000'").rowcount)
+                    owner.rollback()
+        finally:
+            admin.execute("ALTER ROLE users_owner NOLOGIN")
+    assert deleted == [0, 1]
 
 
 FORGE_IN_OWN_TRANSACTIONS = (

@@ -166,27 +166,45 @@ class Runner:
         self.warnings: list[dict[str, object]] = []
         self._python: dict[str, PythonRevisions] = {}
         self._tokens: dict[tuple[str, bool], str] = {}  # (revision, upgrade) → its token
+        # service → its revisions to run, (revision, upgrade) → revision; and the session (pid)
+        # their tokens are bound to
+        self._planned: dict[str, dict[tuple[str, bool], Revision]] = {}
+        self._bound: dict[str, int] = {}
         self._watch = BlockerWatch(migrator)
         self._timeout_ms = settings.lock.first_timeout_ms  # the current attempt's
         rows = migrator.execute(EXISTING_RELATIONS_SQL, (schemas or [],)).fetchall()
         self._existing = {(schema, name): table for schema, name, table in rows}
 
     def issue_tokens(self, revisions: Iterable[Revision], upgrade: bool = True) -> None:
-        """Issue, in one round trip, the tokens with which the transactional revisions about to
-        run will show which ledger row their transaction may write (see
-        `ledger.FRAMEWORK_DDL`): 128 random bits each, of which the database keeps a digest."""
-        fresh = {secrets.token_hex(16): (revision, upgrade) for revision in revisions
-                 if revision.transactional and (revision.id, upgrade) not in self._tokens}
-        if fresh:
-            self.sessions.migrator.execute(ledger.issue_tokens_sql(fresh))
-            self._tokens.update({(r.id, up): token for token, (r, up) in fresh.items()})
+        """Say which revisions the run will apply (or, `upgrade` False, revert): the tokens with
+        which their transactions show which ledger row they may write (see
+        `ledger.FRAMEWORK_DDL`) are issued per service, in one round trip, bound to the session
+        that runs them."""
+        for revision in revisions:
+            if revision.transactional:
+                self._planned.setdefault(revision.service, {})[(revision.id, upgrade)] = revision
 
-    def _token(self, revision: Revision, upgrade: bool) -> str:
-        """The revision's token (also for a retried attempt), issued now if the run did not
-        issue it up front."""
-        if (revision.id, upgrade) not in self._tokens:
-            self.issue_tokens([revision], upgrade)
-        return self._tokens[(revision.id, upgrade)]
+    def _token(self, revision: Revision, upgrade: bool, pid: int) -> str:
+        """The revision's token for the session `pid` (also for a retried attempt)."""
+        key = (revision.id, upgrade)
+        planned = self._planned.setdefault(revision.service, {})
+        if key not in planned:  # not announced: issue the service's tokens again
+            planned[key] = revision
+            self._bound.pop(revision.service, None)
+        self._bind(revision.service, pid)
+        return self._tokens[key]
+
+    def _bind(self, service: str, pid: int) -> None:
+        """Issue the service's tokens (128 random bits each, of which the database keeps a
+        digest) for its session `pid`, unless they are issued for it already: once per
+        session, in one round trip, before its first revision runs."""
+        planned = self._planned.get(service)
+        if not planned or self._bound.get(service) == pid:
+            return
+        fresh = {secrets.token_hex(16): (r, up) for (_, up), r in planned.items()}
+        self.sessions.migrator.execute(ledger.issue_tokens_sql(service, fresh, pid))
+        self._tokens.update({(r.id, up): token for token, (r, up) in fresh.items()})
+        self._bound[service] = pid
 
     def _python_for(self, service: str, conn: psycopg.Connection) -> PythonRevisions:
         runner = self._python.get(service)
@@ -302,6 +320,7 @@ class Runner:
             self.log(json_log(revision, upgrade, started, "failed", error=str(err)))
             raise
         self._tokens.pop((revision.id, upgrade), None)  # used: its transaction committed
+        self._planned.get(revision.service, {}).pop((revision.id, upgrade), None)
         result = RevisionResult.of(revision, started, "applied" if upgrade else "reverted")
         self.log(json_log(revision, upgrade, started, result.outcome))
         return result
@@ -330,8 +349,11 @@ class Runner:
                                   None) from err
 
     def _session(self, revision: Revision) -> GuardedConnection:
+        """The service's session, with the service's tokens bound to it."""
         try:
-            return self.sessions.session(service_of(revision))
+            conn = self.sessions.session(service_of(revision))
+            self._bind(revision.service, conn.info.backend_pid)
+            return conn
         except Exception as err:
             raise MigrationFailed(revision.id, revision.path, str(err)) from err
 
@@ -392,7 +414,8 @@ class Runner:
             raise MigrationFileError(revision.path, f"{changed}; leave the setting alone")
         probe = holds is not None and holds.ask_server
         try:
-            cursor = conn.execute(self._finish_sql(revision, upgrade, duration, probe, xid))
+            cursor = conn.execute(self._finish_sql(revision, upgrade, duration,
+                                                   conn.info.backend_pid, probe, xid))
         except psycopg.Error as err:
             self._finish_failed(conn, revision, upgrade, err, xid)
             return
@@ -403,7 +426,7 @@ class Runner:
             self._recorded(revision, holds)
 
     def _finish_sql(self, revision: Revision, upgrade: bool, duration: int | ledger.Elapsed,
-                    probe: bool = False, xid: int | None = None) -> str:
+                    pid: int, probe: bool = False, xid: int | None = None) -> str:
         """The round trip that ends a transactional revision (see `_finish`): the runner's
         search path, the strong locks held (with `probe`), the deferred constraints and
         triggers (run now, so none runs after the ledger row and the duration counts them),
@@ -413,13 +436,17 @@ class Runner:
         another may be running now) and, with `xid`, that the transaction is still the one
         the revision began in, then the revision's token, its ledger row, COMMIT and the
         reset."""
-        checks = [fail_unless(session_alive_sql(self.sessions.migrator.info.backend_pid),
+        migrator = self.sessions.migrator.info
+        checks = [fail_unless(session_alive_sql(migrator.backend_pid,
+                                                migrator.parameter_status("application_name")
+                                                or ""),
                               self._lost_lock_message("the revision was not committed"))]
         if xid is not None:
             checks.append(fail_unless(f"pg_catalog.txid_current() = {int(xid)}", ESCAPED))
         return "; ".join([
             CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []), "SET CONSTRAINTS ALL IMMEDIATE",
-            "CLOSE ALL", *checks, ledger.present_token_sql(self._token(revision, upgrade)),
+            "CLOSE ALL", "SELECT pg_catalog.pg_stat_clear_snapshot()", *checks,
+            ledger.present_token_sql(self._token(revision, upgrade, pid)),
             self._ledger_sql(revision, upgrade, duration), "COMMIT", *SESSION_RESET_SQL])
 
     def _finish_failed(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
@@ -544,7 +571,7 @@ class Runner:
 
         def finish() -> str:
             elapsed = ledger.Elapsed(int((time.monotonic() - started) * 1000))
-            return self._finish_sql(revision, upgrade, elapsed)
+            return self._finish_sql(revision, upgrade, elapsed, conn.info.backend_pid)
         for attempt, timeout_ms in self.settings.lock.attempts(started, queues):
             self._timeout_ms = timeout_ms
             attempts = attempt + 1

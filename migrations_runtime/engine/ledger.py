@@ -25,6 +25,8 @@ from .validate import ChainSummary, Graph
 LEDGER_TABLE = f"{FRAMEWORK_SCHEMA}.schema_migrations"
 VERSION_TABLE = "alembic_version"
 QUALIFIED_VERSION_TABLE = f"{FRAMEWORK_SCHEMA}.{VERSION_TABLE}"
+# Where stock Alembic keeps its version rows when svcmig's plugin is not in play.
+STOCK_VERSION_TABLE = "public.alembic_version"
 STATES = ("applied", "dirty", "baselined")
 POLICY = "revision_token"
 # Digests of the one-time tokens the migrator issues for the transactional revisions it is about
@@ -52,38 +54,44 @@ FRAMEWORK_DDL = [
     # session logged in as its service's owner (and deletes it when it goes down). Row-level
     # security holds an owner to exactly that: it sees its own service's rows, and may insert
     # (as `applied`, with the checksum the runner planned) or delete only the row of a revision
-    # whose token the transaction presents, in the direction the token was issued for. The
-    # migrator issues a random token per revision and direction for the run and keeps only its
-    # SHA-256 digest in TOKENS_TABLE (which owners may read: a digest gives nothing away); the
-    # runner presents the token (TOKEN_SETTING, a transaction-local setting) in the statement
-    # just before the row, after every statement of the revision. A revision's own SQL cannot
-    # know another revision's token, and the one it could read from its own query text only
-    # writes or deletes its own row, which the runner's statement then finds done and fails
-    # (rolling everything back); a row is written once (the primary key) and deleted once, and
-    # every run clears the digests. Never an update, never a dirty row (the migrator writes
-    # those of non-transactional revisions). So neither a revision (whatever settings or dynamic
-    # SQL it uses, whatever it defers to COMMIT) nor another service's function it happens to
-    # call can forge or drop a row. The migrator owns both tables and so bypasses it.
-    # an earlier svcmig kept the tokens themselves there (read only by a function of its own)
+    # whose token the transaction presents, in the direction the token was issued for, from the
+    # session it was issued to. The migrator issues a random token per revision and direction,
+    # bound to the backend pid of the service's session, and keeps only its SHA-256 digest in
+    # TOKENS_TABLE (which owners may read: a digest gives nothing away); the runner presents the
+    # token (TOKEN_SETTING, a transaction-local setting) in the statement just before the row,
+    # after every statement of the revision. A revision's own SQL cannot know another
+    # revision's token, and the one it could read from its own query text only writes or
+    # deletes its own row, which the runner's statement then finds done and fails (rolling
+    # everything back); another session that reads the token (a login as the same owner sees
+    # the batch in pg_stat_activity) cannot present it; a row is written once (the primary
+    # key) and deleted once, and every run clears the digests. Never an update, never a dirty
+    # row (the migrator writes those of non-transactional revisions). So neither a revision
+    # (whatever settings or dynamic SQL it uses, whatever it defers to COMMIT) nor another
+    # service's function it happens to call can forge or drop a row. The migrator owns both
+    # tables and so bypasses it.
+    f"ALTER TABLE {LEDGER_TABLE} ENABLE ROW LEVEL SECURITY",
+    *(f"DROP POLICY IF EXISTS {old} ON {LEDGER_TABLE}"  # earlier svcmig versions, and ours
+      for old in ("own_service_rows", "service_rows_read", "service_rows_insert",
+                  "service_rows_delete", "revision_rows_read", "revision_rows_insert",
+                  "revision_rows_delete", "running_revision_read", "running_revision_insert",
+                  "running_revision_delete", f"{POLICY}_read", f"{POLICY}_insert",
+                  f"{POLICY}_delete")),
+    f"DROP FUNCTION IF EXISTS {FRAMEWORK_SCHEMA}.begin_revision(text)",  # earlier versions
+    f"DROP TABLE IF EXISTS {FRAMEWORK_SCHEMA}.running_revisions",
+    # earlier versions kept the tokens themselves, or digests not bound to a session
     f"""DO $$ BEGIN
-        IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{TOKENS_TABLE}')
-                   AND attname = 'token') THEN DROP TABLE {TOKENS_TABLE}; END IF; END $$""",
+        IF to_regclass('{TOKENS_TABLE}') IS NOT NULL AND NOT EXISTS (
+                SELECT FROM pg_attribute WHERE attrelid = to_regclass('{TOKENS_TABLE}')
+                AND attname = 'pid') THEN DROP TABLE {TOKENS_TABLE}; END IF; END $$""",
     f"""CREATE TABLE IF NOT EXISTS {TOKENS_TABLE} (
         digest bytea PRIMARY KEY,
+        pid integer NOT NULL,
         revision varchar(32) NOT NULL,
         service text NOT NULL,
         checksum text NOT NULL,
         direction text NOT NULL CHECK (direction IN ('up', 'down'))
     )""",
     f"REVOKE ALL ON {TOKENS_TABLE} FROM PUBLIC",
-    f"ALTER TABLE {LEDGER_TABLE} ENABLE ROW LEVEL SECURITY",
-    *(f"DROP POLICY IF EXISTS {old} ON {LEDGER_TABLE}"  # earlier svcmig versions
-      for old in ("own_service_rows", "service_rows_read", "service_rows_insert",
-                  "service_rows_delete", "revision_rows_read", "revision_rows_insert",
-                  "revision_rows_delete", "running_revision_read", "running_revision_insert",
-                  "running_revision_delete")),
-    f"DROP FUNCTION IF EXISTS {FRAMEWORK_SCHEMA}.begin_revision(text)",  # earlier versions
-    f"DROP TABLE IF EXISTS {FRAMEWORK_SCHEMA}.running_revisions",
     f"""DO $$ BEGIN
         CREATE POLICY {POLICY}_read ON {LEDGER_TABLE} FOR SELECT
             USING (current_user = service || '_owner');
@@ -92,6 +100,7 @@ FRAMEWORK_DDL = [
                         AND state = 'applied'
                         AND EXISTS (SELECT FROM {TOKENS_TABLE} t
                                     WHERE t.digest = {_PRESENTED}
+                                      AND t.pid = pg_backend_pid()
                                       AND t.revision = schema_migrations.revision
                                       AND t.service = schema_migrations.service
                                       AND t.checksum = schema_migrations.checksum
@@ -101,6 +110,7 @@ FRAMEWORK_DDL = [
                    AND state <> 'dirty'
                    AND EXISTS (SELECT FROM {TOKENS_TABLE} t
                                WHERE t.digest = {_PRESENTED}
+                                 AND t.pid = pg_backend_pid()
                                  AND t.revision = schema_migrations.revision
                                  AND t.direction = 'down'));
     EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
@@ -120,7 +130,8 @@ FRAMEWORK_READY_SQL = f"""
                      AND p.polname = '{POLICY}_delete')
        AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('{QUALIFIED_VERSION_TABLE}')
                      AND relkind = 'v')
-       AND to_regclass('{TOKENS_TABLE}') IS NOT NULL"""
+       AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{TOKENS_TABLE}')
+                   AND attname = 'pid')"""
 
 
 class Executes(Protocol):
@@ -254,14 +265,18 @@ class SettledLedger(Mapping[str, LedgerRow]):
 
 @dataclass(frozen=True)
 class DatabaseState:
-    """What the database says was applied: the ledger, Alembic's version rows, and the INVALID
-    indexes in the services' schemas. `settled`: the ledger is exactly the code's revisions, so
-    it holds nothing to report (no dirty, edited, missing or unknown row)."""
+    """What the database says was applied: the ledger, Alembic's version rows, the INVALID
+    indexes in the services' schemas and stock Alembic's version rows. `settled`: the ledger is
+    exactly the code's revisions, so it holds nothing to report (no dirty, edited, missing or
+    unknown row)."""
 
     ledger: Mapping[str, LedgerRow]
     alembic_heads: frozenset[str]
     invalid_indexes: tuple[InvalidIndex, ...] = ()
     settled: bool = False
+    # Rows of stock Alembic's own version table (`STOCK_VERSION_TABLE`), which svcmig never
+    # writes: a database stock Alembic migrated without svcmig's plugin.
+    stock_versions: tuple[str, ...] = ()
 
     @classmethod
     def empty(cls) -> DatabaseState:
@@ -301,22 +316,27 @@ def read_state(conn: Executes, schemas: Iterable[str] = (),
     exactly its revisions in the code (same ids and checksums, none dirty, nothing else), the
     rows are not fetched: the state is built from the graph, which is then the same facts. A
     no-op deploy of 10,000 revisions reads 50 summary rows, not 10,000 ledger rows."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER_TABLE,)).fetchone()
+    exists, stock = conn.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+                                 (LEDGER_TABLE, STOCK_VERSION_TABLE)).fetchone()
+    stock_versions = tuple(sorted(row[0] for row in conn.execute(
+        f"SELECT version_num FROM {STOCK_VERSION_TABLE}"))) if stock else ()
     ledger: dict[str, LedgerRow] = {}
     schemas = list(schemas)
-    if exists[0]:
+    if exists:
         expected = _summaries(graph) if graph is not None else {}
         if graph is not None and _matches(conn.execute(SUMMARY_SQL).fetchall(), expected):
             heads = frozenset(summary.head for summary in expected.values())
             return DatabaseState(SettledLedger(graph), heads,
-                                 invalid_indexes(conn, schemas) if schemas else (), True)
+                                 invalid_indexes(conn, schemas) if schemas else (), True,
+                                 stock_versions)
         else:
             rows = conn.execute(
                 f"SELECT revision, service, file, checksum, phase, state FROM {LEDGER_TABLE}"
             ).fetchall()
             ledger = {row[0]: LedgerRow(*row) for row in rows}
     return DatabaseState(ledger, version_rows(ledger.values()),
-                         invalid_indexes(conn, schemas) if schemas else ())
+                         invalid_indexes(conn, schemas) if schemas else (),
+                         stock_versions=stock_versions)
 
 
 def _summaries(graph: Graph) -> dict[str, ChainSummary]:
@@ -362,8 +382,10 @@ class Elapsed:
     before_ms: int
 
     def sql(self) -> str:
-        return (f"{int(self.before_ms)} + (extract(epoch FROM clock_timestamp() - "
-                "statement_timestamp()) * 1000)::int")
+        # qualified: a trigger the revision left may have moved search_path by then
+        return (f"{int(self.before_ms)} OPERATOR(pg_catalog.+) (pg_catalog.date_part('epoch', "
+                "pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) "
+                "pg_catalog.statement_timestamp()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4")
 
 
 def _literal(value: str | int | Elapsed | None) -> str:
@@ -398,14 +420,17 @@ def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | None
             f"applied_by = EXCLUDED.applied_by, file = EXCLUDED.file{only}")
 
 
-def issue_tokens_sql(tokens: Mapping[str, tuple[Revision, bool]]) -> str:
-    """The migrator issues the run's tokens (token → (revision, upgrade)), keeping only their
-    SHA-256 digests."""
-    rows = ", ".join(f"('\\x{hashlib.sha256(token.encode()).hexdigest()}'::bytea, "
+def issue_tokens_sql(service: str, tokens: Mapping[str, tuple[Revision, bool]],
+                     pid: int) -> str:
+    """The migrator issues `service`'s tokens for the run (token → (revision, upgrade)), bound
+    to the session (backend `pid`) that will run those revisions, keeping only their SHA-256
+    digests; they replace the service's earlier ones (an earlier session's)."""
+    rows = ", ".join(f"('\\x{hashlib.sha256(token.encode()).hexdigest()}'::bytea, {int(pid)}, "
                      f"{_literal(revision.id)}, {_literal(revision.service)}, "
                      f"{_literal(revision.checksum)}, {_literal('up' if up else 'down')})"
                      for token, (revision, up) in tokens.items())
-    return (f"INSERT INTO {TOKENS_TABLE} (digest, revision, service, checksum, direction) "
+    return (f"DELETE FROM {TOKENS_TABLE} WHERE service = {_literal(service)}; "
+            f"INSERT INTO {TOKENS_TABLE} (digest, pid, revision, service, checksum, direction) "
             f"VALUES {rows}")
 
 

@@ -16,12 +16,10 @@ from contextlib import contextmanager
 import psycopg
 
 from .errors import LockTimeout
+from .statements import sql_literal
 
 # "svcmig" in ASCII: one key for the whole framework in each database.
 LOCK_KEY = int.from_bytes(b"svcmig", "big")
-# With the migrator's backend pid, the key of a second lock its session holds while it holds
-# the migrator lock: a lock only that session can hold, so other sessions can check it is alive.
-RUN_LOCK_CLASS = int.from_bytes(b"svcm", "big")
 POLL_SECONDS = 0.1
 
 
@@ -38,14 +36,16 @@ def lock_holders(conn: psycopg.Connection) -> list[tuple[int, str, str]]:
     ).fetchall()
 
 
-def session_alive_sql(pid: int) -> str:
-    """SQL, for another session, that is true while the migrator's session (backend `pid`)
-    still holds its lock: it holds `RUN_LOCK_CLASS, pid` (see `acquire`), so a shared
-    transaction-level try on that key fails. When it succeeds, the session (and with it the
-    migrator lock) is gone; the shared lock it took goes with the transaction, which the
-    caller then fails. About 2 µs of server time (reading the session's entry in
-    `pg_stat_activity` costs 45 µs, a scan of `pg_locks` 90 µs)."""
-    return f"NOT pg_catalog.pg_try_advisory_xact_lock_shared({RUN_LOCK_CLASS}, {int(pid)})"
+def session_alive_sql(pid: int, application_name: str) -> str:
+    """SQL that is true while the migrator's session (backend `pid`, with `application_name`,
+    which names the host and process) still exists, so still holds the lock: a session-level
+    advisory lock ends only with its session, or when the runner releases it at the end.
+    `pg_stat_get_activity(pid)` reads one backend's entry (about 10 µs of server time; a scan of
+    `pg_locks` costs 90 µs) and shows pid and application_name to every role. Run
+    `pg_stat_clear_snapshot()` first in the same transaction: PostgreSQL keeps the first
+    snapshot of backend activity a transaction takes."""
+    return (f"EXISTS (SELECT FROM pg_catalog.pg_stat_get_activity({int(pid)}) "
+            f"WHERE application_name = {sql_literal(application_name)})")
 
 
 def acquire(conn: psycopg.Connection, wait_seconds: float) -> None:
@@ -55,7 +55,6 @@ def acquire(conn: psycopg.Connection, wait_seconds: float) -> None:
     while True:
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
         if row is not None and row[0]:
-            conn.execute("SELECT pg_advisory_lock(%s, pg_backend_pid())", (RUN_LOCK_CLASS,))
             return
         if time.monotonic() >= deadline:
             holders = lock_holders(conn)
@@ -70,8 +69,7 @@ def acquire(conn: psycopg.Connection, wait_seconds: float) -> None:
 
 def release(conn: psycopg.Connection) -> None:
     if not conn.closed:
-        conn.execute("SELECT pg_advisory_unlock(%s, pg_backend_pid()), pg_advisory_unlock(%s)",
-                     (RUN_LOCK_CLASS, LOCK_KEY))
+        conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
 
 
 class Heartbeat:

@@ -19,7 +19,7 @@ PhaseChoice = Literal["expand", "contract", "all"]
 PHASE_CHOICES: tuple[PhaseChoice, ...] = ("expand", "contract", "all")
 AnomalyKind = Literal["tampered", "missing", "out_of_order", "dirty", "ahead",
                       "release_boundary", "expand_pending", "blocked", "invalid_revision",
-                      "invalid_index"]
+                      "invalid_index", "stock_alembic"]
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,15 @@ def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all",
                     "blocked", rev.service, rev.id,
                     f"{rev.path}: depends on {target}, which is neither applied nor part of the "
                     f"{phase} phase; apply {target} first (is it a contract revision?)"))
+    unadopted = [v for v in state.stock_versions
+                 if v not in state.ledger or state.ledger[v].state == "dirty"]
+    if unadopted:
+        anomalies.append(Anomaly(
+            "stock_alembic", graph.revisions[unadopted[0]].service
+            if unadopted[0] in graph.revisions else "", unadopted[0],
+            f"public.alembic_version says {', '.join(unadopted)} applied, and svcmig's ledger "
+            "does not: stock Alembic migrated this database without svcmig. Adopt what it "
+            "applied with `svcmig baseline` (it reads those rows), then run again"))
     for index in state.invalid_indexes:
         anomalies.append(Anomaly(
             "invalid_index", index.schema, index.name,
