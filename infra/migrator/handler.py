@@ -27,10 +27,9 @@ from psycopg import sql
 
 from migrations_runtime.engine.apply import RunSettings, migrate
 from migrations_runtime.engine.errors import MigrationFailed, SvcmigError
-from migrations_runtime.engine.load import service_of_revision_id
 from migrations_runtime.engine.lockwait import LockPolicy
 from migrations_runtime.engine.manifest import MANIFEST_NAME, load_manifest
-from migrations_runtime.engine.plan import releases_behind
+from migrations_runtime.engine.plan import releases_behind, up_to
 from migrations_runtime.engine.validate import Graph, build_graph
 
 PHASES = ("expand", "contract")
@@ -75,22 +74,34 @@ def database_url(secret: dict[str, Any]) -> str:
     return f"postgresql://{user}:{password}@{host}:{port}/{dbname}?sslmode={sslmode}"
 
 
-def _timestamp(revision_id: str) -> str:
-    parsed = service_of_revision_id(revision_id)
-    return parsed[1] if parsed else ""
+def _chain(graph: Graph, head: str | None) -> set[str]:
+    """The ids of `head` and the revisions before it in its service (empty when the bundle
+    does not hold it)."""
+    return {r.id for r in graph.upto(head) or ()} if head else set()
 
 
-def is_rollback(new_heads: dict[str, str], old_heads: dict[str, str]) -> bool:
-    """True when the new properties' code is older than the deployed one: some service's head
-    went back in time (or disappeared) and none moved forward. That is what CloudFormation
-    sends when it rolls back a failed deploy."""
-    went_back = moved_on = False
-    for service in set(new_heads) | set(old_heads):
-        new, old = new_heads.get(service), old_heads.get(service)
-        if old is not None and (new is None or _timestamp(new) < _timestamp(old)):
-            went_back = True
-        if new is not None and (old is None or _timestamp(new) > _timestamp(old)):
-            moved_on = True
+def code_revisions(graph: Graph, heads: dict[str, str]) -> frozenset[str] | None:
+    """The revisions of the code that custom resource properties name (each service's head,
+    what comes before it and what that depends on): all a deploy to that code may apply,
+    whatever else the migrator's bundle holds. None when the bundle does not hold a head (the
+    function's code is not the properties' code)."""
+    if any(head not in graph.revisions for head in heads.values()):
+        return None
+    return frozenset().union(*(up_to(graph, head) for head in heads.values()))
+
+
+def is_rollback(graph: Graph, new_heads: dict[str, str], old_heads: dict[str, str]) -> bool:
+    """True when the new properties name code older than the deployed one, read from the
+    revision sets, not from timestamps: some service's deployed head is not in the new code
+    (the new code lacks a revision, or the whole service), and no service's new head is
+    missing from the deployed code (a service the deployed code lacks counts as new; a
+    deployed head the bundle does not hold means the deployed code is newer than the bundle).
+    That is what CloudFormation sends when it rolls back a failed deploy."""
+    went_back = any(old not in _chain(graph, new_heads.get(service))
+                    for service, old in old_heads.items())
+    moved_on = any(service not in old_heads or (old_heads[service] in graph.revisions
+                                                 and new not in _chain(graph, old_heads[service]))
+                   for service, new in new_heads.items())
     return went_back and not moved_on
 
 
@@ -174,18 +185,27 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
          "migrations_hash": props.get("MigrationsHash"), "code_heads": heads})
     if request == "Delete":
         return {"PhysicalResourceId": physical_id, "Data": {"Applied": 0, "Skipped": "delete"}}
+    root = project_root()
+    graph = load_graph(root)
+    within = code_revisions(graph, heads)
     if request == "Update":
         old_heads = dict(event.get("OldResourceProperties", {}).get("CodeHeads", {}))
-        if is_rollback(heads, old_heads):
+        if within is None or is_rollback(graph, heads, old_heads):
             log({"event": "rollback_noop", "phase": phase, "from": old_heads, "to": heads})
             return {"PhysicalResourceId": physical_id,
                     "Data": {"Applied": 0, "Skipped": "rollback"}}
-    root = project_root()
+    if within is None:
+        unknown = sorted(h for h in heads.values() if h not in graph.revisions)
+        raise MigrationError(f"the migrator's bundle does not hold {', '.join(unknown)}, which "
+                             "the stack's code names: redeploy (the bundle and the properties "
+                             "come from the same synth)")
     secret = read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"])
     url = database_url(secret)
     try:
-        graph = load_graph(root)
-        result = migrate(url, root, phase, settings=_settings(context), log=log, graph=graph)
+        # only the revisions of the code the properties name: while CloudFormation rolls back,
+        # the function may still hold the failed release's files
+        result = migrate(url, root, phase, settings=_settings(context), log=log, graph=graph,
+                         within=within)
         app_secrets = json.loads(os.environ.get("SVCMIG_APP_SECRETS", "{}"))
         synced = sync_app_passwords(url, app_secrets) if phase == "expand" else []
     except SvcmigError as err:

@@ -844,12 +844,13 @@ STOPPED = ("the revision running then was rolled back (a non-transactional one i
 def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             settings: RunSettings | None = None,
             log: Callable[[dict[str, object]], None] | None = None,
-            graph: Graph | None = None, target: str | None = None) -> RunResult:
+            graph: Graph | None = None, target: str | None = None,
+            within: frozenset[str] | None = None) -> RunResult:
     """Load, plan, check and apply under the migrator lock (with `target`, only what leads up
-    to that revision or service head, `plan.up_to`). The one API behind the CLI, the
-    Lambda handler and the tests. Raises `PlanError` (nothing applied; `.plan` has the
-    anomalies) or `MigrationFailed` (earlier revisions stay applied and are in `.applied`, the
-    failed one rolled back or left dirty, the lock released)."""
+    to that revision or service head, `plan.up_to`; with `within`, only those revisions). The
+    one API behind the CLI, the Lambda handler and the tests. Raises `PlanError` (nothing
+    applied; `.plan` has the anomalies) or `MigrationFailed` (earlier revisions stay applied
+    and are in `.applied`, the failed one rolled back or left dirty, the lock released)."""
     settings = settings or RunSettings()
     log = log or json_log_to_stderr
     graph = graph or build_graph(root)
@@ -859,7 +860,8 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     try:
         with migrator_lock(conn, settings.lock_wait_seconds, settings.idle_timeout_ms):
             ledger.bootstrap(conn, graph.services)
-            plan = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
+            plan = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target,
+                             within)
             plan, prepared = preflight(graph, plan)
             for warning in plan.warnings:
                 log({"event": "warning", "kind": warning.kind, "revision": warning.revision,
@@ -882,7 +884,8 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             finally:
                 runner.close()
                 log({"event": "lock_summary", **runner.stats.as_dict()})
-            after = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
+            after = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target,
+                              within)
     except KeyboardInterrupt as err:
         raise RunStopped(f"interrupted after {len(results)} revision(s); {STOPPED}",
                          tuple(results), interrupted=True) from err

@@ -208,13 +208,16 @@ def up_to(graph: Graph, target: str) -> set[str]:
 
 
 def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all",
-              target: str | None = None) -> Plan:
+              target: str | None = None, within: frozenset[str] | None = None) -> Plan:
     """What `svcmig migrate --phase <phase> [--target REV]` would run, in order, and what
     stops it. With `target`, only what leads up to it (`up_to`), so a database that lags
-    several releases can be moved forward one release at a time."""
+    several releases can be moved forward one release at a time; with `within`, only those
+    revision ids (the code a deploy moves to, whatever else the files hold)."""
     if phase not in PHASE_CHOICES:
         raise ValueError(f"unknown phase {phase!r}; use one of {', '.join(PHASE_CHOICES)}")
     allowed = up_to(graph, target) if target else None
+    if within is not None:
+        allowed = set(within) if allowed is None else allowed & within
     anomalies = _ledger_anomalies(graph, state)
     selected: list[Revision] = []
     statuses: list[ServiceStatus] = []

@@ -4,6 +4,7 @@ Secrets Manager from moto."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from infra.migrator import handler as migrator
 from migrations_runtime.engine.manifest import MANIFEST_NAME, ManifestGraph, write_manifest
-from tests.conftest import code_heads, query
+from tests.conftest import REPO, code_heads, query
 
 moto = pytest.importorskip("moto")
 
@@ -116,13 +117,54 @@ def test_rollback_update_and_delete_are_noops(project: Path, database_url: str,
     assert deleted["Data"]["Skipped"] == "delete"
 
 
-def test_rollback_detection() -> None:
-    old = {"users": "users_202611200900", "orders": "orders_202611210900"}
-    assert migrator.is_rollback({**old, "users": "users_202611100900"}, old)
-    assert not migrator.is_rollback(old, old)
-    assert not migrator.is_rollback({**old, "users": "users_202612010000"}, old)
-    assert not migrator.is_rollback({**old, "billing": "billing_202612010000"}, old)
-    assert migrator.is_rollback({"users": old["users"]}, old)  # a service added, now removed
+def test_rollback_detection_reads_revision_sets(project: Path) -> None:
+    """From the revision sets the properties name, not from timestamps."""
+    graph = migrator.load_graph(project)
+    old = code_heads(project)
+    earlier = {**old, "users": graph.chains["users"][-2].id}
+    assert migrator.is_rollback(graph, earlier, old)
+    assert not migrator.is_rollback(graph, old, old)
+    assert not migrator.is_rollback(graph, old, earlier)  # forward
+    assert not migrator.is_rollback(graph, {**old, "billing": "billing_202612010000"}, old)
+    assert migrator.is_rollback(graph, {"users": old["users"]}, old)  # a service added, now gone
+    # the deployed code is newer than the bundle (its head unknown here): going back
+    assert migrator.is_rollback(graph, earlier, {**old, "users": "users_209912312359"})
+    # a removed service comes back while another goes back (F5): not a pure rollback by the
+    # sets; the run that follows is limited to the restored code's revisions (next test)
+    assert not migrator.is_rollback(graph, old, {"users": "users_209912312359"})
+
+
+def test_a_rollback_that_restores_a_removed_service_reruns_nothing(
+        project: Path, database_url: str, aws: dict[str, str]) -> None:
+    """F5: a deploy removes orders and adds a failing users revision; CloudFormation rolls
+    back with the previous properties while the function still holds the failed release's
+    files. The rollback applies nothing (the failing revision is not in the restored code) and
+    succeeds, so the stack does not end in UPDATE_ROLLBACK_FAILED."""
+    previous = code_heads(project)
+    migrator.handler(event("Create", "expand", previous))
+    migrator.handler(event("Create", "contract", previous))
+    before = ledger_count(database_url)
+    failing = project / "services/users/migrations/2027-01-01T0000__users__broken.sql"
+    failing.write_text("ALTER TABLE no_such_table ADD COLUMN x int;\n")
+    shutil.rmtree(project / "services/orders")
+    (project / "alembic.ini").write_text((project / "alembic.ini").read_text().replace(
+        "%(here)s/services/orders/migrations ", ""))
+    failed = code_heads(project)
+    with pytest.raises(migrator.MigrationError):
+        migrator.handler(event("Update", "expand", failed, previous, "svcmig-test-expand"))
+    # the rollback: the old properties, the new files (orders is not even in the bundle)
+    back = migrator.handler(event("Update", "expand", previous, failed, "svcmig-test-expand"))
+    assert back["Data"] == {"Applied": 0, "Skipped": "rollback"}
+    # the same with orders' files still in the bundle: the run is limited to the old code
+    (project / "services/users/migrations").rename(project / "users_migrations")
+    shutil.copytree(REPO / "services/orders/migrations", project / "services/orders/migrations")
+    (project / "users_migrations").rename(project / "services/users/migrations")
+    (project / "alembic.ini").write_text((REPO / "alembic.ini").read_text())
+    back = migrator.handler(event("Update", "expand", previous, failed, "svcmig-test-expand"))
+    assert back["Data"]["Applied"] == 0
+    assert ledger_count(database_url) == before
+    assert query(database_url, "SELECT count(*) FROM svcmig.schema_migrations "
+                 "WHERE revision = 'users_202701010000'") == [(0,)]
 
 
 def test_failure_reason_names_file_statement_and_error(project: Path, database_url: str,
