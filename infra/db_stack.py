@@ -105,7 +105,8 @@ class DbStack(Stack):
         self.cluster.connections.allow_default_port_from(
             self.migrator_security_group, "migrator: direct connection for migrations")
 
-        # One login per service; the migrator creates the role and sets this password.
+        # One login per service; the migrator creates the role and sets this password once (a
+        # role without one); from then on the rotation is the only writer of the password.
         self.app_secrets: dict[str, secretsmanager.ISecret] = {}
         for spec in specs:
             if not spec.has_schema:
@@ -121,7 +122,10 @@ class DbStack(Stack):
                 application=secretsmanager.SecretRotationApplication.POSTGRES_ROTATION_SINGLE_USER,
                 secret=attached, target=self.cluster, vpc=self.vpc,
                 vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
-                automatically_after=Duration.days(stage.rotation_days))
+                automatically_after=Duration.days(stage.rotation_days),
+                # The role does not exist yet: the API stack's migrator creates it (with this
+                # secret's password) after this stack; the first rotation comes a period later.
+                rotate_immediately_on_update=False)
             self.app_secrets[spec.name] = attached
 
         self.proxy = self.cluster.add_proxy(

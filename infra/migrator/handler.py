@@ -138,22 +138,38 @@ def load_graph(root: Path) -> Graph:
     return load_manifest(path, root) if path.is_file() else build_graph(root)
 
 
+# Which app roles the migrator has given their secret's password (roles are the cluster's; the
+# stage has one database).
+PASSWORDS_SET_TABLE = "svcmig.app_passwords_set"
+
+
 def sync_app_passwords(url: str, app_secrets: dict[str, str]) -> list[str]:
-    """Give each `<service>_app` role the password of its own secret, so RDS Proxy (which logs
-    in with that secret) can connect. The password is sent as a SCRAM verifier computed here,
-    never in clear text, so it cannot end up in a server log."""
+    """Give each `<service>_app` role the password of its own secret once, when the migrator
+    first sees it (it has just created the role), so RDS Proxy (which logs in with that secret)
+    can connect; `PASSWORDS_SET_TABLE` remembers it. From then on the secret's rotation is the
+    only writer of the password, so a deploy can never race a rotation (write AWSCURRENT back
+    over the password a rotation in progress just set). The password is sent as a SCRAM
+    verifier computed here, never in clear text, so it cannot end up in a server log."""
     synced = []
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {PASSWORDS_SET_TABLE} (role name PRIMARY KEY, "
+                     "set_at timestamptz NOT NULL DEFAULT now())")
         for service, arn in sorted(app_secrets.items()):
-            secret = read_secret(arn)
-            user = str(secret["username"])
-            if user != f"{service}_app":
-                raise MigrationError(f"secret of {service} names user {user!r}, expected "
-                                     f"{service}_app")
-            verifier = conn.pgconn.encrypt_password(str(secret["password"]).encode(),
-                                                    user.encode(), b"scram-sha-256")
-            conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
-                sql.Identifier(user), sql.Literal(verifier.decode())))
+            with conn.transaction():
+                first = conn.execute(f"INSERT INTO {PASSWORDS_SET_TABLE} (role) VALUES (%s) "
+                                     "ON CONFLICT DO NOTHING RETURNING role",
+                                     (f"{service}_app",)).fetchone()
+                if first is None:
+                    continue
+                secret = read_secret(arn)
+                user = str(secret["username"])
+                if user != f"{service}_app":
+                    raise MigrationError(f"secret of {service} names user {user!r}, expected "
+                                         f"{service}_app")
+                verifier = conn.pgconn.encrypt_password(str(secret["password"]).encode(),
+                                                        user.encode(), b"scram-sha-256")
+                conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
+                    sql.Identifier(user), sql.Literal(verifier.decode())))
             synced.append(service)
     return synced
 

@@ -89,6 +89,20 @@ def test_expand_gives_app_roles_their_secret_password(project: Path, database_ur
     assert rows == [("orders_app", True), ("users_app", True)]
 
 
+def test_a_deploy_never_writes_over_a_rotated_password(project: Path, database_url: str,
+                                                        aws: dict[str, str]) -> None:
+    """The migrator writes an app role's password once; then the secret's rotation is the only
+    writer (a deploy during a rotation would put the old password back)."""
+    heads = code_heads(project)
+    assert migrator.handler(event("Create", "expand", heads))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER ROLE users_app PASSWORD 'rotated-by-secrets-manager'")
+    before = query(database_url, "SELECT rolpassword FROM pg_authid WHERE rolname = 'users_app'")
+    migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand"))
+    after = query(database_url, "SELECT rolpassword FROM pg_authid WHERE rolname = 'users_app'")
+    assert after == before
+
+
 def test_update_with_newer_code_applies_it(project: Path, database_url: str,
                                            aws: dict[str, str]) -> None:
     old = code_heads(project)

@@ -181,6 +181,13 @@ def test_database_settings(dev: Synth) -> None:
     assert dev.resources("db", "AWS::EC2::FlowLog")
     rotations = dev.resources("db", "AWS::Serverless::Application")
     assert len(rotations) == 4  # master + one per service
+    # the app roles do not exist before the API stack's migrator creates them: their secrets'
+    # first rotation waits a period instead of running (and failing) at creation
+    schedules = {k: v["Properties"] for k, v in
+                 dev.resources("db", "AWS::SecretsManager::RotationSchedule").items()}
+    app = {k: v for k, v in schedules.items() if "AppSecret" in k}
+    assert len(app) == 3 and all(v.get("RotateImmediatelyOnUpdate") is False
+                                 for v in app.values()), app
 
 
 def test_prod_stage_protects_data_and_warms_latency_critical(
