@@ -98,3 +98,7 @@ class ApiStack(Stack):
                     integration=integration,
                     authorizer=None if route.public else iam_auth)
             self.functions[spec.name] = service
+        # Contract is the stack's last resource: once it runs, nothing else in the stack can
+        # fail and roll the code back to a release that needs what contract removed (routes,
+        # integrations, permissions, the stage, bucket policies, alarms included).
+        self.migrations.run_last(self)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack, Token
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -46,6 +48,8 @@ class Migrations(Construct):
         super().__init__(scope, construct_id)
         removal = RemovalPolicy.RETAIN if stage.retain_data else RemovalPolicy.DESTROY
         retention = log_retention(stage.log_retention_days)
+        migrator_logs = logs.LogGroup(self, "MigratorLogs", retention=retention,
+                                      removal_policy=removal)
         self.function = lambda_.Function(
             self, "Migrator",
             runtime=runtime, architecture=lambda_.Architecture.ARM_64,
@@ -54,8 +58,7 @@ class Migrations(Construct):
             vpc=vpc, vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
             security_groups=[security_group],
             tracing=lambda_.Tracing.ACTIVE,
-            log_group=logs.LogGroup(self, "MigratorLogs", retention=retention,
-                                    removal_policy=removal),
+            log_group=migrator_logs,
             environment={
                 "SVCMIG_MASTER_SECRET_ARN": master_secret.secret_arn,
                 # The cluster's writer endpoint, never the proxy: advisory locks need a session.
@@ -71,6 +74,19 @@ class Migrations(Construct):
         for secret in app_secrets.values():
             secret.grant_read(self.function)
         function_alarms(self, self.function, MIGRATOR_TIMEOUT, alarm_topic)
+        # A failed contract phase does not fail the deploy (see the handler): it says so here.
+        failures = logs.MetricFilter(
+            self, "ContractFailures", log_group=migrator_logs,
+            filter_pattern=logs.FilterPattern.string_value("$.event", "=", "contract_failed"),
+            metric_namespace="svcmig", metric_name=f"ContractFailures-{stage.name}",
+            metric_value="1", default_value=0)
+        contract_alarm = cloudwatch.Alarm(
+            self, "ContractFailedAlarm", metric=failures.metric(statistic="Sum"), threshold=1,
+            evaluation_periods=1, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            alarm_description="a contract revision failed; the new code is live and works; "
+                              "fix it and deploy again (docs/deploy.md)")
+        contract_alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
         provider = cr.Provider(
             self, "Provider", on_event_handler=self.function,
             log_group=logs.LogGroup(self, "ProviderLogs", retention=retention,
@@ -94,3 +110,13 @@ class Migrations(Construct):
     def run_after(self, construct: IConstruct) -> None:
         """The contract phase waits for `construct`'s resources."""
         self.contract.node.add_dependency(construct)
+
+    def run_last(self, stack: IConstruct) -> None:
+        """The contract phase waits for every other resource of `stack` (call it once the
+        stack is built): its own construct's, and every other construct's."""
+        for child in self.node.children:
+            if child is not self.contract:
+                self.contract.node.add_dependency(child)
+        for child in stack.node.children:
+            if child is not self:
+                self.contract.node.add_dependency(child)

@@ -297,3 +297,30 @@ def test_a_stage_several_releases_behind_stops_before_the_code_and_says_how_to_c
     assert query(database_url, "SELECT count(*) FROM information_schema.columns WHERE "
                  "table_schema = 'users' AND column_name IN ('bio', 'nickname', "
                  "'display_name')") == [(1,)]
+
+
+def test_a_failed_contract_phase_does_not_roll_the_code_back(project: Path, database_url: str,
+                                                              aws: dict[str, str],
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              ) -> None:
+    """Contract revisions A (applied) then B (fails): failing the resource would roll the
+    stack back to the old code, which needs what A removed. The resource succeeds, says what
+    failed, and logs `contract_failed` (the alarm's metric filter); B stays pending for the
+    next deploy."""
+    old = code_heads(project)
+    migrator.handler(event("Create", "expand", old))
+    migrator.handler(event("Create", "contract", old))
+    add_releases(project, ["2027-01-02T0000"])  # contract: drop display_name
+    (project / "services/users/migrations/2027-01-02T0100__users__broken.sql").write_text(
+        "-- phase: contract\nALTER TABLE users DROP COLUMN no_such_column;\n")
+    heads = code_heads(project)
+    migrator.handler(event("Update", "expand", heads, old, "svcmig-test-expand"))
+    capsys.readouterr()
+    done = migrator.handler(event("Update", "contract", heads, old, "svcmig-test-contract"))
+    assert done["Data"]["Applied"] == 1
+    assert "no_such_column" in done["Data"]["Failed"]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+             if line.startswith("{")]
+    assert any(line.get("event") == "contract_failed" for line in lines)
+    assert query(database_url, "SELECT revision FROM svcmig.schema_migrations "
+                 "WHERE revision >= 'users_2027' ORDER BY 1") == [("users_202701020000",)]

@@ -66,6 +66,47 @@ def test_contract_depends_on_every_app_function(dev: Synth) -> None:
     assert phases["expand"] in contract["DependsOn"]
 
 
+def _needs(resource: Any) -> set[str]:
+    """Logical ids a resource waits for: its DependsOn, Refs and GetAtts."""
+    found: set[str] = set()
+    depends = resource.get("DependsOn", [])
+    found.update([depends] if isinstance(depends, str) else depends)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "Ref" in node and isinstance(node["Ref"], str):
+                found.add(node["Ref"])
+            if "Fn::GetAtt" in node:
+                target = node["Fn::GetAtt"]
+                found.add(target[0] if isinstance(target, list) else str(target).split(".")[0])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(resource.get("Properties", {}))
+    return found
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod", "preview-7"])
+def test_nothing_in_the_stack_can_change_after_contract(
+        synth_project: Callable[..., Synth], dev: Synth, stage: str) -> None:
+    """Every other resource of the API stack is done before contract starts, so no failure
+    after it can roll the code back to a release that needs what contract removed."""
+    synth = dev if stage == "dev" else synth_project(stage)
+    resources = synth.templates["api"]["Resources"]
+    contract = _migration_resources(synth)["contract"]
+    before: set[str] = set()
+    stack = [contract]
+    while stack:
+        for needed in _needs(resources[stack.pop()]):
+            if needed in resources and needed not in before:
+                before.add(needed)
+                stack.append(needed)
+    assert sorted(set(resources) - before - {contract}) == []
+
+
 def test_migration_properties_carry_hash_and_heads(dev: Synth) -> None:
     for phase, logical_id in _migration_resources(dev).items():
         props = dev.templates["api"]["Resources"][logical_id]["Properties"]
@@ -324,3 +365,14 @@ def test_fingerprint_of_the_synthesized_project_matches(dev: Synth) -> None:
     props = dev.templates["api"]["Resources"][expand]["Properties"]
     assert props["MigrationsHash"] == expected.hash
     assert props["CodeHeads"] == expected.heads
+
+
+def test_every_alarm_has_an_action_and_a_failed_contract_alarms(dev: Synth) -> None:
+    alarms = {k: v["Properties"] for kind in ("db", "api")
+              for k, v in dev.resources(kind, "AWS::CloudWatch::Alarm").items()}
+    assert alarms and all(v.get("AlarmActions") for v in alarms.values()), sorted(
+        k for k, v in alarms.items() if not v.get("AlarmActions"))
+    [contract] = [v for k, v in alarms.items() if "ContractFailed" in k]
+    [metric] = dev.resources("api", "AWS::Logs::MetricFilter").values()
+    assert metric["Properties"]["FilterPattern"] == '{ $.event = "contract_failed" }'
+    assert contract["MetricName"] == metric["Properties"]["MetricTransformations"][0]["MetricName"]
