@@ -208,6 +208,44 @@ def test_baseline_adopts_a_database_stock_alembic_migrated(project: Path,
         "orders": (link, 0), "users": (heads["users"], 0)}
 
 
+# Kind: stock Alembic's version table, which another role may own, read by the migrator: only a
+# plain table with a text column is read, and nothing in it runs (a view's function, a cast).
+@pytest.mark.parametrize("setup", [
+    "CREATE VIEW public.alembic_version AS SELECT 'users_202611020900'::varchar AS version_num "
+    "WHERE public.called() IS NOT NULL",
+    "CREATE TABLE public.alembic_version (version_num int); "
+    "INSERT INTO public.alembic_version VALUES (1)",
+    "CREATE TABLE public.alembic_version (v text); INSERT INTO public.alembic_version VALUES ('x')",
+    "CREATE TABLE public.alembic_version (version_num varchar(32)); "
+    "INSERT INTO public.alembic_version VALUES (NULL)"],
+    ids=["view-with-a-function", "int-column", "no-version-num", "null-row"])
+def test_an_odd_stock_version_table_is_not_read(project: Path, database_url: str,
+                                                 setup: str) -> None:
+    from tests.conftest import run_cli
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.calls (n int)")
+        conn.execute("CREATE FUNCTION public.called() RETURNS int LANGUAGE sql AS "
+                     "$$ INSERT INTO public.calls VALUES (1) RETURNING 1 $$")
+        conn.execute(setup)
+    for command in ("status", "migrate", "baseline"):
+        done = run_cli(project, command, database_url=database_url)
+        assert "Traceback" not in done.stderr, done.stderr
+    assert query(database_url, "SELECT count(*) FROM public.calls") == [(0,)]
+    assert query(database_url, "SELECT count(*) FROM svcmig.schema_migrations WHERE state = "
+                 "'applied'")[0][0] > 0  # not taken for stock Alembic's: migrate ran
+
+
+def test_stock_alembic_upgrade_refuses_a_database_stock_alembic_migrated(
+        project: Path, database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO public.alembic_version VALUES ('users_202611020900')")
+    done = run_alembic(project, "upgrade", "heads", database_url=database_url)
+    assert done.returncode != 0 and "svcmig baseline" in done.stderr
+    assert query(database_url, "SELECT to_regclass('users.users')") == [(None,)]
+
+
 def test_baseline_without_targets_or_version_rows_says_what_to_do(
         project: Path, database_url: str) -> None:
     from tests.conftest import run_cli

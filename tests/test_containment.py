@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -846,8 +847,6 @@ def test_a_revision_does_not_commit_once_the_migrator_lost_its_lock(
     """The migrator's session (which holds the lock) ends while a revision runs, however
     short the run: another migrator could be running now, so the revision's COMMIT must not
     happen."""
-    import threading
-
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
     sql = "CREATE TABLE users.late AS SELECT pg_sleep(1.5) IS NULL AS slept"
@@ -1077,6 +1076,49 @@ def test_a_token_opens_a_row_only_in_the_session_it_was_issued_to(
         finally:
             admin.execute("ALTER ROLE users_owner NOLOGIN")
     assert deleted == [0, 1]
+
+
+def test_a_run_leaves_no_token_digests_behind(tmp_path: Path, database_url: str) -> None:
+    """Digests bound to a session's pid go with the run, failed or not: no later session that
+    happens to get that pid can present a token (a failing revision could have kept its own)."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE users.ok (id int);\n")
+    (root / "services/users/migrations/2026-02-02T0000__users__bad.sql").write_text(
+        "CREATE TABLE users.nope (id int REFERENCES users.missing);\n")
+    with pytest.raises(MigrationFailed):
+        migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT count(*) FROM svcmig.revision_tokens") == [(0,)]
+
+
+def test_an_owner_row_held_by_another_session_does_not_hold_the_migrator(
+        tmp_path: Path, database_url: str) -> None:
+    """A session holding the owner role's row (an uncommitted ALTER ROLE) while the run ends:
+    putting the owner back to NOLOGIN gives up after a bounded wait, with a warning, and the
+    run (and its lock) ends."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000",
+        "CREATE TABLE users.slow AS SELECT pg_sleep(1.5)::text AS x;\n")
+    lines: list[dict[str, object]] = []
+    blocker = psycopg.connect(database_url)
+
+    def hold_the_role() -> None:
+        time.sleep(0.7)  # the run has logged users_owner in by now
+        blocker.execute("ALTER ROLE users_owner CONNECTION LIMIT 7")
+
+    holder = threading.Thread(target=hold_the_role)
+    holder.start()
+    started = time.monotonic()
+    try:
+        migrate(database_url, root, log=lines.append)
+    finally:
+        holder.join()
+        blocker.rollback()
+        blocker.close()
+    assert time.monotonic() - started < 30
+    assert any(line.get("kind") == "owner_login" for line in lines)
+    assert lock_is_free(database_url)
 
 
 FORGE_IN_OWN_TRANSACTIONS = (

@@ -22,7 +22,7 @@ from ..engine.database import connect, refuse_pooler, sqlalchemy_url
 from ..engine.discover import FRAMEWORK_SCHEMA
 from ..engine.errors import SvcmigError
 from ..engine.lock import migrator_lock
-from ..engine.plan import up_to
+from ..engine.plan import stock_alembic, up_to
 from ..engine.preflight import prepare_all
 from ..engine.repair import stamp_sql
 from ..engine.validate import Graph, build_graph, parents
@@ -199,6 +199,9 @@ def _run_online(context: Any, root: Path) -> None:
             with lock:
                 if not read_only:
                     ledger.bootstrap(migrator, graph.services)
+                    stock = stock_alembic(graph, ledger.read_state(migrator))
+                    if stock is not None:  # as `svcmig migrate` refuses it
+                        raise CommandError(stock.message)
                 heads = alembic_heads(graph, set(migration_context.get_current_heads()))
                 work = migration_context.opts.get("fn")
                 steps = list(work(heads, migration_context)) if work else []

@@ -821,9 +821,16 @@ class Runner:
         self.sessions.release(service)
 
     def close(self) -> None:
+        """End the run's sessions; the run's token digests go (no later session, even one that
+        happens to get a pid a revision session had, can present one)."""
         for python in self._python.values():
             python.close()
         self._watch.close()
+        if self._bound and not self.sessions.migrator.closed:
+            try:
+                self.sessions.migrator.execute(f"DELETE FROM {ledger.TOKENS_TABLE}")
+            except psycopg.Error:
+                pass  # the next run's bootstrap deletes them
         self.sessions.close()
 
 

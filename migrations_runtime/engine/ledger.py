@@ -316,10 +316,8 @@ def read_state(conn: Executes, schemas: Iterable[str] = (),
     exactly its revisions in the code (same ids and checksums, none dirty, nothing else), the
     rows are not fetched: the state is built from the graph, which is then the same facts. A
     no-op deploy of 10,000 revisions reads 50 summary rows, not 10,000 ledger rows."""
-    exists, stock = conn.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
-                                 (LEDGER_TABLE, STOCK_VERSION_TABLE)).fetchone()
-    stock_versions = tuple(sorted(row[0] for row in conn.execute(
-        f"SELECT version_num FROM {STOCK_VERSION_TABLE}"))) if stock else ()
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER_TABLE,)).fetchone()[0]
+    stock_versions = stock_alembic_versions(conn)
     ledger: dict[str, LedgerRow] = {}
     schemas = list(schemas)
     if exists:
@@ -337,6 +335,29 @@ def read_state(conn: Executes, schemas: Iterable[str] = (),
     return DatabaseState(ledger, version_rows(ledger.values()),
                          invalid_indexes(conn, schemas) if schemas else (),
                          stock_versions=stock_versions)
+
+
+# Reading another role's relation as the migrator could run that role's code with the migrator's
+# privileges (a view's functions, a row-level security policy's): only a plain table without
+# row-level security and with a text column is read, and its values are not cast.
+STOCK_TABLE_SQL = f"""
+    SELECT c.relkind = 'r' AND NOT c.relrowsecurity AND a.atttypid IN (
+               'pg_catalog.varchar'::pg_catalog.regtype, 'pg_catalog.text'::pg_catalog.regtype)
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'version_num'
+                                  AND NOT a.attisdropped
+    WHERE c.oid = pg_catalog.to_regclass('{STOCK_VERSION_TABLE}')"""
+
+
+def stock_alembic_versions(conn: Executes) -> tuple[str, ...]:
+    """The revision ids in stock Alembic's own version table (`STOCK_VERSION_TABLE`: a
+    database stock Alembic migrated without svcmig's plugin), when it is a plain table with a
+    text `version_num` column; empty otherwise (no table, a view, anything else: not read)."""
+    row = conn.execute(STOCK_TABLE_SQL).fetchone()
+    if row is None or not row[0]:
+        return ()
+    rows = conn.execute(f"SELECT version_num FROM {STOCK_VERSION_TABLE}").fetchall()
+    return tuple(sorted({value for (value,) in rows if isinstance(value, str) and value}))
 
 
 def _summaries(graph: Graph) -> dict[str, ChainSummary]:

@@ -166,6 +166,22 @@ def _service_plan(chain: tuple[Revision, ...], state: DatabaseState, phase: Phas
     return selected, status
 
 
+def stock_alembic(graph: Graph, state: DatabaseState) -> Anomaly | None:
+    """Stock Alembic's version table names revisions svcmig's ledger does not hold: stock
+    Alembic migrated the database without svcmig, and running the revisions again would fail on
+    what they created (or half-apply)."""
+    unadopted = [v for v in state.stock_versions
+                 if v not in state.ledger or state.ledger[v].state == "dirty"]
+    if not unadopted:
+        return None
+    first = unadopted[0]
+    return Anomaly(
+        "stock_alembic", graph.revisions[first].service if first in graph.revisions else "",
+        first, f"public.alembic_version says {', '.join(unadopted)} applied, and svcmig's "
+        "ledger does not: stock Alembic migrated this database without svcmig. Adopt what it "
+        "applied with `svcmig baseline` (it reads those rows), then run again")
+
+
 def releases_behind(graph: Graph, plan: Plan) -> list[str]:
     """After an expand phase: one message per service whose pending revisions are a contract
     revision followed by expand revisions. The code about to go live may need those expand
@@ -239,15 +255,9 @@ def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all",
                     "blocked", rev.service, rev.id,
                     f"{rev.path}: depends on {target}, which is neither applied nor part of the "
                     f"{phase} phase; apply {target} first (is it a contract revision?)"))
-    unadopted = [v for v in state.stock_versions
-                 if v not in state.ledger or state.ledger[v].state == "dirty"]
-    if unadopted:
-        anomalies.append(Anomaly(
-            "stock_alembic", graph.revisions[unadopted[0]].service
-            if unadopted[0] in graph.revisions else "", unadopted[0],
-            f"public.alembic_version says {', '.join(unadopted)} applied, and svcmig's ledger "
-            "does not: stock Alembic migrated this database without svcmig. Adopt what it "
-            "applied with `svcmig baseline` (it reads those rows), then run again"))
+    stock = stock_alembic(graph, state)
+    if stock is not None:
+        anomalies.append(stock)
     for index in state.invalid_indexes:
         anomalies.append(Anomaly(
             "invalid_index", index.schema, index.name,

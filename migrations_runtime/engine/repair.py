@@ -66,13 +66,11 @@ def _alembic_version_targets(conn: psycopg.Connection, graph: Graph) -> list[str
     """The targets a database stock Alembic migrated implies: each revision in its version
     table, and for each service what those depend on (Alembic leaves a head that another head
     depends on out of the table), the newest per service."""
-    stock = ledger.STOCK_VERSION_TABLE
-    found = conn.execute(f"SELECT to_regclass('{stock}') IS NOT NULL").fetchone()
-    rows = [r[0] for r in conn.execute(f"SELECT version_num FROM {stock}")] \
-        if found and found[0] else []
+    rows = ledger.stock_alembic_versions(conn)
     if not rows:
-        raise SvcmigError(f"no TARGETS given and no version rows in {stock} to "
-                          "adopt: name the revisions (or services) the database is at")
+        raise SvcmigError(f"no TARGETS given and no version rows in {ledger.STOCK_VERSION_TABLE} "
+                          "(a plain table with a text version_num column) to adopt: name the "
+                          "revisions (or services) the database is at")
     unknown = sorted(r for r in rows if r not in graph.revisions)
     if unknown:
         raise SvcmigError(f"{ledger.STOCK_VERSION_TABLE} has revisions this code does not know: "

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 import psycopg
+from psycopg import pq
 
 from .database import connect
 from .discover import Service
@@ -38,6 +39,9 @@ LOGIN_ATTEMPTS = 5  # another run on the same cluster may set the password betwe
 # and open sessions outlive it. A role may change its own password (dynamic SQL in a revision
 # can), but not its VALID UNTIL, so after a crashed run no password logs in for long.
 LOGIN_WINDOW_SECONDS = 120
+# Putting an owner back to NOLOGIN at the end: each attempt waits this long for the role's row.
+CLOSE_ATTEMPTS = 3
+CLOSE_LOCK_TIMEOUT_MS = 2000
 
 
 # PBKDF2 rounds in the verifier. Key stretching protects passwords people choose; these are 256
@@ -153,12 +157,22 @@ class RevisionSessions:
             return
         for name in self._open:
             role = f"{name}_owner"
-            try:
-                self.migrator.execute(f"ALTER ROLE {quote_ident(role)} WITH NOLOGIN PASSWORD "
-                                      f"NULL; {_forget_settings(role)}")
-            except psycopg.Error as err:  # the run's result stands; the next run resets it
-                self.log({"event": "warning", "kind": "owner_login",
-                          "message": f"{role} stays LOGIN: {err.diag.message_primary}"})
+            # bounded: a session of the role holding its row (an uncommitted ALTER ROLE) must
+            # not hold the migrator, and its lock, for ever; tried again once it let go
+            for attempt in range(CLOSE_ATTEMPTS):
+                try:
+                    self.migrator.execute(
+                        f"BEGIN; SET LOCAL lock_timeout = {CLOSE_LOCK_TIMEOUT_MS}; ALTER ROLE "
+                        f"{quote_ident(role)} WITH NOLOGIN PASSWORD NULL; "
+                        f"{_forget_settings(role)}; COMMIT")
+                    break
+                except psycopg.Error as err:  # the run's result stands; the next run resets it
+                    if self.migrator.info.transaction_status != pq.TransactionStatus.IDLE:
+                        self.migrator.execute("ROLLBACK")
+                    if attempt == CLOSE_ATTEMPTS - 1:
+                        self.log({"event": "warning", "kind": "owner_login",
+                                  "message": f"{role} stays LOGIN until its VALID UNTIL (at "
+                                  f"most {LOGIN_WINDOW_SECONDS} s): {err.diag.message_primary}"})
         self._open.clear()
 
 
