@@ -13,9 +13,9 @@ from aws_cdk import aws_apigatewayv2_integrations as integrations
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_sns as sns
 from constructs import Construct
 
+from .alarms import route_alarms
 from .bundling import Target, layer_code, service_code
 from .db_stack import DbStack, log_retention
 from .fingerprint import fingerprint
@@ -37,8 +37,7 @@ class ApiStack(Stack):
         runtime = RUNTIMES[target.python]
         assert db.master_secret is not None
         removal = RemovalPolicy.RETAIN if stage.retain_data else RemovalPolicy.DESTROY
-        self.alarm_topic = sns.Topic(self, "Alarms", enforce_ssl=True,
-                                     display_name=f"svcmig {stage.name} alarms")
+        self.alarm_topic = db.alarm_topic
         self.migrations = Migrations(
             self, "Migrations", root=root, target=target, runtime=runtime, stage=stage,
             fingerprint=fingerprint(root), vpc=db.vpc,
@@ -63,6 +62,9 @@ class ApiStack(Stack):
         assert stage_resource is not None
         cfn_stage = stage_resource.node.default_child
         assert isinstance(cfn_stage, apigwv2.CfnStage)
+        # per-route metrics, for the route alarms
+        cfn_stage.default_route_settings = apigwv2.CfnStage.RouteSettingsProperty(
+            detailed_metrics_enabled=True)
         cfn_stage.access_log_settings = apigwv2.CfnStage.AccessLogSettingsProperty(
             destination_arn=access_logs.log_group_arn,
             format='{"requestId":"$context.requestId","ip":"$context.identity.sourceIp",'
@@ -92,11 +94,14 @@ class ApiStack(Stack):
             self.migrations.run_after(service)
             integration = integrations.HttpLambdaIntegration(
                 f"{spec.name.capitalize()}Integration", service.alias)
-            for route in spec.routes:
+            for index, route in enumerate(spec.routes):
                 self.api.add_routes(
                     path=route.path, methods=[apigwv2.HttpMethod(route.method)],
                     integration=integration,
                     authorizer=None if route.public else iam_auth)
+                route_alarms(self, f"{spec.name.capitalize()}Route{index}", self.api.api_id,
+                             route.method, route.path, self.alarm_topic,
+                             stage.latency_p99_alarm_ms)
             self.functions[spec.name] = service
         # Contract is the stack's last resource: once it runs, nothing else in the stack can
         # fail and roll the code back to a release that needs what contract removed (routes,

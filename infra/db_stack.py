@@ -7,8 +7,11 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from .alarms import database_alarms
 from .service_spec import ServiceSpec
 from .settings import StageSettings
 
@@ -127,6 +130,13 @@ class DbStack(Stack):
                 # secret's password) after this stack; the first rotation comes a period later.
                 rotate_immediately_on_update=False)
             self.app_secrets[spec.name] = attached
+
+        # The stage's alarm topic (the api stack's alarms use it too), and who it reaches.
+        self.alarm_topic = sns.Topic(self, "Alarms", enforce_ssl=True,
+                                     display_name=f"svcmig {stage.name} alarms")
+        for email in stage.alarm_emails:
+            self.alarm_topic.add_subscription(subscriptions.EmailSubscription(email))
+        database_alarms(self, self.cluster, self.alarm_topic, stage.connections_alarm)
 
         self.proxy = self.cluster.add_proxy(
             "Proxy", secrets=list(self.app_secrets.values()) or [self.master_secret],

@@ -24,6 +24,7 @@ from .fingerprint import MigrationsFingerprint
 from .settings import StageSettings
 
 RESOURCE_TYPE = "Custom::SvcmigMigrations"
+FRAMEWORK_TIMEOUT = Duration.minutes(15)  # the Provider framework's own function
 MIGRATOR_TIMEOUT = Duration.minutes(15)  # Lambda's maximum; the handler keeps its own margin
 
 
@@ -91,6 +92,14 @@ class Migrations(Construct):
             self, "Provider", on_event_handler=self.function,
             log_group=logs.LogGroup(self, "ProviderLogs", retention=retention,
                                     removal_policy=removal))
+        # The Provider framework's own function logs at FATAL by default: its INFO lines say
+        # which event it handled and why a resource failed. It gets the same alarms.
+        framework = provider.node.find_child("framework-onEvent")
+        assert isinstance(framework, lambda_.Function)
+        cfn_framework = framework.node.default_child
+        assert isinstance(cfn_framework, lambda_.CfnFunction)
+        cfn_framework.add_property_override("LoggingConfig.ApplicationLogLevel", "INFO")
+        function_alarms(Construct(self, "Framework"), framework, FRAMEWORK_TIMEOUT, alarm_topic)
         self.expand = self._resource("Expand", provider, fingerprint, "expand", stage)
         self.contract = self._resource("Contract", provider, fingerprint, "contract", stage)
         self.contract.node.add_dependency(self.expand)

@@ -27,6 +27,11 @@ class StageSettings:
     reserve_concurrency: bool = True  # False where the account's concurrency quota is small
     provisioned_concurrency: int = 0  # per latency-critical function
     rotation_days: int = 30
+    # Who the stage's alarms reach (email subscriptions to its alarm topic); none: the topic
+    # only, for a subscription made outside the stack (chat, paging).
+    alarm_emails: tuple[str, ...] = ()
+    latency_p99_alarm_ms: int = 3000  # per route
+    connections_alarm: int = 400  # database connections on the writer
 
     @property
     def kind(self) -> str:
@@ -51,4 +56,8 @@ def stage_settings(context: dict[str, Any] | Any, stage: str) -> StageSettings:
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"{STAGES_KEY}.{kind}: unknown settings {sorted(unknown)}")
+    emails = values.get("alarm_emails", [])
+    if not isinstance(emails, list) or not all(isinstance(e, str) and "@" in e for e in emails):
+        raise ValueError(f"{STAGES_KEY}.{kind}.alarm_emails: a list of email addresses")
+    values["alarm_emails"] = tuple(emails)
     return StageSettings(name=stage, **values)

@@ -16,8 +16,9 @@ from aws_cdk.assertions import Match, Template
 from infra.fingerprint import fingerprint
 from infra.migrations_resources import RESOURCE_TYPE
 from infra.service_spec import Uploads, load_spec
+from tests.conftest import REPO
 
-from .conftest import Synth
+from .conftest import SKIP_BUNDLING, Synth, make_infra_project, synthesize
 
 CFN_LINT_IGNORED = {
     # CDK writes an explicit DependsOn on a function's role although the function's GetAtt of
@@ -367,9 +368,48 @@ def test_fingerprint_of_the_synthesized_project_matches(dev: Synth) -> None:
     assert props["CodeHeads"] == expected.heads
 
 
+def _alarms(synth: Synth) -> dict[str, dict[str, Any]]:
+    return {k: v["Properties"] for kind in ("db", "api")
+            for k, v in synth.resources(kind, "AWS::CloudWatch::Alarm").items()}
+
+
+def test_alarms_cover_routes_database_and_the_deploy_functions(dev: Synth) -> None:
+    alarms = _alarms(dev)
+    routes = dev.resources("api", "AWS::ApiGatewayV2::Route")
+    api_metrics = [a for a in alarms.values() if a.get("Namespace") == "AWS/ApiGateway"]
+    keys = {(a["MetricName"], next(d["Value"] for d in a["Dimensions"] if d["Name"] == "Method"),
+             next(d["Value"] for d in a["Dimensions"] if d["Name"] == "Resource"))
+            for a in api_metrics}
+    for route in routes.values():
+        method, path = route["Properties"]["RouteKey"].split(" ", 1)
+        assert {("5xx", method, path), ("Latency", method, path)} <= keys, (method, path)
+    stage = next(iter(dev.resources("api", "AWS::ApiGatewayV2::Stage").values()))
+    assert stage["Properties"]["DefaultRouteSettings"]["DetailedMetricsEnabled"] is True
+    rds = {a["MetricName"] for a in alarms.values() if a.get("Namespace") == "AWS/RDS"}
+    assert rds == {"CPUUtilization", "DatabaseConnections", "FreeableMemory", "Deadlocks"}
+    functions = dev.resources("api", "AWS::Lambda::Function")
+    framework = next(v for v in functions.values()
+                     if v["Properties"].get("Handler") == "framework.onEvent")
+    assert framework["Properties"]["LoggingConfig"]["ApplicationLogLevel"] == "INFO"
+    watched = {d["Value"].get("Ref") for a in alarms.values() for d in a.get("Dimensions", [])
+               if d["Name"] == "FunctionName" and isinstance(d["Value"], dict)}
+    assert {k for k, v in functions.items()
+            if v["Properties"].get("Handler") in ("framework.onEvent",
+                                                   "infra.migrator.handler.handler")} <= watched
+
+
+def test_alarm_emails_from_the_stage_subscribe_to_the_topic(tmp_path: Path) -> None:
+    stages = json.loads((REPO / "infra" / "cdk.json").read_text())["context"]["svcmig:stages"]
+    stages["preview"]["alarm_emails"] = ["ops@example.com"]
+    synth = synthesize(make_infra_project(tmp_path / "project"), tmp_path / "cdk.out",
+                       {**SKIP_BUNDLING, "stage": "preview-3", "svcmig:stages": stages})
+    subscriptions = list(synth.resources("db", "AWS::SNS::Subscription").values())
+    assert [(s["Properties"]["Protocol"], s["Properties"]["Endpoint"]) for s in subscriptions] \
+        == [("email", "ops@example.com")]
+
+
 def test_every_alarm_has_an_action_and_a_failed_contract_alarms(dev: Synth) -> None:
-    alarms = {k: v["Properties"] for kind in ("db", "api")
-              for k, v in dev.resources(kind, "AWS::CloudWatch::Alarm").items()}
+    alarms = _alarms(dev)
     assert alarms and all(v.get("AlarmActions") for v in alarms.values()), sorted(
         k for k, v in alarms.items() if not v.get("AlarmActions"))
     [contract] = [v for k, v in alarms.items() if "ContractFailed" in k]
