@@ -26,7 +26,7 @@ from aws_cdk import aws_lambda as lambda_
 
 from migrations_runtime.engine.manifest import MANIFEST_NAME, write_manifest
 
-from .fingerprint import files_digest
+from .migrator.digest import DIGEST_FILE, files_digest, migrations_digest
 from .service_spec import ServiceSpec
 
 RECIPE_VERSION = "1"  # bump when the way an asset is laid out changes
@@ -154,6 +154,7 @@ def migrator_code(root: Path, target: Target) -> lambda_.Code:
     target platform."""
     requirements = migrator_requirements()
     handler = Path(__file__).parent / "migrator" / "handler.py"
+    digest = Path(__file__).parent / "migrator" / "digest.py"
     migrations = sorted(p for p in (root / "services").glob("*/migrations") if p.is_dir())
     package = REPO / "migrations_runtime"
     shipped = [package / "__init__.py", *(package / name for name in MIGRATOR_PACKAGES)]
@@ -169,12 +170,14 @@ def migrator_code(root: Path, target: Target) -> lambda_.Code:
         (out / "infra" / "__init__.py").write_text("")
         (out / "infra" / "migrator" / "__init__.py").write_text("")
         _copy(handler, out / "infra" / "migrator" / "handler.py")
+        _copy(digest, out / "infra" / "migrator" / "digest.py")
+        (out / DIGEST_FILE).write_text(migrations_digest(out))
         write_manifest(out, out / MANIFEST_NAME)
         compile_bytecode(out, target)
 
     inputs = [package / "__init__.py", *(f for name in MIGRATOR_PACKAGES
                                          for f in _tree(package / name)),
-              root / "alembic.ini", handler,
+              root / "alembic.ini", handler, digest,
               *(f for folder in migrations for f in _tree(folder))]
     return asset_code(root, "migrator", recipe, inputs, requirements, target)
 

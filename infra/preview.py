@@ -23,8 +23,10 @@ ACTIONS = ("deploy", "destroy")
 def preview_stage(pr: str) -> str:
     """`preview-<pr>` for a pull request number; raises ValueError for anything else."""
     stage = f"preview-{pr}"
-    if not pr.isdigit() or not STAGE_RE.match(stage):
-        raise ValueError(f"pull request number {pr!r}: use 1 to 6 digits, e.g. 123")
+    # one spelling per number: `0123` and `123` would be two stages, one left behind
+    if not pr.isdigit() or pr.startswith("0") or not STAGE_RE.match(stage):
+        raise ValueError(f"pull request number {pr!r}: use 1 to 6 digits without leading "
+                         "zeros, e.g. 123")
     return stage
 
 

@@ -81,7 +81,9 @@ def outside(url: str) -> dict[str, object]:
         "users": query(url, "SELECT id, email FROM users.users ORDER BY id"),
         "public": query(url, "SELECT relname FROM pg_class c JOIN pg_namespace n ON "
                              "n.oid = c.relnamespace WHERE nspname = 'public' ORDER BY 1"),
-        "schemas": query(url, "SELECT nspname FROM pg_namespace ORDER BY 1"),
+        # temporary schemas are per-connection machinery (the migrator keeps a marker there)
+        "schemas": query(url, "SELECT nspname FROM pg_namespace WHERE nspname !~ "
+                              "'^pg_(toast_)?temp_' ORDER BY 1"),
         "roles": query(url, "SELECT rolname, rolsuper, rolcreaterole FROM pg_roles "
                             "WHERE rolname LIKE '%%\\_owner' ORDER BY 1"),
         "members": query(url, "SELECT r.rolname, m.rolname FROM pg_auth_members a "

@@ -29,8 +29,10 @@ from migrations_runtime.engine.apply import RunSettings, migrate
 from migrations_runtime.engine.errors import MigrationFailed, SvcmigError
 from migrations_runtime.engine.lockwait import LockPolicy
 from migrations_runtime.engine.manifest import MANIFEST_NAME, load_manifest
-from migrations_runtime.engine.plan import releases_behind, up_to
+from migrations_runtime.engine.plan import releases_behind
 from migrations_runtime.engine.validate import Graph, build_graph
+
+from .digest import migrations_digest
 
 PHASES = ("expand", "contract")
 MAX_REASON = 1500  # CloudFormation rejects responses over 4 KiB; leave room for the framework's
@@ -74,35 +76,16 @@ def database_url(secret: dict[str, Any]) -> str:
     return f"postgresql://{user}:{password}@{host}:{port}/{dbname}?sslmode={sslmode}"
 
 
-def _chain(graph: Graph, head: str | None) -> set[str]:
-    """The ids of `head` and the revisions before it in its service (empty when the bundle
-    does not hold it)."""
-    return {r.id for r in graph.upto(head) or ()} if head else set()
-
-
-def code_revisions(graph: Graph, heads: dict[str, str]) -> frozenset[str] | None:
-    """The revisions of the code that custom resource properties name (each service's head,
-    what comes before it and what that depends on): all a deploy to that code may apply,
-    whatever else the migrator's bundle holds. None when the bundle does not hold a head (the
-    function's code is not the properties' code)."""
-    if any(head not in graph.revisions for head in heads.values()):
-        return None
-    return frozenset().union(*(up_to(graph, head) for head in heads.values()))
-
-
-def is_rollback(graph: Graph, new_heads: dict[str, str], old_heads: dict[str, str]) -> bool:
-    """True when the new properties name code older than the deployed one, read from the
-    revision sets, not from timestamps: some service's deployed head is not in the new code
-    (the new code lacks a revision, or the whole service), and no service's new head is
-    missing from the deployed code (a service the deployed code lacks counts as new; a
-    deployed head the bundle does not hold means the deployed code is newer than the bundle).
-    That is what CloudFormation sends when it rolls back a failed deploy."""
-    went_back = any(old not in _chain(graph, new_heads.get(service))
-                    for service, old in old_heads.items())
-    moved_on = any(service not in old_heads or (old_heads[service] in graph.revisions
-                                                 and new not in _chain(graph, old_heads[service]))
-                   for service, new in new_heads.items())
-    return went_back and not moved_on
+def release_of_bundle(event: dict[str, Any], digest: str) -> str:
+    """Which release the function's migrations are, from the files' digest: "new" (the
+    properties CloudFormation moves to: a deploy), "old" (the properties it moves away from:
+    CloudFormation rolls back while the function still holds the failed release's files, as
+    it rolls a custom resource back before the function it depends on), or "other"."""
+    if event.get("ResourceProperties", {}).get("MigrationsHash") == digest:
+        return "new"
+    if event.get("OldResourceProperties", {}).get("MigrationsHash") == digest:
+        return "old"
+    return "other"
 
 
 def _statement_line(err: MigrationFailed) -> str:
@@ -128,6 +111,11 @@ def failure_reason(err: SvcmigError, root: Path) -> str:
             reason += f" | statement: {statement}"
     else:
         reason = str(err).replace(f"{root}/", "")
+    return cap_reason(reason)
+
+
+def cap_reason(reason: str) -> str:
+    """At most `MAX_REASON` characters (the start says what failed)."""
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
 
 
@@ -145,20 +133,24 @@ PASSWORDS_SET_TABLE = "svcmig.app_passwords_set"
 
 def sync_app_passwords(url: str, app_secrets: dict[str, str]) -> list[str]:
     """Give each `<service>_app` role the password of its own secret once, when the migrator
-    first sees it (it has just created the role), so RDS Proxy (which logs in with that secret)
-    can connect; `PASSWORDS_SET_TABLE` remembers it. From then on the secret's rotation is the
+    first sees it (it has just created the role) or the secret is a new one (another ARN), so
+    RDS Proxy (which logs in with that secret) can connect; `PASSWORDS_SET_TABLE` remembers
+    which secret it used. From then on the secret's rotation is the
     only writer of the password, so a deploy can never race a rotation (write AWSCURRENT back
     over the password a rotation in progress just set). The password is sent as a SCRAM
     verifier computed here, never in clear text, so it cannot end up in a server log."""
     synced = []
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
         conn.execute(f"CREATE TABLE IF NOT EXISTS {PASSWORDS_SET_TABLE} (role name PRIMARY KEY, "
-                     "set_at timestamptz NOT NULL DEFAULT now())")
+                     "secret text, set_at timestamptz NOT NULL DEFAULT now()); "
+                     f"ALTER TABLE {PASSWORDS_SET_TABLE} ADD COLUMN IF NOT EXISTS secret text")
         for service, arn in sorted(app_secrets.items()):
-            with conn.transaction():
-                first = conn.execute(f"INSERT INTO {PASSWORDS_SET_TABLE} (role) VALUES (%s) "
-                                     "ON CONFLICT DO NOTHING RETURNING role",
-                                     (f"{service}_app",)).fetchone()
+            with conn.transaction():  # again when the secret itself was replaced (a new ARN)
+                first = conn.execute(
+                    f"INSERT INTO {PASSWORDS_SET_TABLE} AS s (role, secret) VALUES (%s, %s) "
+                    "ON CONFLICT (role) DO UPDATE SET secret = EXCLUDED.secret, set_at = now() "
+                    "WHERE s.secret IS DISTINCT FROM EXCLUDED.secret RETURNING role",
+                    (f"{service}_app", arn)).fetchone()
                 if first is None:
                     continue
                 secret = read_secret(arn)
@@ -191,37 +183,32 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     request = event["RequestType"]
     props = event.get("ResourceProperties", {})
     phase = props.get("Phase")
+    if request == "Delete":  # whatever the properties say: the database keeps what it has
+        return {"PhysicalResourceId": event.get("PhysicalResourceId") or "svcmig-deleted",
+                "Data": {"Applied": 0, "Skipped": "delete"}}
     if phase not in PHASES:
         raise MigrationError(f"custom resource property Phase must be one of {PHASES}, "
                              f"got {phase!r}")
     stage = props.get("Stage", "default")
     physical_id = event.get("PhysicalResourceId") or f"svcmig-{stage}-{phase}"  # stable per stage
-    heads = dict(props.get("CodeHeads", {}))
+    heads = props.get("CodeHeads", {})
     log({"event": "custom_resource", "request": request, "phase": phase,
          "migrations_hash": props.get("MigrationsHash"), "code_heads": heads})
-    if request == "Delete":
-        return {"PhysicalResourceId": physical_id, "Data": {"Applied": 0, "Skipped": "delete"}}
     root = project_root()
-    graph = load_graph(root)
-    within = code_revisions(graph, heads)
-    if request == "Update":
-        old_heads = dict(event.get("OldResourceProperties", {}).get("CodeHeads", {}))
-        if within is None or is_rollback(graph, heads, old_heads):
-            log({"event": "rollback_noop", "phase": phase, "from": old_heads, "to": heads})
-            return {"PhysicalResourceId": physical_id,
-                    "Data": {"Applied": 0, "Skipped": "rollback"}}
-    if within is None:
-        unknown = sorted(h for h in heads.values() if h not in graph.revisions)
-        raise MigrationError(f"the migrator's bundle does not hold {', '.join(unknown)}, which "
-                             "the stack's code names: redeploy (the bundle and the properties "
-                             "come from the same synth)")
+    bundle = release_of_bundle(event, migrations_digest(root))
+    if bundle == "old":  # a rollback: never a downgrade, never the failed release's revisions
+        log({"event": "rollback_noop", "phase": phase, "to": heads})
+        return {"PhysicalResourceId": physical_id,
+                "Data": {"Applied": 0, "Skipped": "rollback"}}
+    if bundle == "other":
+        raise MigrationError("the migrator's migrations are neither the release CloudFormation "
+                             "deploys nor the one it leaves (MigrationsHash differs from the "
+                             "bundle's): redeploy from one synth (cdk deploy --all)")
     secret = read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"])
     url = database_url(secret)
     try:
-        # only the revisions of the code the properties name: while CloudFormation rolls back,
-        # the function may still hold the failed release's files
-        result = migrate(url, root, phase, settings=_settings(context), log=log, graph=graph,
-                         within=within)
+        graph = load_graph(root)
+        result = migrate(url, root, phase, settings=_settings(context), log=log, graph=graph)
         app_secrets = json.loads(os.environ.get("SVCMIG_APP_SECRETS", "{}"))
         synced = sync_app_passwords(url, app_secrets) if phase == "expand" else []
     except SvcmigError as err:
@@ -233,7 +220,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             log({"event": "contract_failed", "phase": phase, "reason": reason})
             return {"PhysicalResourceId": physical_id,
                     "Data": {"Applied": len(getattr(err, "applied", ())),
-                             "Failed": reason[:1000]}}
+                             "Failed": reason}}
         log({"event": "failed", "phase": phase, "reason": reason})
         raise MigrationError(reason) from err
     except psycopg.Error as err:
@@ -243,7 +230,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         raise MigrationError(reason) from err
     behind = releases_behind(graph, result.plan) if phase == "expand" else []
     if behind:  # fail before the code goes live; what was applied is safe for the old code
-        reason = "; ".join(behind)
+        reason = cap_reason("; ".join(behind))
         log({"event": "failed", "phase": phase, "reason": reason})
         raise MigrationError(reason)
     summary = result.as_dict()

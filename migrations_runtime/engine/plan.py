@@ -186,21 +186,23 @@ def releases_behind(graph: Graph, plan: Plan) -> list[str]:
     """After an expand phase: one message per service whose pending revisions are a contract
     revision followed by expand revisions. The code about to go live may need those expand
     revisions, which cannot run before the contract one, which cannot run before the code that
-    no longer needs what it removes: the database lags more than one release, and no single
-    deploy can bring it forward safely."""
+    no longer needs what it removes: no single deploy can bring the service forward safely.
+    Either the database lags more than one release, or one release orders a contract revision
+    before its own expand revisions; the files cannot tell which."""
     found = []
     for status in plan.services:
         pending = [graph.revisions[rev_id] for rev_id in status.pending]
         later = [r for r in pending[1:] if r.phase == "expand"]
         if pending and pending[0].phase == "contract" and later:
             found.append(
-                f"{status.service} lags more than one release: contract revision "
-                f"{pending[0].id} waits for the code deploy, and {len(later)} expand "
-                f"revision(s) after it (first {later[0].id}) would run only after the new code "
-                f"is live. Deploy the release whose code goes with {pending[0].id} first (or "
-                f"`svcmig migrate --target {pending[0].id}` with that release's code), then "
-                "this one; or apply everything in a maintenance window with `svcmig migrate "
-                "--phase all`")
+                f"{status.service}: contract revision {pending[0].id} waits for the code "
+                f"deploy, and {len(later)} expand revision(s) after it (first {later[0].id}) "
+                "would run only after the new code is live. If the stage lags more than one "
+                f"release, deploy the release whose code goes with {pending[0].id} first "
+                "(each release one at a time), then this one, or apply everything in a "
+                "maintenance window with `svcmig migrate --phase all`; if this one release "
+                "puts the contract revision before its own expand revisions, give it a later "
+                "timestamp (rename the file) or move it to the next release")
     return found
 
 
@@ -224,16 +226,13 @@ def up_to(graph: Graph, target: str) -> set[str]:
 
 
 def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all",
-              target: str | None = None, within: frozenset[str] | None = None) -> Plan:
+              target: str | None = None) -> Plan:
     """What `svcmig migrate --phase <phase> [--target REV]` would run, in order, and what
     stops it. With `target`, only what leads up to it (`up_to`), so a database that lags
-    several releases can be moved forward one release at a time; with `within`, only those
-    revision ids (the code a deploy moves to, whatever else the files hold)."""
+    several releases can be moved forward one release at a time."""
     if phase not in PHASE_CHOICES:
         raise ValueError(f"unknown phase {phase!r}; use one of {', '.join(PHASE_CHOICES)}")
     allowed = up_to(graph, target) if target else None
-    if within is not None:
-        allowed = set(within) if allowed is None else allowed & within
     anomalies = _ledger_anomalies(graph, state)
     selected: list[Revision] = []
     statuses: list[ServiceStatus] = []

@@ -4,6 +4,7 @@ Secrets Manager from moto."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,9 @@ import psycopg
 import pytest
 
 from infra.migrator import handler as migrator
+from infra.migrator.digest import migrations_digest
 from migrations_runtime.engine.manifest import MANIFEST_NAME, ManifestGraph, write_manifest
-from tests.conftest import REPO, code_heads, query
+from tests.conftest import code_heads, query
 
 moto = pytest.importorskip("moto")
 
@@ -45,11 +47,21 @@ def aws(project: Path, database_url: str,
         yield {"master": master, **apps}
 
 
+def digest(project: Path) -> str:
+    """The project's MigrationsHash, as a synth computes it now."""
+    return migrations_digest(project)
+
+
 def event(request: str, phase: str, heads: dict[str, str], old_heads: dict[str, str] | None = None,
-          physical_id: str | None = None) -> dict[str, Any]:
-    """What the CDK Provider framework hands its on_event handler."""
+          physical_id: str | None = None, new_hash: str | None = None,
+          old_hash: str = "h" * 64) -> dict[str, Any]:
+    """What the CDK Provider framework hands its on_event handler. `new_hash`: the new
+    properties' MigrationsHash, by default the project's files as they are now (a deploy of
+    them); `old_hash`: the old properties'."""
+    if new_hash is None:
+        new_hash = digest(Path(os.environ["SVCMIG_PROJECT_ROOT"]))
     props = {"ServiceToken": "arn:aws:lambda:eu-west-1:1:function:provider", "Phase": phase,
-             "MigrationsHash": "h" * 64, "CodeHeads": heads, "Stage": "test"}
+             "MigrationsHash": new_hash, "CodeHeads": heads, "Stage": "test"}
     body: dict[str, Any] = {
         "RequestType": request, "ServiceToken": props["ServiceToken"],
         "ResponseURL": "https://example.invalid", "StackId": "arn:aws:cloudformation:stack/x",
@@ -58,7 +70,8 @@ def event(request: str, phase: str, heads: dict[str, str], old_heads: dict[str, 
     if physical_id:
         body["PhysicalResourceId"] = physical_id
     if old_heads is not None:
-        body["OldResourceProperties"] = {**props, "CodeHeads": old_heads}
+        body["OldResourceProperties"] = {**props, "CodeHeads": old_heads,
+                                         "MigrationsHash": old_hash}
     return body
 
 
@@ -90,7 +103,8 @@ def test_expand_gives_app_roles_their_secret_password(project: Path, database_ur
 
 
 def test_a_deploy_never_writes_over_a_rotated_password(project: Path, database_url: str,
-                                                        aws: dict[str, str]) -> None:
+                                                        aws: dict[str, str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The migrator writes an app role's password once; then the secret's rotation is the only
     writer (a deploy during a rotation would put the old password back)."""
     heads = code_heads(project)
@@ -101,6 +115,18 @@ def test_a_deploy_never_writes_over_a_rotated_password(project: Path, database_u
     migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand"))
     after = query(database_url, "SELECT rolpassword FROM pg_authid WHERE rolname = 'users_app'")
     assert after == before
+    # a new secret (the secret resource replaced: another ARN) is written again
+    import boto3
+
+    replaced = boto3.client("secretsmanager").create_secret(
+        Name="users_app_2", SecretString=json.dumps({"username": "users_app",
+                                                     "password": "pw-replaced"}))["ARN"]
+    monkeypatch.setenv("SVCMIG_APP_SECRETS", json.dumps({**{k: v for k, v in aws.items()
+                                                           if k != "master"},
+                                                        "users": replaced}))
+    migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand"))
+    assert query(database_url, "SELECT rolpassword FROM pg_authid "
+                 "WHERE rolname = 'users_app'") != after
 
 
 def test_update_with_newer_code_applies_it(project: Path, database_url: str,
@@ -119,42 +145,42 @@ def test_update_with_newer_code_applies_it(project: Path, database_url: str,
 def test_rollback_update_and_delete_are_noops(project: Path, database_url: str,
                                               aws: dict[str, str],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The function holds the release CloudFormation leaves (the old properties' digest): a
+    rollback, without touching the database."""
     heads = code_heads(project)
     older = {**heads, "users": "users_202601010000"}
     # No database access at all: a broken secret would fail any attempt to connect.
     monkeypatch.setenv("SVCMIG_MASTER_SECRET_ARN", "arn:aws:secretsmanager:nowhere")
-    rollback = migrator.handler(event("Update", "expand", older, heads, "svcmig-test-expand"))
+    rollback = migrator.handler(event("Update", "expand", older, heads, "svcmig-test-expand",
+                                      new_hash="e" * 64, old_hash=digest(project)))
     assert rollback == {"PhysicalResourceId": "svcmig-test-expand",
                         "Data": {"Applied": 0, "Skipped": "rollback"}}
     deleted = migrator.handler(event("Delete", "contract", heads, None, "svcmig-test-contract"))
     assert deleted["PhysicalResourceId"] == "svcmig-test-contract"
     assert deleted["Data"]["Skipped"] == "delete"
+    odd = migrator.handler({"RequestType": "Delete", "PhysicalResourceId": "x",
+                            "ResourceProperties": {"Phase": "nonsense"}})
+    assert odd["Data"]["Skipped"] == "delete"  # never DELETE_FAILED over its properties
 
 
-def test_rollback_detection_reads_revision_sets(project: Path) -> None:
-    """From the revision sets the properties name, not from timestamps."""
-    graph = migrator.load_graph(project)
-    old = code_heads(project)
-    earlier = {**old, "users": graph.chains["users"][-2].id}
-    assert migrator.is_rollback(graph, earlier, old)
-    assert not migrator.is_rollback(graph, old, old)
-    assert not migrator.is_rollback(graph, old, earlier)  # forward
-    assert not migrator.is_rollback(graph, {**old, "billing": "billing_202612010000"}, old)
-    assert migrator.is_rollback(graph, {"users": old["users"]}, old)  # a service added, now gone
-    # the deployed code is newer than the bundle (its head unknown here): going back
-    assert migrator.is_rollback(graph, earlier, {**old, "users": "users_209912312359"})
-    # a removed service comes back while another goes back (F5): not a pure rollback by the
-    # sets; the run that follows is limited to the restored code's revisions (next test)
-    assert not migrator.is_rollback(graph, old, {"users": "users_209912312359"})
+def test_which_release_the_bundle_holds_comes_from_the_digest() -> None:
+    """Not from heads or timestamps (a forward deploy can remove a file, rename a service, or
+    keep every head; a rollback can bring a service back)."""
+    new, old = {"MigrationsHash": "n"}, {"MigrationsHash": "o"}
+    both = {"ResourceProperties": new, "OldResourceProperties": old}
+    assert migrator.release_of_bundle(both, "n") == "new"
+    assert migrator.release_of_bundle(both, "o") == "old"
+    assert migrator.release_of_bundle(both, "x") == "other"
+    assert migrator.release_of_bundle({"ResourceProperties": new}, "o") == "other"
 
 
 def test_a_rollback_that_restores_a_removed_service_reruns_nothing(
         project: Path, database_url: str, aws: dict[str, str]) -> None:
     """F5: a deploy removes orders and adds a failing users revision; CloudFormation rolls
     back with the previous properties while the function still holds the failed release's
-    files. The rollback applies nothing (the failing revision is not in the restored code) and
-    succeeds, so the stack does not end in UPDATE_ROLLBACK_FAILED."""
-    previous = code_heads(project)
+    files. The rollback applies nothing and succeeds, so the stack does not end in
+    UPDATE_ROLLBACK_FAILED."""
+    previous, previous_digest = code_heads(project), digest(project)
     migrator.handler(event("Create", "expand", previous))
     migrator.handler(event("Create", "contract", previous))
     before = ledger_count(database_url)
@@ -163,22 +189,67 @@ def test_a_rollback_that_restores_a_removed_service_reruns_nothing(
     shutil.rmtree(project / "services/orders")
     (project / "alembic.ini").write_text((project / "alembic.ini").read_text().replace(
         "%(here)s/services/orders/migrations ", ""))
-    failed = code_heads(project)
+    failed, failed_digest = code_heads(project), digest(project)
     with pytest.raises(migrator.MigrationError):
-        migrator.handler(event("Update", "expand", failed, previous, "svcmig-test-expand"))
-    # the rollback: the old properties, the new files (orders is not even in the bundle)
-    back = migrator.handler(event("Update", "expand", previous, failed, "svcmig-test-expand"))
+        migrator.handler(event("Update", "expand", failed, previous, "svcmig-test-expand",
+                               old_hash=previous_digest))
+    back = migrator.handler(event("Update", "expand", previous, failed, "svcmig-test-expand",
+                                  new_hash=previous_digest, old_hash=failed_digest))
     assert back["Data"] == {"Applied": 0, "Skipped": "rollback"}
-    # the same with orders' files still in the bundle: the run is limited to the old code
-    (project / "services/users/migrations").rename(project / "users_migrations")
-    shutil.copytree(REPO / "services/orders/migrations", project / "services/orders/migrations")
-    (project / "users_migrations").rename(project / "services/users/migrations")
-    (project / "alembic.ini").write_text((REPO / "alembic.ini").read_text())
-    back = migrator.handler(event("Update", "expand", previous, failed, "svcmig-test-expand"))
-    assert back["Data"]["Applied"] == 0
     assert ledger_count(database_url) == before
-    assert query(database_url, "SELECT count(*) FROM svcmig.schema_migrations "
-                 "WHERE revision = 'users_202701010000'") == [(0,)]
+
+
+# Kind: deploys whose heads say nothing or mislead (found by a breaker round): a forward deploy
+# that removes an applied file, one that adds a failing revision behind an unchanged head, one
+# that only edits a file. The digest decides; a forward deploy is never skipped, a rollback
+# never re-runs anything.
+def test_a_forward_deploy_that_removes_an_applied_file_is_not_skipped(
+        project: Path, database_url: str, aws: dict[str, str]) -> None:
+    old = code_heads(project)
+    migrator.handler(event("Create", "expand", old))
+    newest = sorted((project / "services/users/migrations").iterdir())[-1]
+    newest.unlink()
+    (project / "services/users/migrations/2027-01-05T0000__users__nickname.sql").write_text(
+        "ALTER TABLE users ADD COLUMN nickname text;\n")
+    with pytest.raises(migrator.MigrationError, match="file is gone|missing"):
+        migrator.handler(event("Update", "expand", code_heads(project), old,
+                               "svcmig-test-expand"))
+
+
+@pytest.mark.parametrize("change", ["failing-expand-behind-same-head", "edited-applied-file"])
+def test_a_failed_deploy_with_unchanged_heads_rolls_back_cleanly(
+        project: Path, database_url: str, aws: dict[str, str], change: str) -> None:
+    migrator.handler(event("Create", "expand", code_heads(project)))
+    migrator.handler(event("Create", "contract", code_heads(project)))
+    heads, previous_digest = code_heads(project), digest(project)
+    before = ledger_count(database_url)
+    folder = project / "services/users/migrations"
+    if change == "failing-expand-behind-same-head":
+        (folder / "2027-01-05T0000__users__contract.sql").write_text(
+            "-- phase: contract\nALTER TABLE users DROP COLUMN no_such_column;\n")
+        migrator.handler(event("Update", "expand", code_heads(project), heads))
+        contract = migrator.handler(event("Update", "contract", code_heads(project), heads))
+        assert "Failed" in contract["Data"]  # stays pending, the code stays live
+        heads, previous_digest = code_heads(project), digest(project)
+        (folder / "2027-01-04T0000__users__late.sql").write_text("SELECT 1/0;\n")
+    else:
+        applied = sorted(folder.glob("*.sql"))[0]
+        applied.write_text(applied.read_text() + "\n-- a comment\n")
+    assert code_heads(project) == heads  # nothing in the heads says what changed
+    with pytest.raises(migrator.MigrationError):
+        migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand",
+                               old_hash=previous_digest))
+    back = migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand",
+                                  new_hash=previous_digest, old_hash=digest(project)))
+    assert back["Data"] == {"Applied": 0, "Skipped": "rollback"}
+    assert ledger_count(database_url) == before
+
+
+def test_a_bundle_of_neither_release_is_refused(project: Path, database_url: str,
+                                                aws: dict[str, str]) -> None:
+    with pytest.raises(migrator.MigrationError, match="neither the release"):
+        migrator.handler(event("Create", "expand", code_heads(project), new_hash="f" * 64))
+    assert query(database_url, "SELECT to_regclass('svcmig.schema_migrations')") == [(None,)]
 
 
 def test_failure_reason_names_file_statement_and_error(project: Path, database_url: str,
@@ -273,9 +344,9 @@ def test_a_stage_several_releases_behind_stops_before_the_code_and_says_how_to_c
         migrator.handler(event("Update", "expand", code_heads(project), old,
                                "svcmig-test-expand"))
     message = str(caught.value)
-    assert "users lags more than one release" in message
-    assert "contract revision users_202701020000" in message
-    assert "first users_202701030000" in message and "--target users_202701020000" in message
+    assert "contract revision users_202701020000 waits for the code deploy" in message
+    assert "first users_202701030000" in message and "lags more than one release" in message
+    assert "give it a later timestamp" in message
     # what ran is the first release's expand revision, safe for the old code
     assert query(database_url, "SELECT revision FROM svcmig.schema_migrations "
                  "WHERE revision >= 'users_2027' ORDER BY 1") == [("users_202701010000",)]

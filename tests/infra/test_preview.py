@@ -16,7 +16,7 @@ def test_a_pull_request_gets_its_own_stage_and_commands() -> None:
     assert cdk_command("destroy", "preview-123")[-1] == "--force"
 
 
-@pytest.mark.parametrize("pr", ["", "12a", "-1", "1234567", "prod"])
+@pytest.mark.parametrize("pr", ["", "12a", "-1", "1234567", "prod", "0", "0123"])
 def test_anything_but_a_pull_request_number_is_one_line(pr: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["deploy", pr, "--dry-run"]) == 2
