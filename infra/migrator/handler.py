@@ -168,14 +168,19 @@ def sync_app_passwords(url: str, app_secrets: dict[str, str]) -> list[str]:
 
 def _settings(context: Any) -> RunSettings:
     """The CLI's defaults, bounded by what the Lambda has left minus time to report: the wait
-    for the migrator lock, and each revision's lock budget."""
+    for the migrator lock, each revision's lock budget and, in Lambda, each statement's time
+    (`statement_timeout`), so no statement outlives the function: killed, it would never
+    answer CloudFormation. (A run of many statements can still take longer in all; see
+    docs/deploy.md, long migrations.)"""
     remaining = LOCK_WAIT_CAP_SECONDS + SAFETY_MARGIN_SECONDS
-    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+    in_lambda = context is not None and hasattr(context, "get_remaining_time_in_millis")
+    if in_lambda:
         remaining = context.get_remaining_time_in_millis() / 1000
     usable = max(10.0, remaining - SAFETY_MARGIN_SECONDS)
     policy = LockPolicy()
     return RunSettings(lock_wait_seconds=min(LOCK_WAIT_CAP_SECONDS, usable),
-                       lock=replace(policy, budget_seconds=min(policy.budget_seconds, usable)))
+                       lock=replace(policy, budget_seconds=min(policy.budget_seconds, usable)),
+                       statement_timeout_ms=int(usable * 1000) if in_lambda else None)
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

@@ -395,3 +395,18 @@ def test_a_failed_contract_phase_does_not_roll_the_code_back(project: Path, data
     assert any(line.get("event") == "contract_failed" for line in lines)
     assert query(database_url, "SELECT revision FROM svcmig.schema_migrations "
                  "WHERE revision >= 'users_2027' ORDER BY 1") == [("users_202701020000",)]
+
+
+def test_in_lambda_no_statement_outlives_the_function() -> None:
+    """Killed at its timeout, the function would never answer CloudFormation."""
+
+    class Context:
+        def __init__(self, left_ms: int) -> None:
+            self.left_ms = left_ms
+
+        def get_remaining_time_in_millis(self) -> int:
+            return self.left_ms
+
+    assert migrator._settings(Context(900_000)).statement_timeout_ms == 780_000
+    assert migrator._settings(Context(130_000)).statement_timeout_ms == 10_000
+    assert migrator._settings(None).statement_timeout_ms is None
