@@ -24,6 +24,7 @@ from .fingerprint import MigrationsFingerprint
 from .settings import StageSettings
 
 RESOURCE_TYPE = "Custom::SvcmigMigrations"
+SERVICE_TIMEOUT = Duration.minutes(20)
 FRAMEWORK_TIMEOUT = Duration.minutes(15)  # the Provider framework's own function
 MIGRATOR_TIMEOUT = Duration.minutes(15)  # Lambda's maximum; the handler keeps its own margin
 
@@ -99,6 +100,9 @@ class Migrations(Construct):
         cfn_framework = framework.node.default_child
         assert isinstance(cfn_framework, lambda_.CfnFunction)
         cfn_framework.add_property_override("LoggingConfig.ApplicationLogLevel", "INFO")
+        # CloudFormation invokes the framework asynchronously: Lambda's two automatic retries
+        # would run a migration again after a timeout; a failure is reported instead.
+        framework.configure_async_invoke(retry_attempts=0)
         function_alarms(Construct(self, "Framework"), framework, FRAMEWORK_TIMEOUT, alarm_topic)
         self.expand = self._resource("Expand", provider, fingerprint, "expand", stage)
         self.contract = self._resource("Contract", provider, fingerprint, "contract", stage)
@@ -110,6 +114,9 @@ class Migrations(Construct):
         return CustomResource(
             self, construct_id, service_token=provider.service_token,
             resource_type=RESOURCE_TYPE,
+            # CloudFormation's wait for an answer: the function's timeout and a margin, not
+            # the default hour, when an answer is lost
+            service_timeout=SERVICE_TIMEOUT,
             properties={**fingerprint.properties(phase), "Stage": stage.name})
 
     def run_before(self, construct: IConstruct) -> None:

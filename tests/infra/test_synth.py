@@ -416,3 +416,17 @@ def test_every_alarm_has_an_action_and_a_failed_contract_alarms(dev: Synth) -> N
     [metric] = dev.resources("api", "AWS::Logs::MetricFilter").values()
     assert metric["Properties"]["FilterPattern"] == '{ $.event = "contract_failed" }'
     assert contract["MetricName"] == metric["Properties"]["MetricTransformations"][0]["MetricName"]
+
+
+def test_migration_resources_answer_within_a_bound_and_never_retry(dev: Synth) -> None:
+    """ServiceTimeout below CloudFormation's default hour; no automatic retry of the
+    framework's asynchronous invocation (it would run a migration again)."""
+    for logical_id in _migration_resources(dev).values():
+        props = dev.templates["api"]["Resources"][logical_id]["Properties"]
+        assert 900 < int(props["ServiceTimeout"]) <= 1800, props.get("ServiceTimeout")
+    configs = dev.resources("api", "AWS::Lambda::EventInvokeConfig")
+    framework = next(k for k, v in dev.resources("api", "AWS::Lambda::Function").items()
+                     if v["Properties"].get("Handler") == "framework.onEvent")
+    assert any(c["Properties"]["MaximumRetryAttempts"] == 0
+               and c["Properties"]["FunctionName"] == {"Ref": framework}
+               for c in configs.values()), configs
