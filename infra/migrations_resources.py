@@ -9,6 +9,7 @@ from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
@@ -56,6 +57,7 @@ class Migrations(Construct):
             self, "Migrator",
             runtime=runtime, architecture=lambda_.Architecture.ARM_64,
             handler="infra.migrator.handler.handler", code=migrator_code(root, target),
+            function_name=f"{stage.prefix}-migrator",  # `svcmig remote --stage` finds it
             memory_size=1024, timeout=MIGRATOR_TIMEOUT,
             vpc=vpc, vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
             security_groups=[security_group],
@@ -72,6 +74,13 @@ class Migrations(Construct):
             },
             description=f"svcmig migrator ({stage.name}): applies migrations at deploy time",
         )
+        # `svcmig remote`: who may ask the migrator for status and repair (attach it to the
+        # operators' role or group); nothing else of the stage
+        self.operators = iam.ManagedPolicy(
+            self, "Operators", managed_policy_name=f"{stage.prefix}-migrator-operators",
+            description="svcmig remote: invoke the migrator for status and repair",
+            statements=[iam.PolicyStatement(actions=["lambda:InvokeFunction"],
+                                            resources=[self.function.function_arn])])
         master_secret.grant_read(self.function)
         for secret in app_secrets.values():
             secret.grant_read(self.function)

@@ -25,11 +25,13 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from migrations_runtime.engine.apply import RunSettings, migrate
+from migrations_runtime.engine.apply import RunSettings, migrate, read_plan
 from migrations_runtime.engine.errors import MigrationFailed, SvcmigError
 from migrations_runtime.engine.lockwait import LockPolicy
 from migrations_runtime.engine.manifest import MANIFEST_NAME, load_manifest
 from migrations_runtime.engine.plan import releases_behind
+from migrations_runtime.engine.repair import repair
+from migrations_runtime.engine.report import status_text
 from migrations_runtime.engine.validate import Graph, build_graph
 
 from .digest import migrations_digest
@@ -183,8 +185,45 @@ def _settings(context: Any) -> RunSettings:
                        statement_timeout_ms=int(usable * 1000) if in_lambda else None)
 
 
+REPAIR_ACTIONS = ("applied", "rolled-back", "accept-checksum")
+
+
+def operation(event: dict[str, Any]) -> dict[str, Any]:
+    """An operator's direct invocation (`svcmig remote`), never CloudFormation's: `status`, or
+    `repair` of one revision (`revision`, `action`), exactly what the local commands do, never
+    SQL. Who may invoke is IAM's decision (the stage's operators policy); each call is logged
+    with the caller the client names (CloudTrail records the real one). Returns what the local
+    command would print (`text`), `ok`, and for status the services and anomalies."""
+    name = event.get("operation")
+    log({"event": "operation", "operation": name, "caller": event.get("caller"),
+         "revision": event.get("revision"), "action": event.get("action")})
+    root = project_root()
+    try:
+        url = database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
+        if name == "status":
+            plan = read_plan(url, root, graph=load_graph(root))
+            return {"ok": not plan.errors, "text": status_text(plan),
+                    "services": [s.as_dict() for s in plan.services],
+                    "anomalies": [a.as_dict() for a in plan.anomalies]}
+        if name == "repair":
+            revision, action = event.get("revision"), event.get("action")
+            if not isinstance(revision, str) or action not in REPAIR_ACTIONS:
+                return {"ok": False, "text": "repair needs a revision and one of "
+                        f"{', '.join(REPAIR_ACTIONS)}"}
+            return {"ok": True, "text": repair(url, root, revision, action)}
+        return {"ok": False, "text": f"unknown operation {name!r}: use status or repair"}
+    except SvcmigError as err:
+        return {"ok": False, "text": cap_reason(str(err))}
+    except psycopg.Error as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        return {"ok": False, "text": f"database error: {first}"}
+
+
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Provider framework `on_event` entry point."""
+    """Provider framework `on_event` entry point, and operators' direct invocations
+    (`operation`)."""
+    if "operation" in event:
+        return operation(event)
     request = event["RequestType"]
     props = event.get("ResourceProperties", {})
     phase = props.get("Phase")

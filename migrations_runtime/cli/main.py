@@ -22,6 +22,7 @@ LAZY_COMMANDS = {
     "plan": "migrations_runtime.cli.authoring:plan_command",
     "check": "migrations_runtime.cli.authoring:check_command",
     "graph": "migrations_runtime.cli.authoring:graph_command",
+    "remote": "migrations_runtime.cli.remote:remote",
 }
 
 

@@ -3,6 +3,8 @@ Secrets Manager from moto."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -410,3 +412,56 @@ def test_in_lambda_no_statement_outlives_the_function() -> None:
     assert migrator._settings(Context(900_000)).statement_timeout_ms == 780_000
     assert migrator._settings(Context(130_000)).statement_timeout_ms == 10_000
     assert migrator._settings(None).statement_timeout_ms is None
+
+
+# `svcmig remote`: an operator repairs a dirty deploy through the migrator, without reaching
+# the database, from the alarm to green.
+def test_remote_status_and_repair_fix_a_dirty_state(project: Path, database_url: str,
+                                                    aws: dict[str, str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from migrations_runtime.cli import remote
+    from migrations_runtime.cli.main import cli
+
+    heads = code_heads(project)
+    migrator.handler(event("Create", "expand", heads))
+    with psycopg.connect(database_url, autocommit=True) as conn:  # a deploy left it dirty
+        conn.execute("UPDATE svcmig.schema_migrations SET state = 'dirty' "
+                     "WHERE revision = 'users_202611101415'")
+    invoked: list[tuple[str, dict[str, Any]]] = []
+
+    def invoke(name: str, payload: dict[str, Any]) -> dict[str, Any]:  # Lambda's sync invoke
+        invoked.append((name, payload))
+        with contextlib.redirect_stdout(io.StringIO()):  # the function's own log, in Lambda
+            answer = migrator.handler({**payload, "caller": "ops"})
+        return dict(json.loads(json.dumps(answer)))
+
+    monkeypatch.setattr(remote, "invoke", invoke)
+    runner = CliRunner()
+    status = runner.invoke(cli, ["remote", "--stage", "prod", "status"])
+    assert status.exit_code == 1 and "users_202611101415 is dirty" in status.output
+    assert invoked[0][0] == "svcmig-prod-migrator"
+    refused = runner.invoke(cli, ["remote", "--stage", "prod", "repair", "users_202611101415"])
+    assert refused.exit_code == 2
+    repaired = runner.invoke(cli, ["remote", "--stage", "prod", "repair", "users_202611101415",
+                                   "--applied"])
+    assert repaired.exit_code == 0, repaired.output
+    clean = runner.invoke(cli, ["remote", "--stage", "prod", "status", "--json"])
+    assert clean.exit_code == 0 and json.loads(clean.output)["anomalies"] == []
+    assert runner.invoke(cli, ["remote", "--stage", "nope", "status"]).exit_code == 2
+    # no SQL passthrough: anything but status and repair is refused
+    assert migrator.handler({"operation": "sql", "sql": "DROP TABLE users.users"}) == {
+        "ok": False, "text": "unknown operation 'sql': use status or repair"}
+    assert query(database_url, "SELECT to_regclass('users.users')") == [("users.users",)]
+
+
+def test_remote_names_a_missing_function_in_one_line(aws: dict[str, str]) -> None:
+    from click.testing import CliRunner
+
+    from migrations_runtime.cli.main import cli
+
+    done = CliRunner().invoke(cli, ["remote", "--stage", "preview-9", "status"])
+    assert done.exit_code == 1
+    assert "cannot invoke svcmig-preview-9-migrator" in done.output
+    assert "Traceback" not in done.output and done.output.count("\n") == 1
