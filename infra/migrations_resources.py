@@ -26,6 +26,7 @@ from .settings import StageSettings
 
 RESOURCE_TYPE = "Custom::SvcmigMigrations"
 SERVICE_TIMEOUT = Duration.minutes(20)
+OPERATIONS_TIMEOUT = Duration.minutes(5)
 FRAMEWORK_TIMEOUT = Duration.minutes(15)  # the Provider framework's own function
 MIGRATOR_TIMEOUT = Duration.minutes(15)  # Lambda's maximum; the handler keeps its own margin
 
@@ -51,40 +52,50 @@ class Migrations(Construct):
         super().__init__(scope, construct_id)
         removal = RemovalPolicy.RETAIN if stage.retain_data else RemovalPolicy.DESTROY
         retention = log_retention(stage.log_retention_days)
-        migrator_logs = logs.LogGroup(self, "MigratorLogs", retention=retention,
+        code = migrator_code(root, target)
+        environment = {
+            "SVCMIG_MASTER_SECRET_ARN": master_secret.secret_arn,
+            # The cluster's writer endpoint, never the proxy: advisory locks need a session.
+            "SVCMIG_DB_HOST": cluster.cluster_endpoint.hostname,
+            "SVCMIG_DB_PORT": cdk_token_port(cluster),
+            "SVCMIG_DB_SSLMODE": "require",
+            "SVCMIG_APP_SECRETS": Stack.of(self).to_json_string(
+                {name: s.secret_arn for name, s in sorted(app_secrets.items())}),
+        }
+
+        def migrator_function(construct_id: str, handler: str, name: str, timeout: Duration,
+                              description: str) -> tuple[lambda_.Function, logs.LogGroup]:
+            log_group = logs.LogGroup(self, f"{construct_id}Logs", retention=retention,
                                       removal_policy=removal)
-        self.function = lambda_.Function(
-            self, "Migrator",
-            runtime=runtime, architecture=lambda_.Architecture.ARM_64,
-            handler="infra.migrator.handler.handler", code=migrator_code(root, target),
-            function_name=f"{stage.prefix}-migrator",  # `svcmig remote --stage` finds it
-            memory_size=1024, timeout=MIGRATOR_TIMEOUT,
-            vpc=vpc, vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
-            security_groups=[security_group],
-            tracing=lambda_.Tracing.ACTIVE,
-            log_group=migrator_logs,
-            environment={
-                "SVCMIG_MASTER_SECRET_ARN": master_secret.secret_arn,
-                # The cluster's writer endpoint, never the proxy: advisory locks need a session.
-                "SVCMIG_DB_HOST": cluster.cluster_endpoint.hostname,
-                "SVCMIG_DB_PORT": cdk_token_port(cluster),
-                "SVCMIG_DB_SSLMODE": "require",
-                "SVCMIG_APP_SECRETS": Stack.of(self).to_json_string(
-                    {name: s.secret_arn for name, s in sorted(app_secrets.items())}),
-            },
-            description=f"svcmig migrator ({stage.name}): applies migrations at deploy time",
-        )
-        # `svcmig remote`: who may ask the migrator for status and repair (attach it to the
-        # operators' role or group); nothing else of the stage
+            function = lambda_.Function(
+                self, construct_id, runtime=runtime, architecture=lambda_.Architecture.ARM_64,
+                handler=handler, code=code, function_name=name, memory_size=1024,
+                timeout=timeout, vpc=vpc,
+                vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
+                security_groups=[security_group], tracing=lambda_.Tracing.ACTIVE,
+                log_group=log_group, environment=environment, description=description)
+            master_secret.grant_read(function)
+            for secret in app_secrets.values():
+                secret.grant_read(function)
+            function_alarms(Construct(self, f"{construct_id}Alarms"), function, timeout,
+                            alarm_topic)
+            return function, log_group
+
+        self.function, migrator_logs = migrator_function(
+            "Migrator", "infra.migrator.handler.handler", f"{stage.prefix}-migrator",
+            MIGRATOR_TIMEOUT, f"svcmig migrator ({stage.name}): applies migrations at deploy time")
+        # `svcmig remote`: status and repair, in a function of their own (the same code, another
+        # entry point that runs nothing else), which the operators' policy may invoke; the
+        # deploy's migrator is the Provider's alone
+        self.operations, _ = migrator_function(
+            "Operations", "infra.migrator.handler.operation_handler",
+            f"{stage.prefix}-migrator-operations", OPERATIONS_TIMEOUT,
+            f"svcmig remote ({stage.name}): status and repair for operators")
         self.operators = iam.ManagedPolicy(
             self, "Operators", managed_policy_name=f"{stage.prefix}-migrator-operators",
-            description="svcmig remote: invoke the migrator for status and repair",
+            description="svcmig remote: status and repair through the operations function",
             statements=[iam.PolicyStatement(actions=["lambda:InvokeFunction"],
-                                            resources=[self.function.function_arn])])
-        master_secret.grant_read(self.function)
-        for secret in app_secrets.values():
-            secret.grant_read(self.function)
-        function_alarms(self, self.function, MIGRATOR_TIMEOUT, alarm_topic)
+                                            resources=[self.operations.function_arn])])
         # A failed contract phase does not fail the deploy (see the handler): it says so here.
         failures = logs.MetricFilter(
             self, "ContractFailures", log_group=migrator_logs,

@@ -67,7 +67,8 @@ def acknowledge_api(stack: ApiStack) -> list[Ack]:
         f"AwsSolutions-IAM5[Resource::<{stack.get_logical_id(cfn_migrator)}.Arn>:*]",
         "The CDK Provider framework may invoke any version of the migrator function "
         "(`<arn>:*`); it is that one function only.")
-    functions = [migrator, *(s.function for s in stack.functions.values())]
+    functions = [migrator, stack.migrations.operations,
+                 *(s.function for s in stack.functions.values())]
     for fn in functions:
         _ack(fn, *MANAGED_ROLES, XRAY)
     provider = stack.migrations.node.find_child("Provider")

@@ -186,6 +186,7 @@ def _settings(context: Any) -> RunSettings:
 
 
 REPAIR_ACTIONS = ("applied", "rolled-back", "accept-checksum")
+OPERATION_LOCK_WAIT_SECONDS = 30.0  # well inside the client's wait (remote.INVOKE_READ_TIMEOUT)
 
 
 def operation(event: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +211,8 @@ def operation(event: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(revision, str) or action not in REPAIR_ACTIONS:
                 return {"ok": False, "text": "repair needs a revision and one of "
                         f"{', '.join(REPAIR_ACTIONS)}"}
-            return {"ok": True, "text": repair(url, root, revision, action)}
+            return {"ok": True, "text": repair(url, root, revision, action,
+                                               lock_wait_seconds=OPERATION_LOCK_WAIT_SECONDS)}
         return {"ok": False, "text": f"unknown operation {name!r}: use status or repair"}
     except SvcmigError as err:
         return {"ok": False, "text": cap_reason(str(err))}
@@ -219,11 +221,17 @@ def operation(event: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "text": f"database error: {first}"}
 
 
+def operation_handler(event: Any, context: Any = None) -> dict[str, Any]:
+    """The operations function's entry point (`svcmig remote`): `operation` only, whatever
+    the event looks like; the deploy's `handler` is another function, which only the Provider
+    framework may invoke."""
+    if not isinstance(event, dict):
+        return {"ok": False, "text": "an operation is a JSON object: {\"operation\": ...}"}
+    return operation(event)
+
+
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Provider framework `on_event` entry point, and operators' direct invocations
-    (`operation`)."""
-    if "operation" in event:
-        return operation(event)
+    """Provider framework `on_event` entry point."""
     request = event["RequestType"]
     props = event.get("ResourceProperties", {})
     phase = props.get("Phase")

@@ -1,8 +1,10 @@
 """`svcmig remote --stage STAGE status|repair`: the migrator of a deployed stage, for operators
 who cannot reach its database (isolated subnets, no bastion). The migrator function runs the
-same `status` and `repair` as the local commands (never SQL) and answers with what they would
-print. Invoking it needs the stage's operators policy (`svcmig-<stage>-migrator-operators`);
-boto3 (the `services` or `infra` extra) and the usual AWS credentials are used.
+same `status` and `repair` as the local commands (never SQL), on a function of its own
+(`svcmig-<stage>-migrator-operations`), and answers with what they would print; output and
+exit codes are the local commands'. Invoking it needs the stage's operators policy
+(`svcmig-<stage>-migrator-operators`); boto3 (the `services` or `infra` extra) and the usual
+AWS credentials are used.
 """
 
 from __future__ import annotations
@@ -16,38 +18,45 @@ import click
 
 from .common import EXIT_PROBLEM, EXIT_USAGE, fail, json_option
 
-STAGE_RE = re.compile(r"^(dev|prod|preview-[1-9][0-9]{0,5})$")
+STAGE_RE = re.compile(r"dev|prod|preview-[1-9][0-9]{0,5}")
+
+
+# The operations function's timeout is 5 minutes (its repair waits at most 30 s for the
+# migrator lock); one invocation, never retried: a retried repair would act twice.
+INVOKE_READ_TIMEOUT = 330
 
 
 def function_name(stage: str) -> str:
-    """The migrator function of `stage` (named so by infra/migrations_resources.py)."""
-    return f"svcmig-{stage}-migrator"
+    """The operations function of `stage` (named so by infra/migrations_resources.py)."""
+    return f"svcmig-{stage}-migrator-operations"
 
 
 def invoke(name: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Invoke the migrator synchronously; its answer, or a one-line error."""
+    """Invoke the operations function synchronously; its answer, or a one-line error."""
     try:
         import boto3
+        from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         fail("svcmig remote needs boto3: pip install 'svcmig[services]'", EXIT_USAGE)
     try:
         caller = boto3.client("sts").get_caller_identity()["Arn"]
-        answer = boto3.client("lambda").invoke(
-            FunctionName=name, Payload=json.dumps({**payload, "caller": caller}).encode())
+        client = boto3.client("lambda", config=Config(
+            read_timeout=INVOKE_READ_TIMEOUT, retries={"total_max_attempts": 1}))
+        answer = client.invoke(FunctionName=name,
+                               Payload=json.dumps({**payload, "caller": caller}).encode())
+        body = json.loads(answer["Payload"].read() or b"null")
     except (BotoCoreError, ClientError) as err:
         fail(f"cannot invoke {name}: {err}")
-    body = json.loads(answer["Payload"].read() or b"{}")
+    except ValueError:
+        fail(f"{name} answered something that is not JSON")
     if answer.get("FunctionError"):
-        fail(f"{name} failed: {body.get('errorMessage', body)}")
-    result: dict[str, Any] = body
-    return result
-
-
-def _show(result: dict[str, Any], as_json: bool) -> None:
-    click.echo(json.dumps(result, indent=2) if as_json else result.get("text", ""))
-    if not result.get("ok"):
-        sys.exit(EXIT_PROBLEM)
+        message = body.get("errorMessage", body) if isinstance(body, dict) else body
+        fail(f"{name} failed: {message}")
+    if not isinstance(body, dict) or "ok" not in body:
+        fail(f"{name} answered {str(body)[:200]!r}, not an svcmig answer: is the stage "
+             "deployed with this version of svcmig?")
+    return body
 
 
 @click.group("remote")
@@ -55,7 +64,7 @@ def _show(result: dict[str, Any], as_json: bool) -> None:
 @click.pass_context
 def remote(ctx: click.Context, stage: str) -> None:
     """Status and repair of a deployed stage, through its migrator function."""
-    if not STAGE_RE.match(stage):
+    if not STAGE_RE.fullmatch(stage):
         raise click.BadParameter("use dev, prod or preview-<number>", param_hint="--stage")
     ctx.obj = function_name(stage)
 
@@ -65,7 +74,13 @@ def remote(ctx: click.Context, stage: str) -> None:
 @click.pass_obj
 def remote_status(name: str, as_json: bool) -> None:
     """What `svcmig status` says of the stage's database. Exit 1 on errors."""
-    _show(invoke(name, {"operation": "status"}), as_json)
+    result = invoke(name, {"operation": "status"})
+    if "services" not in result:  # it could not read the database
+        fail(str(result.get("text")))
+    click.echo(json.dumps({"services": result["services"], "anomalies": result["anomalies"]},
+                          indent=2) if as_json else result["text"])
+    if not result["ok"]:
+        sys.exit(EXIT_PROBLEM)
 
 
 @remote.command("repair")
@@ -82,4 +97,8 @@ def remote_repair(name: str, revision: str, action: str | None, as_json: bool) -
     """What `svcmig repair` does, on the stage's database."""
     if action is None:
         raise click.UsageError("say what to do: --applied, --rolled-back or --accept-checksum")
-    _show(invoke(name, {"operation": "repair", "revision": revision, "action": action}), as_json)
+    result = invoke(name, {"operation": "repair", "revision": revision, "action": action})
+    if not result["ok"]:
+        fail(str(result.get("text")))
+    click.echo(json.dumps({"revision": revision, "action": action, "result": result["text"]},
+                          indent=2) if as_json else result["text"])

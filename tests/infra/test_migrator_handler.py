@@ -434,14 +434,14 @@ def test_remote_status_and_repair_fix_a_dirty_state(project: Path, database_url:
     def invoke(name: str, payload: dict[str, Any]) -> dict[str, Any]:  # Lambda's sync invoke
         invoked.append((name, payload))
         with contextlib.redirect_stdout(io.StringIO()):  # the function's own log, in Lambda
-            answer = migrator.handler({**payload, "caller": "ops"})
+            answer = migrator.operation_handler({**payload, "caller": "ops"})
         return dict(json.loads(json.dumps(answer)))
 
     monkeypatch.setattr(remote, "invoke", invoke)
     runner = CliRunner()
     status = runner.invoke(cli, ["remote", "--stage", "prod", "status"])
     assert status.exit_code == 1 and "users_202611101415 is dirty" in status.output
-    assert invoked[0][0] == "svcmig-prod-migrator"
+    assert invoked[0][0] == "svcmig-prod-migrator-operations"
     refused = runner.invoke(cli, ["remote", "--stage", "prod", "repair", "users_202611101415"])
     assert refused.exit_code == 2
     repaired = runner.invoke(cli, ["remote", "--stage", "prod", "repair", "users_202611101415",
@@ -450,9 +450,18 @@ def test_remote_status_and_repair_fix_a_dirty_state(project: Path, database_url:
     clean = runner.invoke(cli, ["remote", "--stage", "prod", "status", "--json"])
     assert clean.exit_code == 0 and json.loads(clean.output)["anomalies"] == []
     assert runner.invoke(cli, ["remote", "--stage", "nope", "status"]).exit_code == 2
-    # no SQL passthrough: anything but status and repair is refused
-    assert migrator.handler({"operation": "sql", "sql": "DROP TABLE users.users"}) == {
-        "ok": False, "text": "unknown operation 'sql': use status or repair"}
+    repaired_json = runner.invoke(cli, ["remote", "--stage", "prod", "repair",
+                                        "users_202611101415", "--applied", "--json"])
+    assert repaired_json.exit_code == 1  # not dirty any more: one line on stderr, as locally
+    assert repaired_json.stdout == "" and repaired_json.stderr.startswith("error: ")
+    # no SQL passthrough, and the operations function runs nothing else: not even an event
+    # shaped like CloudFormation's (the deploy's migrator is another function)
+    assert migrator.operation_handler({"operation": "sql", "sql": "DROP TABLE users.users"}) \
+        == {"ok": False, "text": "unknown operation 'sql': use status or repair"}
+    contract = {"RequestType": "Create", "ResourceProperties": {
+        "Phase": "contract", "MigrationsHash": digest(project), "CodeHeads": heads}}
+    assert migrator.operation_handler(contract)["ok"] is False
+    assert migrator.operation_handler(["operation"])["ok"] is False
     assert query(database_url, "SELECT to_regclass('users.users')") == [("users.users",)]
 
 
@@ -463,5 +472,5 @@ def test_remote_names_a_missing_function_in_one_line(aws: dict[str, str]) -> Non
 
     done = CliRunner().invoke(cli, ["remote", "--stage", "preview-9", "status"])
     assert done.exit_code == 1
-    assert "cannot invoke svcmig-preview-9-migrator" in done.output
+    assert "cannot invoke svcmig-preview-9-migrator-operations" in done.output
     assert "Traceback" not in done.output and done.output.count("\n") == 1

@@ -432,14 +432,15 @@ def test_migration_resources_answer_within_a_bound_and_never_retry(dev: Synth) -
                for c in configs.values()), configs
 
 
-def test_operators_may_only_invoke_the_migrator(dev: Synth) -> None:
+def test_operators_may_only_invoke_the_operations_function(dev: Synth) -> None:
     policies = {k: v["Properties"] for k, v in
                 dev.resources("api", "AWS::IAM::ManagedPolicy").items() if "Operators" in k}
     [policy] = policies.values()
     [statement] = policy["PolicyDocument"]["Statement"]
-    migrator = next(k for k, v in dev.resources("api", "AWS::Lambda::Function").items()
-                    if v["Properties"].get("Handler") == "infra.migrator.handler.handler")
+    functions = dev.resources("api", "AWS::Lambda::Function")
+    operations = next(k for k, v in functions.items() if v["Properties"].get("Handler")
+                      == "infra.migrator.handler.operation_handler")
     assert statement["Action"] == "lambda:InvokeFunction"
-    assert statement["Resource"] == {"Fn::GetAtt": [migrator, "Arn"]}
-    assert dev.resources("api", "AWS::Lambda::Function")[migrator]["Properties"][
-        "FunctionName"] == "svcmig-dev-migrator"
+    assert statement["Resource"] == {"Fn::GetAtt": [operations, "Arn"]}  # not the migrator's
+    assert functions[operations]["Properties"]["FunctionName"] == \
+        "svcmig-dev-migrator-operations"
