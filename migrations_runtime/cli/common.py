@@ -13,12 +13,14 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from ..engine.discover import find_project_root
 from ..engine.errors import SvcmigError, UsageProblem
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
@@ -62,3 +64,25 @@ def echo_json(data: object) -> None:
 database_url_option = click.option("--database-url", envvar=None, default=None,
                                    help=DATABASE_URL_HELP)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+
+
+def repair_action_options(command: F) -> F:
+    """`--applied | --rolled-back | --accept-checksum` into `action` (`svcmig repair` and
+    `svcmig remote repair`); `require_action` refuses none."""
+    for option in reversed((
+            click.option("--applied", "action", flag_value="applied",
+                         help="A dirty revision did finish: mark it applied."),
+            click.option("--rolled-back", "action", flag_value="rolled-back",
+                         help="A dirty revision left nothing behind (you cleaned up): run it "
+                              "again next time."),
+            click.option("--accept-checksum", "action", flag_value="accept-checksum",
+                         help="An applied file was edited cosmetically: record its new "
+                              "checksum."))):
+        command = option(command)
+    return command
+
+
+def require_action(action: str | None) -> str:
+    if action is None:
+        raise click.UsageError("say what to do: --applied, --rolled-back or --accept-checksum")
+    return action

@@ -27,6 +27,8 @@ from .common import (
     finite,
     json_option,
     project_root,
+    repair_action_options,
+    require_action,
     run,
 )
 
@@ -173,19 +175,13 @@ def baseline_command(targets: tuple[str, ...], database_url: str | None, as_json
 
 @click.command("repair")
 @click.argument("revision")
-@click.option("--applied", "action", flag_value="applied",
-              help="A dirty revision did finish: mark it applied.")
-@click.option("--rolled-back", "action", flag_value="rolled-back",
-              help="A dirty revision left nothing behind (you cleaned up): run it again next time.")
-@click.option("--accept-checksum", "action", flag_value="accept-checksum",
-              help="An applied file was edited cosmetically: record its new checksum.")
+@repair_action_options
 @database_url_option
 @json_option
 def repair_command(revision: str, action: str | None, database_url: str | None,
                    as_json: bool) -> None:
     """Settle a dirty or edited revision after checking the database by hand."""
-    if action is None:
-        raise click.UsageError("say what to do: --applied, --rolled-back or --accept-checksum")
+    action = require_action(action)
     root = project_root()
     url = run(lambda: resolve_url(database_url, root))
     done = run(lambda: repair(url, root, revision, action))  # type: ignore[arg-type]

@@ -16,7 +16,14 @@ from typing import Any
 
 import click
 
-from .common import EXIT_PROBLEM, EXIT_USAGE, fail, json_option
+from .common import (
+    EXIT_PROBLEM,
+    EXIT_USAGE,
+    fail,
+    json_option,
+    repair_action_options,
+    require_action,
+)
 
 STAGE_RE = re.compile(r"dev|prod|preview-[1-9][0-9]{0,5}")
 
@@ -85,18 +92,12 @@ def remote_status(name: str, as_json: bool) -> None:
 
 @remote.command("repair")
 @click.argument("revision")
-@click.option("--applied", "action", flag_value="applied",
-              help="A dirty revision did finish: mark it applied.")
-@click.option("--rolled-back", "action", flag_value="rolled-back",
-              help="A dirty revision left nothing behind: run it again next time.")
-@click.option("--accept-checksum", "action", flag_value="accept-checksum",
-              help="An applied revision was edited harmlessly: record its new checksum.")
+@repair_action_options
 @json_option
 @click.pass_obj
 def remote_repair(name: str, revision: str, action: str | None, as_json: bool) -> None:
     """What `svcmig repair` does, on the stage's database."""
-    if action is None:
-        raise click.UsageError("say what to do: --applied, --rolled-back or --accept-checksum")
+    action = require_action(action)
     result = invoke(name, {"operation": "repair", "revision": revision, "action": action})
     if not result["ok"]:
         fail(str(result.get("text")))
