@@ -116,6 +116,12 @@ def failure_reason(err: SvcmigError, root: Path) -> str:
     return cap_reason(reason)
 
 
+def database_error(err: Exception) -> str:
+    """A database error outside any revision, in one line."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+    return f"database error: {first}"
+
+
 def cap_reason(reason: str) -> str:
     """At most `MAX_REASON` characters (the start says what failed)."""
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
@@ -217,8 +223,7 @@ def operation(event: dict[str, Any]) -> dict[str, Any]:
     except SvcmigError as err:
         return {"ok": False, "text": cap_reason(str(err))}
     except psycopg.Error as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-        return {"ok": False, "text": f"database error: {first}"}
+        return {"ok": False, "text": database_error(err)}
 
 
 def operation_handler(event: Any, context: Any = None) -> dict[str, Any]:
@@ -276,8 +281,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         log({"event": "failed", "phase": phase, "reason": reason})
         raise MigrationError(reason) from err
     except psycopg.Error as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-        reason = f"database error: {first}"
+        reason = database_error(err)
         log({"event": "failed", "phase": phase, "reason": reason})
         raise MigrationError(reason) from err
     behind = releases_behind(graph, result.plan) if phase == "expand" else []
