@@ -924,6 +924,23 @@ def test_a_held_cursor_runs_nothing_at_commit(tmp_path: Path, database_url: str,
 # time, dynamic SQL, work re-deferred to COMMIT, a guessed token, its own token read from its
 # query text): it can write its own row only, once, the way the runner planned it. Postgres
 # decides (row-level security over the digests of svcmig.revision_tokens).
+def at_commit(body: str) -> str:
+    """A revision whose deferred trigger, when it runs (in the runner's `SET CONSTRAINTS ALL
+    IMMEDIATE`), defers again and queues a second trigger that runs `body` (plpgsql) at
+    COMMIT, after the ledger row."""
+    return ("CREATE TABLE users.ta (x int); CREATE TABLE users.tb (x int);\n"
+            "CREATE FUNCTION users.t1() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "SET CONSTRAINTS ALL DEFERRED; INSERT INTO users.tb VALUES (1); RETURN NULL; "
+            "END $$;\n"
+            f"CREATE FUNCTION users.t2() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} "
+            "END $$;\n"
+            "CREATE CONSTRAINT TRIGGER c1 AFTER INSERT ON users.ta DEFERRABLE INITIALLY "
+            "DEFERRED FOR EACH ROW EXECUTE FUNCTION users.t1();\n"
+            "CREATE CONSTRAINT TRIGGER c2 AFTER INSERT ON users.tb DEFERRABLE INITIALLY "
+            "DEFERRED FOR EACH ROW EXECUTE FUNCTION users.t2();\n"
+            "INSERT INTO users.ta VALUES (1);\n")
+
+
 INSERT_ROW = ("INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, "
               "state, applied_by) ")
 OWN_TOKEN = ("DO $$ DECLARE t text := substring(current_query() FROM "
@@ -948,18 +965,9 @@ LEDGER_REACHES = {
         + "SELECT %L, ''users'', ''x'', checksum, ''expand'', ''applied'', ''x'' "
         "FROM svcmig.revision_tokens WHERE revision = %L', 'users_202602010000', "
         "'users_202602010000'); END $$;"),
-    "delete-own-row-at-commit": (
-        "CREATE TABLE users.ta (x int); CREATE TABLE users.tb (x int);\n"
-        "CREATE FUNCTION users.t1() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "SET CONSTRAINTS ALL DEFERRED; INSERT INTO users.tb VALUES (1); RETURN NULL; END $$;\n"
-        "CREATE FUNCTION users.t2() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "delete-own-row-at-commit": at_commit(
         "DELETE FROM svcmig.schema_migrations WHERE revision = 'users_202602010000'; "
-        "RETURN NULL; END $$;\n"
-        "CREATE CONSTRAINT TRIGGER c1 AFTER INSERT ON users.ta DEFERRABLE INITIALLY DEFERRED "
-        "FOR EACH ROW EXECUTE FUNCTION users.t1();\n"
-        "CREATE CONSTRAINT TRIGGER c2 AFTER INSERT ON users.tb DEFERRABLE INITIALLY DEFERRED "
-        "FOR EACH ROW EXECUTE FUNCTION users.t2();\n"
-        "INSERT INTO users.ta VALUES (1);\n"),
+        "RETURN NULL;"),
 }
 
 
@@ -1211,16 +1219,7 @@ def test_an_error_at_commit_fails_the_revision_without_marking_it_dirty(
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
     add(root, "users", "2026-02-01T0000",
-        "CREATE TABLE users.ta (x int); CREATE TABLE users.tb (x int);\n"
-        "CREATE FUNCTION users.t1() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "SET CONSTRAINTS ALL DEFERRED; INSERT INTO users.tb VALUES (1); RETURN NULL; END $$;\n"
-        "CREATE FUNCTION users.t2() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "RAISE EXCEPTION 'late' USING ERRCODE = '42501'; END $$;\n"
-        "CREATE CONSTRAINT TRIGGER c1 AFTER INSERT ON users.ta DEFERRABLE INITIALLY DEFERRED "
-        "FOR EACH ROW EXECUTE FUNCTION users.t1();\n"
-        "CREATE CONSTRAINT TRIGGER c2 AFTER INSERT ON users.tb DEFERRABLE INITIALLY DEFERRED "
-        "FOR EACH ROW EXECUTE FUNCTION users.t2();\n"
-        "INSERT INTO users.ta VALUES (1);\n")
+        at_commit("RAISE EXCEPTION 'late' USING ERRCODE = '42501';"))
     with pytest.raises(MigrationFailed) as caught:
         migrate(database_url, root, **QUIET)
     assert "dirty" not in str(caught.value)
