@@ -121,6 +121,29 @@ def test_runtime_error_rolls_back_the_whole_revision(tmp_path: Path, database_ur
     assert lock_is_free(database_url)
 
 
+@pytest.mark.parametrize("header", ["", "-- migrate:no-transaction\n"],
+                         ids=["transactional", "no-transaction"])
+def test_no_statement_outlives_the_run_deadline(tmp_path: Path, database_url: str,
+                                                header: str) -> None:
+    """Kind: a run with a deadline (a deploy's worker is stopped then). Each revision's
+    statements get at most the time left when it starts, whichever revision it is: the run
+    fails cleanly, in time, with the revision rolled back or marked dirty and the lock free."""
+    root = write_project(tmp_path, {"shop": five_revisions(
+        f"{header}CREATE TABLE three (id int);\nSELECT pg_sleep(5);\n")})
+    started = time.monotonic()
+    with pytest.raises(MigrationFailed, match="statement timeout"):
+        migrate(database_url, root, log=lambda _: None,
+                settings=RunSettings(deadline=time.monotonic() + 1.5))
+    assert time.monotonic() - started < 4
+    assert versions(database_url) == {"shop_202601020000"}
+    assert ledger(database_url).get("shop_202601030000") == (None if not header else "dirty")
+    assert lock_is_free(database_url)
+    # the setting bounds it too, and the tighter of the two wins
+    assert RunSettings(statement_timeout_ms=500,
+                       deadline=time.monotonic() + 60).statement_timeout_now() == 500
+    assert RunSettings(deadline=time.monotonic() - 5).statement_timeout_now() == 1000
+
+
 def test_python_revision_error_names_its_line(tmp_path: Path, database_url: str) -> None:
     root = write_project(tmp_path, {"shop": {
         "2026-01-01T0000__shop__one.sql": "CREATE TABLE one (id int);",

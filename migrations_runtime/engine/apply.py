@@ -79,11 +79,23 @@ class RunSettings:
     lock: LockPolicy = field(default_factory=LockPolicy)  # for the tables a revision locks
     # Per statement of a revision; None: no limit beyond the server's own setting.
     statement_timeout_ms: int | None = None
+    # When the run must be over (a `time.monotonic()` instant; a deploy's worker is stopped
+    # then): each revision's `statement_timeout` is at most the time left when it starts.
+    deadline: float | None = None
     # A frozen migrator's revision session (idle in a transaction) and its lock session (idle,
     # no heartbeat) end after this long, so their locks go with them.
     idle_timeout_ms: int = DEFAULT_IDLE_IN_TRANSACTION_MS
     # A strong lock on a pre-existing table held longer than this is a `long_lock_hold` warning.
     long_hold_ms: int = 1000
+
+    def statement_timeout_now(self) -> int | None:
+        """`statement_timeout` (ms) for a revision starting now: `statement_timeout_ms`,
+        bounded by the time left before `deadline` (at least 1 s, so the server still names
+        the statement it cancels)."""
+        if self.deadline is None:
+            return self.statement_timeout_ms
+        left = max(1000, int((self.deadline - time.monotonic()) * 1000))
+        return left if self.statement_timeout_ms is None else min(left, self.statement_timeout_ms)
 
 
 def _python_error_line(err: BaseException, path: Path) -> int | None:
@@ -400,7 +412,7 @@ class Runner:
         and, when set, statement_timeout; a transactional revision's transaction starts here."""
         return "; ".join([*([BEGIN] if transactional else []), *enter_service_sql(
             service_of(revision), transactional, self._timeout_ms,
-            self.settings.statement_timeout_ms)])
+            self.settings.statement_timeout_now())])
 
     def _finish(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                 started: float, transactional: bool,
