@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import jsii
-from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling, Stack, Stage
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
 
 from migrations_runtime.engine.manifest import MANIFEST_NAME, write_manifest
 
@@ -39,6 +42,8 @@ COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 # `op` (a dependency), not through svcmig's Alembic adapter, which serves the stock `alembic`
 # command on developer machines along with the guard, the tools, the CLI and the dev server.
 MIGRATOR_PACKAGES = ("engine",)
+# infra/migrator's files in the bundle: the Lambda entry points, the worker's, their helpers.
+ENTRY_POINT_FILES = ("handler.py", "digest.py", "runs.py", "task.py")
 # The framework's own code and dependency list come from this checkout; the services (and their
 # migrations and alembic.ini) from the project root being deployed, which tests point elsewhere.
 REPO = Path(__file__).resolve().parents[1]
@@ -132,12 +137,11 @@ def asset_code(root: Path, name: str, recipe: Callable[[Path], None], inputs: li
 def migrator_requirements() -> list[str]:
     """The project's runtime dependencies (pyproject.toml), minus developer-only ones."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = []
-    for requirement in project["dependencies"]:
-        name = requirement.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip()
-        if name.lower() not in MIGRATOR_EXCLUDED:
-            wanted.append(requirement)
-    return wanted
+    return [r for r in project["dependencies"] if _requirement_name(r) not in MIGRATOR_EXCLUDED]
+
+
+def _requirement_name(requirement: str) -> str:
+    return requirement.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -148,13 +152,15 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def migrator_code(root: Path, target: Target) -> lambda_.Code:
-    """The deploy path of migrations_runtime (`MIGRATOR_PACKAGES`) + every service's migrations +
-    alembic.ini + the build-time manifest + the handler, with the engine's dependencies for the
-    target platform."""
-    requirements = migrator_requirements()
-    handler = Path(__file__).parent / "migrator" / "handler.py"
-    digest = Path(__file__).parent / "migrator" / "digest.py"
+def migrator_bundle(root: Path, target: Target, extra_requirements: tuple[str, ...] = ()
+                    ) -> tuple[Callable[[Path], None], list[Path], list[str]]:
+    """(recipe, inputs, requirements) of the migrator's bundle: the deploy path of
+    migrations_runtime (`MIGRATOR_PACKAGES`) + every service's migrations + alembic.ini + the
+    build-time manifest + the migrator's entry points, with the engine's dependencies (and
+    `extra_requirements`) for the target platform."""
+    requirements = [*migrator_requirements(), *extra_requirements]
+    migrator = Path(__file__).parent / "migrator"
+    entry_points = [migrator / name for name in ENTRY_POINT_FILES]
     migrations = sorted(p for p in (root / "services").glob("*/migrations") if p.is_dir())
     package = REPO / "migrations_runtime"
     shipped = [package / "__init__.py", *(package / name for name in MIGRATOR_PACKAGES)]
@@ -169,17 +175,71 @@ def migrator_code(root: Path, target: Target) -> lambda_.Code:
         (out / "infra" / "migrator").mkdir(parents=True)
         (out / "infra" / "__init__.py").write_text("")
         (out / "infra" / "migrator" / "__init__.py").write_text("")
-        _copy(handler, out / "infra" / "migrator" / "handler.py")
-        _copy(digest, out / "infra" / "migrator" / "digest.py")
+        for path in entry_points:
+            _copy(path, out / "infra" / "migrator" / path.name)
         (out / DIGEST_FILE).write_text(migrations_digest(out))
         write_manifest(out, out / MANIFEST_NAME)
         compile_bytecode(out, target)
 
     inputs = [package / "__init__.py", *(f for name in MIGRATOR_PACKAGES
                                          for f in _tree(package / name)),
-              root / "alembic.ini", handler, digest,
+              root / "alembic.ini", *entry_points,
               *(f for folder in migrations for f in _tree(folder))]
+    return recipe, inputs, requirements
+
+
+def migrator_code(root: Path, target: Target) -> lambda_.Code:
+    """The migrator's bundle as a Lambda asset (the migrator, the poller, operations)."""
+    recipe, inputs, requirements = migrator_bundle(root, target)
     return asset_code(root, "migrator", recipe, inputs, requirements, target)
+
+
+WORKER_DOCKERFILE = """\
+# svcmig's migration worker: the migrator Lambda's own bundle (built on the synth machine by
+# infra/bundling.py) on the CPython the Lambda runs, started by the migrator for each run.
+FROM --platform=linux/arm64 python:{python}-slim
+COPY bundle/ /var/task/
+ENV PYTHONPATH=/var/task SVCMIG_PROJECT_ROOT=/var/task PYTHONUNBUFFERED=1
+RUN python -m compileall -q -j 0 --invalidation-mode unchecked-hash /var/task
+USER 65534
+ENTRYPOINT ["python", "-m", "infra.migrator.task"]
+"""
+
+
+def worker_image(scope: Construct, root: Path, target: Target) -> ecs.ContainerImage:
+    """The worker task's image: the migrator's bundle (with boto3, which Lambda's runtime
+    provides and python:slim does not) and `WORKER_DOCKERFILE`, staged under the app's outdir;
+    `cdk deploy` builds it (Docker or a compatible builder on the deploying machine). When the
+    stack skips bundling (fast synths), the bundle folder stays empty: a placeholder."""
+    recipe, inputs, requirements = migrator_bundle(root, target, (_infra_requirement("boto3"),))
+    digest = hashlib.sha256(f"worker|{RECIPE_VERSION}|{target.key}|".encode())
+    digest.update("\n".join(requirements).encode())
+    digest.update(files_digest((root, REPO), inputs).encode())
+    bundling = Stack.of(scope).bundling_required
+    stage = Stage.of(scope)
+    outdir = Path(stage.outdir) if stage else Path("cdk.out")
+    folder = outdir / f"svcmig-worker-{digest.hexdigest()[:20]}"
+    if not (folder / "Dockerfile").is_file() or (bundling and not (folder / "bundle").is_dir()):
+        shutil.rmtree(folder, ignore_errors=True)
+        staging = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if bundling:
+            recipe(staging / "bundle")
+        else:
+            (staging / "bundle").mkdir()
+        (staging / "Dockerfile").write_text(WORKER_DOCKERFILE.format(python=target.python))
+        staging.rename(folder)
+    return ecs.ContainerImage.from_asset(str(folder), platform=ecr_assets.Platform.LINUX_ARM64)
+
+
+def _infra_requirement(name: str) -> str:
+    """`name`'s requirement as the project's `infra` extra spells it (with its version)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for requirement in project["optional-dependencies"]["infra"]:
+        if _requirement_name(requirement) == name:
+            return str(requirement)
+    raise ValueError(f"pyproject.toml's infra extra has no {name}")
 
 
 def service_code(root: Path, spec: ServiceSpec, target: Target) -> lambda_.Code:

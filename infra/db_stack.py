@@ -35,6 +35,9 @@ def log_retention(days: int) -> logs.RetentionDays:
     return retention
 
 
+INTERFACE_ENDPOINTS = ("SecretsManager", "XRay", "Ecs", "Ecr", "EcrDocker", "Logs")
+
+
 class DbStack(Stack):
     """VPC with flow logs and no internet route (interface endpoints for AWS APIs), the Aurora
     cluster, the master secret (rotated), one secret per service's `<service>_app` role
@@ -53,11 +56,16 @@ class DbStack(Stack):
             stage.log_retention_days), removal_policy=removal)
         self.vpc.add_flow_log("FlowLog", destination=ec2.FlowLogDestination.to_cloud_watch_logs(
             flow_logs), traffic_type=ec2.FlowLogTrafficType.ALL)
-        # Functions reach Secrets Manager and X-Ray without a NAT gateway.
+        # Functions and the migration worker reach AWS APIs without a NAT gateway: secrets and
+        # traces; the worker's image (ECR, its layers in S3), its logs, and ECS for the
+        # migrator that starts and watches it.
         endpoints = ec2.InterfaceVpcEndpointAwsService
-        for name, service in (("SecretsManager", endpoints.SECRETS_MANAGER),
-                              ("XRay", endpoints.XRAY)):
-            self.vpc.add_interface_endpoint(name, service=service)
+        services = {"SecretsManager": endpoints.SECRETS_MANAGER, "XRay": endpoints.XRAY,
+                    "Ecs": endpoints.ECS, "Ecr": endpoints.ECR, "EcrDocker": endpoints.ECR_DOCKER,
+                    "Logs": endpoints.CLOUDWATCH_LOGS}
+        for name in INTERFACE_ENDPOINTS:
+            self.vpc.add_interface_endpoint(name, service=services[name])
+        self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
 
         self.app_security_group = ec2.SecurityGroup(
             self, "AppFunctions", vpc=self.vpc, description="svcmig app functions")

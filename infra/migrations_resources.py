@@ -9,26 +9,31 @@ from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct
 
 from .alarms import function_alarms
-from .bundling import Target, migrator_code
+from .bundling import Target, migrator_code, worker_image
 from .db_stack import log_retention
 from .fingerprint import MigrationsFingerprint
 from .settings import StageSettings
 
 RESOURCE_TYPE = "Custom::SvcmigMigrations"
-SERVICE_TIMEOUT = Duration.minutes(20)
 OPERATIONS_TIMEOUT = Duration.minutes(5)
 FRAMEWORK_TIMEOUT = Duration.minutes(15)  # the Provider framework's own function
-MIGRATOR_TIMEOUT = Duration.minutes(15)  # Lambda's maximum; the handler keeps its own margin
+STARTER_TIMEOUT = Duration.minutes(1)  # on_event starts a task; is_complete reads a row
+WORKER_CONTAINER = "worker"
+POLL_INTERVAL = Duration.seconds(20)
+START_ALLOWANCE = Duration.minutes(4)  # Fargate's start (image pull) before the run's budget
+ANSWER_ALLOWANCE = Duration.minutes(2)  # the last poll and the framework's answer
 
 
 def cdk_token_port(cluster: rds.DatabaseCluster) -> str:
@@ -53,44 +58,83 @@ class Migrations(Construct):
         removal = RemovalPolicy.RETAIN if stage.retain_data else RemovalPolicy.DESTROY
         retention = log_retention(stage.log_retention_days)
         code = migrator_code(root, target)
-        environment = {
+        database = {
             "SVCMIG_MASTER_SECRET_ARN": master_secret.secret_arn,
             # The cluster's writer endpoint, never the proxy: advisory locks need a session.
             "SVCMIG_DB_HOST": cluster.cluster_endpoint.hostname,
             "SVCMIG_DB_PORT": cdk_token_port(cluster),
             "SVCMIG_DB_SSLMODE": "require",
-            "SVCMIG_APP_SECRETS": Stack.of(self).to_json_string(
-                {name: s.secret_arn for name, s in sorted(app_secrets.items())}),
         }
+        isolated = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+
+        # The worker: the migrator's bundle in a Fargate task, one per run, where a migration
+        # has the custom resource's whole time instead of Lambda's 15 minutes.
+        workers = ecs.Cluster(self, "Workers", vpc=vpc,
+                              container_insights_v2=ecs.ContainerInsights.ENABLED)
+        worker = ecs.FargateTaskDefinition(
+            self, "Worker", cpu=1024, memory_limit_mib=2048,
+            runtime_platform=ecs.RuntimePlatform(
+                cpu_architecture=ecs.CpuArchitecture.ARM64,
+                operating_system_family=ecs.OperatingSystemFamily.LINUX))
+        worker_logs = logs.LogGroup(self, "WorkerLogs", retention=retention,
+                                    removal_policy=removal)
+        worker.add_container(
+            WORKER_CONTAINER, image=worker_image(self, root, target),
+            logging=ecs.LogDrivers.aws_logs(stream_prefix="run", log_group=worker_logs),
+            readonly_root_filesystem=True,
+            environment={**database, "SVCMIG_APP_SECRETS": Stack.of(self).to_json_string(
+                {name: s.secret_arn for name, s in sorted(app_secrets.items())})})
+        master_secret.grant_read(worker.task_role)
+        for secret in app_secrets.values():
+            secret.grant_read(worker.task_role)
+        budget = Duration.minutes(stage.migration_timeout_minutes)
 
         def migrator_function(construct_id: str, handler: str, name: str, timeout: Duration,
-                              description: str) -> tuple[lambda_.Function, logs.LogGroup]:
+                              description: str, environment: dict[str, str]
+                              ) -> tuple[lambda_.Function, logs.LogGroup]:
             log_group = logs.LogGroup(self, f"{construct_id}Logs", retention=retention,
                                       removal_policy=removal)
             function = lambda_.Function(
                 self, construct_id, runtime=runtime, architecture=lambda_.Architecture.ARM_64,
                 handler=handler, code=code, function_name=name, memory_size=1024,
-                timeout=timeout, vpc=vpc,
-                vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
+                timeout=timeout, vpc=vpc, vpc_subnets=isolated,
                 security_groups=[security_group], tracing=lambda_.Tracing.ACTIVE,
                 log_group=log_group, environment=environment, description=description)
-            master_secret.grant_read(function)
-            for secret in app_secrets.values():
-                secret.grant_read(function)
             function_alarms(Construct(self, f"{construct_id}Alarms"), function, timeout,
                             alarm_topic)
             return function, log_group
 
-        self.function, migrator_logs = migrator_function(
+        # on_event: decides what the event asks and starts the worker; no database access
+        self.function, _ = migrator_function(
             "Migrator", "infra.migrator.handler.handler", f"{stage.prefix}-migrator",
-            MIGRATOR_TIMEOUT, f"svcmig migrator ({stage.name}): applies migrations at deploy time")
+            STARTER_TIMEOUT, f"svcmig migrator ({stage.name}): starts a deploy's migration run",
+            {"SVCMIG_WORKER": Stack.of(self).to_json_string({
+                "cluster": workers.cluster_arn, "task_definition": worker.task_definition_arn,
+                "container": WORKER_CONTAINER,
+                "subnets": vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+                .subnet_ids,
+                "security_groups": [security_group.security_group_id],
+                "budget_seconds": budget.to_seconds()})})
+        worker.grant_run(self.function)
+        # is_complete: reads the run's record and watches (or stops) its task
+        self.progress, _ = migrator_function(
+            "Progress", "infra.migrator.handler.is_complete_handler",
+            f"{stage.prefix}-migrator-progress", STARTER_TIMEOUT,
+            f"svcmig migrator ({stage.name}): reports a migration run's end", database)
+        master_secret.grant_read(self.progress)
+        self.progress.add_to_role_policy(iam.PolicyStatement(
+            actions=["ecs:DescribeTasks", "ecs:StopTask"],
+            resources=[Stack.of(self).format_arn(
+                service="ecs", resource="task", resource_name=f"{workers.cluster_name}/*")],
+            conditions={"ArnEquals": {"ecs:cluster": workers.cluster_arn}}))
         # `svcmig remote`: status and repair, in a function of their own (the same code, another
         # entry point that runs nothing else), which the operators' policy may invoke; the
         # deploy's migrator is the Provider's alone
         self.operations, _ = migrator_function(
             "Operations", "infra.migrator.handler.operation_handler",
             f"{stage.prefix}-migrator-operations", OPERATIONS_TIMEOUT,
-            f"svcmig remote ({stage.name}): status and repair for operators")
+            f"svcmig remote ({stage.name}): status and repair for operators", database)
+        master_secret.grant_read(self.operations)
         self.operators = iam.ManagedPolicy(
             self, "Operators", managed_policy_name=f"{stage.prefix}-migrator-operators",
             description="svcmig remote: status and repair through the operations function",
@@ -98,7 +142,7 @@ class Migrations(Construct):
                                             resources=[self.operations.function_arn])])
         # A failed contract phase does not fail the deploy (see the handler): it says so here.
         failures = logs.MetricFilter(
-            self, "ContractFailures", log_group=migrator_logs,
+            self, "ContractFailures", log_group=worker_logs,
             filter_pattern=logs.FilterPattern.string_value("$.event", "=", "contract_failed"),
             metric_namespace="svcmig", metric_name=f"ContractFailures-{stage.name}",
             metric_value="1", default_value=0)
@@ -111,8 +155,15 @@ class Migrations(Construct):
         contract_alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
         provider = cr.Provider(
             self, "Provider", on_event_handler=self.function,
+            is_complete_handler=self.progress, query_interval=POLL_INTERVAL,
+            total_timeout=budget.plus(START_ALLOWANCE),
             log_group=logs.LogGroup(self, "ProviderLogs", retention=retention,
-                                    removal_policy=removal))
+                                    removal_policy=removal),
+            waiter_state_machine_log_options=cr.LogOptions(
+                destination=logs.LogGroup(self, "WaiterLogs", retention=retention,
+                                          removal_policy=removal),
+                level=sfn.LogLevel.ERROR))
+        self.service_timeout = budget.plus(START_ALLOWANCE).plus(ANSWER_ALLOWANCE)
         # The Provider framework's own function logs at FATAL by default: its INFO lines say
         # which event it handled and why a resource failed. It gets the same alarms.
         framework = provider.node.find_child("framework-onEvent")
@@ -134,9 +185,9 @@ class Migrations(Construct):
         return CustomResource(
             self, construct_id, service_token=provider.service_token,
             resource_type=RESOURCE_TYPE,
-            # CloudFormation's wait for an answer: the function's timeout and a margin, not
-            # the default hour, when an answer is lost
-            service_timeout=SERVICE_TIMEOUT,
+            # CloudFormation's wait for an answer: the run's budget and margins, not the
+            # default hour, when an answer is lost
+            service_timeout=self.service_timeout,
             properties={**fingerprint.properties(phase), "Stage": stage.name})
 
     def run_before(self, construct: IConstruct) -> None:

@@ -14,7 +14,7 @@ from cdk_nag import AwsSolutionsChecks
 from constructs import IConstruct
 
 from .api_stack import ApiStack
-from .db_stack import DbStack
+from .db_stack import INTERFACE_ENDPOINTS, DbStack
 
 BASIC_ROLE = ("AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
               "AWSLambdaBasicExecutionRole]")
@@ -37,6 +37,17 @@ MANAGED_ROLES = [
 XRAY = Ack("AwsSolutions-IAM5[Resource::*]", "xray:PutTraceSegments/PutTelemetryRecords for "
            "active tracing: X-Ray has no resource-level permissions. Secrets and rds-db:connect "
            "are granted on exact ARNs (tests/infra asserts it).")
+WORKER_ENVIRONMENT = Ack("AwsSolutions-ECS2", "The worker's environment holds secret ARNs and "
+                         "the cluster's host name, no secret: the worker reads the secrets "
+                         "itself when it runs.")
+ECR_TOKEN = Ack("AwsSolutions-IAM5[Resource::*]", "ecr:GetAuthorizationToken for pulling the "
+                "worker's image has no resource-level permissions; the pull itself is granted "
+                "on the image's repository only.")
+WAITER_LOGS = Ack("AwsSolutions-SF1", "The Provider's waiter logs errors: ALL would log every "
+                  "poll (every 20 s, each with the resource's properties) for a whole run.")
+WAITER_TRACING = Ack("AwsSolutions-SF2", "The CDK Provider's waiter state machine has no "
+                     "tracing option; the two functions it invokes (framework and poller) are "
+                     "traced.")
 ENDPOINT_SG = Ack("AwsSolutions-EC23", "The interface endpoint's security group admits HTTPS "
                   "from the VPC's own CIDR (a token, hence the rule's evaluation error); nothing "
                   "outside the VPC can reach it.")
@@ -50,7 +61,7 @@ def _ack(scope: IConstruct, *acks: Ack) -> None:
 
 
 def acknowledge_db(stack: DbStack) -> list[Ack]:
-    endpoints = [stack.vpc.node.find_child(name) for name in ("SecretsManager", "XRay")]
+    endpoints = [stack.vpc.node.find_child(name) for name in INTERFACE_ENDPOINTS]
     for endpoint in endpoints:
         _ack(endpoint, ENDPOINT_SG)
     if not stack.deletion_protected:
@@ -60,20 +71,35 @@ def acknowledge_db(stack: DbStack) -> list[Ack]:
 
 
 def acknowledge_api(stack: ApiStack) -> list[Ack]:
-    migrator = stack.migrations.function
-    cfn_migrator = migrator.node.default_child
-    assert isinstance(cfn_migrator, CfnElement)
-    versions = Ack(
-        f"AwsSolutions-IAM5[Resource::<{stack.get_logical_id(cfn_migrator)}.Arn>:*]",
-        "The CDK Provider framework may invoke any version of the migrator function "
-        "(`<arn>:*`); it is that one function only.")
-    functions = [migrator, stack.migrations.operations,
+    migrations = stack.migrations
+    provider = migrations.node.find_child("Provider")
+
+    def versions(function: IConstruct) -> Ack:
+        cfn = function.node.default_child
+        assert isinstance(cfn, CfnElement)
+        return Ack(f"AwsSolutions-IAM5[Resource::<{stack.get_logical_id(cfn)}.Arn>:*]",
+                   "The CDK Provider framework may invoke any version of this function "
+                   "(`<arn>:*`); it is that one function only.")
+
+    functions = [migrations.function, migrations.progress, migrations.operations,
                  *(s.function for s in stack.functions.values())]
     for fn in functions:
         _ack(fn, *MANAGED_ROLES, XRAY)
-    provider = stack.migrations.node.find_child("Provider")
-    _ack(provider, MANAGED_ROLES[0], versions)
-    return [*MANAGED_ROLES, XRAY, versions, *_acknowledge_uploads(stack)]
+    invoked = [versions(migrations.function), versions(migrations.progress),
+               *(versions(provider.node.find_child(name))
+                 for name in ("framework-isComplete", "framework-onTimeout"))]
+    _ack(provider, MANAGED_ROLES[0], *invoked, WAITER_LOGS, WAITER_TRACING)
+    workers = migrations.node.find_child("Workers").node.default_child
+    assert isinstance(workers, CfnElement)
+    tasks = Ack(
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ecs:<AWS::Region>:<AWS::AccountId>:"
+        f"task/<{stack.get_logical_id(workers)}>/*]",
+        "ecs:DescribeTasks and ecs:StopTask on the tasks of the migration workers' own "
+        "cluster (with an ecs:cluster condition): each run's task ID is made when it starts.")
+    _ack(migrations.progress, tasks)
+    _ack(migrations.node.find_child("Worker"), ECR_TOKEN, WORKER_ENVIRONMENT)
+    return [*MANAGED_ROLES, XRAY, *invoked, WAITER_LOGS, WAITER_TRACING, tasks, ECR_TOKEN,
+            WORKER_ENVIRONMENT, *_acknowledge_uploads(stack)]
 
 
 def _acknowledge_uploads(stack: ApiStack) -> list[Ack]:

@@ -9,6 +9,7 @@ from typing import Any
 
 STAGE_RE = re.compile(r"^(dev|prod|preview-[0-9]{1,6})$")
 STAGES_KEY = "svcmig:stages"
+MIN_RUN_MINUTES, MAX_RUN_MINUTES = 5, 50
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class StageSettings:
     alarm_emails: tuple[str, ...] = ()
     latency_p99_alarm_ms: int = 3000  # per route
     connections_alarm: int = 400  # database connections on the writer
+    # A deploy's migration run (each phase), from its start to the point its worker is stopped.
+    # CloudFormation waits at most an hour for a custom resource; start and answer margins
+    # (6 min) come on top, hence the 50-minute cap.
+    migration_timeout_minutes: int = 30
 
     @property
     def kind(self) -> str:
@@ -60,4 +65,9 @@ def stage_settings(context: dict[str, Any] | Any, stage: str) -> StageSettings:
     if not isinstance(emails, list) or not all(isinstance(e, str) and "@" in e for e in emails):
         raise ValueError(f"{STAGES_KEY}.{kind}.alarm_emails: a list of email addresses")
     values["alarm_emails"] = tuple(emails)
+    minutes = values.get("migration_timeout_minutes", 30)
+    if not isinstance(minutes, int) or not MIN_RUN_MINUTES <= minutes <= MAX_RUN_MINUTES:
+        raise ValueError(f"{STAGES_KEY}.{kind}.migration_timeout_minutes: whole minutes from "
+                         f"{MIN_RUN_MINUTES} to {MAX_RUN_MINUTES} (CloudFormation waits at most "
+                         "an hour for a custom resource)")
     return StageSettings(name=stage, **values)

@@ -14,9 +14,11 @@ engine needs a real session for its advisory lock and `SET ROLE`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from psycopg import sql
 
 from migrations_runtime.engine.apply import RunSettings, migrate, read_plan
 from migrations_runtime.engine.errors import MigrationFailed, SvcmigError
+from migrations_runtime.engine.load import Phase
 from migrations_runtime.engine.lockwait import LockPolicy
 from migrations_runtime.engine.manifest import MANIFEST_NAME, load_manifest
 from migrations_runtime.engine.plan import releases_behind
@@ -34,6 +37,7 @@ from migrations_runtime.engine.repair import repair
 from migrations_runtime.engine.report import status_text
 from migrations_runtime.engine.validate import Graph, build_graph
 
+from . import runs
 from .digest import migrations_digest
 
 PHASES = ("expand", "contract")
@@ -174,21 +178,18 @@ def sync_app_passwords(url: str, app_secrets: dict[str, str]) -> list[str]:
     return synced
 
 
-def _settings(context: Any) -> RunSettings:
-    """The CLI's defaults, bounded by what the Lambda has left minus time to report: the wait
-    for the migrator lock, each revision's lock budget and, in Lambda, each statement's time
-    (`statement_timeout`), so no statement outlives the function: killed, it would never
-    answer CloudFormation. (A run of many statements can still take longer in all; see
-    docs/deploy.md, long migrations.)"""
-    remaining = LOCK_WAIT_CAP_SECONDS + SAFETY_MARGIN_SECONDS
-    in_lambda = context is not None and hasattr(context, "get_remaining_time_in_millis")
-    if in_lambda:
-        remaining = context.get_remaining_time_in_millis() / 1000
-    usable = max(10.0, remaining - SAFETY_MARGIN_SECONDS)
+def run_settings(seconds_left: float | None) -> RunSettings:
+    """The CLI's defaults, bounded by the time the worker has left (`seconds_left`, None: no
+    bound) minus time to report: the wait for the migrator lock, each revision's lock budget
+    and each revision's `statement_timeout` (the time left when it starts), so no statement
+    outlives the worker: stopped, it would never report what it did."""
+    if seconds_left is None:
+        return RunSettings(lock_wait_seconds=LOCK_WAIT_CAP_SECONDS)
+    usable = max(10.0, seconds_left - SAFETY_MARGIN_SECONDS)
     policy = LockPolicy()
     return RunSettings(lock_wait_seconds=min(LOCK_WAIT_CAP_SECONDS, usable),
                        lock=replace(policy, budget_seconds=min(policy.budget_seconds, usable)),
-                       statement_timeout_ms=int(usable * 1000) if in_lambda else None)
+                       deadline=time.monotonic() + usable)
 
 
 REPAIR_ACTIONS = ("applied", "rolled-back", "accept-checksum")
@@ -236,7 +237,8 @@ def operation_handler(event: Any, context: Any = None) -> dict[str, Any]:
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Provider framework `on_event` entry point."""
+    """Provider framework `on_event` entry point: decides what the event asks and, for a run,
+    starts the worker task (`start_worker`); `is_complete_handler` reports its end."""
     request = event["RequestType"]
     props = event.get("ResourceProperties", {})
     phase = props.get("Phase")
@@ -261,19 +263,29 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         raise MigrationError("the migrator's migrations are neither the release CloudFormation "
                              "deploys nor the one it leaves (MigrationsHash differs from the "
                              "bundle's): redeploy from one synth (cdk deploy --all)")
-    secret = read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"])
-    url = database_url(secret)
+    return {"PhysicalResourceId": physical_id,
+            RUN_KEY: start_worker(event["RequestId"], phase, physical_id,
+                                  props["MigrationsHash"])}
+
+
+def run_phase(phase: Phase, physical_id: str, settings: RunSettings) -> dict[str, Any]:
+    """Apply `phase`'s pending revisions (and, for expand, the app roles' passwords) as the
+    worker does: the custom resource's answer ({"PhysicalResourceId", "Data"}), or
+    `MigrationError` with the reason CloudFormation shows. A failed contract phase answers
+    with `Data.Failed` instead: the new code is live and needs nothing contract removes."""
+    root = project_root()
+    url = database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
     try:
         graph = load_graph(root)
-        result = migrate(url, root, phase, settings=_settings(context), log=log, graph=graph)
+        result = migrate(url, root, phase, settings=settings, log=log, graph=graph)
         app_secrets = json.loads(os.environ.get("SVCMIG_APP_SECRETS", "{}"))
         synced = sync_app_passwords(url, app_secrets) if phase == "expand" else []
     except SvcmigError as err:
         reason = failure_reason(err, root)
         if phase == "contract":
-            # The new code is live and needs nothing contract removes; failing the resource
-            # would roll it back to the old code, which may need what an earlier contract
-            # revision of this run already removed. The alarm on this line says it instead.
+            # Failing the resource would roll the code back to the old one, which may need
+            # what an earlier contract revision of this run already removed. The alarm on this
+            # line says it instead.
             log({"event": "contract_failed", "phase": phase, "reason": reason})
             return {"PhysicalResourceId": physical_id,
                     "Data": {"Applied": len(getattr(err, "applied", ())),
@@ -301,3 +313,116 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                      "LongestHoldMs": locks.longest_hold_ms,
                      "LongestHoldTable": locks.longest_hold_table or "",
                      "LongestHoldRevision": locks.longest_hold_revision or ""}}
+
+
+# The worker: an ECS Fargate task of the migrator's own bundle (`infra.migrator.task`), started
+# by `handler` and watched by `is_complete_handler`, so a run has the custom resource's whole
+# time, not Lambda's 15 minutes. `SVCMIG_WORKER` (set by the stack) says where it runs.
+RUN_KEY = "SvcmigRun"  # in on_event's answer, which the framework hands to is_complete
+STOP_GRACE_SECONDS = 60.0  # past the run's deadline before the poller stops the worker
+
+
+def worker_settings() -> dict[str, Any]:
+    """`SVCMIG_WORKER`: cluster, task_definition, container, subnets, security_groups,
+    budget_seconds (the run's time from its start to its deadline)."""
+    raw = os.environ.get("SVCMIG_WORKER")
+    if not raw:
+        raise MigrationError("SVCMIG_WORKER is not set: the migrator has no worker to start "
+                             "(deploy the stack as synthesized)")
+    value: dict[str, Any] = json.loads(raw)
+    return value
+
+
+def start_worker(run_id: str, phase: str, physical_id: str, migrations_hash: str
+                 ) -> dict[str, Any]:
+    """Start the worker task for CloudFormation request `run_id`; returns what the poller needs
+    (the task's ARN, the run, its deadline in epoch seconds). ECS's client token makes a
+    repeated start of the same request the same task; the worker runs only if its bundle holds
+    the release `migrations_hash` names."""
+    import boto3
+
+    worker = worker_settings()
+    deadline = time.time() + float(worker["budget_seconds"])
+    environment = {"SVCMIG_RUN_ID": run_id, "SVCMIG_PHASE": phase,
+                   "SVCMIG_PHYSICAL_ID": physical_id, "SVCMIG_DEADLINE": f"{deadline:.0f}",
+                   "SVCMIG_MIGRATIONS_HASH": migrations_hash}
+    answer = boto3.client("ecs").run_task(
+        cluster=worker["cluster"], taskDefinition=worker["task_definition"],
+        launchType="FARGATE", count=1, startedBy=f"svcmig-{phase}",
+        clientToken=hashlib.sha256(f"{run_id}|{phase}".encode()).hexdigest()[:64],
+        networkConfiguration={"awsvpcConfiguration": {
+            "subnets": worker["subnets"], "securityGroups": worker["security_groups"],
+            "assignPublicIp": "DISABLED"}},
+        overrides={"containerOverrides": [{
+            "name": worker["container"],
+            "environment": [{"name": k, "value": v} for k, v in environment.items()]}]})
+    tasks = answer.get("tasks") or []
+    if not tasks:
+        why = "; ".join(f"{f.get('reason')} {f.get('detail') or ''}".strip()
+                        for f in answer.get("failures") or []) or "no task and no reason"
+        raise MigrationError(f"could not start the migration worker task: {why}")
+    log({"event": "worker_started", "phase": phase, "run": run_id,
+         "task": tasks[0]["taskArn"], "deadline": deadline})
+    return {"run": run_id, "phase": phase, "task": tasks[0]["taskArn"],
+            "cluster": worker["cluster"], "deadline": deadline}
+
+
+def _task(run: dict[str, Any]) -> dict[str, Any]:
+    import boto3
+
+    found = boto3.client("ecs").describe_tasks(cluster=run["cluster"], tasks=[run["task"]])
+    tasks = found.get("tasks") or []
+    return tasks[0] if tasks else {"lastStatus": "STOPPED", "stoppedReason": "the task is gone"}
+
+
+def _why_stopped(task: dict[str, Any]) -> str:
+    codes = [c.get("exitCode") for c in task.get("containers", []) if "exitCode" in c]
+    reason = task.get("stoppedReason") or "no reason given"
+    return f"{reason}; exit code {codes[0]}" if codes else reason
+
+
+def is_complete_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Provider framework `is_complete` entry point: only looks, never starts work (the
+    framework polls it until the total timeout, retrying on errors). Complete with the run's
+    answer once its record says so; `MigrationError` when the run failed, when its task stopped
+    without finishing the record (killed: nothing is re-run), or ran past its deadline (then
+    the task is stopped)."""
+    run = event.get(RUN_KEY)
+    if not run:  # Delete and rollbacks answer at once
+        return {"IsComplete": True}
+    url = database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
+    record, unreadable = _read_run(url, run["run"])
+    if record is None or record.status == "running":
+        task = _task(run)
+        if task.get("lastStatus") != "STOPPED":
+            if time.time() < float(run["deadline"]) + STOP_GRACE_SECONDS:
+                return {"IsComplete": False}
+            import boto3
+
+            boto3.client("ecs").stop_task(cluster=run["cluster"], task=run["task"],
+                                          reason="svcmig: past the run's deadline")
+            raise MigrationError(
+                f"the {run['phase']} run passed its deadline and its worker task was stopped "
+                "(a transactional revision in progress rolls back); nothing is re-run: see "
+                "`svcmig remote --stage STAGE status` (docs/deploy.md, long migrations)")
+        record, unreadable = _read_run(url, run["run"])  # it may have ended as the task stopped
+        if record is None or record.status == "running":
+            also = f"; {unreadable}" if unreadable else ""
+            raise MigrationError(cap_reason(
+                f"the {run['phase']} worker task stopped before it finished "
+                f"({_why_stopped(task)}){also}; nothing is re-run: see `svcmig remote --stage "
+                "STAGE status` (a dirty revision needs `svcmig remote repair`), then deploy "
+                "again"))
+    if record.status == "failed":
+        raise MigrationError(record.reason or "the run failed")
+    answer = record.result or {}
+    return {"IsComplete": True, "Data": answer.get("Data", {})}
+
+
+def _read_run(url: str, run_id: str) -> tuple[runs.Run | None, str]:
+    """The run's record, or (None, why) when the database cannot be read now: the task's state
+    decides then (still running: poll again)."""
+    try:
+        return runs.read(url, run_id), ""
+    except psycopg.Error as err:
+        return None, database_error(err)

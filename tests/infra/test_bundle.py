@@ -82,3 +82,28 @@ def test_built_assets_import_their_handlers(tmp_path: Path) -> None:
     if layer:
         sizes["layer"] = _size(layer) // 1024
     print("asset sizes (KiB):", json.dumps(sizes))
+
+    # The worker's image: the same bundle, plus boto3 (python:slim has no Lambda runtime), run
+    # as `python -m infra.migrator.task` by a non-root user.
+    image = _worker_image_dir(outdir, synth.stacks[1].stack_name)
+    dockerfile = (image / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "infra.migrator.task"]' in dockerfile
+    assert "USER 65534" in dockerfile
+    assert "FROM --platform=linux/arm64 python:3.14-slim" in dockerfile
+    bundle = image / "bundle"
+    assert (bundle / "migrations.manifest.json").is_file() and (bundle / "boto3").is_dir()
+    code = (f"import sys; sys.path[:0] = [{str(bundle)!r}]; import infra.migrator.task as t; "
+            "assert callable(t.main); bad = [p for p in sys.modules.values() if getattr(p, "
+            "'__file__', None) and 'site-packages' in p.__file__]; assert not bad, bad")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                            text=True, timeout=120, env={"PATH": "/usr/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _worker_image_dir(outdir: Path, stack_name: str) -> Path:
+    """The staged folder of the worker task's image asset (its tag is the asset hash)."""
+    template = json.loads((outdir / f"{stack_name}.template.json").read_text())
+    [task] = [r for r in template["Resources"].values() if r["Type"] == "AWS::ECS::TaskDefinition"]
+    image = json.dumps(task["Properties"]["ContainerDefinitions"][0]["Image"])
+    tag = image.rsplit(":", 1)[1].split('"')[0]
+    return outdir / f"asset.{tag}"

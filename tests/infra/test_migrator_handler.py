@@ -1,13 +1,19 @@
-"""The migrator Lambda handler with CloudFormation-shaped events, against real Postgres, with
-Secrets Manager from moto."""
+"""The deploy-time migrator with CloudFormation-shaped events, against real Postgres, with
+Secrets Manager and ECS from moto: each request goes the way a deploy does (on_event starts the
+worker task, the worker runs with that task's overrides, is_complete answers)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import shutil
+import signal
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +22,13 @@ import psycopg
 import pytest
 
 from infra.migrator import handler as migrator
+from infra.migrator import task as worker_task
 from infra.migrator.digest import migrations_digest
 from migrations_runtime.engine.manifest import MANIFEST_NAME, ManifestGraph, write_manifest
 from tests.conftest import code_heads, query
 
 moto = pytest.importorskip("moto")
+from moto.moto_api import state_manager  # noqa: E402
 
 
 @pytest.fixture
@@ -42,11 +50,66 @@ def aws(project: Path, database_url: str,
         apps = {name: client.create_secret(Name=f"{name}_app", SecretString=json.dumps({
             "username": f"{name}_app", "password": f"pw-{name}-secret"}))["ARN"]
             for name in ("orders", "users")}
+        monkeypatch.setenv("SVCMIG_WORKER", json.dumps(worker_cluster()))
         monkeypatch.setenv("SVCMIG_MASTER_SECRET_ARN", master)
         monkeypatch.setenv("SVCMIG_APP_SECRETS", json.dumps(apps))
         monkeypatch.setenv("SVCMIG_DB_SSLMODE", "prefer")
         monkeypatch.delenv("SVCMIG_DB_HOST", raising=False)
         yield {"master": master, **apps}
+    state_manager.unset_transition("ecs::task")
+
+
+def worker_cluster(budget_seconds: int = 1800) -> dict[str, Any]:
+    """An ECS cluster and the worker's task definition under moto, as `SVCMIG_WORKER` names
+    them. Tasks stay RUNNING until stopped (moto would otherwise move them on each read)."""
+    import boto3
+
+    state_manager.set_transition("ecs::task", {"progression": "manual", "times": 10**9})
+    ecs, ec2 = boto3.client("ecs"), boto3.client("ec2")
+    cluster = ecs.create_cluster(clusterName="workers")["cluster"]["clusterArn"]
+    task = ecs.register_task_definition(
+        family="worker", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="1024",
+        memory="2048", containerDefinitions=[{"name": "worker", "image": "svcmig-worker",
+                                              "memory": 2048}])["taskDefinition"]
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+    return {"cluster": cluster, "task_definition": task["taskDefinitionArn"],
+            "container": "worker", "subnets": [subnet], "security_groups": [],
+            "budget_seconds": budget_seconds}
+
+
+def task_overrides(run: dict[str, Any]) -> dict[str, str]:
+    """The environment ECS gives the worker's container: the overrides on_event asked for."""
+    import boto3
+
+    [task] = boto3.client("ecs").describe_tasks(cluster=run["cluster"],
+                                                tasks=[run["task"]])["tasks"]
+    [container] = task["overrides"]["containerOverrides"]
+    return {e["name"]: e["value"] for e in container["environment"]}
+
+
+def end_task(run: dict[str, Any], reason: str = "Essential container in task exited") -> None:
+    import boto3
+
+    boto3.client("ecs").stop_task(cluster=run["cluster"], task=run["task"], reason=reason)
+
+
+def deploy(body: dict[str, Any]) -> dict[str, Any]:
+    """One CloudFormation request, the way a deploy runs it: on_event (which starts the worker
+    task), the worker with that task's environment (in-process, as its container would run
+    it), its task ending, then is_complete. Returns the custom resource's answer
+    (PhysicalResourceId, Data); raises MigrationError with the reason CloudFormation shows."""
+    started = migrator.handler(body)
+    run = started.get(migrator.RUN_KEY)
+    if run:
+        assert migrator.is_complete_handler({**body, **started}) == {"IsComplete": False}
+        worker_task.main(task_overrides(run))
+        end_task(run)
+    done = migrator.is_complete_handler({**body, **started})
+    assert done["IsComplete"] is True
+    return {"PhysicalResourceId": started["PhysicalResourceId"],
+            "Data": {**started.get("Data", {}), **done.get("Data", {})}}
 
 
 def digest(project: Path) -> str:
@@ -67,7 +130,7 @@ def event(request: str, phase: str, heads: dict[str, str], old_heads: dict[str, 
     body: dict[str, Any] = {
         "RequestType": request, "ServiceToken": props["ServiceToken"],
         "ResponseURL": "https://example.invalid", "StackId": "arn:aws:cloudformation:stack/x",
-        "RequestId": "r1", "LogicalResourceId": f"Migrations{phase.title()}",
+        "RequestId": str(uuid.uuid4()), "LogicalResourceId": f"Migrations{phase.title()}",
         "ResourceType": "Custom::SvcmigMigrations", "ResourceProperties": props}
     if physical_id:
         body["PhysicalResourceId"] = physical_id
@@ -84,21 +147,21 @@ def ledger_count(url: str) -> int:
 def test_create_applies_then_retry_is_idempotent(project: Path, database_url: str,
                                                   aws: dict[str, str]) -> None:
     heads = code_heads(project)
-    first = migrator.handler(event("Create", "expand", heads))
+    first = deploy(event("Create", "expand", heads))
     assert first["PhysicalResourceId"] == "svcmig-test-expand"
     assert first["Data"]["Applied"] > 0
     applied = ledger_count(database_url)
     assert applied == first["Data"]["Applied"]
-    again = migrator.handler(event("Create", "expand", heads))  # CloudFormation retries
+    again = deploy(event("Create", "expand", heads))  # CloudFormation retries
     assert again["Data"]["Applied"] == 0
-    contract = migrator.handler(event("Create", "contract", heads))
+    contract = deploy(event("Create", "contract", heads))
     assert ledger_count(database_url) == applied + contract["Data"]["Applied"]
     assert contract["Data"]["Pending"] == 0
 
 
 def test_expand_gives_app_roles_their_secret_password(project: Path, database_url: str,
                                                        aws: dict[str, str]) -> None:
-    migrator.handler(event("Create", "expand", code_heads(project)))
+    deploy(event("Create", "expand", code_heads(project)))
     rows = query(database_url, "SELECT rolname, starts_with(rolpassword, 'SCRAM-SHA-256$') "
                  "FROM pg_authid WHERE rolname IN ('users_app', 'orders_app') ORDER BY 1")
     assert rows == [("orders_app", True), ("users_app", True)]
@@ -110,11 +173,11 @@ def test_a_deploy_never_writes_over_a_rotated_password(project: Path, database_u
     """The migrator writes an app role's password once; then the secret's rotation is the only
     writer (a deploy during a rotation would put the old password back)."""
     heads = code_heads(project)
-    assert migrator.handler(event("Create", "expand", heads))
+    assert deploy(event("Create", "expand", heads))
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER ROLE users_app PASSWORD 'rotated-by-secrets-manager'")
     before = query(database_url, "SELECT rolpassword FROM pg_authid WHERE rolname = 'users_app'")
-    migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand"))
+    deploy(event("Update", "expand", heads, heads, "svcmig-test-expand"))
     after = query(database_url, "SELECT rolpassword FROM pg_authid WHERE rolname = 'users_app'")
     assert after == before
     # a new secret (the secret resource replaced: another ARN) is written again
@@ -126,7 +189,7 @@ def test_a_deploy_never_writes_over_a_rotated_password(project: Path, database_u
     monkeypatch.setenv("SVCMIG_APP_SECRETS", json.dumps({**{k: v for k, v in aws.items()
                                                            if k != "master"},
                                                         "users": replaced}))
-    migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand"))
+    deploy(event("Update", "expand", heads, heads, "svcmig-test-expand"))
     assert query(database_url, "SELECT rolpassword FROM pg_authid "
                  "WHERE rolname = 'users_app'") != after
 
@@ -134,11 +197,11 @@ def test_a_deploy_never_writes_over_a_rotated_password(project: Path, database_u
 def test_update_with_newer_code_applies_it(project: Path, database_url: str,
                                            aws: dict[str, str]) -> None:
     old = code_heads(project)
-    migrator.handler(event("Create", "expand", old))
+    deploy(event("Create", "expand", old))
     before = ledger_count(database_url)
     new_file = project / "services" / "users" / "migrations" / "2027-01-01T0000__users__add_bio.sql"
     new_file.write_text("ALTER TABLE users ADD COLUMN bio text;\n")
-    result = migrator.handler(event("Update", "expand", code_heads(project), old,
+    result = deploy(event("Update", "expand", code_heads(project), old,
                                     "svcmig-test-expand"))
     assert result["Data"]["Applied"] == 1
     assert ledger_count(database_url) == before + 1
@@ -153,14 +216,14 @@ def test_rollback_update_and_delete_are_noops(project: Path, database_url: str,
     older = {**heads, "users": "users_202601010000"}
     # No database access at all: a broken secret would fail any attempt to connect.
     monkeypatch.setenv("SVCMIG_MASTER_SECRET_ARN", "arn:aws:secretsmanager:nowhere")
-    rollback = migrator.handler(event("Update", "expand", older, heads, "svcmig-test-expand",
+    rollback = deploy(event("Update", "expand", older, heads, "svcmig-test-expand",
                                       new_hash="e" * 64, old_hash=digest(project)))
     assert rollback == {"PhysicalResourceId": "svcmig-test-expand",
                         "Data": {"Applied": 0, "Skipped": "rollback"}}
-    deleted = migrator.handler(event("Delete", "contract", heads, None, "svcmig-test-contract"))
+    deleted = deploy(event("Delete", "contract", heads, None, "svcmig-test-contract"))
     assert deleted["PhysicalResourceId"] == "svcmig-test-contract"
     assert deleted["Data"]["Skipped"] == "delete"
-    odd = migrator.handler({"RequestType": "Delete", "PhysicalResourceId": "x",
+    odd = deploy({"RequestType": "Delete", "PhysicalResourceId": "x",
                             "ResourceProperties": {"Phase": "nonsense"}})
     assert odd["Data"]["Skipped"] == "delete"  # never DELETE_FAILED over its properties
 
@@ -183,8 +246,8 @@ def test_a_rollback_that_restores_a_removed_service_reruns_nothing(
     files. The rollback applies nothing and succeeds, so the stack does not end in
     UPDATE_ROLLBACK_FAILED."""
     previous, previous_digest = code_heads(project), digest(project)
-    migrator.handler(event("Create", "expand", previous))
-    migrator.handler(event("Create", "contract", previous))
+    deploy(event("Create", "expand", previous))
+    deploy(event("Create", "contract", previous))
     before = ledger_count(database_url)
     failing = project / "services/users/migrations/2027-01-01T0000__users__broken.sql"
     failing.write_text("ALTER TABLE no_such_table ADD COLUMN x int;\n")
@@ -193,9 +256,9 @@ def test_a_rollback_that_restores_a_removed_service_reruns_nothing(
         "%(here)s/services/orders/migrations ", ""))
     failed, failed_digest = code_heads(project), digest(project)
     with pytest.raises(migrator.MigrationError):
-        migrator.handler(event("Update", "expand", failed, previous, "svcmig-test-expand",
+        deploy(event("Update", "expand", failed, previous, "svcmig-test-expand",
                                old_hash=previous_digest))
-    back = migrator.handler(event("Update", "expand", previous, failed, "svcmig-test-expand",
+    back = deploy(event("Update", "expand", previous, failed, "svcmig-test-expand",
                                   new_hash=previous_digest, old_hash=failed_digest))
     assert back["Data"] == {"Applied": 0, "Skipped": "rollback"}
     assert ledger_count(database_url) == before
@@ -208,29 +271,29 @@ def test_a_rollback_that_restores_a_removed_service_reruns_nothing(
 def test_a_forward_deploy_that_removes_an_applied_file_is_not_skipped(
         project: Path, database_url: str, aws: dict[str, str]) -> None:
     old = code_heads(project)
-    migrator.handler(event("Create", "expand", old))
+    deploy(event("Create", "expand", old))
     newest = sorted((project / "services/users/migrations").iterdir())[-1]
     newest.unlink()
     (project / "services/users/migrations/2027-01-05T0000__users__nickname.sql").write_text(
         "ALTER TABLE users ADD COLUMN nickname text;\n")
     with pytest.raises(migrator.MigrationError, match="file is gone|missing"):
-        migrator.handler(event("Update", "expand", code_heads(project), old,
+        deploy(event("Update", "expand", code_heads(project), old,
                                "svcmig-test-expand"))
 
 
 @pytest.mark.parametrize("change", ["failing-expand-behind-same-head", "edited-applied-file"])
 def test_a_failed_deploy_with_unchanged_heads_rolls_back_cleanly(
         project: Path, database_url: str, aws: dict[str, str], change: str) -> None:
-    migrator.handler(event("Create", "expand", code_heads(project)))
-    migrator.handler(event("Create", "contract", code_heads(project)))
+    deploy(event("Create", "expand", code_heads(project)))
+    deploy(event("Create", "contract", code_heads(project)))
     heads, previous_digest = code_heads(project), digest(project)
     before = ledger_count(database_url)
     folder = project / "services/users/migrations"
     if change == "failing-expand-behind-same-head":
         (folder / "2027-01-05T0000__users__contract.sql").write_text(
             "-- phase: contract\nALTER TABLE users DROP COLUMN no_such_column;\n")
-        migrator.handler(event("Update", "expand", code_heads(project), heads))
-        contract = migrator.handler(event("Update", "contract", code_heads(project), heads))
+        deploy(event("Update", "expand", code_heads(project), heads))
+        contract = deploy(event("Update", "contract", code_heads(project), heads))
         assert "Failed" in contract["Data"]  # stays pending, the code stays live
         heads, previous_digest = code_heads(project), digest(project)
         (folder / "2027-01-04T0000__users__late.sql").write_text("SELECT 1/0;\n")
@@ -239,9 +302,9 @@ def test_a_failed_deploy_with_unchanged_heads_rolls_back_cleanly(
         applied.write_text(applied.read_text() + "\n-- a comment\n")
     assert code_heads(project) == heads  # nothing in the heads says what changed
     with pytest.raises(migrator.MigrationError):
-        migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand",
+        deploy(event("Update", "expand", heads, heads, "svcmig-test-expand",
                                old_hash=previous_digest))
-    back = migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand",
+    back = deploy(event("Update", "expand", heads, heads, "svcmig-test-expand",
                                   new_hash=previous_digest, old_hash=digest(project)))
     assert back["Data"] == {"Applied": 0, "Skipped": "rollback"}
     assert ledger_count(database_url) == before
@@ -250,7 +313,7 @@ def test_a_failed_deploy_with_unchanged_heads_rolls_back_cleanly(
 def test_a_bundle_of_neither_release_is_refused(project: Path, database_url: str,
                                                 aws: dict[str, str]) -> None:
     with pytest.raises(migrator.MigrationError, match="neither the release"):
-        migrator.handler(event("Create", "expand", code_heads(project), new_hash="f" * 64))
+        deploy(event("Create", "expand", code_heads(project), new_hash="f" * 64))
     assert query(database_url, "SELECT to_regclass('svcmig.schema_migrations')") == [(None,)]
 
 
@@ -260,7 +323,7 @@ def test_failure_reason_names_file_statement_and_error(project: Path, database_u
     bad.write_text("-- a broken migration\nALTER TABLE users ADD COLUMN ok text;\n"
                    "ALTER TABLE no_such_table ADD COLUMN x int;\n")
     with pytest.raises(migrator.MigrationError) as raised:
-        migrator.handler(event("Create", "expand", code_heads(project)))
+        deploy(event("Create", "expand", code_heads(project)))
     reason = str(raised.value)
     assert "services/users/migrations/2027-01-01T0000__users__bad.sql:3" in reason
     assert "statement: ALTER TABLE no_such_table ADD COLUMN x int;" in reason
@@ -278,8 +341,13 @@ def test_unreachable_database_is_a_reason_without_the_password(project: Path,
     monkeypatch.setenv("SVCMIG_DB_HOST", "127.0.0.1")
     monkeypatch.setenv("SVCMIG_DB_PORT", "1")
     with pytest.raises(migrator.MigrationError) as raised:
-        migrator.handler(event("Create", "expand", code_heads(project)))
-    assert "cannot connect" in str(raised.value)
+        deploy(event("Create", "expand", code_heads(project)))
+    # the worker claims nothing and runs nothing; the poller cannot read a record either:
+    # the reason says the task stopped, and why, without the password
+    reason = str(raised.value)
+    assert "worker task stopped before it finished" in reason
+    assert "database error: connection failed" in reason and "refused" in reason
+    assert "pw-" not in reason
 
 
 def test_plans_from_the_manifest_when_bundled(project: Path, database_url: str,
@@ -287,7 +355,7 @@ def test_plans_from_the_manifest_when_bundled(project: Path, database_url: str,
     assert not isinstance(migrator.load_graph(project), ManifestGraph)
     write_manifest(project, project / MANIFEST_NAME)
     assert isinstance(migrator.load_graph(project), ManifestGraph)
-    result = migrator.handler(event("Create", "expand", code_heads(project)))
+    result = deploy(event("Create", "expand", code_heads(project)))
     assert result["Data"]["Applied"] > 0
 
 
@@ -327,23 +395,23 @@ def add_releases(project: Path, stamps: list[str]) -> None:
 def test_a_stage_one_release_behind_deploys_in_one_go(project: Path, database_url: str,
                                                       aws: dict[str, str],
                                                       stamps: list[str]) -> None:
-    migrator.handler(event("Create", "expand", code_heads(project)))
-    migrator.handler(event("Create", "contract", code_heads(project)))
+    deploy(event("Create", "expand", code_heads(project)))
+    deploy(event("Create", "contract", code_heads(project)))
     add_releases(project, stamps)
     heads = code_heads(project)
-    migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand"))
-    done = migrator.handler(event("Update", "contract", heads, heads, "svcmig-test-contract"))
+    deploy(event("Update", "expand", heads, heads, "svcmig-test-expand"))
+    done = deploy(event("Update", "contract", heads, heads, "svcmig-test-contract"))
     assert done["Data"]["Pending"] == 0
 
 
 def test_a_stage_several_releases_behind_stops_before_the_code_and_says_how_to_catch_up(
         project: Path, database_url: str, aws: dict[str, str]) -> None:
-    migrator.handler(event("Create", "expand", code_heads(project)))
-    migrator.handler(event("Create", "contract", code_heads(project)))
+    deploy(event("Create", "expand", code_heads(project)))
+    deploy(event("Create", "contract", code_heads(project)))
     old = code_heads(project)
     add_releases(project, list(RELEASES))
     with pytest.raises(migrator.MigrationError) as caught:
-        migrator.handler(event("Update", "expand", code_heads(project), old,
+        deploy(event("Update", "expand", code_heads(project), old,
                                "svcmig-test-expand"))
     message = str(caught.value)
     assert "contract revision users_202701020000 waits for the code deploy" in message
@@ -358,14 +426,14 @@ def test_a_stage_several_releases_behind_stops_before_the_code_and_says_how_to_c
     for path in later:
         path.unlink()
     middle = code_heads(project)
-    migrator.handler(event("Update", "expand", middle, old, "svcmig-test-expand"))
-    migrator.handler(event("Update", "contract", middle, old, "svcmig-test-contract"))
+    deploy(event("Update", "expand", middle, old, "svcmig-test-expand"))
+    deploy(event("Update", "contract", middle, old, "svcmig-test-contract"))
     # …then this one, in one go
     for path, text in kept.items():
         path.write_text(text)
     heads = code_heads(project)
-    migrator.handler(event("Update", "expand", heads, middle, "svcmig-test-expand"))
-    done = migrator.handler(event("Update", "contract", heads, middle, "svcmig-test-contract"))
+    deploy(event("Update", "expand", heads, middle, "svcmig-test-expand"))
+    done = deploy(event("Update", "contract", heads, middle, "svcmig-test-contract"))
     assert done["Data"]["Pending"] == 0
     assert query(database_url, "SELECT count(*) FROM information_schema.columns WHERE "
                  "table_schema = 'users' AND column_name IN ('bio', 'nickname', "
@@ -381,15 +449,15 @@ def test_a_failed_contract_phase_does_not_roll_the_code_back(project: Path, data
     failed, and logs `contract_failed` (the alarm's metric filter); B stays pending for the
     next deploy."""
     old = code_heads(project)
-    migrator.handler(event("Create", "expand", old))
-    migrator.handler(event("Create", "contract", old))
+    deploy(event("Create", "expand", old))
+    deploy(event("Create", "contract", old))
     add_releases(project, ["2027-01-02T0000"])  # contract: drop display_name
     (project / "services/users/migrations/2027-01-02T0100__users__broken.sql").write_text(
         "-- phase: contract\nALTER TABLE users DROP COLUMN no_such_column;\n")
     heads = code_heads(project)
-    migrator.handler(event("Update", "expand", heads, old, "svcmig-test-expand"))
+    deploy(event("Update", "expand", heads, old, "svcmig-test-expand"))
     capsys.readouterr()
-    done = migrator.handler(event("Update", "contract", heads, old, "svcmig-test-contract"))
+    done = deploy(event("Update", "contract", heads, old, "svcmig-test-contract"))
     assert done["Data"]["Applied"] == 1
     assert "no_such_column" in done["Data"]["Failed"]
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
@@ -399,19 +467,15 @@ def test_a_failed_contract_phase_does_not_roll_the_code_back(project: Path, data
                  "WHERE revision >= 'users_2027' ORDER BY 1") == [("users_202701020000",)]
 
 
-def test_in_lambda_no_statement_outlives_the_function() -> None:
-    """Killed at its timeout, the function would never answer CloudFormation."""
-
-    class Context:
-        def __init__(self, left_ms: int) -> None:
-            self.left_ms = left_ms
-
-        def get_remaining_time_in_millis(self) -> int:
-            return self.left_ms
-
-    assert migrator._settings(Context(900_000)).statement_timeout_ms == 780_000
-    assert migrator._settings(Context(130_000)).statement_timeout_ms == 10_000
-    assert migrator._settings(None).statement_timeout_ms is None
+def test_no_statement_outlives_the_worker() -> None:
+    """Stopped at its deadline, the worker would leave no record of what it did: the lock
+    waits and each revision's statement_timeout come from the time it has left."""
+    settings = migrator.run_settings(900)
+    assert settings.lock_wait_seconds == 600
+    assert 779_000 < (settings.statement_timeout_now() or 0) <= 780_000
+    assert 9_000 < (migrator.run_settings(130).statement_timeout_now() or 0) <= 10_000  # floor
+    assert migrator.run_settings(3600).lock.budget_seconds <= 3480
+    assert migrator.run_settings(None).statement_timeout_now() is None
 
 
 # `svcmig remote`: an operator repairs a dirty deploy through the migrator, without reaching
@@ -425,7 +489,7 @@ def test_remote_status_and_repair_fix_a_dirty_state(project: Path, database_url:
     from migrations_runtime.cli.main import cli
 
     heads = code_heads(project)
-    migrator.handler(event("Create", "expand", heads))
+    deploy(event("Create", "expand", heads))
     with psycopg.connect(database_url, autocommit=True) as conn:  # a deploy left it dirty
         conn.execute("UPDATE svcmig.schema_migrations SET state = 'dirty' "
                      "WHERE revision = 'users_202611101415'")
@@ -474,3 +538,164 @@ def test_remote_names_a_missing_function_in_one_line(aws: dict[str, str]) -> Non
     assert done.exit_code == 1
     assert "cannot invoke svcmig-preview-9-migrator-operations" in done.output
     assert "Traceback" not in done.output and done.output.count("\n") == 1
+
+
+# Kind: runs longer than the migrator function may live. The migrator only starts a worker
+# task and the poller only looks; the run has the stage's budget, the task's deadline bounds
+# every statement, a killed or duplicated worker is never re-run blindly.
+SLOW = "2027-02-01T0000__users__slow.sql"
+
+
+def wait_for_statement(url: str, text: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if query(url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s "
+                 "AND pid <> pg_backend_pid()", (f"%{text}%",))[0][0]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no session ran {text!r}")
+
+
+def test_a_run_longer_than_the_migrator_function_completes_through_the_worker(
+        project: Path, database_url: str, aws: dict[str, str]) -> None:
+    """on_event answers at once (whatever time its Lambda has left); the poller says "not
+    yet" while the revision runs, then answers with what the run applied."""
+    (project / "services/users/migrations" / SLOW).write_text(
+        "SELECT pg_sleep(1.5);\nALTER TABLE users ADD COLUMN slow text;\n")
+
+    class AlmostOut:  # the on_event Lambda has 200 ms left: it only starts the worker
+        def get_remaining_time_in_millis(self) -> int:
+            return 200
+
+    body = event("Create", "expand", code_heads(project))
+    started = migrator.handler(body, AlmostOut())
+    run = started[migrator.RUN_KEY]
+    environment = task_overrides(run)
+    worker = threading.Thread(target=worker_task.main, args=(environment,))
+    worker.start()
+    try:
+        wait_for_statement(database_url, "pg_sleep(1.5)")
+        assert migrator.is_complete_handler({**body, **started}) == {"IsComplete": False}
+    finally:
+        worker.join()
+    end_task(run)
+    done = migrator.is_complete_handler({**body, **started})
+    assert done["IsComplete"] and done["Data"]["Applied"] == ledger_count(database_url)
+    assert query(database_url, "SELECT count(*) FROM information_schema.columns WHERE "
+                 "table_schema = 'users' AND column_name = 'slow'") == [(1,)]
+    # the worker ran within the deadline on_event set from the stage's budget
+    assert float(environment["SVCMIG_DEADLINE"]) > time.time() + 1700
+
+
+@pytest.mark.parametrize("transactional", [True, False], ids=["transactional", "no-transaction"])
+def test_a_killed_worker_is_reported_and_never_run_again(
+        project: Path, database_url: str, aws: dict[str, str], transactional: bool) -> None:
+    """The worker is killed mid-revision (SIGKILL: no handler, no record of the end). The
+    poller fails the resource with why; no second task starts, a repeated poll or a worker
+    started again for the same request runs nothing; what the revision left is what the
+    ledger says (rolled back, or dirty until repaired)."""
+    import boto3
+
+    deploy(event("Create", "expand", code_heads(project)))
+    header = "" if transactional else "-- migrate:no-transaction\n"
+    slow = project / "services/users/migrations" / SLOW
+    slow.write_text(f"{header}ALTER TABLE users ADD COLUMN killed text;\n"
+                    "SELECT pg_sleep(60);\n")
+    body = event("Update", "expand", code_heads(project), code_heads(project),
+                 "svcmig-test-expand")
+    started = migrator.handler(body)
+    run = started[migrator.RUN_KEY]
+    environment = task_overrides(run)
+    child = multiprocessing.get_context("fork").Process(target=worker_task.main,
+                                                         args=(environment,))
+    child.start()
+    wait_for_statement(database_url, "pg_sleep(60)")
+    os.kill(child.pid or 0, signal.SIGKILL)
+    child.join()
+    end_task(run, "Essential container in task exited")
+    for _ in range(2):  # polled again: the same answer, nothing started
+        with pytest.raises(migrator.MigrationError, match="stopped before it finished"):
+            migrator.is_complete_handler({**body, **started})
+    assert len(boto3.client("ecs").list_tasks(cluster=run["cluster"])["taskArns"]) == 2
+    assert worker_task.main(environment) == 0  # claimed already: runs nothing
+    columns = query(database_url, "SELECT count(*) FROM information_schema.columns WHERE "
+                    "table_schema = 'users' AND column_name = 'killed'")
+    state = query(database_url, "SELECT state FROM svcmig.schema_migrations "
+                  "WHERE revision = 'users_202702010000'")
+    if transactional:
+        assert columns == [(0,)] and state == []
+    else:
+        assert columns == [(1,)] and state == [("dirty",)]
+        with pytest.raises(migrator.MigrationError, match="dirty"):  # the next deploy
+            deploy(event("Update", "expand", code_heads(project), code_heads(project),
+                         "svcmig-test-expand"))
+        assert migrator.operation_handler({"operation": "repair", "revision":
+                                           "users_202702010000", "action": "applied"})["ok"]
+    slow.write_text(f"{header}ALTER TABLE users ADD COLUMN IF NOT EXISTS killed text;\n")
+    if transactional:  # never applied: fixed in place, the next deploy runs it
+        done = deploy(event("Update", "expand", code_heads(project), code_heads(project),
+                            "svcmig-test-expand"))
+        assert done["Data"]["Applied"] == 1
+
+
+def test_a_repeated_start_of_a_request_runs_it_once(project: Path, database_url: str,
+                                                    aws: dict[str, str]) -> None:
+    body = event("Create", "expand", code_heads(project))
+    first, second = migrator.handler(body), migrator.handler(body)
+    assert worker_task.main(task_overrides(first[migrator.RUN_KEY])) == 0
+    applied = ledger_count(database_url)
+    assert worker_task.main(task_overrides(second[migrator.RUN_KEY])) == 0
+    assert ledger_count(database_url) == applied
+    for started in (first, second):
+        end_task(started[migrator.RUN_KEY])
+        done = migrator.is_complete_handler({**body, **started})
+        assert done["IsComplete"] and done["Data"]["Applied"] == applied
+
+
+def test_a_worker_past_its_deadline_is_stopped_and_the_resource_fails(
+        project: Path, database_url: str, aws: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    monkeypatch.setenv("SVCMIG_WORKER", json.dumps({
+        **json.loads(os.environ["SVCMIG_WORKER"]), "budget_seconds": -120}))
+    body = event("Create", "expand", code_heads(project))
+    started = migrator.handler(body)
+    run = started[migrator.RUN_KEY]
+    with pytest.raises(migrator.MigrationError, match="passed its deadline"):
+        migrator.is_complete_handler({**body, **started})
+    [task] = boto3.client("ecs").describe_tasks(cluster=run["cluster"],
+                                                tasks=[run["task"]])["tasks"]
+    assert task["lastStatus"] == "STOPPED" and "deadline" in task["stoppedReason"]
+
+
+@pytest.mark.parametrize("environment", [
+    {}, {"SVCMIG_RUN_ID": "r", "SVCMIG_PHASE": "sideways", "SVCMIG_PHYSICAL_ID": "p",
+         "SVCMIG_DEADLINE": "1"},
+    {"SVCMIG_RUN_ID": "r", "SVCMIG_PHASE": "expand", "SVCMIG_PHYSICAL_ID": "p",
+     "SVCMIG_DEADLINE": "soon"},
+], ids=["nothing", "bad-phase", "bad-deadline"])
+def test_a_worker_started_by_hand_without_a_run_does_nothing(
+        database_url: str, aws: dict[str, str], environment: dict[str, str]) -> None:
+    assert worker_task.main(environment) == 2
+    assert query(database_url, "SELECT to_regclass('svcmig.deploy_runs')") == [(None,)]
+
+
+def test_without_a_worker_setting_the_migrator_says_so(project: Path, aws: dict[str, str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SVCMIG_WORKER")
+    with pytest.raises(migrator.MigrationError, match="SVCMIG_WORKER is not set"):
+        migrator.handler(event("Create", "expand", code_heads(project)))
+
+
+def test_a_worker_whose_image_holds_another_release_runs_nothing(
+        project: Path, database_url: str, aws: dict[str, str]) -> None:
+    body = event("Create", "expand", code_heads(project))
+    started = migrator.handler(body)
+    run = started[migrator.RUN_KEY]
+    environment = {**task_overrides(run), "SVCMIG_MIGRATIONS_HASH": "0" * 64}
+    assert worker_task.main(environment) == 1
+    end_task(run)
+    with pytest.raises(migrator.MigrationError, match="other migration files"):
+        migrator.is_complete_handler({**body, **started})
+    assert query(database_url, "SELECT to_regclass('svcmig.schema_migrations')") == [(None,)]

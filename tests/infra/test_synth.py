@@ -189,14 +189,39 @@ def test_functions_are_arm64_traced_in_vpc_with_dlq(dev: Synth) -> None:
             assert any(n.startswith(f"{service}Service{kind}") for n in names), (service, kind)
 
 
+def _migrator_functions(synth: Synth) -> dict[str, dict[str, Any]]:
+    """handler name → the function's properties, for infra.migrator.handler's entry points."""
+    return {v["Properties"]["Handler"].rsplit(".", 1)[1]: v["Properties"]
+            for v in synth.resources("api", "AWS::Lambda::Function").values()
+            if v["Properties"].get("Handler", "").startswith("infra.migrator.handler.")}
+
+
+def _joined(value: Any) -> str:
+    """The text of an `Fn::Join` with each reference as the string "<ref>"."""
+    parts = value["Fn::Join"][1] if isinstance(value, dict) else [value]
+    return "".join(p if isinstance(p, str) else "<ref>" for p in parts)
+
+
+def _worker(synth: Synth) -> tuple[str, dict[str, Any]]:
+    [(logical_id, task)] = synth.resources("api", "AWS::ECS::TaskDefinition").items()
+    return logical_id, task["Properties"]
+
+
 def test_migrator_uses_cluster_endpoint_not_proxy(dev: Synth) -> None:
-    migrator = next(v for v in dev.resources("api", "AWS::Lambda::Function").values()
-                    if v["Properties"].get("Handler") == "infra.migrator.handler.handler")
-    env = migrator["Properties"]["Environment"]["Variables"]
+    """Everything that opens a migrator session (the worker, the poller, operations) connects
+    to the writer endpoint: advisory locks and SET ROLE need a real session."""
     cluster = next(iter(dev.resources("db", "AWS::RDS::DBCluster")))
     proxy = next(iter(dev.resources("db", "AWS::RDS::DBProxy")))
-    assert _exported(dev, env["SVCMIG_DB_HOST"]) == {"Fn::GetAtt": [cluster, "Endpoint.Address"]}
-    assert migrator["Properties"]["Timeout"] == 900
+    [container] = _worker(dev)[1]["ContainerDefinitions"]
+    environments = [{e["Name"]: e["Value"] for e in container["Environment"]}]
+    functions = _migrator_functions(dev)
+    environments += [functions[name]["Environment"]["Variables"]
+                     for name in ("is_complete_handler", "operation_handler")]
+    for env in environments:
+        assert _exported(dev, env["SVCMIG_DB_HOST"]) == {
+            "Fn::GetAtt": [cluster, "Endpoint.Address"]}
+    # the starter never connects: no host, no secret
+    assert set(functions["handler"]["Environment"]["Variables"]) == {"SVCMIG_WORKER"}
     for fn in _app_functions(dev).values():
         host = fn["Properties"]["Environment"]["Variables"]["DB_HOST"]
         assert _exported(dev, host) == {"Fn::GetAtt": [proxy, "Endpoint"]}
@@ -357,6 +382,11 @@ def test_stack_settings_come_from_context() -> None:
         stage_settings({}, "staging")
     preview = stage_settings({"preview": {"log_retention_days": 3}}, "preview-42")
     assert preview.kind == "preview" and preview.prefix == "svcmig-preview-42"
+    assert stage_settings({"prod": {"migration_timeout_minutes": 50}},
+                          "prod").migration_timeout_minutes == 50
+    for minutes in (4, 51, 60, "30", 30.5, True):  # CloudFormation waits at most an hour
+        with pytest.raises(ValueError, match="migration_timeout_minutes: whole minutes from 5"):
+            stage_settings({"prod": {"migration_timeout_minutes": minutes}}, "prod")
 
 
 def test_fingerprint_of_the_synthesized_project_matches(dev: Synth) -> None:
@@ -418,18 +448,68 @@ def test_every_alarm_has_an_action_and_a_failed_contract_alarms(dev: Synth) -> N
     assert contract["MetricName"] == metric["Properties"]["MetricTransformations"][0]["MetricName"]
 
 
-def test_migration_resources_answer_within_a_bound_and_never_retry(dev: Synth) -> None:
-    """ServiceTimeout below CloudFormation's default hour; no automatic retry of the
-    framework's asynchronous invocation (it would run a migration again)."""
-    for logical_id in _migration_resources(dev).values():
-        props = dev.templates["api"]["Resources"][logical_id]["Properties"]
-        assert 900 < int(props["ServiceTimeout"]) <= 1800, props.get("ServiceTimeout")
-    configs = dev.resources("api", "AWS::Lambda::EventInvokeConfig")
-    framework = next(k for k, v in dev.resources("api", "AWS::Lambda::Function").items()
+@pytest.mark.parametrize(("stage", "budget_minutes"), [("dev", 30), ("prod", 50),
+                                                     ("preview-7", 15)])
+def test_the_long_migration_path_has_no_15_minute_limit(
+        synth_project: Callable[..., Synth], dev: Synth, stage: str, budget_minutes: int) -> None:
+    """Kind: a run longer than any Lambda may live. The custom resources are asynchronous
+    (on_event starts a Fargate task; is_complete polls it until a total timeout set from the
+    stage's budget); CloudFormation's wait (ServiceTimeout) covers the budget, the task's start
+    and the last answer, and stays within its one-hour limit."""
+    synth = dev if stage == "dev" else synth_project(stage)
+    resources = synth.templates["api"]["Resources"]
+    for logical_id in _migration_resources(synth).values():
+        timeout = int(resources[logical_id]["Properties"]["ServiceTimeout"])
+        assert budget_minutes * 60 + 300 <= timeout <= 3600, timeout
+    functions = _migrator_functions(synth)
+    assert {"handler", "is_complete_handler"} <= set(functions)
+    assert all(f["Timeout"] <= 60 for n, f in functions.items() if n != "operation_handler")
+    worker = json.loads(_joined(functions["handler"]["Environment"]["Variables"][
+        "SVCMIG_WORKER"]))
+    assert worker["budget_seconds"] == budget_minutes * 60
+    logical_id, task = _worker(synth)
+    assert task["RequiresCompatibilities"] == ["FARGATE"]
+    assert task["RuntimePlatform"]["CpuArchitecture"] == "ARM64"
+    [machine] = synth.resources("api", "AWS::StepFunctions::StateMachine").values()
+    waiter = json.loads(_joined(machine["Properties"]["DefinitionString"]))
+    [poll] = waiter["States"]["framework-isComplete-task"]["Retry"]
+    # the waiter polls until the budget and the task's start have passed
+    assert poll["IntervalSeconds"] * poll["MaxAttempts"] >= budget_minutes * 60 + 240
+    configs = synth.resources("api", "AWS::Lambda::EventInvokeConfig")
+    framework = next(k for k, v in synth.resources("api", "AWS::Lambda::Function").items()
                      if v["Properties"].get("Handler") == "framework.onEvent")
     assert any(c["Properties"]["MaximumRetryAttempts"] == 0
                and c["Properties"]["FunctionName"] == {"Ref": framework}
                for c in configs.values()), configs
+
+
+def test_the_starter_may_run_only_the_worker_and_the_poller_watch_only_its_tasks(
+        dev: Synth) -> None:
+    functions = dev.resources("api", "AWS::Lambda::Function")
+    starter = next(k for k, v in functions.items()
+                   if v["Properties"].get("Handler") == "infra.migrator.handler.handler")
+    poller = next(k for k, v in functions.items() if v["Properties"].get("Handler")
+                  == "infra.migrator.handler.is_complete_handler")
+    worker, _ = _worker(dev)
+    role_of = {k: v["Properties"]["Role"]["Fn::GetAtt"][0] for k, v in functions.items()}
+    policies = [v["Properties"] for v in dev.resources("api", "AWS::IAM::Policy").values()]
+
+    def statements(function: str) -> list[dict[str, Any]]:
+        return [st for p in policies if {"Ref": role_of[function]} in p["Roles"]
+                for st in p["PolicyDocument"]["Statement"]]
+
+    def actions(statement: dict[str, Any]) -> list[str]:
+        action = statement["Action"]
+        return action if isinstance(action, list) else [action]
+
+    starter_actions = {a for st in statements(starter) for a in actions(st)}
+    assert "ecs:RunTask" in starter_actions
+    assert not any(a.startswith("secretsmanager:") for a in starter_actions)
+    [run] = [st for st in statements(starter) if "ecs:RunTask" in actions(st)]
+    assert run["Resource"] == {"Ref": worker} or worker in json.dumps(run["Resource"])
+    [watch] = [st for st in statements(poller) if "ecs:StopTask" in actions(st)]
+    assert sorted(actions(watch)) == ["ecs:DescribeTasks", "ecs:StopTask"]
+    assert "ecs:cluster" in json.dumps(watch["Condition"])
 
 
 def test_operators_may_only_invoke_the_operations_function(dev: Synth) -> None:
