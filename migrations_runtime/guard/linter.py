@@ -13,17 +13,18 @@ import bisect
 import functools
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pglast import parser
+from pglast import ast, parse_plpgsql, parser
 
 from ..engine import load
 from ..engine.discover import Service
 from ..engine.errors import MigrationFileError
 from . import rules
+from .effects import strong_locks
 from .findings import Finding
 from .sqltree import RevisionContext, SchemaModel, Statement
 
@@ -121,16 +122,90 @@ def _attach_suppressions(sql: str, lines: _Lines, parsed: ParsedSql, ends: list[
             target.suppressions[match["rule"]] = match["reason"]
 
 
+PLPGSQL_WRAPPER = ("CREATE FUNCTION svcmig_do_block() RETURNS void LANGUAGE plpgsql "
+                   "AS {tag}{body}{tag}")
+
+
+def do_block_statements(stmt: Statement) -> list[Statement]:
+    """The SQL a `DO` block runs at migration time (PL/pgSQL only: its statements, PERFORMs,
+    loop queries, and EXECUTEs of a constant string), parsed with PostgreSQL's PL/pgSQL parser
+    (pglast `parse_plpgsql`) and placed at the block's line + their line in its body; the
+    suppressions of the DO statement apply to them. Raises SqlSyntaxError for a body that does
+    not compile. Function bodies are not included: they run when called, not when created."""
+    node = stmt.node
+    if not isinstance(node, ast.DoStmt):
+        return []
+    options = {str(d.defname): str(d.arg.sval) for d in node.args or ()
+               if isinstance(d, ast.DefElem) and isinstance(d.arg, ast.String)}
+    body = options.get("as", "")
+    if options.get("language", "plpgsql").lower() != "plpgsql" or not body:
+        return []
+    tag = "$svcmig$"
+    while tag in body:
+        tag = tag[:-1] + "x$"
+    try:
+        tree = parse_plpgsql(PLPGSQL_WRAPPER.format(tag=tag, body=body))
+    except parser.ParseError as err:
+        raise SqlSyntaxError(f"in the DO block: {err.args[0]}", stmt.line, stmt.column) from err
+    found: list[Statement] = []
+    for lineno, query in _plpgsql_queries(tree):
+        try:
+            inner = parse_statements(query).statements
+        except SqlSyntaxError:
+            continue  # PL/pgSQL accepted it (variables, INTO): nothing a rule could read
+        for item in inner:
+            found.append(Statement(item.node, stmt.line + max(lineno - 1, 0), stmt.column,
+                                   dict(stmt.suppressions)))
+    return found
+
+
+def _plpgsql_queries(tree: object, lineno: int = 1) -> Iterator[tuple[int, str]]:
+    """(line in the body, SQL) of each statement a PL/pgSQL tree executes."""
+    if isinstance(tree, list):
+        for item in tree:
+            yield from _plpgsql_queries(item, lineno)
+        return
+    if not isinstance(tree, dict):
+        return
+    for kind, value in tree.items():
+        if not isinstance(value, dict):
+            yield from _plpgsql_queries(value, lineno)
+            continue
+        line = int(value.get("lineno", lineno) or lineno)
+        if kind == "PLpgSQL_expr" and value.get("parseMode") == 0:
+            yield line, str(value.get("query", ""))
+            continue
+        if kind == "PLpgSQL_stmt_dynexecute":
+            text = str(value.get("query", {}).get("PLpgSQL_expr", {}).get("query", ""))
+            if len(text) > 1 and text[0] == text[-1] == "'" and "'" not in text[1:-1].replace(
+                    "''", ""):
+                yield line, text[1:-1].replace("''", "'")
+            continue
+        yield from _plpgsql_queries(value, line)
+
+
 def lint_statements(statements: Sequence[Statement], ctx: RevisionContext,
                     path: Path) -> list[Finding]:
-    """Run every SQL rule on each statement, then record what the statement builds."""
+    """Run every SQL rule on each statement (and on what each DO block runs), then record what
+    the statement builds."""
     findings: list[Finding] = []
+    expanded: list[Statement] = []
     for stmt in statements:
+        expanded.append(stmt)
+        try:
+            expanded.extend(do_block_statements(stmt))
+        except SqlSyntaxError as err:
+            findings.append(Finding(path, err.line, err.column, rules.PARSE_ERROR,
+                                    f"PL/pgSQL syntax error {err.message}"))
+    for stmt in expanded:
         for rule in rules.STATEMENT_RULES:
             if rule.name in stmt.suppressions:
                 continue
             findings.extend(Finding(path, stmt.line, stmt.column, rule, message)
                             for message in rule.check(stmt, ctx))
+        if ctx.transactional:
+            for lock in strong_locks(stmt, ctx):
+                ctx.held.setdefault(lock.table, (lock.mode, lock.what, stmt.line))
         ctx.record(stmt.node)
     return findings
 

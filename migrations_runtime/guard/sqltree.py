@@ -89,6 +89,18 @@ class SchemaModel:
     """(schema, table, column) proven NOT NULL: NOT NULL, PRIMARY KEY or a validated CHECK."""
     unvalidated_checks: dict[tuple[str, str, str], tuple[str, ...]] = field(default_factory=dict)
     """(schema, table, constraint) → columns of a `CHECK (c IS NOT NULL) NOT VALID`."""
+    primary_keys: dict[Qualified, tuple[str, ...]] = field(default_factory=dict)
+    partitioned: set[Qualified] = field(default_factory=set)
+    """Tables created with PARTITION BY."""
+    checked: set[Qualified] = field(default_factory=set)
+    """Tables with a validated CHECK constraint (any): ATTACH PARTITION can skip its scan."""
+    index_columns: dict[Qualified, tuple[str, ...]] = field(default_factory=dict)
+    """(schema, index) → its plain columns, for ADD … USING INDEX."""
+    created: set[Qualified] = field(default_factory=set)
+    """Tables whose CREATE the guard read: it knows all their columns and constraints."""
+    validated_unknown: set[Qualified] = field(default_factory=set)
+    """Tables the guard never saw created (adopted with `baseline`) on which a constraint it
+    does not know was validated: it may prove NOT NULL, the guard cannot tell."""
 
     def add_column(self, table: Qualified, column: ast.ColumnDef) -> None:
         name = column.colname or ""
@@ -98,10 +110,14 @@ class SchemaModel:
                 continue
             if constraint.contype in (ConstrType.CONSTR_NOTNULL, ConstrType.CONSTR_PRIMARY):
                 self.not_null.add((*table, name))
+            if constraint.contype == ConstrType.CONSTR_PRIMARY:
+                self.primary_keys[table] = (name,)
             elif constraint.contype == ConstrType.CONSTR_CHECK:
                 self.add_check(table, constraint)
 
     def add_check(self, table: Qualified, constraint: ast.Constraint) -> None:
+        if not constraint.skip_validation:
+            self.checked.add(table)
         columns = not_null_columns(constraint.raw_expr)
         if not columns:
             return
@@ -114,8 +130,11 @@ class SchemaModel:
             self.not_null.update((*table, col) for col in columns)
 
     def validate(self, table: Qualified, name: str) -> None:
+        if (*table, name) not in self.unvalidated_checks and table not in self.created:
+            self.validated_unknown.add(table)
         columns = self.unvalidated_checks.pop((*table, name), ())
         self.not_null.update((*table, col) for col in columns)
+        self.checked.add(table)
 
 
 @dataclass
@@ -131,6 +150,8 @@ class RevisionContext:
     model: SchemaModel = field(default_factory=SchemaModel)
     new_tables: set[Qualified] = field(default_factory=set)
     new_indexes: set[Qualified] = field(default_factory=set)
+    held: dict[Qualified, tuple[str, str, int]] = field(default_factory=dict)
+    """Strong locks this transactional revision holds so far: table → (mode, command, line)."""
 
     def qualify(self, relation: ast.RangeVar | None) -> Qualified:
         if relation is None:
@@ -156,6 +177,9 @@ class RevisionContext:
             table = self.qualify(node.relation)
             self.new_tables.add(table)
             self.model.columns[table] = {}
+            self.model.created.add(table)
+            if node.partspec is not None:
+                self.model.partitioned.add(table)
             for element in seq(node.tableElts):
                 if isinstance(element, ast.ColumnDef):
                     self.model.add_column(table, element)
@@ -163,13 +187,19 @@ class RevisionContext:
                     if element.contype == ConstrType.CONSTR_CHECK:
                         self.model.add_check(table, element)
                     elif element.contype == ConstrType.CONSTR_PRIMARY:
-                        self.model.not_null.update(
-                            (*table, key.sval) for key in seq(element.keys)
-                            if isinstance(key, ast.String) and key.sval)
+                        keys = tuple(key.sval for key in seq(element.keys)
+                                     if isinstance(key, ast.String) and key.sval)
+                        self.model.not_null.update((*table, key) for key in keys)
+                        self.model.primary_keys[table] = keys
         elif isinstance(node, ast.CreateTableAsStmt) and node.into is not None:
             self.new_tables.add(self.qualify(node.into.rel))
+        elif isinstance(node, ast.ViewStmt):
+            self.new_tables.add(self.qualify(node.view))
         elif isinstance(node, ast.IndexStmt) and node.idxname:
-            self.new_indexes.add((self.qualify(node.relation)[0], node.idxname))
+            index = (self.qualify(node.relation)[0], node.idxname)
+            self.new_indexes.add(index)
+            self.model.index_columns[index] = tuple(
+                e.name for e in seq(node.indexParams) if isinstance(e, ast.IndexElem) and e.name)
         elif isinstance(node, ast.AlterTableStmt):
             self._record_alter(self.qualify(node.relation), seq(node.cmds))
         elif isinstance(node, ast.DropStmt) and node.removeType == ObjectType.OBJECT_TABLE:
@@ -196,6 +226,12 @@ class RevisionContext:
             elif subtype == AlterTableType.AT_AddConstraint and isinstance(
                     cmd.def_, ast.Constraint) and cmd.def_.contype == ConstrType.CONSTR_CHECK:
                 self.model.add_check(table, cmd.def_)
+            elif subtype == AlterTableType.AT_AddConstraint and isinstance(
+                    cmd.def_, ast.Constraint) and cmd.def_.contype == ConstrType.CONSTR_PRIMARY:
+                keys = tuple(k.sval for k in seq(cmd.def_.keys)
+                             if isinstance(k, ast.String) and k.sval)
+                self.model.primary_keys[table] = keys
+                self.model.not_null.update((*table, key) for key in keys)
             elif subtype == AlterTableType.AT_ValidateConstraint and cmd.name:
                 self.model.validate(table, cmd.name)
 

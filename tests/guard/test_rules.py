@@ -46,7 +46,8 @@ def test_good_example_is_clean(rule: StatementRule, sql: str) -> None:
     "CREATE FUNCTION purge() RETURNS void LANGUAGE sql AS $$ DELETE FROM users; $$;",
     "CREATE FUNCTION p() RETURNS void LANGUAGE plpgsql AS $body$\n"
     "BEGIN\n  TRUNCATE users;\n  LOCK TABLE users;\nEND\n$body$;",
-    "DO $$ BEGIN UPDATE users SET a = 1; END $$;",
+    "DO $$ BEGIN RAISE NOTICE 'DELETE FROM users'; END $$;",
+    "DO LANGUAGE plpython3u $$ plpy.execute('DELETE FROM users') $$;",
     "CREATE TABLE devices (id bigint, user_id bigint);\n"
     "CREATE INDEX devices_user_idx ON devices (user_id);\n"
     "ALTER TABLE devices ADD CONSTRAINT fk FOREIGN KEY (user_id) REFERENCES users (id);",
@@ -55,7 +56,7 @@ def test_good_example_is_clean(rule: StatementRule, sql: str) -> None:
     "ALTER TABLE users VALIDATE CONSTRAINT email_nn;",
     "DELETE FROM users WHERE id = 42;",
     "DELETE FROM users WHERE true AND id = 42;",
-    "UPDATE users u SET plan = p.name FROM plans p WHERE u.plan_id = p.id;",
+    "UPDATE users u SET plan = p.name FROM plans p WHERE u.id = p.user_id;",
     "DELETE FROM users USING banned b WHERE users.id = b.user_id;",
     "UPDATE users SET seen = now() WHERE CURRENT OF c;",
     "CREATE TABLE orders (id int);",  # unqualified: the users schema, not service orders
@@ -84,7 +85,9 @@ def test_safe_look_alikes_do_not_fire(sql: str) -> None:
      "create-index-non-concurrently"),
     ("ALTER TABLE users ADD COLUMN id2 int GENERATED ALWAYS AS IDENTITY;", "volatile-default"),
     ("ALTER TABLE users ADD CONSTRAINT c CHECK (a > 0) NOT VALID, VALIDATE CONSTRAINT c;",
-     None),
+     "lock-held-during-work"),
+    ("UPDATE users u SET plan = p.name FROM plans p WHERE u.plan_id = p.id;",
+     "unbatched-data-change"),
     ("CREATE TABLE t (a varchar(10));\n-- next revision\n"
      "ALTER TABLE t ALTER COLUMN a TYPE varchar(5);", "column-type-change"),
     ("CREATE TABLE t (a numeric(10, 2));\n-- next revision\n"

@@ -7,6 +7,7 @@ rules are checked by the engine on file names, history and the git base.
 from ..findings import Rule, StatementRule
 from . import (
     append_only,
+    blocking_table_operation,
     cluster,
     column_type_change,
     concurrently_in_transaction,
@@ -18,6 +19,7 @@ from . import (
     drop_index_non_concurrently,
     filename_convention,
     invalid_suppression,
+    lock_held_during_work,
     lock_table,
     missing_down,
     not_null_column_without_default,
@@ -28,6 +30,7 @@ from . import (
     session_override,
     set_not_null_without_check,
     truncate,
+    unbatched_data_change,
     unique_without_index,
     vacuum_full,
     volatile_default,
@@ -36,6 +39,7 @@ from . import (
 
 STATEMENT_RULES: tuple[StatementRule, ...] = (
     dml_without_where.RULE,
+    unbatched_data_change.RULE,
     truncate.RULE,
     create_index_non_concurrently.RULE,
     drop_index_non_concurrently.RULE,
@@ -51,6 +55,8 @@ STATEMENT_RULES: tuple[StatementRule, ...] = (
     cluster.RULE,
     reindex_non_concurrently.RULE,
     lock_table.RULE,
+    lock_held_during_work.RULE,
+    blocking_table_operation.RULE,
     cross_service_write.RULE,
     session_override.RULE,
 )

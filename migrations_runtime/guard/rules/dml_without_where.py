@@ -16,12 +16,16 @@ BAD = (
     "WITH stale AS (SELECT id FROM users WHERE last_seen < '2020-01-01')\n"
     "DELETE FROM users;",
     "UPDATE users SET plan = p.name FROM plans p;",
+    "DO $$ BEGIN UPDATE users SET a = 1; END $$;",
+    "DO $$\nBEGIN\n  IF true THEN\n    DELETE FROM users;\n  END IF;\nEND $$;",
 )
 GOOD = (
-    "DELETE FROM users WHERE last_seen < '2020-01-01';",
-    "UPDATE users SET plan = p.name FROM plans p WHERE users.plan_id = p.id;",
-    "WITH stale AS (SELECT id FROM users WHERE last_seen < '2020-01-01')\n"
-    "DELETE FROM users WHERE id IN (SELECT id FROM stale);",
+    "DELETE FROM users WHERE id = 7;",
+    "UPDATE users SET plan = p.name FROM plans p WHERE users.id = p.user_id;",
+    "WITH stale AS (SELECT id FROM users WHERE last_seen < '2020-01-01' ORDER BY id LIMIT 500)"
+    "\nDELETE FROM users WHERE id IN (SELECT id FROM stale);",
+    "CREATE FUNCTION purge() RETURNS void LANGUAGE plpgsql AS $$ BEGIN DELETE FROM users; "
+    "END $$;",
     "CREATE TABLE flags (id int, on_ boolean);\nUPDATE flags SET on_ = true;",
 )
 

@@ -11,7 +11,7 @@ from ..sqltree import RevisionContext, Statement, seq
 
 BAD = ("TRUNCATE users;", "TRUNCATE TABLE users, accounts CASCADE;")
 GOOD = (
-    "DELETE FROM users WHERE created_at < '2020-01-01';",
+    "DELETE FROM users WHERE id >= 1 AND id < 1001 AND created_at < '2020-01-01';",
     "CREATE TABLE scratch (id int);\nTRUNCATE scratch;",
 )
 

@@ -1,0 +1,73 @@
+"""In a transactional revision every lock is held until it commits: a strong lock on a table in
+use, followed by anything that scans, rewrites or changes many rows, blocks the table for all
+of that work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pglast.enums import AlterTableType
+
+from ..effects import heavy_work, strong_locks
+from ..findings import Severity, StatementRule
+from ..sqltree import RevisionContext, Statement, alter_commands
+
+BAD = (
+    "ALTER TABLE users ADD COLUMN plan text;\n"
+    "UPDATE users SET plan = 'free' WHERE id BETWEEN 1 AND 1000;",
+    "ALTER TABLE users ADD CONSTRAINT users_age_check CHECK (age >= 0) NOT VALID;\n"
+    "ALTER TABLE users VALIDATE CONSTRAINT users_age_check;",
+    "ALTER TABLE users ADD CONSTRAINT c CHECK (a > 0) NOT VALID, VALIDATE CONSTRAINT c;",
+    "ALTER TABLE users RENAME COLUMN tmp TO tmp2;\n"
+    "SELECT id FROM users WHERE id BETWEEN 1 AND 100 FOR UPDATE;",
+    "LOCK TABLE users IN SHARE MODE;\nDELETE FROM users WHERE id = 7;",
+    "CREATE INDEX users_plan_idx ON users (plan);\n"
+    "UPDATE users SET plan = 'pro' WHERE id = 1;",
+)
+GOOD = (
+    "ALTER TABLE users ADD CONSTRAINT users_age_check CHECK (age >= 0) NOT VALID;\n"
+    "-- next revision\n"
+    "ALTER TABLE users VALIDATE CONSTRAINT users_age_check;",
+    "ALTER TABLE users ADD COLUMN plan text;\n-- next revision\n"
+    "UPDATE users SET plan = 'free' WHERE id BETWEEN 1 AND 1000;",
+    "-- migrate:no-transaction\nALTER TABLE users ADD COLUMN plan text;\n"
+    "UPDATE users SET plan = 'free' WHERE id BETWEEN 1 AND 1000;",
+    "CREATE TABLE plans (id int PRIMARY KEY, name text);\n"
+    "INSERT INTO plans VALUES (1, 'free');\nUPDATE plans SET name = 'pro' WHERE id = 1;",
+    "ALTER TABLE users VALIDATE CONSTRAINT users_age_check;\n"
+    "UPDATE users SET plan = 'free' WHERE id = 1;",
+)
+
+
+def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
+    if not ctx.transactional:
+        return
+    work = list(heavy_work(stmt, ctx))
+    if not work:
+        return
+    if ctx.held:
+        table, (mode, command, line) = next(iter(ctx.held.items()))
+        done = work[0]
+        yield (f"{done.what} on {'.'.join(done.table)} runs while this revision holds {mode} on "
+               f"{'.'.join(table)} ({command}, line {line}) until it commits: every query on "
+               "it waits for this work")
+        return
+    commands = [cmd for _, cmd in alter_commands(stmt)]
+    validates = [c for c in commands if c.subtype == AlterTableType.AT_ValidateConstraint]
+    own = list(strong_locks(stmt, ctx))
+    if validates and own and len(commands) > len(validates):
+        yield (f"VALIDATE CONSTRAINT {validates[0].name} scans {'.'.join(own[0].table)} in the "
+               f"same ALTER TABLE that takes {own[0].mode} on it: the scan runs under that lock")
+
+
+RULE = StatementRule(
+    name="lock-held-during-work",
+    severity=Severity.ERROR,
+    doc=__doc__ or "",
+    hint="Put the work in its own revision (a transactional file is one transaction): the "
+    "catalog change first, then the backfill or VALIDATE in a later revision, or mark the "
+    "revision '-- migrate:no-transaction' so each statement commits on its own.",
+    check=check,
+    bad=BAD,
+    good=GOOD,
+)

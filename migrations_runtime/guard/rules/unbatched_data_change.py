@@ -1,0 +1,196 @@
+"""A data change (or locking read) on a table in use whose filter does not bound the rows by a
+key range or a batch touches, locks and logs every matching row in one transaction; a filter
+such as `plan IS NULL` after adding `plan`, or `id > 0`, matches the whole table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pglast import ast
+from pglast.enums import A_Expr_Kind, OnConflictAction
+
+from ..findings import Severity, StatementRule
+from ..sqltree import Qualified, RevisionContext, Statement, last_name, seq, walk
+from .dml_without_where import has_row_filter
+
+BAD = (
+    "ALTER TABLE users ADD COLUMN plan text;\n-- next revision\n"
+    "UPDATE users SET plan = 'free' WHERE plan IS NULL;",
+    "UPDATE users SET active = true WHERE id > 0;",
+    "DELETE FROM users WHERE last_seen < '2020-01-01';",
+    "SELECT user_id FROM user_settings FOR UPDATE;",
+    "SELECT id FROM users WHERE plan = 'free' FOR SHARE;",
+    "MERGE INTO users u USING imports i ON u.email = i.email\n"
+    "WHEN MATCHED THEN UPDATE SET name = i.name;",
+    "INSERT INTO user_totals (user_id, n) SELECT user_id, count(*) FROM orders.orders "
+    "GROUP BY user_id\nON CONFLICT (user_id) DO UPDATE SET n = EXCLUDED.n;",
+    "UPDATE users SET plan = p.name FROM plans p WHERE users.plan_id = p.id;",
+    "WITH stale AS (SELECT id FROM users WHERE last_seen < '2020-01-01')\n"
+    "DELETE FROM users WHERE id IN (SELECT id FROM stale);",
+)
+GOOD = (
+    "UPDATE users SET plan = 'free' WHERE id >= 1 AND id < 10001 AND plan IS NULL;",
+    "UPDATE users SET plan = 'free' WHERE id BETWEEN 10001 AND 20000;",
+    "DELETE FROM users WHERE id = 42;",
+    "DELETE FROM users WHERE id IN (1, 2, 3);",
+    "UPDATE users SET plan = 'free' WHERE id IN (SELECT id FROM users WHERE plan IS NULL "
+    "ORDER BY id LIMIT 1000);",
+    "DELETE FROM users USING banned b WHERE users.id = b.user_id;",
+    "SELECT id FROM users WHERE id = 1 FOR UPDATE;",
+    "CREATE TABLE plans (id int PRIMARY KEY, name text);\nUPDATE plans SET name = 'x';",
+    "INSERT INTO user_totals (user_id, n) VALUES (1, 0) ON CONFLICT (user_id) DO NOTHING;",
+)
+
+_AND = 0
+_LOWER, _UPPER = frozenset({">", ">="}), frozenset({"<", "<="})
+
+
+def _column(node: object, names: frozenset[str] | None = None) -> str | None:
+    """The column `node` names, if it is one of the target's (`names`: the target's name and
+    alias; None: any table's)."""
+    if not isinstance(node, ast.ColumnRef):
+        return None
+    parts = [f.sval for f in seq(node.fields) if isinstance(f, ast.String)]
+    if names is not None and len(parts) > 1 and parts[-2] not in names:
+        return None
+    return parts[-1] if parts else None
+
+
+def _constant(node: object) -> bool:
+    """No column of any table: a literal, a parameter, an expression of those."""
+    return node is not None and not any(isinstance(n, ast.ColumnRef | ast.SubLink)
+                                        for n in walk(node))
+
+
+def _conjuncts(where: ast.Node | None) -> list[ast.Node]:
+    if isinstance(where, ast.BoolExpr) and where.boolop == _AND:
+        return [c for arg in seq(where.args) for c in _conjuncts(arg)]
+    return [where] if where is not None else []
+
+
+def _batched_subquery(node: ast.Node | None, keys: tuple[str, ...],
+                      ctes: dict[str, ast.Node]) -> bool:
+    """A sub-select with a LIMIT or a key-bounded filter, itself or through the CTE it reads."""
+    select = node.subselect if isinstance(node, ast.SubLink) else node
+    if not isinstance(select, ast.SelectStmt):
+        return False
+    if select.limitCount is not None or key_bounded(select.whereClause, keys, None, ctes):
+        return True
+    sources = [r for r in seq(select.fromClause) if isinstance(r, ast.RangeVar)]
+    return len(sources) == 1 and not sources[0].schemaname and _batched_subquery(
+        ctes.get(sources[0].relname or ""), keys, {})
+
+
+def _names(relation: ast.RangeVar | None) -> frozenset[str]:
+    if relation is None:
+        return frozenset()
+    alias = relation.alias.aliasname if relation.alias else None
+    return frozenset(n for n in (relation.relname, alias) if n)
+
+
+def key_bounded(where: ast.Node | None, keys: tuple[str, ...],
+                names: frozenset[str] | None = None,
+                ctes: dict[str, ast.Node] | None = None) -> bool:
+    """True when `where` bounds the rows by the key `keys` (any of them): `key = value`,
+    `key IN (values)`, `key = ANY(array)`, `key BETWEEN a AND b`, both a lower and an upper
+    bound, `key IN (SELECT … LIMIT n)`, a join on the key (`key = other.col`), CURRENT OF."""
+    lower: set[str] = set()
+    upper: set[str] = set()
+    for conjunct in _conjuncts(where):
+        if isinstance(conjunct, ast.CurrentOfExpr):
+            return True
+        if isinstance(conjunct, ast.SubLink) and (_column(conjunct.testexpr, names) or "") in keys:
+            if _batched_subquery(conjunct, keys, ctes or {}):
+                return True
+            continue
+        if not isinstance(conjunct, ast.A_Expr):
+            continue
+        op = last_name(conjunct.name)
+        left: object = conjunct.lexpr
+        right: object = conjunct.rexpr  # a node, or a tuple (IN lists)
+        kind = conjunct.kind
+        if (_column(left, names) or "") not in keys and (_column(right, names) or "") in keys:
+            left, right = right, left
+            op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
+        column = _column(left, names)
+        if column is None or column not in keys:
+            continue
+        if kind in (A_Expr_Kind.AEXPR_IN, A_Expr_Kind.AEXPR_BETWEEN) and _constant(right):
+            return True
+        if kind == A_Expr_Kind.AEXPR_OP_ANY and _constant(right):
+            return True
+        if kind == A_Expr_Kind.AEXPR_OP and op == "=" and (
+                _constant(right) or isinstance(right, ast.ColumnRef)):
+            return True
+        if kind == A_Expr_Kind.AEXPR_OP and _constant(right):
+            if op in _LOWER:
+                lower.add(column)
+            elif op in _UPPER:
+                upper.add(column)
+    return bool(lower & upper)
+
+
+def _keys(ctx: RevisionContext, table: Qualified) -> tuple[str, ...]:
+    """The table's primary key when the guard saw it, else `id` (the usual convention)."""
+    return ctx.model.primary_keys.get(table) or ("id",)
+
+
+def _ctes(node: ast.Node) -> dict[str, ast.Node]:
+    """The statement's WITH queries by name."""
+    clause = getattr(node, "withClause", None)
+    return {c.ctename: c.ctequery for c in seq(clause.ctes if clause else None)
+            if isinstance(c, ast.CommonTableExpr) and c.ctename and c.ctequery is not None}
+
+
+def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
+    ctes = _ctes(stmt.node)
+    for node in walk(stmt.node):
+        target: ast.RangeVar | None = None
+        where: ast.Node | None = None
+        verb = ""
+        if isinstance(node, ast.UpdateStmt | ast.DeleteStmt):
+            target, where = node.relation, node.whereClause
+            verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"
+            if not has_row_filter(where):
+                continue  # dml-without-where says it
+        elif isinstance(node, ast.MergeStmt):
+            target, where, verb = node.relation, node.joinCondition, "MERGE"
+        elif isinstance(node, ast.InsertStmt) and node.onConflictClause is not None and \
+                node.onConflictClause.action == OnConflictAction.ONCONFLICT_UPDATE and \
+                isinstance(node.selectStmt, ast.SelectStmt) and node.selectStmt.fromClause:
+            select = node.selectStmt
+            if select.limitCount is None and not any(
+                    isinstance(r, ast.RangeVar) and key_bounded(
+                        select.whereClause, _keys(ctx, ctx.qualify(r)), _names(r))
+                    for r in seq(select.fromClause)):
+                yield (f"INSERT … SELECT … ON CONFLICT DO UPDATE on "
+                       f"{'.'.join(ctx.qualify(node.relation))} updates every row the SELECT "
+                       "matches in one transaction")
+            continue
+        elif isinstance(node, ast.SelectStmt) and node.lockingClause:
+            for rel in seq(node.fromClause):
+                if isinstance(rel, ast.RangeVar) and not ctx.is_new_table(rel) and \
+                        not key_bounded(node.whereClause, _keys(ctx, ctx.qualify(rel)),
+                                        _names(rel)) and node.limitCount is None:
+                    yield (f"SELECT … FOR UPDATE/SHARE on {'.'.join(ctx.qualify(rel))} "
+                           "row-locks every matching row until the revision commits")
+            continue
+        if target is None or ctx.is_new_table(target):
+            continue
+        table = ctx.qualify(target)
+        if not key_bounded(where, _keys(ctx, table), _names(target), ctes):
+            yield (f"{verb} on {'.'.join(table)} is not bounded by a key range or batch: "
+                   "it changes and locks every matching row in one transaction")
+
+
+RULE = StatementRule(
+    name="unbatched-data-change",
+    severity=Severity.ERROR,
+    doc=__doc__ or "",
+    hint="Bound each statement by the key (WHERE id >= :lo AND id < :hi, or id IN (SELECT id "
+    "… LIMIT 1000)) and run batches outside the deploy (docs/deploy.md, heavy backfills), or "
+    "put a small, known set of keys in the WHERE.",
+    check=check,
+    bad=BAD,
+    good=GOOD,
+)

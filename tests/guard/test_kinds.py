@@ -1,0 +1,164 @@
+"""The guard by kind (issue 14): each hazard from public bug reports the guard missed, with
+inputs of its own beside it, and the false alarms it raised, with their look-alikes. The tables
+exist from earlier revisions of service `users` unless a test creates them."""
+
+from __future__ import annotations
+
+import pytest
+
+from migrations_runtime.guard.linter import lint_example
+
+
+def names(sql: str) -> set[str]:
+    return {f.rule.name for f in lint_example(sql)}
+
+
+# (kind, sql, the rule that must fire)
+HAZARDS = [
+    # d: long ACCESS EXCLUSIVE / write-blocking operations
+    ("refresh-matview", "REFRESH MATERIALIZED VIEW signups_daily;", "blocking-table-operation"),
+    ("refresh-matview", "REFRESH MATERIALIZED VIEW users.signups_daily WITH DATA;",
+     "blocking-table-operation"),
+    ("set-unlogged", "ALTER TABLE sessions SET UNLOGGED;", "blocking-table-operation"),
+    ("set-logged", "ALTER TABLE IF EXISTS sessions SET LOGGED;", "blocking-table-operation"),
+    ("detach", "ALTER TABLE user_events DETACH PARTITION user_events_2026_11;",
+     "blocking-table-operation"),
+    ("detach", "ALTER TABLE users.user_events DETACH PARTITION users.user_events_2020;",
+     "blocking-table-operation"),
+    ("attach", "ALTER TABLE user_events ATTACH PARTITION user_events_2027 FOR VALUES IN (2027);",
+     "blocking-table-operation"),
+    ("domain", "ALTER DOMAIN positive_int ADD CHECK (VALUE > 0);", "blocking-table-operation"),
+    # c: contract-only changes in expand
+    ("enum-rename", "ALTER TYPE account_status RENAME VALUE 'suspended' TO 'blocked';",
+     "destructive-change-in-expand"),
+    ("enum-rename", "ALTER TYPE users.plan_kind RENAME VALUE 'gold' TO 'premium';",
+     "destructive-change-in-expand"),
+    ("drop-default", "CREATE TABLE orders_copy (currency text NOT NULL DEFAULT 'EUR');\n"
+     "-- next revision\nALTER TABLE orders_copy ALTER COLUMN currency DROP DEFAULT;",
+     "destructive-change-in-expand"),
+    ("drop-default", "CREATE TABLE carts (id bigint PRIMARY KEY DEFAULT 0);\n"
+     "-- next revision\nALTER TABLE carts ALTER id DROP DEFAULT;",
+     "destructive-change-in-expand"),
+    ("drop-object", "DROP VIEW IF EXISTS active_users, paying_users;",
+     "destructive-change-in-expand"),
+    ("drop-object", "DROP PROCEDURE recompute_scores();", "destructive-change-in-expand"),
+    ("rename-object", "ALTER MATERIALIZED VIEW signups_daily RENAME TO signups_per_day;",
+     "destructive-change-in-expand"),
+    ("rename-object", "ALTER DOMAIN email_address RENAME TO email;",
+     "destructive-change-in-expand"),
+    ("narrowing", "CREATE TABLE counters (n bigint);\n-- next revision\n"
+     "ALTER TABLE counters ALTER COLUMN n TYPE int;", "destructive-change-in-expand"),
+    ("narrowing", "CREATE TABLE prices (amount numeric(12, 4));\n-- next revision\n"
+     "ALTER TABLE prices ALTER COLUMN amount TYPE numeric(12, 2);",
+     "destructive-change-in-expand"),
+    # a: strong lock held through work in one transaction
+    ("lock-then-backfill", "ALTER TABLE users ADD COLUMN plan text;\n"
+     "UPDATE users SET plan = 'free' WHERE plan IS NULL;", "lock-held-during-work"),
+    ("lock-then-backfill", "ALTER TABLE users ADD COLUMN plan text;\n"
+     "UPDATE users SET plan = 'free' WHERE id > 0;", "lock-held-during-work"),
+    ("not-valid-then-validate", "ALTER TABLE order_items ADD CONSTRAINT quantity_positive "
+     "CHECK (quantity > 0) NOT VALID;\n"
+     "ALTER TABLE order_items VALIDATE CONSTRAINT quantity_positive;", "lock-held-during-work"),
+    ("not-valid-then-validate", "ALTER TABLE users ADD CONSTRAINT users_org_fk FOREIGN KEY "
+     "(org_id) REFERENCES orgs (id) NOT VALID;\n"
+     "ALTER TABLE users VALIDATE CONSTRAINT users_org_fk;", "lock-held-during-work"),
+    ("lock-then-index", "ALTER TABLE users ALTER COLUMN bio SET STORAGE EXTERNAL;\n"
+     "CREATE INDEX users_bio_idx ON users (bio);", "lock-held-during-work"),
+    ("lock-then-lock-read", "LOCK TABLE users IN ACCESS EXCLUSIVE MODE;\n"
+     "SELECT id FROM users WHERE id = 1 FOR UPDATE;", "lock-held-during-work"),
+    # e: data changes by effect
+    ("unbounded-backfill", "UPDATE users SET plan = 'free' WHERE plan IS NULL;",
+     "unbatched-data-change"),
+    ("unbounded-backfill", "UPDATE users SET plan = 'free' WHERE id > 0;",
+     "unbatched-data-change"),
+    ("unbounded-backfill", "DELETE FROM users WHERE id <> 7;", "unbatched-data-change"),
+    ("locking-read", "SELECT user_id FROM user_settings FOR UPDATE;", "unbatched-data-change"),
+    ("locking-read", "SELECT s.user_id FROM user_settings s WHERE s.theme = 'dark' "
+     "FOR NO KEY UPDATE;", "unbatched-data-change"),
+    ("merge", "MERGE INTO users u USING staging s ON u.email = s.email "
+     "WHEN MATCHED THEN DELETE;", "unbatched-data-change"),
+    ("upsert-select", "INSERT INTO users (id, plan) SELECT id, 'free' FROM legacy_users\n"
+     "ON CONFLICT (id) DO UPDATE SET plan = EXCLUDED.plan;", "unbatched-data-change"),
+    # b: what runs at migration time is linted, DO blocks included
+    ("do-block", "DO $$ BEGIN DELETE FROM cart_items; END $$;", "dml-without-where"),
+    ("do-block", "DO $$\nBEGIN\n  EXECUTE 'TRUNCATE cart_items';\nEND\n$$;", "truncate"),
+    ("do-block", "DO $do$\nDECLARE r record;\nBEGIN\n  FOR r IN SELECT id FROM users LOOP\n"
+     "    PERFORM 1;\n  END LOOP;\n  ALTER TABLE users DROP COLUMN legacy;\nEND\n$do$;",
+     "destructive-change-in-expand"),
+    ("do-block", "DO LANGUAGE plpgsql $$ BEGIN UPDATE orders.orders SET note = '' "
+     "WHERE id = 1; END $$;", "cross-service-write"),
+    # f: partitioned tables
+    ("partitioned-parent", "CREATE TABLE user_events (user_id bigint, ts timestamptz) "
+     "PARTITION BY RANGE (ts);\n-- next revision\n"
+     "CREATE INDEX user_events_user_idx ON user_events (user_id);",
+     "create-index-non-concurrently"),
+]
+
+LOOK_ALIKES = [
+    ("refresh-concurrently", "-- migrate:no-transaction\n"
+     "REFRESH MATERIALIZED VIEW CONCURRENTLY signups_daily;"),
+    ("new-matview", "CREATE MATERIALIZED VIEW recent AS SELECT 1 AS one WITH NO DATA;\n"
+     "REFRESH MATERIALIZED VIEW recent;"),
+    ("detach-concurrently", "-- migrate:no-transaction\n"
+     "ALTER TABLE user_events DETACH PARTITION user_events_2026_11 CONCURRENTLY;"),
+    ("new-table-logged", "CREATE UNLOGGED TABLE staging (id int);\n"
+     "ALTER TABLE staging SET LOGGED;"),
+    ("enum-add-value", "ALTER TYPE account_status ADD VALUE IF NOT EXISTS 'blocked';"),
+    ("contract-rename-value", "-- phase: contract\n"
+     "ALTER TYPE account_status RENAME VALUE 'suspended' TO 'blocked';"),
+    ("nullable-drop-default", "CREATE TABLE carts (note text DEFAULT '');\n-- next revision\n"
+     "ALTER TABLE carts ALTER COLUMN note DROP DEFAULT;"),
+    ("widening", "CREATE TABLE counters (n int, label varchar(10));\n-- next revision\n"
+     "ALTER TABLE counters ALTER COLUMN label TYPE varchar(40);"),
+    ("batched-backfill", "UPDATE users SET plan = 'free' WHERE id >= 10001 AND id < 20001 "
+     "AND plan IS NULL;"),
+    ("batched-backfill", "UPDATE users SET plan = 'free' WHERE id = ANY('{1,2,3}'::bigint[]);"),
+    ("batched-backfill", "WITH batch AS (SELECT id FROM users WHERE plan IS NULL ORDER BY id "
+     "LIMIT 1000)\nUPDATE users SET plan = 'free' WHERE id IN (SELECT id FROM batch);"),
+    ("validate-next-revision", "ALTER TABLE order_items ADD CONSTRAINT quantity_positive "
+     "CHECK (quantity > 0) NOT VALID;\n-- next revision\n"
+     "ALTER TABLE order_items VALIDATE CONSTRAINT quantity_positive;"),
+    ("cic", "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY users_plan_idx ON users (plan);"),
+    ("on-only", "CREATE INDEX user_events_user_idx ON ONLY user_events (user_id);"),
+    ("nullable-fk-new-column", "ALTER TABLE users ADD COLUMN org_id bigint,\n"
+     "  ADD CONSTRAINT users_org_fk FOREIGN KEY (org_id) REFERENCES orgs (id) NOT VALID;"),
+    ("lock-read-by-key", "SELECT id FROM users WHERE id = 42 FOR UPDATE;"),
+    ("function-body", "CREATE FUNCTION purge_carts() RETURNS void LANGUAGE plpgsql AS $$\n"
+     "BEGIN DELETE FROM cart_items; END $$;"),
+    ("no-transaction-steps", "-- migrate:no-transaction\nALTER TABLE users ADD COLUMN plan text;\n"
+     "UPDATE users SET plan = 'free' WHERE id BETWEEN 1 AND 1000;"),
+    # adopted tables (svcmig baseline): no history, so types and constraints are unknown
+    ("adopted-varchar-to-text", "ALTER TABLE legacy_accounts ALTER COLUMN email TYPE text;"),
+    ("adopted-validate-then-not-null", "ALTER TABLE legacy_accounts VALIDATE CONSTRAINT "
+     "legacy_email_nn;\n-- next revision\n"
+     "ALTER TABLE legacy_accounts ALTER COLUMN email SET NOT NULL;"),
+]
+
+
+@pytest.mark.parametrize(("kind", "sql", "rule"), HAZARDS,
+                         ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(HAZARDS)])
+def test_hazard_is_reported(kind: str, sql: str, rule: str) -> None:
+    assert rule in names(sql), (kind, names(sql))
+
+
+@pytest.mark.parametrize(("kind", "sql"), LOOK_ALIKES,
+                         ids=[f"{k}-{i}" for i, (k, _) in enumerate(LOOK_ALIKES)])
+def test_look_alike_is_clean(kind: str, sql: str) -> None:
+    assert names(sql) == set(), kind
+
+
+def test_a_do_block_finding_points_at_its_line_in_the_body() -> None:
+    sql = "SELECT 1;\nDO $$\nBEGIN\n  PERFORM 1;\n  DELETE FROM cart_items;\nEND $$;\n"
+    [finding] = lint_example(sql)
+    assert (finding.rule.name, finding.line) == ("dml-without-where", 5)
+
+
+def test_a_do_block_that_does_not_compile_is_a_parse_error() -> None:
+    [finding] = lint_example("DO $$ BEGIN DELET FROM users; END $$;")
+    assert finding.rule.name == "parse-error" and "PL/pgSQL" in finding.message
+
+
+def test_a_suppression_on_a_do_block_covers_what_it_runs() -> None:
+    sql = ("-- svcmig:ignore dml-without-where cart_items is a cache, emptied at each release\n"
+           "DO $$ BEGIN DELETE FROM cart_items; END $$;")
+    assert names(sql) == set()
