@@ -23,11 +23,13 @@ from ..engine.plan import PHASE_CHOICES, Plan, make_plan
 from ..engine.preflight import preflight
 from ..engine.report import status_text
 from ..engine.validate import Graph, build_graph
+from ..guard.findings import Severity
 from ..tools.authoring import new_revision, new_service
 from ..tools.check import run_check
 from ..tools.graph import FORMATS, format_for, render
 from ..tools.plan_script import offline_state, plan_sql
 from ..tools.progress import Progress
+from ..tools.trace import trace_all
 from .common import EXIT_PROBLEM, EXIT_USAGE, echo_json, fail, json_option, project_root, run
 
 
@@ -172,18 +174,29 @@ def _read_state(url: str) -> DatabaseState:
               help="Fail (exit 1) when a service has irreversible revisions, or a revision holds "
               "a strong lock on a pre-existing table long or across work on rows.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--trace/--no-trace", default=True, show_default=True,
+              help="Also trace every revision (svcmig lint --trace) on another throwaway "
+              "database of the same server; not with --in-place.")
 @json_option
 def check_command(database_url: str | None, in_place: bool, strict: bool, quiet: bool,
-                  as_json: bool) -> None:
+                  trace: bool, as_json: bool) -> None:
     """Upgrade heads on a throwaway database, then for every service downgrade to its base
     and upgrade back one revision at a time, comparing catalog snapshots at every step. Also
-    checks one head per service and that every depends_on was honoured. Exit 1 on any
-    problem; irreversible services and strong-lock holds are reported, and fail only with
+    checks one head per service and that every depends_on was honoured, and traces every
+    revision's locks, rewrites and scans. Exit 1 on any problem; irreversible services,
+    strong-lock holds and revisions that could not be traced are reported, and fail only with
     --strict."""
     root = project_root()
     progress = Progress(enabled=not quiet)
     report = run(lambda: run_check(root, database_url, in_place, progress, RunSettings()))
     progress.finish()
+    if trace and not in_place and not report.all_problems:
+        traced = run(lambda: trace_all(root, database_url))
+        for finding in traced.findings:
+            where = f"{finding.path.relative_to(root)}:{finding.line}"
+            line = f"{where}: {finding.rule.name}: {finding.message}"
+            (report.problems if finding.severity is Severity.ERROR else report.warnings
+             ).append(line)
     if as_json:
         echo_json(report.as_dict(strict))
     else:

@@ -68,12 +68,21 @@ def exit_code(findings: list[Finding], strict: bool) -> int:
 @click.option("--pg-version", type=click.IntRange(10, 99), default=DEFAULT_PG_VERSION,
               show_default=True, help="PostgreSQL major version the migrations run on.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on warnings too.")
+@click.option("--trace", is_flag=True,
+              help="Also run the linted revisions on a throwaway Postgres and report the locks, "
+              "rewrites and scans observed (docs/guard.md, trace mode).")
+@click.option("--database-url", envvar=None, default=None,
+              help="With --trace: a server to trace on, through any database on it; a "
+              "throwaway database is created there and dropped. Default: the project's "
+              "embedded Postgres. $DATABASE_URL is never used.")
 def lint(paths: tuple[Path, ...], base: str | None, lint_all: bool, output_format: str,
-         pg_version: int, strict: bool) -> None:
+         pg_version: int, strict: bool, trace: bool, database_url: str | None) -> None:
     """Check migration files for locking, rewriting, destructive or cross-service SQL.
 
     With no PATHS and no --base, every revision is linted (same as --all).
     """
+    if database_url and not trace:
+        raise click.UsageError("--database-url is for --trace")
     if lint_all and (base or paths):
         raise click.UsageError("--all lints everything; do not combine it with PATHS or --base")
     try:
@@ -93,6 +102,10 @@ def lint(paths: tuple[Path, ...], base: str | None, lint_all: bool, output_forma
         else:
             targets = _all_revision_files(services)
         findings.extend(Linter(services, pg_version).lint_paths(targets))
+        if trace and not any(f.rule is rules.PARSE_ERROR for f in findings):
+            from ..tools.trace import trace as run_trace
+
+            findings.extend(run_trace(root, targets, database_url).findings)
     except SvcmigError as err:
         click.echo(f"svcmig lint: {err}", err=True)
         sys.exit(EXIT_USAGE)

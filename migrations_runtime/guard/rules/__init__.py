@@ -29,6 +29,7 @@ from . import (
     reindex_non_concurrently,
     session_override,
     set_not_null_without_check,
+    traced,
     truncate,
     unbatched_data_change,
     unique_without_index,
@@ -69,10 +70,16 @@ APPEND_ONLY = append_only.RULE
 OUT_OF_ORDER = out_of_order.RULE
 ONE_HEAD = one_head.RULE
 MISSING_DOWN = missing_down.RULE
+TRACED_REWRITE = traced.REWRITE
+TRACED_LOCK_HELD = traced.LOCK_HELD
+TRACED_UNBOUNDED_SCAN = traced.UNBOUNDED_SCAN
+TRACED_ERROR = traced.ERROR
 
 FRAMEWORK_RULES: tuple[Rule, ...] = (
     PARSE_ERROR, INVALID_SUPPRESSION, FILENAME_CONVENTION, WRONG_SERVICE_FOLDER, APPEND_ONLY,
     OUT_OF_ORDER, ONE_HEAD, MISSING_DOWN,
 )
-ALL_RULES: tuple[Rule, ...] = STATEMENT_RULES + FRAMEWORK_RULES
+TRACED_RULES: tuple[Rule, ...] = (TRACED_REWRITE, TRACED_LOCK_HELD, TRACED_UNBOUNDED_SCAN,
+                                  TRACED_ERROR)
+ALL_RULES: tuple[Rule, ...] = STATEMENT_RULES + FRAMEWORK_RULES + TRACED_RULES
 BY_NAME: dict[str, Rule] = {rule.name: rule for rule in ALL_RULES}
