@@ -22,6 +22,7 @@ from ..engine.report import failure_dict, lock_summary_text, status_text
 from .common import (
     EXIT_INTERRUPTED,
     EXIT_PROBLEM,
+    EXIT_USAGE,
     database_url_option,
     fail,
     finite,
@@ -158,18 +159,38 @@ def status_command(database_url: str | None, as_json: bool) -> None:
 @click.command("baseline")
 @click.argument("targets", nargs=-1)
 @database_url_option
+@click.option("--from-database", "from_database", metavar="URL", default=None,
+              help="First write each TARGET service's existing schema in URL as its root "
+              "revision (pg_dump, schema only), then mark it applied there.")
 @json_option
-def baseline_command(targets: tuple[str, ...], database_url: str | None, as_json: bool) -> None:
+def baseline_command(targets: tuple[str, ...], database_url: str | None,
+                     from_database: str | None, as_json: bool) -> None:
     """Adopt svcmig on an existing database: mark TARGETS (services, meaning their code head, or
     revision ids) and everything before them as applied, without running them. Without
     TARGETS, the revisions stock Alembic recorded in public.alembic_version (and what they
-    depend on) are the targets."""
+    depend on) are the targets. With --from-database URL, TARGETS are services without
+    revisions: each one's schema in URL becomes its root revision (so the guard knows the
+    types, constraints and indexes that predate svcmig), marked applied in URL."""
     root = project_root()
-    url = run(lambda: resolve_url(database_url, root))
+    written: list[Path] = []
+    if from_database:
+        if database_url:
+            fail("--from-database names the database to adopt; do not add --database-url",
+                 EXIT_USAGE)
+        if not targets:
+            fail("--from-database needs the services to adopt: svcmig baseline "
+                 "--from-database URL SERVICE…", EXIT_USAGE)
+        from ..tools.adopt import write_baselines
+
+        written = run(lambda: write_baselines(root, from_database, list(targets)))
+    url = run(lambda: resolve_url(from_database or database_url, root))
     marked = run(lambda: baseline(url, root, list(targets)))
     if as_json:
-        click.echo(json.dumps({"baselined": marked}, indent=2))
+        click.echo(json.dumps({"written": [str(p.relative_to(root)) for p in written],
+                               "baselined": marked}, indent=2))
     else:
+        for path in written:
+            click.echo(f"wrote {path.relative_to(root)}")
         click.echo(f"baselined {len(marked)} revision(s): {', '.join(marked)}")
 
 

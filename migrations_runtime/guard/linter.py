@@ -228,7 +228,8 @@ def lint_sql_text(text: str, ctx: RevisionContext, path: Path) -> list[Finding]:
     findings.extend(Finding(path, line, column, rules.INVALID_SUPPRESSION, message)
                     for line, column, message in parsed.bad_suppressions)
     findings.extend(lint_statements(parsed.statements, ctx, path))
-    if source.down_line is None:
+    acknowledged = any(rules.MISSING_DOWN.name in s.suppressions for s in parsed.statements)
+    if source.down_line is None and not acknowledged:
         findings.append(Finding(path, 1, 1, rules.MISSING_DOWN,
                                 "no '-- migrate:down' section: svcmig downgrade cannot undo it"))
     return findings

@@ -30,6 +30,14 @@ class Statement:
     column: int
     suppressions: dict[str, str] = field(default_factory=dict)
     """rule name → reason, from `-- svcmig:ignore <rule> <reason>` comments on the statement."""
+    _nodes: list[ast.Node] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def nodes(self) -> list[ast.Node]:
+        """Every node of the statement, depth first: computed once, as several rules read it."""
+        if self._nodes is None:
+            self._nodes = list(walk(self.node))
+        return self._nodes
 
 
 def walk(node: object) -> Iterator[ast.Node]:

@@ -42,12 +42,12 @@ GOOD = (
 def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
     if not ctx.transactional:
         return
-    work = list(heavy_work(stmt, ctx))
-    if not work:
-        return
     if ctx.held:
+        work = next(heavy_work(stmt, ctx), None)
+        if work is None:
+            return
         table, (mode, command, line) = next(iter(ctx.held.items()))
-        done = work[0]
+        done = work
         yield (f"{done.what} on {'.'.join(done.table)} runs while this revision holds {mode} on "
                f"{'.'.join(table)} ({command}, line {line}) until it commits: every query on "
                "it waits for this work")

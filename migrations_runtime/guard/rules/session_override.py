@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pglast import ast
 
 from ..findings import Severity, StatementRule
-from ..sqltree import RevisionContext, Statement, last_name, seq, walk
+from ..sqltree import RevisionContext, Statement, last_name, seq
 
 BAD = (
     "SET search_path = orders;",
@@ -28,7 +28,7 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
         return
     if not isinstance(node, ast.SelectStmt):
         return
-    for call in walk(node):
+    for call in stmt.nodes:
         if not (isinstance(call, ast.FuncCall) and last_name(call.funcname) == "set_config"):
             continue
         first = seq(call.args)[:1]

@@ -144,7 +144,7 @@ def _ctes(node: ast.Node) -> dict[str, ast.Node]:
 
 def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
     ctes = _ctes(stmt.node)
-    for node in walk(stmt.node):
+    for node in stmt.nodes:
         target: ast.RangeVar | None = None
         where: ast.Node | None = None
         verb = ""
