@@ -115,9 +115,27 @@ class Migrations(Construct):
                 .subnet_ids,
                 "security_groups": [security_group.security_group_id],
                 "budget_seconds": budget.to_seconds()})})
-        worker.grant_run(self.function)
+        # RunTask of this task definition in the workers' cluster only; the roles it passes
+        # are the task's own, to ECS tasks only
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["ecs:RunTask"], resources=[worker.task_definition_arn],
+            conditions={"ArnEquals": {"ecs:cluster": workers.cluster_arn}}))
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["ecs:ListTasks"], resources=["*"],
+            conditions={"ArnEquals": {"ecs:cluster": workers.cluster_arn}}))
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["ecs:DescribeTasks"],
+            resources=[Stack.of(self).format_arn(
+                service="ecs", resource="task", resource_name=f"{workers.cluster_name}/*")],
+            conditions={"ArnEquals": {"ecs:cluster": workers.cluster_arn}}))
+        roles = [worker.task_role.role_arn]
+        if worker.execution_role is not None:
+            roles.append(worker.execution_role.role_arn)
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["iam:PassRole"], resources=roles,
+            conditions={"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}))
         # is_complete: reads the run's record and watches (or stops) its task
-        self.progress, _ = migrator_function(
+        self.progress, progress_logs = migrator_function(
             "Progress", "infra.migrator.handler.is_complete_handler",
             f"{stage.prefix}-migrator-progress", STARTER_TIMEOUT,
             f"svcmig migrator ({stage.name}): reports a migration run's end", database)
@@ -140,9 +158,10 @@ class Migrations(Construct):
             description="svcmig remote: status and repair through the operations function",
             statements=[iam.PolicyStatement(actions=["lambda:InvokeFunction"],
                                             resources=[self.operations.function_arn])])
-        # A failed contract phase does not fail the deploy (see the handler): it says so here.
+        # A failed contract phase does not fail the deploy (see the handler): the poller, which
+        # sees every way a run ends, says so here.
         failures = logs.MetricFilter(
-            self, "ContractFailures", log_group=worker_logs,
+            self, "ContractFailures", log_group=progress_logs,
             filter_pattern=logs.FilterPattern.string_value("$.event", "=", "contract_failed"),
             metric_namespace="svcmig", metric_name=f"ContractFailures-{stage.name}",
             metric_value="1", default_value=0)

@@ -37,6 +37,11 @@ MANAGED_ROLES = [
 XRAY = Ack("AwsSolutions-IAM5[Resource::*]", "xray:PutTraceSegments/PutTelemetryRecords for "
            "active tracing: X-Ray has no resource-level permissions. Secrets and rds-db:connect "
            "are granted on exact ARNs (tests/infra asserts it).")
+STARTER_WILDCARDS = Ack(
+    "AwsSolutions-IAM5[Resource::*]",
+    "xray:PutTraceSegments/PutTelemetryRecords (X-Ray has no resource-level permissions) and "
+    "ecs:ListTasks, which has none either: it finds the worker a repeated start of the same "
+    "request already started, only in the workers' cluster (ecs:cluster condition).")
 WORKER_ENVIRONMENT = Ack("AwsSolutions-ECS2", "The worker's environment holds secret ARNs and "
                          "the cluster's host name, no secret: the worker reads the secrets "
                          "itself when it runs.")
@@ -81,10 +86,11 @@ def acknowledge_api(stack: ApiStack) -> list[Ack]:
                    "The CDK Provider framework may invoke any version of this function "
                    "(`<arn>:*`); it is that one function only.")
 
-    functions = [migrations.function, migrations.progress, migrations.operations,
+    functions = [migrations.progress, migrations.operations,
                  *(s.function for s in stack.functions.values())]
     for fn in functions:
         _ack(fn, *MANAGED_ROLES, XRAY)
+    _ack(migrations.function, *MANAGED_ROLES, STARTER_WILDCARDS)
     invoked = [versions(migrations.function), versions(migrations.progress),
                *(versions(provider.node.find_child(name))
                  for name in ("framework-isComplete", "framework-onTimeout"))]
@@ -97,9 +103,10 @@ def acknowledge_api(stack: ApiStack) -> list[Ack]:
         "ecs:DescribeTasks and ecs:StopTask on the tasks of the migration workers' own "
         "cluster (with an ecs:cluster condition): each run's task ID is made when it starts.")
     _ack(migrations.progress, tasks)
+    _ack(migrations.function, tasks)
     _ack(migrations.node.find_child("Worker"), ECR_TOKEN, WORKER_ENVIRONMENT)
-    return [*MANAGED_ROLES, XRAY, *invoked, WAITER_LOGS, WAITER_TRACING, tasks, ECR_TOKEN,
-            WORKER_ENVIRONMENT, *_acknowledge_uploads(stack)]
+    return [*MANAGED_ROLES, XRAY, STARTER_WILDCARDS, *invoked, WAITER_LOGS, WAITER_TRACING,
+            tasks, ECR_TOKEN, WORKER_ENVIRONMENT, *_acknowledge_uploads(stack)]
 
 
 def _acknowledge_uploads(stack: ApiStack) -> list[Ack]:

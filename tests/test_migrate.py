@@ -14,7 +14,14 @@ from migrations_runtime.engine.errors import LockTimeout, MigrationFailed, PlanE
 from migrations_runtime.engine.lock import LOCK_KEY
 from migrations_runtime.engine.lockwait import LockPolicy
 from migrations_runtime.engine.repair import baseline, repair
-from tests.conftest import code_heads, query, revision_count, run_cli, write_project
+from tests.conftest import (
+    code_heads,
+    fresh_database,
+    query,
+    revision_count,
+    run_cli,
+    write_project,
+)
 
 FAST = RunSettings(lock_wait_seconds=2, lock=LockPolicy(first_timeout_ms=100, max_timeout_ms=200,
                                                         pause_ms=20, budget_seconds=1))
@@ -124,20 +131,36 @@ def test_runtime_error_rolls_back_the_whole_revision(tmp_path: Path, database_ur
 @pytest.mark.parametrize("header", ["", "-- migrate:no-transaction\n"],
                          ids=["transactional", "no-transaction"])
 def test_no_statement_outlives_the_run_deadline(tmp_path: Path, database_url: str,
-                                                header: str) -> None:
+                                                server_url: str, header: str) -> None:
     """Kind: a run with a deadline (a deploy's worker is stopped then). Each revision's
     statements get at most the time left when it starts, whichever revision it is: the run
     fails cleanly, in time, with the revision rolled back or marked dirty and the lock free."""
     root = write_project(tmp_path, {"shop": five_revisions(
         f"{header}CREATE TABLE three (id int);\nSELECT pg_sleep(5);\n")})
     started = time.monotonic()
-    with pytest.raises(MigrationFailed, match="statement timeout"):
+    with pytest.raises(MigrationFailed, match="(statement|transaction) timeout"):
         migrate(database_url, root, log=lambda _: None,
                 settings=RunSettings(deadline=time.monotonic() + 1.5))
     assert time.monotonic() - started < 4
     assert versions(database_url) == {"shop_202601020000"}
     assert ledger(database_url).get("shop_202601030000") == (None if not header else "dirty")
     assert lock_is_free(database_url)
+    # many statements, each shorter than the time left: on PostgreSQL 17+ the revision's whole
+    # transaction is bounded too (transaction_timeout); before 17, each statement only
+    root = write_project(tmp_path / "many", {"shop": five_revisions(
+        f"{header}CREATE TABLE three (id int);\n" + "SELECT pg_sleep(0.6);\n" * 4)})
+    with fresh_database(server_url) as other:
+        with psycopg.connect(other) as conn:
+            version = conn.info.server_version
+        started = time.monotonic()
+        settings = RunSettings(deadline=time.monotonic() + 1.5)
+        if version >= 170000 and not header:
+            with pytest.raises(MigrationFailed, match="transaction timeout"):
+                migrate(other, root, log=lambda _: None, settings=settings)
+            assert time.monotonic() - started < 2.5
+        else:
+            migrate(other, root, log=lambda _: None, settings=settings)
+        assert lock_is_free(other)
     # the setting bounds it too, and the tighter of the two wins
     assert RunSettings(statement_timeout_ms=500,
                        deadline=time.monotonic() + 60).statement_timeout_now() == 500

@@ -1,15 +1,17 @@
-"""The migrator Lambda, the `on_event` handler of a CDK `Provider`: adapts CloudFormation
-Create/Update/Delete events of the expand and contract custom resources to
-`migrations_runtime.engine.apply.migrate`.
+"""The deploy-time migrator's Lambda entry points, for a CDK `Provider` with `is_complete`:
 
-- Create, and Update with newer code heads: apply the phase's pending revisions.
-- Update whose code heads are older than the ones deployed (CloudFormation rolling back) and
-  Delete: succeed without touching the database; a rollback never downgrades.
-- A failure raises `MigrationError` whose message (the file and line, the statement, the
-  Postgres error) the Provider framework hands to CloudFormation as the reason the console shows.
+- `handler` (on_event): Delete, a rollback (the function holds the release CloudFormation
+  leaves, by the migration files' digest) and an Update whose migration files did not change
+  answer at once without touching the database; Create and Update of a new release start the
+  worker task (`start_worker`; `infra.migrator.task` runs the phase there, with no 15-minute
+  limit); a bundle of neither release is refused.
+- `is_complete_handler`: reports the run's end from its record (`runs`) and its task; a
+  failure's reason (the file and line, the statement, the Postgres error) is what the
+  CloudFormation console shows. A failed contract phase does not fail its resource.
+- `operation_handler`: `svcmig remote` (status and repair), in a function of its own.
 
-It connects to the cluster endpoint with the master secret, never through RDS Proxy: the
-engine needs a real session for its advisory lock and `SET ROLE`.
+The worker and the operations connect to the cluster endpoint with the master secret, never
+through RDS Proxy: the engine needs a real session for its advisory lock and `SET ROLE`.
 """
 
 from __future__ import annotations
@@ -263,6 +265,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         raise MigrationError("the migrator's migrations are neither the release CloudFormation "
                              "deploys nor the one it leaves (MigrationsHash differs from the "
                              "bundle's): redeploy from one synth (cdk deploy --all)")
+    old = event.get("OldResourceProperties", {}).get("MigrationsHash")
+    if request == "Update" and old == props.get("MigrationsHash"):
+        # another property changed (a timeout), or CloudFormation rolls such an update back
+        log({"event": "unchanged", "phase": phase})
+        return {"PhysicalResourceId": physical_id,
+                "Data": {"Applied": 0, "Skipped": "unchanged"}}
     return {"PhysicalResourceId": physical_id,
             RUN_KEY: start_worker(event["RequestId"], phase, physical_id,
                                   props["MigrationsHash"])}
@@ -319,7 +327,11 @@ def run_phase(phase: Phase, physical_id: str, settings: RunSettings) -> dict[str
 # by `handler` and watched by `is_complete_handler`, so a run has the custom resource's whole
 # time, not Lambda's 15 minutes. `SVCMIG_WORKER` (set by the stack) says where it runs.
 RUN_KEY = "SvcmigRun"  # in on_event's answer, which the framework hands to is_complete
+RUN_FIELDS = ("run", "phase", "task", "cluster", "deadline")
 STOP_GRACE_SECONDS = 60.0  # past the run's deadline before the poller stops the worker
+# A stopped task whose record cannot be read (the database unreachable from the poller) is
+# polled again this long after it stopped, then reported.
+UNREADABLE_GRACE_SECONDS = 120.0
 
 
 def worker_settings() -> dict[str, Any]:
@@ -333,23 +345,40 @@ def worker_settings() -> dict[str, Any]:
     return value
 
 
+def started_by(run_id: str) -> str:
+    """The worker task's `startedBy` tag for a request (ECS allows 36 characters)."""
+    return "svcmig-" + hashlib.sha256(run_id.encode()).hexdigest()[:29]
+
+
 def start_worker(run_id: str, phase: str, physical_id: str, migrations_hash: str
                  ) -> dict[str, Any]:
-    """Start the worker task for CloudFormation request `run_id`; returns what the poller needs
-    (the task's ARN, the run, its deadline in epoch seconds). ECS's client token makes a
-    repeated start of the same request the same task; the worker runs only if its bundle holds
-    the release `migrations_hash` names."""
+    """Start the worker task for CloudFormation request `run_id` (or find the one a repeated
+    start of the same request already started: tagged `started_by(run_id)`); returns what the
+    poller needs (the task's ARN, the run, its deadline in epoch seconds). The worker runs only
+    if its bundle holds the release `migrations_hash` names."""
     import boto3
 
     worker = worker_settings()
+    ecs = boto3.client("ecs")
+    tag = started_by(run_id)
+    earlier = ecs.list_tasks(cluster=worker["cluster"], startedBy=tag,
+                             desiredStatus="RUNNING").get("taskArns") or \
+        ecs.list_tasks(cluster=worker["cluster"], startedBy=tag,
+                       desiredStatus="STOPPED").get("taskArns")
+    if earlier:
+        [task] = ecs.describe_tasks(cluster=worker["cluster"], tasks=earlier[:1])["tasks"]
+        overrides = task.get("overrides", {}).get("containerOverrides", [{}])[0]
+        given = {e["name"]: e["value"] for e in overrides.get("environment", [])}
+        log({"event": "worker_found", "phase": phase, "run": run_id, "task": task["taskArn"]})
+        return {"run": run_id, "phase": phase, "task": task["taskArn"],
+                "cluster": worker["cluster"], "deadline": float(given["SVCMIG_DEADLINE"])}
     deadline = time.time() + float(worker["budget_seconds"])
     environment = {"SVCMIG_RUN_ID": run_id, "SVCMIG_PHASE": phase,
                    "SVCMIG_PHYSICAL_ID": physical_id, "SVCMIG_DEADLINE": f"{deadline:.0f}",
                    "SVCMIG_MIGRATIONS_HASH": migrations_hash}
-    answer = boto3.client("ecs").run_task(
+    answer = ecs.run_task(
         cluster=worker["cluster"], taskDefinition=worker["task_definition"],
-        launchType="FARGATE", count=1, startedBy=f"svcmig-{phase}",
-        clientToken=hashlib.sha256(f"{run_id}|{phase}".encode()).hexdigest()[:64],
+        launchType="FARGATE", count=1, startedBy=tag,
         networkConfiguration={"awsvpcConfiguration": {
             "subnets": worker["subnets"], "securityGroups": worker["security_groups"],
             "assignPublicIp": "DISABLED"}},
@@ -360,11 +389,11 @@ def start_worker(run_id: str, phase: str, physical_id: str, migrations_hash: str
     if not tasks:
         why = "; ".join(f"{f.get('reason')} {f.get('detail') or ''}".strip()
                         for f in answer.get("failures") or []) or "no task and no reason"
-        raise MigrationError(f"could not start the migration worker task: {why}")
+        raise MigrationError(cap_reason(f"could not start the migration worker task: {why}"))
     log({"event": "worker_started", "phase": phase, "run": run_id,
          "task": tasks[0]["taskArn"], "deadline": deadline})
     return {"run": run_id, "phase": phase, "task": tasks[0]["taskArn"],
-            "cluster": worker["cluster"], "deadline": deadline}
+            "cluster": worker["cluster"], "deadline": float(f"{deadline:.0f}")}
 
 
 def _task(run: dict[str, Any]) -> dict[str, Any]:
@@ -381,42 +410,86 @@ def _why_stopped(task: dict[str, Any]) -> str:
     return f"{reason}; exit code {codes[0]}" if codes else reason
 
 
+def _stopped_for(task: dict[str, Any]) -> float:
+    """Seconds since the task stopped (0 when ECS does not say)."""
+    stopped = task.get("stoppedAt")
+    return max(0.0, time.time() - stopped.timestamp()) if stopped is not None else 0.0
+
+
+class RunFailed(Exception):
+    """The run is over and failed: `reason` is what CloudFormation (or the alarm) says."""
+
+
 def is_complete_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Provider framework `is_complete` entry point: only looks, never starts work (the
-    framework polls it until the total timeout, retrying on errors). Complete with the run's
-    answer once its record says so; `MigrationError` when the run failed, when its task stopped
-    without finishing the record (killed: nothing is re-run), or ran past its deadline (then
-    the task is stopped)."""
-    run = event.get(RUN_KEY)
-    if not run:  # Delete and rollbacks answer at once
+    """Provider framework `is_complete` entry point: only looks, never starts work. The
+    framework fails the resource on any error from it, so only a run that is over and failed
+    is a failure: the record says failed, its task stopped without an outcome (killed: nothing
+    is re-run), or it passed its deadline (then the task is stopped). A poll that cannot see
+    the state (a throttled API, the database unreachable) answers "not yet", until the
+    deadline. A failed **contract** run still completes, with `Data.Failed` and a
+    `contract_failed` log line (its alarm): the new code is live and a rollback would bring
+    back code that needs what a contract revision of the run may already have removed."""
+    if RUN_KEY not in event:  # Delete and rollbacks answer at once
         return {"IsComplete": True}
-    url = database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
-    record, unreadable = _read_run(url, run["run"])
+    run = event[RUN_KEY]
+    if not isinstance(run, dict) or any(key not in run for key in RUN_FIELDS):
+        raise MigrationError(f"malformed {RUN_KEY} in the event: {str(run)[:200]}")
+    try:
+        return _poll(run)
+    except RunFailed as failed:
+        reason = cap_reason(str(failed))
+        if run["phase"] != "contract":
+            log({"event": "failed", "phase": run["phase"], "reason": reason})
+            raise MigrationError(reason) from None
+        log({"event": "contract_failed", "phase": "contract", "reason": reason})
+        return {"IsComplete": True, "Data": {"Applied": 0, "Failed": reason}}
+
+
+def _poll(run: dict[str, Any]) -> dict[str, Any]:
+    deadline = float(run["deadline"])
+    try:
+        url = database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
+        record, unreadable = _read_run(url, run["run"])
+        task = _task(run) if record is None or record.status == "running" else {}
+    except Exception as err:  # noqa: BLE001 - any API error: look again, until the deadline
+        if time.time() < deadline + STOP_GRACE_SECONDS:
+            log({"event": "poll_error", "run": run["run"], "error": repr(err)[:500]})
+            return {"IsComplete": False}
+        raise RunFailed(f"the {run['phase']} run could not be watched past its deadline: "
+                        f"{repr(err)[:300]}") from err
+    if record is not None and record.phase != run["phase"]:
+        raise RunFailed(f"the run's record is for the {record.phase} phase, not "
+                        f"{run['phase']}: a worker was started by hand for this request")
     if record is None or record.status == "running":
-        task = _task(run)
         if task.get("lastStatus") != "STOPPED":
-            if time.time() < float(run["deadline"]) + STOP_GRACE_SECONDS:
+            if time.time() < deadline + STOP_GRACE_SECONDS:
                 return {"IsComplete": False}
             import boto3
 
             boto3.client("ecs").stop_task(cluster=run["cluster"], task=run["task"],
                                           reason="svcmig: past the run's deadline")
-            raise MigrationError(
+            raise RunFailed(
                 f"the {run['phase']} run passed its deadline and its worker task was stopped "
                 "(a transactional revision in progress rolls back); nothing is re-run: see "
                 "`svcmig remote --stage STAGE status` (docs/deploy.md, long migrations)")
         record, unreadable = _read_run(url, run["run"])  # it may have ended as the task stopped
+        if unreadable and _stopped_for(task) < UNREADABLE_GRACE_SECONDS and \
+                time.time() < deadline + STOP_GRACE_SECONDS:
+            return {"IsComplete": False}  # the record may say it succeeded: look again
         if record is None or record.status == "running":
             also = f"; {unreadable}" if unreadable else ""
-            raise MigrationError(cap_reason(
+            raise RunFailed(
                 f"the {run['phase']} worker task stopped before it finished "
                 f"({_why_stopped(task)}){also}; nothing is re-run: see `svcmig remote --stage "
                 "STAGE status` (a dirty revision needs `svcmig remote repair`), then deploy "
-                "again"))
+                "again")
     if record.status == "failed":
-        raise MigrationError(record.reason or "the run failed")
+        raise RunFailed(record.reason or "the run failed")
     answer = record.result or {}
-    return {"IsComplete": True, "Data": answer.get("Data", {})}
+    data = answer.get("Data", {})
+    if run["phase"] == "contract" and "Failed" in data:
+        log({"event": "contract_failed", "phase": "contract", "reason": data["Failed"]})
+    return {"IsComplete": True, "Data": data}
 
 
 def _read_run(url: str, run_id: str) -> tuple[runs.Run | None, str]:

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 TABLE = "svcmig.deploy_runs"
+STATEMENT_TIMEOUT = "-c statement_timeout=10000"  # a poll must answer within its Lambda
 CREATE = (
     "CREATE SCHEMA IF NOT EXISTS svcmig; "
     f"CREATE TABLE IF NOT EXISTS {TABLE} ("
@@ -37,8 +38,11 @@ class Run:
 def claim(url: str, run_id: str, phase: str) -> bool:
     """Record the run as running; False when it was already claimed (by this worker or another),
     and then the caller must not run it."""
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(CREATE)
+    with psycopg.connect(url, autocommit=True, connect_timeout=10,
+                         options=STATEMENT_TIMEOUT) as conn:
+        with conn.transaction():  # concurrent first claims: one creates, the others wait
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('svcmig.deploy_runs'))")
+            conn.execute(CREATE)
         row = conn.execute(
             f"INSERT INTO {TABLE} (run_id, phase, status) VALUES (%s, %s, 'running') "
             "ON CONFLICT (run_id) DO NOTHING RETURNING run_id", (run_id, phase)).fetchone()
@@ -49,7 +53,8 @@ def finish(url: str, run_id: str, *, result: dict[str, Any] | None = None,
            reason: str | None = None) -> None:
     """Record the outcome: `result` for a success, `reason` for a failure."""
     status = "failed" if reason is not None else "succeeded"
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(url, autocommit=True, connect_timeout=10,
+                         options=STATEMENT_TIMEOUT) as conn:
         conn.execute(f"UPDATE {TABLE} SET status = %s, result = %s, reason = %s, "
                      "finished_at = now() WHERE run_id = %s AND status = 'running'",
                      (status, None if result is None else json.dumps(result), reason, run_id))
@@ -57,7 +62,8 @@ def finish(url: str, run_id: str, *, result: dict[str, Any] | None = None,
 
 def read(url: str, run_id: str) -> Run | None:
     """The run's record, or None when no worker claimed it (yet)."""
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(url, autocommit=True, connect_timeout=10,
+                         options=STATEMENT_TIMEOUT) as conn:
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()
         if not exists or not exists[0]:
             return None

@@ -11,6 +11,7 @@ when the run succeeded or was already claimed, 1 when it failed, 2 for a malform
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from . import runs
 from .digest import migrations_digest
 from .handler import (
     PHASES,
+    SAFETY_MARGIN_SECONDS,
     MigrationError,
     database_error,
     database_url,
@@ -35,6 +37,8 @@ from .handler import (
     run_settings,
 )
 
+MIN_WORK_SECONDS = 10.0  # less than this left for work after the reporting margin: refused
+
 
 def main(environ: Mapping[str, str] = os.environ) -> int:
     """Claim the run, run its phase within the deadline, record the outcome."""
@@ -44,7 +48,7 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
         deadline = float(environ.get("SVCMIG_DEADLINE", ""))
     except ValueError:
         deadline = float("nan")
-    if not run_id or phase not in PHASES or not physical_id or deadline != deadline:
+    if not run_id or phase not in PHASES or not physical_id or not math.isfinite(deadline):
         log({"event": "worker_refused", "reason": "SVCMIG_RUN_ID, SVCMIG_PHASE (expand or "
              "contract), SVCMIG_PHYSICAL_ID and SVCMIG_DEADLINE (epoch seconds) are required"})
         return 2
@@ -64,9 +68,16 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
         log({"event": "failed", "phase": phase, "reason": reason})
         runs.finish(url, run_id, reason=reason)
         return 1
+    left = deadline - time.time()
+    if left < SAFETY_MARGIN_SECONDS + MIN_WORK_SECONDS:
+        reason = (f"the {phase} run's deadline was {max(left, 0):.0f} s away when its worker "
+                  "started (the task took most of the budget to start): nothing was run; "
+                  "deploy again, or raise migration_timeout_minutes")
+        log({"event": "failed", "phase": phase, "reason": reason})
+        runs.finish(url, run_id, reason=reason)
+        return 1
     try:
-        answer = run_phase(cast(Phase, phase), physical_id,
-                           run_settings(deadline - time.time()))
+        answer = run_phase(cast(Phase, phase), physical_id, run_settings(left))
     except MigrationError as err:
         runs.finish(url, run_id, reason=str(err))
         return 1

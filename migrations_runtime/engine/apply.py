@@ -410,9 +410,13 @@ class Runner:
     def _enter_sql(self, revision: Revision, transactional: bool, upgrade: bool = True) -> str:
         """Put the (clean) session inside the service: search_path, the attempt's lock_timeout
         and, when set, statement_timeout; a transactional revision's transaction starts here."""
+        timeout = self.settings.statement_timeout_now()
+        whole = []  # PostgreSQL 17+: the whole transaction too, not each statement alone
+        if transactional and self.settings.deadline is not None and timeout is not None and \
+                self.sessions.migrator.info.server_version >= 170000:
+            whole = [f"SET LOCAL transaction_timeout = {timeout}"]
         return "; ".join([*([BEGIN] if transactional else []), *enter_service_sql(
-            service_of(revision), transactional, self._timeout_ms,
-            self.settings.statement_timeout_now())])
+            service_of(revision), transactional, self._timeout_ms, timeout), *whole])
 
     def _finish(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                 started: float, transactional: bool,

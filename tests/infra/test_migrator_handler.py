@@ -340,8 +340,16 @@ def test_unreachable_database_is_a_reason_without_the_password(project: Path,
                                                                ) -> None:
     monkeypatch.setenv("SVCMIG_DB_HOST", "127.0.0.1")
     monkeypatch.setenv("SVCMIG_DB_PORT", "1")
+    body = event("Create", "expand", code_heads(project))
+    started = migrator.handler(body)
+    run = started[migrator.RUN_KEY]
+    assert worker_task.main(task_overrides(run)) == 1
+    end_task(run)
+    # the record cannot be read: the poller looks again for a while after the task stopped
+    assert migrator.is_complete_handler({**body, **started}) == {"IsComplete": False}
+    monkeypatch.setattr(migrator, "UNREADABLE_GRACE_SECONDS", 0.0)
     with pytest.raises(migrator.MigrationError) as raised:
-        deploy(event("Create", "expand", code_heads(project)))
+        migrator.is_complete_handler({**body, **started})
     # the worker claims nothing and runs nothing; the poller cannot read a record either:
     # the reason says the task stopped, and why, without the password
     reason = str(raised.value)
@@ -699,3 +707,139 @@ def test_a_worker_whose_image_holds_another_release_runs_nothing(
     with pytest.raises(migrator.MigrationError, match="other migration files"):
         migrator.is_complete_handler({**body, **started})
     assert query(database_url, "SELECT to_regclass('svcmig.schema_migrations')") == [(None,)]
+
+
+
+# Kind: what a poll sees is not what happened (found by a breaker round). Only a run that is
+# over and failed fails its resource; a poll that cannot look answers "not yet"; a contract
+# run fails nothing, whatever ended it.
+def test_a_poll_that_cannot_look_answers_not_yet(project: Path, database_url: str,
+                                                 aws: dict[str, str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    body = event("Create", "expand", code_heads(project))
+    started = migrator.handler(body)
+    poll = {**body, **started}
+
+    def throttled(arn: str) -> dict[str, Any]:
+        raise RuntimeError("ThrottlingException: Rate exceeded")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(migrator, "read_secret", throttled)
+        assert migrator.is_complete_handler(poll) == {"IsComplete": False}
+    with monkeypatch.context() as patched:
+        patched.setattr(migrator, "_task", throttled)
+        assert migrator.is_complete_handler(poll) == {"IsComplete": False}
+    assert worker_task.main(task_overrides(started[migrator.RUN_KEY])) == 0
+    end_task(started[migrator.RUN_KEY])
+    with monkeypatch.context() as patched:  # the database blips on the last poll
+        patched.setenv("SVCMIG_DB_PORT", "1")
+        patched.setenv("SVCMIG_DB_HOST", "127.0.0.1")
+        assert migrator.is_complete_handler(poll) == {"IsComplete": False}
+    done = migrator.is_complete_handler(poll)
+    assert done["IsComplete"] and done["Data"]["Applied"] == ledger_count(database_url)
+
+
+def test_a_killed_contract_worker_does_not_fail_its_resource(
+        project: Path, database_url: str, aws: dict[str, str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Contract revision A drops a column, B runs when the worker is killed: failing the
+    resource would roll back to code that reads A's column."""
+    deploy(event("Create", "expand", code_heads(project)))
+    deploy(event("Create", "contract", code_heads(project)))
+    add_releases(project, ["2027-01-02T0000"])  # contract: drop display_name
+    (project / "services/users/migrations/2027-01-02T0100__users__slow.sql").write_text(
+        "-- phase: contract\nSELECT pg_sleep(60);\n")
+    heads = code_heads(project)
+    deploy(event("Update", "expand", heads, heads, "svcmig-test-expand"))
+    body = event("Update", "contract", heads, heads, "svcmig-test-contract")
+    started = migrator.handler(body)
+    run = started[migrator.RUN_KEY]
+    child = multiprocessing.get_context("fork").Process(target=worker_task.main,
+                                                         args=(task_overrides(run),))
+    child.start()
+    wait_for_statement(database_url, "pg_sleep(60)")
+    os.kill(child.pid or 0, signal.SIGKILL)
+    child.join()
+    end_task(run)
+    capsys.readouterr()
+    done = migrator.is_complete_handler({**body, **started})
+    assert done["IsComplete"] and "stopped before it finished" in done["Data"]["Failed"]
+    assert any(json.loads(line).get("event") == "contract_failed"
+               for line in capsys.readouterr().out.splitlines() if line.startswith("{"))
+    assert query(database_url, "SELECT count(*) FROM information_schema.columns WHERE "
+                 "table_schema = 'users' AND column_name = 'display_name'") == [(0,)]
+
+
+def test_a_repeated_on_event_finds_the_task_it_started(project: Path, database_url: str,
+                                                       aws: dict[str, str]) -> None:
+    import boto3
+
+    body = event("Create", "expand", code_heads(project))
+    first = migrator.handler(body)
+    time.sleep(1.1)  # a deadline computed again would differ
+    second = migrator.handler(body)
+    assert second[migrator.RUN_KEY] == first[migrator.RUN_KEY]
+    cluster = first[migrator.RUN_KEY]["cluster"]
+    assert len(boto3.client("ecs").list_tasks(cluster=cluster)["taskArns"]) == 1
+
+
+def test_an_update_that_changes_no_migration_file_starts_nothing(
+        project: Path, database_url: str, aws: dict[str, str]) -> None:
+    heads, current = code_heads(project), digest(project)
+    for direction in ("deploy", "rollback"):  # e.g. only migration_timeout_minutes changed
+        answer = migrator.handler(event("Update", "expand", heads, heads, "svcmig-test-expand",
+                                        new_hash=current, old_hash=current))
+        assert migrator.RUN_KEY not in answer, direction
+        assert answer["Data"]["Skipped"] == "unchanged"
+    assert query(database_url, "SELECT to_regclass('svcmig.deploy_runs')") == [(None,)]
+
+
+@pytest.mark.parametrize("left", [-3600.0, 60.0, float("inf"), float("-inf")])
+def test_a_worker_that_starts_too_late_runs_nothing(project: Path, database_url: str,
+                                                    aws: dict[str, str], left: float) -> None:
+    body = event("Create", "expand", code_heads(project))
+    started = migrator.handler(body)
+    environment = {**task_overrides(started[migrator.RUN_KEY]),
+                   "SVCMIG_DEADLINE": str(time.time() + left)}
+    assert worker_task.main(environment) in (1, 2)
+    assert query(database_url, "SELECT to_regclass('svcmig.schema_migrations')") == [(None,)]
+
+
+def test_a_record_of_another_phase_or_a_malformed_run_fails(
+        project: Path, database_url: str, aws: dict[str, str]) -> None:
+    body = event("Create", "expand", code_heads(project))
+    started = migrator.handler(body)
+    run = started[migrator.RUN_KEY]
+    assert worker_task.main({**task_overrides(run), "SVCMIG_PHASE": "contract"}) == 0
+    end_task(run)
+    with pytest.raises(migrator.MigrationError, match="record is for the contract phase"):
+        migrator.is_complete_handler({**body, **started})
+    for malformed in ({}, None, "abc", {"run": "r"}):
+        with pytest.raises(migrator.MigrationError, match="malformed"):
+            migrator.is_complete_handler({**body, migrator.RUN_KEY: malformed})
+
+
+def test_a_long_reason_is_capped_for_cloudformation(project: Path, database_url: str,
+                                                     aws: dict[str, str]) -> None:
+    from infra.migrator import runs
+
+    body = event("Create", "expand", code_heads(project))
+    started = migrator.handler(body)
+    run = started[migrator.RUN_KEY]
+    assert runs.claim(database_url, run["run"], "expand")
+    runs.finish(database_url, run["run"], reason="x" * 6000)
+    with pytest.raises(migrator.MigrationError) as raised:
+        migrator.is_complete_handler({**body, **started})
+    assert len(str(raised.value)) <= migrator.MAX_REASON
+
+
+def test_first_claims_at_once_on_a_fresh_database_each_get_an_answer(
+        database_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from infra.migrator import runs
+
+    with ThreadPoolExecutor(8) as pool:
+        claimed = list(pool.map(lambda n: runs.claim(database_url, f"r{n % 4}", "expand"),
+                                range(8)))
+    assert sorted(claimed) == [False] * 4 + [True] * 4

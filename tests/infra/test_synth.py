@@ -506,7 +506,12 @@ def test_the_starter_may_run_only_the_worker_and_the_poller_watch_only_its_tasks
     assert "ecs:RunTask" in starter_actions
     assert not any(a.startswith("secretsmanager:") for a in starter_actions)
     [run] = [st for st in statements(starter) if "ecs:RunTask" in actions(st)]
-    assert run["Resource"] == {"Ref": worker} or worker in json.dumps(run["Resource"])
+    assert run["Resource"] == {"Ref": worker}
+    assert "ecs:cluster" in json.dumps(run["Condition"])
+    [passing] = [st for st in statements(starter) if "iam:PassRole" in actions(st)]
+    assert passing["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
+    assert "*" not in json.dumps(passing["Resource"])
     [watch] = [st for st in statements(poller) if "ecs:StopTask" in actions(st)]
     assert sorted(actions(watch)) == ["ecs:DescribeTasks", "ecs:StopTask"]
     assert "ecs:cluster" in json.dumps(watch["Condition"])
