@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pglast import ast
-from pglast.enums import AlterTableType, ConstrType, LockClauseStrength
+from pglast.enums import AlterTableType, ConstrType, LockClauseStrength, ObjectType
 
 from .sqltree import Qualified, RevisionContext, Statement, alter_commands, seq, walk
 
@@ -77,7 +77,8 @@ def strong_locks(stmt: Statement, ctx: RevisionContext) -> Iterator[Lock]:
     elif isinstance(node, ast.RefreshMatViewStmt) and not node.concurrent and _existing(
             ctx, node.relation):
         yield Lock(ctx.qualify(node.relation), ACCESS_EXCLUSIVE, "REFRESH MATERIALIZED VIEW")
-    elif isinstance(node, ast.RenameStmt) and _existing(ctx, node.relation):
+    elif isinstance(node, ast.RenameStmt) and _existing(ctx, node.relation) and \
+            node.renameType != ObjectType.OBJECT_INDEX:
         yield Lock(ctx.qualify(node.relation), ACCESS_EXCLUSIVE, "RENAME")
     elif isinstance(node, ast.TruncateStmt):
         for rel in seq(node.relations):
@@ -102,13 +103,20 @@ def _writes(node: ast.Node) -> tuple[ast.RangeVar | None, str] | None:
     return None
 
 
+def _few_rows(node: ast.Node, ctx: RevisionContext) -> bool:
+    """An UPDATE/DELETE whose filter bounds its rows by the key: short, even under a lock."""
+    from .rules.unbatched_data_change import bounded_by_key
+
+    return isinstance(node, ast.UpdateStmt | ast.DeleteStmt) and bounded_by_key(node, ctx)
+
+
 def heavy_work(stmt: Statement, ctx: RevisionContext) -> Iterator[Work]:
     """What in `stmt` reads or rewrites many rows of a table that existed before: row changes,
     locking reads, validation scans, index builds, rewrites."""
     node = stmt.node
     for inner in stmt.nodes:
         written = _writes(inner)
-        if written and _existing(ctx, written[0]):
+        if written and _existing(ctx, written[0]) and not _few_rows(inner, ctx):
             yield Work(ctx.qualify(written[0]), written[1])
         if isinstance(inner, ast.SelectStmt) and inner.lockingClause:
             strength = next((c.strength for c in seq(inner.lockingClause)

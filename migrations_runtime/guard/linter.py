@@ -225,6 +225,9 @@ def lint_sql_text(text: str, ctx: RevisionContext, path: Path) -> list[Finding]:
     except SqlSyntaxError as err:
         return [Finding(path, err.line, err.column, rules.PARSE_ERROR,
                         f"SQL syntax error: {err.message}")]
+    refused = _refused_by_runner(source.up, source.up_line, source.transactional, path)
+    if refused is not None:
+        findings.append(refused)
     findings.extend(Finding(path, line, column, rules.INVALID_SUPPRESSION, message)
                     for line, column, message in parsed.bad_suppressions)
     findings.extend(lint_statements(parsed.statements, ctx, path))
@@ -233,6 +236,27 @@ def lint_sql_text(text: str, ctx: RevisionContext, path: Path) -> list[Finding]:
         findings.append(Finding(path, 1, 1, rules.MISSING_DOWN,
                                 "no '-- migrate:down' section: svcmig downgrade cannot undo it"))
     return findings
+
+
+# Refusals that guard rules report themselves (concurrently-in-transaction, session-override).
+COVERED_REFUSALS = ("cannot run inside a transaction block", "SET ROLE", "SESSION AUTHORIZATION",
+                    "changing ", "set_config(")
+
+
+def _refused_by_runner(sql: str, first_line: int, transactional: bool,
+                       path: Path) -> Finding | None:
+    """What the runner refuses before running anything (transaction control, RESET ALL, a
+    pinned setting, COPY FROM STDIN, …: `engine.statements.check_statements`), as the lint
+    finding the file would meet at deploy time."""
+    from ..engine.statements import check_statements, split_statements
+
+    try:
+        check_statements(split_statements(sql, first_line, path), transactional, path)
+    except MigrationFileError as err:
+        if any(part in err.message for part in COVERED_REFUSALS):
+            return None  # a guard rule says it, with its hint
+        return Finding(path, err.line or 1, 1, rules.REFUSED_BY_RUNNER, err.message)
+    return None
 
 
 def replay_sql_text(text: str, ctx: RevisionContext, path: Path) -> None:

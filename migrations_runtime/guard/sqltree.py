@@ -183,6 +183,8 @@ class RevisionContext:
         """Apply what `node` creates or changes, for the statements that follow it."""
         if isinstance(node, ast.CreateStmt):
             table = self.qualify(node.relation)
+            if node.if_not_exists and table not in self.new_tables:
+                return  # it may exist already, with its rows: not new
             self.new_tables.add(table)
             self.model.columns[table] = {}
             self.model.created.add(table)
@@ -199,9 +201,10 @@ class RevisionContext:
                                      if isinstance(key, ast.String) and key.sval)
                         self.model.not_null.update((*table, key) for key in keys)
                         self.model.primary_keys[table] = keys
-        elif isinstance(node, ast.CreateTableAsStmt) and node.into is not None:
+        elif isinstance(node, ast.CreateTableAsStmt) and node.into is not None and \
+                not node.if_not_exists:
             self.new_tables.add(self.qualify(node.into.rel))
-        elif isinstance(node, ast.ViewStmt):
+        elif isinstance(node, ast.ViewStmt) and not node.replace:
             self.new_tables.add(self.qualify(node.view))
         elif isinstance(node, ast.IndexStmt) and node.idxname:
             index = (self.qualify(node.relation)[0], node.idxname)
@@ -259,10 +262,16 @@ def constraints_added_to_existing_tables(
     """`ALTER TABLE … ADD CONSTRAINT` on a table that existed before this revision: the ones
     that lock or scan a table in use (a table created in the same revision is empty)."""
     for alter, cmd in alter_commands(stmt):
-        if (cmd.subtype == AlterTableType.AT_AddConstraint
-                and isinstance(cmd.def_, ast.Constraint)
-                and not ctx.is_new_table(alter.relation)):
+        if ctx.is_new_table(alter.relation):
+            continue
+        if cmd.subtype == AlterTableType.AT_AddConstraint and isinstance(cmd.def_,
+                                                                         ast.Constraint):
             yield alter, cmd.def_
+        elif cmd.subtype == AlterTableType.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
+            # inline: ADD COLUMN c int UNIQUE / CHECK (…) / REFERENCES t
+            for constraint in seq(cmd.def_.constraints):
+                if isinstance(constraint, ast.Constraint):
+                    yield alter, constraint
 
 
 def function_names(expr: ast.Node | None) -> Iterator[str]:

@@ -23,11 +23,13 @@ see `take_snapshot` for what is deliberately ignored.
 from __future__ import annotations
 
 import secrets
+import signal
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 
@@ -316,6 +318,7 @@ def throwaway_database(server_url: str) -> Iterator[str]:
     """A fresh `svcmig_check_<random>` database on the server of `server_url`, dropped after."""
     name = f"svcmig_check_{secrets.token_hex(6)}"
     admin = connect(server_url)
+    previous = _exit_on_sigterm()
     try:
         try:
             admin.execute(f'CREATE DATABASE "{name}"')
@@ -330,6 +333,22 @@ def throwaway_database(server_url: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm() -> Any:
+    """SIGTERM (a CI job cancelled) exits through Python, so the throwaway database is dropped;
+    returns the handler to restore (None off the main thread, where it cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, stop)
+    return previous
 
 
 NON_EMPTY_SQL = r"""

@@ -28,6 +28,7 @@ non-transactional revision is traced in one transaction too, without held-lock f
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -57,9 +58,24 @@ from .check import throwaway_database
 
 STRONG = {"ShareLock": "SHARE", "ShareRowExclusiveLock": "SHARE ROW EXCLUSIVE",
           "ExclusiveLock": "EXCLUSIVE", "AccessExclusiveLock": "ACCESS EXCLUSIVE"}
-DATA_KINDS = frozenset({"UpdateStmt", "DeleteStmt", "MergeStmt", "InsertStmt", "SelectStmt"})
+DATA_KINDS = frozenset({"UpdateStmt", "DeleteStmt", "MergeStmt", "InsertStmt", "DoStmt",
+                        "CallStmt"})
 # Statements PostgreSQL refuses inside a transaction block: not executed by the tracer.
 OUTSIDE_TRANSACTION = frozenset({"VacuumStmt"})
+
+
+def _outside_transaction(statement: Statement) -> bool:
+    """VACUUM, and anything CONCURRENTLY (read from the parse tree, not the text)."""
+    tree = json.dumps(statement.node or {})
+    return statement.kind in OUTSIDE_TRANSACTION or '"concurrent": true' in tree or \
+        '"defname": "concurrently"' in tree
+
+
+def _data_change(statement: Statement) -> bool:
+    """A data change, a locking read, or code that may do either (DO, CALL)."""
+    node = statement.node or {}
+    return statement.kind in DATA_KINDS or (statement.kind == "SelectStmt"
+                                            and bool(node.get("lockingClause")))
 
 RELATIONS_SQL = """
 SELECT c.oid, n.nspname || '.' || c.relname, c.relkind::text, c.relfilenode
@@ -124,6 +140,7 @@ class _Session:
         self.tables = [o for o in self.oids if self.kinds[o] in ("r", "p", "m")]
         self.filenodes = {int(oid): int(node) for oid, _, _, node in rows}
         self.stats = self._stats()
+        self.indexes = 0  # indexes built on pre-existing tables so far
 
     def _stats(self) -> dict[int, tuple[int, int, int]]:
         return {int(r[0]): (int(r[1]), int(r[2]), int(r[3]))
@@ -152,7 +169,9 @@ class _Session:
                 rows_changed.append(self.names[oid])
         self.stats = stats
         row = self.conn.execute(NEW_INDEXES_SQL, (self.tables, self.oids)).fetchone()
-        return _Observed(locks, rewritten, scanned, rows_changed, int(row[0]) if row else 0)
+        indexes = int(row[0]) if row else 0
+        built, self.indexes = indexes - self.indexes, indexes
+        return _Observed(locks, rewritten, scanned, rows_changed, built)
 
 
 def _statements(rev: Revision) -> list[Statement]:
@@ -209,7 +228,7 @@ def trace_revision(conn: psycopg.Connection, rev: Revision) -> tuple[list[Findin
         session = _Session(conn)
         held: dict[str, tuple[str, int]] = {}
         for statement in statements:
-            if statement.kind in OUTSIDE_TRANSACTION or "CONCURRENTLY" in statement.sql.upper():
+            if _outside_transaction(statement):
                 continue
             try:
                 conn.execute(statement.sql)
@@ -219,6 +238,7 @@ def trace_revision(conn: psycopg.Connection, rev: Revision) -> tuple[list[Findin
                                          f"failed on the traced schema: {first}"))
                 break
             traced += 1
+            conn.execute("SET LOCAL enable_seqscan = off")  # the probe, whatever it set
             seen = session.observe()
             findings.extend(_judge(rev, statement, seen, held))
             if rev.transactional:
@@ -244,7 +264,7 @@ def _judge(rev: Revision, statement: Statement, seen: _Observed,
         yield _finding(rev, line, rules.TRACED_LOCK_HELD,
                        f"{', '.join(work)} while holding {mode} on {relation} (taken at line "
                        f"{taken}) until COMMIT")
-    if statement.kind in DATA_KINDS and seen.scanned:
+    if _data_change(statement) and seen.scanned:
         yield _finding(rev, line, rules.TRACED_UNBOUNDED_SCAN,
                        f"{statement.kind.removesuffix('Stmt').upper()} scanned "
                        f"{', '.join(seen.scanned)} sequentially (sequential scans were off): no "

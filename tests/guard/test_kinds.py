@@ -87,6 +87,50 @@ HAZARDS = [
      "destructive-change-in-expand"),
     ("do-block", "DO LANGUAGE plpgsql $$ BEGIN UPDATE orders.orders SET note = '' "
      "WHERE id = 1; END $$;", "cross-service-write"),
+    # found by a breaker round, each standing for its kind
+    ("on-only-plain-table", "CREATE INDEX users_email_idx ON ONLY users (email);",
+     "create-index-non-concurrently"),
+    ("inline-unique", "ALTER TABLE users ADD COLUMN code text UNIQUE;", "unique-without-index"),
+    ("inline-check", "ALTER TABLE users ADD COLUMN score int DEFAULT 0 CHECK (score >= 0);",
+     "constraint-without-not-valid"),
+    ("inline-fk", "ALTER TABLE users ADD COLUMN org_id bigint REFERENCES orgs (id);",
+     "constraint-without-not-valid"),
+    ("self-join-is-unbounded", "UPDATE users SET a = 1 FROM users u2 WHERE users.id = u2.id;",
+     "unbatched-data-change"),
+    ("self-equality", "UPDATE users SET a = 1 WHERE id = id;", "unbatched-data-change"),
+    ("join-on-unbatched-cte", "WITH stale AS (SELECT id FROM users WHERE last_seen < "
+     "'2020-01-01')\nDELETE FROM users USING stale WHERE users.id = stale.id;",
+     "unbatched-data-change"),
+    ("limit-all", "UPDATE users SET a = 1 WHERE id IN (SELECT id FROM users LIMIT ALL);",
+     "unbatched-data-change"),
+    ("composite-key-prefix", "CREATE TABLE memberships (tenant_id int, id int, "
+     "PRIMARY KEY (tenant_id, id));\n-- next revision\n"
+     "UPDATE memberships SET id = id WHERE tenant_id = 1;", "unbatched-data-change"),
+    ("locking-read-join", "SELECT u.id FROM users u JOIN user_settings s ON s.user_id = u.id "
+     "WHERE s.theme = 'dark' FOR UPDATE;", "unbatched-data-change"),
+    ("domain-validate", "ALTER DOMAIN email_address VALIDATE CONSTRAINT email_has_at;",
+     "blocking-table-operation"),
+    ("collation", "ALTER TABLE users ALTER COLUMN email TYPE text COLLATE \"C\";",
+     "column-type-change"),
+    ("if-not-exists-is-not-new", "CREATE TABLE IF NOT EXISTS users (id bigint PRIMARY KEY);\n"
+     "ALTER TABLE users DROP COLUMN legacy;", "destructive-change-in-expand"),
+    ("drop-constraint", "ALTER TABLE users DROP CONSTRAINT users_email_key;",
+     "destructive-change-in-expand"),
+    ("set-default-null", "CREATE TABLE carts (currency text NOT NULL DEFAULT 'EUR');\n"
+     "-- next revision\nALTER TABLE carts ALTER COLUMN currency SET DEFAULT NULL;",
+     "destructive-change-in-expand"),
+    ("drop-extension", "DROP EXTENSION citext CASCADE;", "destructive-change-in-expand"),
+    ("narrowing-numeric-to-int", "CREATE TABLE prices (amount numeric(10, 2));\n"
+     "-- next revision\nALTER TABLE prices ALTER COLUMN amount TYPE int USING amount::int;",
+     "destructive-change-in-expand"),
+    ("same-alter-validate-no-transaction", "-- migrate:no-transaction\n"
+     "ALTER TABLE users ADD CONSTRAINT c CHECK (a > 0) NOT VALID, VALIDATE CONSTRAINT c;",
+     "lock-held-during-work"),
+    ("pinned-setting-in-do", "DO $$ BEGIN SET LOCAL lock_timeout = 0; END $$;",
+     "session-override"),
+    ("transaction-control", "UPDATE users SET a = 1 WHERE id = 1;\nCOMMIT;",
+     "refused-by-runner"),
+    ("reset-all", "RESET ALL;", "refused-by-runner"),
     # f: partitioned tables
     ("partitioned-parent", "CREATE TABLE user_events (user_id bigint, ts timestamptz) "
      "PARTITION BY RANGE (ts);\n-- next revision\n"
@@ -119,7 +163,9 @@ LOOK_ALIKES = [
      "CHECK (quantity > 0) NOT VALID;\n-- next revision\n"
      "ALTER TABLE order_items VALIDATE CONSTRAINT quantity_positive;"),
     ("cic", "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY users_plan_idx ON users (plan);"),
-    ("on-only", "CREATE INDEX user_events_user_idx ON ONLY user_events (user_id);"),
+    ("on-only", "CREATE TABLE user_events (user_id bigint, ts timestamptz) "
+     "PARTITION BY RANGE (ts);\n-- next revision\n"
+     "CREATE INDEX user_events_user_idx ON ONLY user_events (user_id);"),
     ("nullable-fk-new-column", "ALTER TABLE users ADD COLUMN org_id bigint,\n"
      "  ADD CONSTRAINT users_org_fk FOREIGN KEY (org_id) REFERENCES orgs (id) NOT VALID;"),
     ("lock-read-by-key", "SELECT id FROM users WHERE id = 42 FOR UPDATE;"),
@@ -127,6 +173,18 @@ LOOK_ALIKES = [
      "BEGIN DELETE FROM cart_items; END $$;"),
     ("no-transaction-steps", "-- migrate:no-transaction\nALTER TABLE users ADD COLUMN plan text;\n"
      "UPDATE users SET plan = 'free' WHERE id BETWEEN 1 AND 1000;"),
+    # false alarms a breaker round found, each standing for its kind
+    ("or-of-keys", "UPDATE users SET a = 1 WHERE id = 1 OR id = 2;"),
+    ("in-values", "DELETE FROM users WHERE id IN (VALUES (1), (2));"),
+    ("ctid-batch", "DELETE FROM users WHERE ctid IN (SELECT ctid FROM users WHERE "
+     "last_seen < '2020-01-01' LIMIT 1000);"),
+    ("between-symmetric", "UPDATE users SET a = 1 WHERE id BETWEEN SYMMETRIC 1000 AND 1;"),
+    ("for-update-of", "SELECT u.id FROM users u JOIN plans p ON p.id = u.plan_id "
+     "WHERE u.id = 5 FOR UPDATE OF u;"),
+    ("one-row-after-alter", "ALTER TABLE users ADD COLUMN plan text;\n"
+     "UPDATE app_config SET value = '2' WHERE id = 1;"),
+    ("rename-index-no-table-lock", "ALTER INDEX users_email_key RENAME TO users_email_uniq;\n"
+     "UPDATE users SET plan = 'x' WHERE id BETWEEN 1 AND 500;"),
     # adopted tables (svcmig baseline): no history, so types and constraints are unknown
     ("adopted-varchar-to-text", "ALTER TABLE legacy_accounts ALTER COLUMN email TYPE text;"),
     ("adopted-validate-then-not-null", "ALTER TABLE legacy_accounts VALIDATE CONSTRAINT "

@@ -151,3 +151,51 @@ def test_check_traces_every_revision(tmp_path: Path, server_url: str,
     skipped = CliRunner().invoke(cli, ["check", "--database-url", server_url, "--quiet",
                                        "--no-trace"])
     assert skipped.exit_code == 0, skipped.output
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    # the word in a string is not the keyword: traced, and its scan reported
+    ("UPDATE customers SET plan = 'concurrently' WHERE plan IS NULL;",
+     {("traced-unbounded-scan", 1)}),
+    # one index build is reported once, not for every statement after it
+    ("ALTER TABLE customers ADD COLUMN note text;\n"
+     "CREATE INDEX customers_note_idx ON customers (note);\n"
+     "COMMENT ON TABLE customers IS 'x';\nSELECT 1;",
+     {("traced-lock-held-during-work", 2)}),
+    # a plain read is not a data change; a revision cannot switch the probe off
+    ("SELECT count(*) FROM customers WHERE plan = 'x';", set()),
+    ("SET LOCAL enable_seqscan = on;\n"
+     "SELECT id FROM customers WHERE plan = 'free' FOR UPDATE;",
+     {("traced-unbounded-scan", 2)}),
+], ids=["keyword-in-a-string", "one-index-once", "plain-read", "probe-kept"])
+def test_what_the_tracer_counts(tmp_path: Path, server_url: str, sql: str,
+                                expected: set[tuple[str, int]]) -> None:
+    found = {(rule, line) for _, rule, line in traced(tmp_path, server_url,
+                                                      {"2026-02-01T0000__shop__change.sql": sql})}
+    assert found == expected
+
+
+def test_sigterm_drops_the_throwaway_database(tmp_path: Path, server_url: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time as clock
+
+    root = write_project(tmp_path / "project", {"shop": {
+        **BASE, "2026-02-01T0000__shop__slow.sql":
+            "SELECT pg_sleep(30);\n-- migrate:down\nSELECT 1;\n"}})
+    before = query(server_url, "SELECT datname FROM pg_database ORDER BY 1")
+    script = ("import sys; from pathlib import Path; from migrations_runtime.tools.trace import "
+              "trace; trace(Path(sys.argv[1]), sorted(Path(sys.argv[1]).glob("
+              "'services/shop/migrations/*slow.sql')), sys.argv[2])")
+    child = subprocess.Popen([sys.executable, "-c", script, str(root), server_url],
+                             env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    deadline = clock.monotonic() + 30
+    while clock.monotonic() < deadline and not query(
+            server_url, "SELECT 1 FROM pg_stat_activity WHERE query LIKE %s",
+            ("SELECT pg_sleep(30)%",)):
+        clock.sleep(0.1)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    assert query(server_url, "SELECT datname FROM pg_database ORDER BY 1") == before

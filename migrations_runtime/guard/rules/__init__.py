@@ -26,6 +26,7 @@ from . import (
     one_head,
     out_of_order,
     parse_error,
+    refused_by_runner,
     reindex_non_concurrently,
     session_override,
     set_not_null_without_check,
@@ -70,6 +71,7 @@ APPEND_ONLY = append_only.RULE
 OUT_OF_ORDER = out_of_order.RULE
 ONE_HEAD = one_head.RULE
 MISSING_DOWN = missing_down.RULE
+REFUSED_BY_RUNNER = refused_by_runner.RULE
 TRACED_REWRITE = traced.REWRITE
 TRACED_LOCK_HELD = traced.LOCK_HELD
 TRACED_UNBOUNDED_SCAN = traced.UNBOUNDED_SCAN
@@ -77,7 +79,7 @@ TRACED_ERROR = traced.ERROR
 
 FRAMEWORK_RULES: tuple[Rule, ...] = (
     PARSE_ERROR, INVALID_SUPPRESSION, FILENAME_CONVENTION, WRONG_SERVICE_FOLDER, APPEND_ONLY,
-    OUT_OF_ORDER, ONE_HEAD, MISSING_DOWN,
+    OUT_OF_ORDER, ONE_HEAD, MISSING_DOWN, REFUSED_BY_RUNNER,
 )
 TRACED_RULES: tuple[Rule, ...] = (TRACED_REWRITE, TRACED_LOCK_HELD, TRACED_UNBOUNDED_SCAN,
                                   TRACED_ERROR)

@@ -56,6 +56,8 @@ def is_widening(old: ColumnType, new: ColumnType) -> bool:
     return False
 
 
+_LOSSY = frozenset({("float8", "float4"), ("timestamptz", "date"), ("timestamp", "date"),
+                    ("timestamptz", "time"), ("timestamp", "time"), ("numeric", "float4")})
 _INTEGERS = {"int2": 2, "smallint": 2, "int4": 4, "int": 4, "integer": 4, "int8": 8,
              "bigint": 8}
 
@@ -76,7 +78,13 @@ def is_narrowing(old: ColumnType, new: ColumnType) -> bool:
         return new_mods[0] - new_scale < old_mods[0] - old_scale or new_scale < old_scale
     if old_name in _INTEGERS and new_name in _INTEGERS:
         return _INTEGERS[new_name] < _INTEGERS[old_name]
-    return False
+    if new_name in ("bpchar", "char") and old_name in ("text", "varchar", "bpchar", "char"):
+        return bool(new_mods) and (not old_mods or new_mods[0] < old_mods[0])
+    if old_name == "numeric" and new_name in _INTEGERS:
+        return True  # the fraction is lost
+    if (old_name, new_name) in _LOSSY:
+        return True
+    return old_name.endswith("[]") != new_name.endswith("[]")
 
 
 def render_type(kind: ColumnType) -> str:
@@ -97,6 +105,9 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
         where = f"{'.'.join(table)}.{cmd.name}"
         if column.raw_default is not None:
             yield f"changing the type of {where} with USING rewrites the table"
+        elif column.collClause is not None:
+            yield (f"changing the collation of {where} rebuilds every index on it under ACCESS "
+                   "EXCLUSIVE")
         elif old is None:
             if new in _UNLIKELY_REWRITES:
                 continue

@@ -63,7 +63,9 @@ _KINDS = {
     ObjectType.OBJECT_AGGREGATE: "aggregate", ObjectType.OBJECT_TYPE: "type",
     ObjectType.OBJECT_DOMAIN: "domain", ObjectType.OBJECT_SEQUENCE: "sequence",
     ObjectType.OBJECT_FOREIGN_TABLE: "foreign table", ObjectType.OBJECT_ATTRIBUTE: "attribute",
-    ObjectType.OBJECT_TABCONSTRAINT: "constraint",
+    ObjectType.OBJECT_TABCONSTRAINT: "constraint", ObjectType.OBJECT_EXTENSION: "extension",
+    ObjectType.OBJECT_OPERATOR: "operator", ObjectType.OBJECT_COLLATION: "collation",
+    ObjectType.OBJECT_CAST: "cast", ObjectType.OBJECT_DOMCONSTRAINT: "domain constraint",
 }
 _RELATIONS = frozenset({ObjectType.OBJECT_TABLE, ObjectType.OBJECT_VIEW,
                         ObjectType.OBJECT_MATVIEW, ObjectType.OBJECT_SEQUENCE,
@@ -81,6 +83,14 @@ def _object_name(node: object, ctx: RevisionContext) -> str:
     if isinstance(node, ast.TypeName):
         return ".".join(ctx.qualify_names(node.names))
     return ".".join(ctx.qualify_names(node))
+
+
+def _no_default(cmd: ast.AlterTableCmd) -> bool:
+    """DROP DEFAULT, SET DEFAULT NULL, DROP IDENTITY."""
+    if cmd.subtype == AlterTableType.AT_DropIdentity:
+        return True
+    value = cmd.def_
+    return value is None or (isinstance(value, ast.A_Const) and bool(value.isnull))
 
 
 def _changes(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
@@ -110,10 +120,13 @@ def _changes(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
         where = f"{'.'.join(table)}.{cmd.name}"
         if cmd.subtype == AlterTableType.AT_DropColumn:
             yield f"DROP COLUMN {where}"
-        elif cmd.subtype == AlterTableType.AT_ColumnDefault and cmd.def_ is None and \
-                (*table, cmd.name or "") in ctx.model.not_null:
-            yield (f"DROP DEFAULT of NOT NULL column {where} (running code that inserts "
-                   "without it fails)")
+        elif cmd.subtype == AlterTableType.AT_DropConstraint:
+            yield (f"DROP CONSTRAINT {cmd.name} on {'.'.join(table)} (running code may rely "
+                   "on it: ON CONFLICT on a unique key, a caught violation)")
+        elif cmd.subtype in (AlterTableType.AT_ColumnDefault, AlterTableType.AT_DropIdentity) \
+                and _no_default(cmd) and (*table, cmd.name or "") in ctx.model.not_null:
+            yield (f"dropping the default of NOT NULL column {where} (running code that "
+                   "inserts without it fails)")
         elif cmd.subtype == AlterTableType.AT_AlterColumnType and isinstance(
                 cmd.def_, ast.ColumnDef):
             old = ctx.model.columns.get(table, {}).get(cmd.name or "")

@@ -14,15 +14,15 @@ from ..sqltree import RevisionContext, Statement, alter_commands
 
 BAD = (
     "ALTER TABLE users ADD COLUMN plan text;\n"
-    "UPDATE users SET plan = 'free' WHERE id BETWEEN 1 AND 1000;",
+    "UPDATE users SET plan = 'free' WHERE plan IS NULL;",
     "ALTER TABLE users ADD CONSTRAINT users_age_check CHECK (age >= 0) NOT VALID;\n"
     "ALTER TABLE users VALIDATE CONSTRAINT users_age_check;",
     "ALTER TABLE users ADD CONSTRAINT c CHECK (a > 0) NOT VALID, VALIDATE CONSTRAINT c;",
     "ALTER TABLE users RENAME COLUMN tmp TO tmp2;\n"
     "SELECT id FROM users WHERE id BETWEEN 1 AND 100 FOR UPDATE;",
-    "LOCK TABLE users IN SHARE MODE;\nDELETE FROM users WHERE id = 7;",
+    "LOCK TABLE users IN SHARE MODE;\nDELETE FROM users WHERE last_seen < '2020-01-01';",
     "CREATE INDEX users_plan_idx ON users (plan);\n"
-    "UPDATE users SET plan = 'pro' WHERE id = 1;",
+    "UPDATE users SET plan = 'pro' WHERE plan = 'gold';",
 )
 GOOD = (
     "ALTER TABLE users ADD CONSTRAINT users_age_check CHECK (age >= 0) NOT VALID;\n"
@@ -36,13 +36,14 @@ GOOD = (
     "INSERT INTO plans VALUES (1, 'free');\nUPDATE plans SET name = 'pro' WHERE id = 1;",
     "ALTER TABLE users VALIDATE CONSTRAINT users_age_check;\n"
     "UPDATE users SET plan = 'free' WHERE id = 1;",
+    # a row or a batch by key is short, even under the lock
+    "ALTER TABLE users ADD COLUMN plan text;\n"
+    "UPDATE app_config SET value = '2' WHERE id = 1;",
 )
 
 
 def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
-    if not ctx.transactional:
-        return
-    if ctx.held:
+    if ctx.transactional and ctx.held:
         work = next(heavy_work(stmt, ctx), None)
         if work is None:
             return

@@ -1,4 +1,6 @@
-"""SET search_path / SET ROLE escape the runner's per-service role and schema."""
+"""SET search_path / SET ROLE escape the runner's per-service role and schema; the settings the
+runner pins (lock_timeout, the idle timeouts, lexing) may not change either, also where the
+runner cannot see it (a DO block, set_config())."""
 
 from __future__ import annotations
 
@@ -15,10 +17,20 @@ BAD = (
     "RESET ROLE;",
     "SET SESSION AUTHORIZATION postgres;",
     "SELECT set_config('search_path', 'orders', true);",
+    "DO $$ BEGIN SET LOCAL lock_timeout = 0; END $$;",
+    "DO $$ BEGIN PERFORM set_config('lock_timeout', '0', true); END $$;",
 )
 GOOD = ("SET LOCAL statement_timeout = '5min';", "SELECT current_setting('search_path');")
 
 GUARDED = frozenset({"search_path", "role", "session_authorization"})
+
+
+def _pinned(name: str) -> str | None:
+    """Why the runner refuses a revision that changes `name` (it checks top-level statements;
+    a DO block or set_config() would slip past it), or None."""
+    from ...engine.statements import pinned_reason
+
+    return pinned_reason(name)
 
 
 def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
@@ -26,16 +38,23 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
     if isinstance(node, ast.VariableSetStmt) and node.name in GUARDED:
         yield f"changing {node.name} escapes the runner's role {ctx.service}_owner and schema"
         return
+    if isinstance(node, ast.VariableSetStmt) and node.name and _pinned(node.name):
+        yield f"changing {node.name}: {_pinned(node.name)}"
+        return
     if not isinstance(node, ast.SelectStmt):
         return
     for call in stmt.nodes:
         if not (isinstance(call, ast.FuncCall) and last_name(call.funcname) == "set_config"):
             continue
         first = seq(call.args)[:1]
-        if (first and isinstance(first[0], ast.A_Const) and isinstance(first[0].val, ast.String)
-                and (first[0].val.sval or "").lower() in GUARDED):
-            yield (f"set_config({first[0].val.sval!r}) escapes the runner's role "
-                   f"{ctx.service}_owner and schema")
+        if not (first and isinstance(first[0], ast.A_Const)
+                and isinstance(first[0].val, ast.String)):
+            continue
+        name = (first[0].val.sval or "").lower()
+        if name in GUARDED:
+            yield f"set_config({name!r}) escapes the runner's role {ctx.service}_owner and schema"
+        elif _pinned(name):
+            yield f"set_config({name!r}): {_pinned(name)}"
 
 
 RULE = StatementRule(

@@ -62,10 +62,26 @@ def _constant(node: object) -> bool:
                                         for n in walk(node))
 
 
+_OR = 1
+
+
 def _conjuncts(where: ast.Node | None) -> list[ast.Node]:
     if isinstance(where, ast.BoolExpr) and where.boolop == _AND:
         return [c for arg in seq(where.args) for c in _conjuncts(arg)]
     return [where] if where is not None else []
+
+
+def _joined(node: object, names: frozenset[str] | None, ctes: dict[str, ast.Node] | None
+            ) -> bool:
+    """`key = other.col` bounds the rows by another relation's: not the target itself
+    (`id = id`, a self-join), and a CTE only when it is batched itself."""
+    if not isinstance(node, ast.ColumnRef):
+        return False
+    parts = [str(f.sval) for f in seq(node.fields) if isinstance(f, ast.String)]
+    if len(parts) < 2 or names is None or parts[-2] in names:
+        return False
+    cte = (ctes or {}).get(parts[-2])
+    return cte is None or _batched_subquery(cte, (parts[-1],), {})
 
 
 def _batched_subquery(node: ast.Node | None, keys: tuple[str, ...],
@@ -74,11 +90,20 @@ def _batched_subquery(node: ast.Node | None, keys: tuple[str, ...],
     select = node.subselect if isinstance(node, ast.SubLink) else node
     if not isinstance(select, ast.SelectStmt):
         return False
-    if select.limitCount is not None or key_bounded(select.whereClause, keys, None, ctes):
+    if select.valuesLists:  # IN (VALUES (1), (2))
+        return True
+    if _limited(select) or key_bounded(select.whereClause, keys, None, ctes):
         return True
     sources = [r for r in seq(select.fromClause) if isinstance(r, ast.RangeVar)]
     return len(sources) == 1 and not sources[0].schemaname and _batched_subquery(
         ctes.get(sources[0].relname or ""), keys, {})
+
+
+def _limited(select: ast.SelectStmt) -> bool:
+    """A LIMIT of a constant number (not LIMIT ALL / NULL / a sub-select)."""
+    limit = select.limitCount
+    return isinstance(limit, ast.A_Const) and not limit.isnull and isinstance(
+        limit.val, ast.Integer)
 
 
 def _names(relation: ast.RangeVar | None) -> frozenset[str]:
@@ -99,6 +124,9 @@ def key_bounded(where: ast.Node | None, keys: tuple[str, ...],
     for conjunct in _conjuncts(where):
         if isinstance(conjunct, ast.CurrentOfExpr):
             return True
+        if isinstance(conjunct, ast.BoolExpr) and conjunct.boolop == _OR and all(
+                key_bounded(arg, keys, names, ctes) for arg in seq(conjunct.args)):
+            return True  # id = 1 OR id = 2
         if isinstance(conjunct, ast.SubLink) and (_column(conjunct.testexpr, names) or "") in keys:
             if _batched_subquery(conjunct, keys, ctes or {}):
                 return True
@@ -115,12 +143,13 @@ def key_bounded(where: ast.Node | None, keys: tuple[str, ...],
         column = _column(left, names)
         if column is None or column not in keys:
             continue
-        if kind in (A_Expr_Kind.AEXPR_IN, A_Expr_Kind.AEXPR_BETWEEN) and _constant(right):
+        if kind in (A_Expr_Kind.AEXPR_IN, A_Expr_Kind.AEXPR_BETWEEN,
+                    A_Expr_Kind.AEXPR_BETWEEN_SYM) and _constant(right):
             return True
         if kind == A_Expr_Kind.AEXPR_OP_ANY and _constant(right):
             return True
         if kind == A_Expr_Kind.AEXPR_OP and op == "=" and (
-                _constant(right) or isinstance(right, ast.ColumnRef)):
+                _constant(right) or _joined(right, names, ctes)):
             return True
         if kind == A_Expr_Kind.AEXPR_OP and _constant(right):
             if op in _LOWER:
@@ -130,9 +159,27 @@ def key_bounded(where: ast.Node | None, keys: tuple[str, ...],
     return bool(lower & upper)
 
 
+def bounded_by_key(node: ast.UpdateStmt | ast.DeleteStmt, ctx: RevisionContext) -> bool:
+    """Whether an UPDATE/DELETE's filter bounds its rows by the table's key."""
+    table = ctx.qualify(node.relation)
+    return key_bounded(node.whereClause, _keys(ctx, table), _names(node.relation))
+
+
 def _keys(ctx: RevisionContext, table: Qualified) -> tuple[str, ...]:
-    """The table's primary key when the guard saw it, else `id` (the usual convention)."""
-    return ctx.model.primary_keys.get(table) or ("id",)
+    """The table's primary key when the guard saw it, else `id` (the usual convention); its
+    last column for a composite key (`tenant_id = 1` alone bounds nothing); `ctid` too."""
+    return (*(ctx.model.primary_keys.get(table) or ("id",))[-1:], "ctid")
+
+
+def _relations(items: tuple[ast.Node, ...] | None) -> Iterator[ast.RangeVar]:
+    """The tables of a FROM list, joins included."""
+    for item in seq(items):
+        if isinstance(item, ast.RangeVar):
+            yield item
+        elif isinstance(item, ast.JoinExpr):
+            yield from _relations(tuple(n for n in (item.larg, item.rarg) if n is not None))
+        elif isinstance(item, ast.RangeSubselect) and isinstance(item.subquery, ast.SelectStmt):
+            yield from _relations(item.subquery.fromClause)
 
 
 def _ctes(node: ast.Node) -> dict[str, ast.Node]:
@@ -147,10 +194,12 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
     for node in stmt.nodes:
         target: ast.RangeVar | None = None
         where: ast.Node | None = None
+        joined: tuple[ast.Node, ...] | None = None
         verb = ""
         if isinstance(node, ast.UpdateStmt | ast.DeleteStmt):
             target, where = node.relation, node.whereClause
             verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"
+            joined = node.fromClause if isinstance(node, ast.UpdateStmt) else node.usingClause
             if not has_row_filter(where):
                 continue  # dml-without-where says it
         elif isinstance(node, ast.MergeStmt):
@@ -159,7 +208,7 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
                 node.onConflictClause.action == OnConflictAction.ONCONFLICT_UPDATE and \
                 isinstance(node.selectStmt, ast.SelectStmt) and node.selectStmt.fromClause:
             select = node.selectStmt
-            if select.limitCount is None and not any(
+            if not _limited(select) and not any(
                     isinstance(r, ast.RangeVar) and key_bounded(
                         select.whereClause, _keys(ctx, ctx.qualify(r)), _names(r))
                     for r in seq(select.fromClause)):
@@ -168,17 +217,23 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
                        "matches in one transaction")
             continue
         elif isinstance(node, ast.SelectStmt) and node.lockingClause:
-            for rel in seq(node.fromClause):
-                if isinstance(rel, ast.RangeVar) and not ctx.is_new_table(rel) and \
-                        not key_bounded(node.whereClause, _keys(ctx, ctx.qualify(rel)),
-                                        _names(rel)) and node.limitCount is None:
+            locked = {n.relname for c in seq(node.lockingClause) if isinstance(c, ast.LockingClause)
+                      for n in seq(c.lockedRels) if isinstance(n, ast.RangeVar)}
+            for rel in _relations(node.fromClause):
+                if locked and not _names(rel) & locked:
+                    continue  # FOR UPDATE OF another relation
+                if not ctx.is_new_table(rel) and not _limited(node) and not key_bounded(
+                        node.whereClause, _keys(ctx, ctx.qualify(rel)), _names(rel), ctes):
                     yield (f"SELECT … FOR UPDATE/SHARE on {'.'.join(ctx.qualify(rel))} "
                            "row-locks every matching row until the revision commits")
             continue
         if target is None or ctx.is_new_table(target):
             continue
         table = ctx.qualify(target)
-        if not key_bounded(where, _keys(ctx, table), _names(target), ctes):
+        # the target's own names, and aliases of the same table joined to it (a self-join)
+        names = _names(target) | {n for r in _relations(joined) if r.relname == target.relname
+                                  for n in _names(r)}
+        if not key_bounded(where, _keys(ctx, table), names, ctes):
             yield (f"{verb} on {'.'.join(table)} is not bounded by a key range or batch: "
                    "it changes and locks every matching row in one transaction")
 
