@@ -286,26 +286,28 @@ def test_check_and_strict_migrate_report_a_backfill_in_the_same_transaction(
     add(root, "2026-01-02T0000", "-- migrate:up\nALTER TABLE items ADD COLUMN plan text;\n"
         "UPDATE items SET plan = 'free' WHERE plan IS NULL;\n"
         "-- migrate:down\nALTER TABLE items DROP COLUMN plan;\n")
-    checked = run_cli(root, "check", "--json", "--quiet", "--database-url", server_url)
+    checked = run_cli(root, "check", "--json", "--quiet", "--no-trace",
+                      "--database-url", server_url)
     assert checked.returncode == 0, checked.stderr
     report = json.loads(checked.stdout)
     assert any("ACCESS" in w or "AccessExclusiveLock" in w for w in report["warnings"])
-    strict = run_cli(root, "check", "--strict", "--quiet", "--database-url", server_url)
+    strict = run_cli(root, "check", "--strict", "--quiet", "--no-trace",
+                     "--database-url", server_url)
     assert strict.returncode == 1 and "lock" in strict.stdout
+    traced = run_cli(root, "check", "--json", "--quiet", "--database-url", server_url)
+    assert traced.returncode == 1  # the trace sees the backfill under the ADD COLUMN's lock
+    assert any("traced-lock-held-during-work" in p
+               for p in json.loads(traced.stdout)["problems"])
     migrated = run_cli(root, "migrate", "--strict", database_url=database_url)
     assert migrated.returncode == 1
     assert "lock_held_across_statements" in migrated.stderr or "--strict" in migrated.stderr
     assert ledger(database_url)["shop_202601020000"] == "applied"  # strict fails, keeps it
 
 
-def test_the_lambda_budget_is_bounded_by_its_remaining_time() -> None:
-    from infra.migrator.handler import SAFETY_MARGIN_SECONDS, _settings
+def test_the_worker_budget_is_bounded_by_its_remaining_time() -> None:
+    from infra.migrator.handler import SAFETY_MARGIN_SECONDS, run_settings
 
-    class Context:
-        def get_remaining_time_in_millis(self) -> int:
-            return int((SAFETY_MARGIN_SECONDS + 30) * 1000)
-
-    settings = _settings(Context())
+    settings = run_settings(SAFETY_MARGIN_SECONDS + 30)
     assert settings.lock.budget_seconds == pytest.approx(30)
     assert settings.lock.first_timeout_ms == LockPolicy().first_timeout_ms
 

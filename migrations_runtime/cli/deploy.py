@@ -186,8 +186,10 @@ def baseline_command(targets: tuple[str, ...], database_url: str | None,
     url = run(lambda: resolve_url(from_database or database_url, root))
     marked = run(lambda: baseline(url, root, list(targets)))
     if as_json:
-        click.echo(json.dumps({"written": [str(p.relative_to(root)) for p in written],
-                               "baselined": marked}, indent=2))
+        answer: dict[str, list[str]] = {"baselined": marked}
+        if from_database:
+            answer = {"written": [str(p.relative_to(root)) for p in written], **answer}
+        click.echo(json.dumps(answer, indent=2))
     else:
         for path in written:
             click.echo(f"wrote {path.relative_to(root)}")
