@@ -114,7 +114,7 @@ def heavy_work(stmt: Statement, ctx: RevisionContext) -> Iterator[Work]:
     """What in `stmt` reads or rewrites many rows of a table that existed before: row changes,
     locking reads, validation scans, index builds, rewrites."""
     node = stmt.node
-    for inner in stmt.nodes:
+    for inner in stmt.query_nodes:
         written = _writes(inner)
         if written and _existing(ctx, written[0]) and not _few_rows(inner, ctx):
             yield Work(ctx.qualify(written[0]), written[1])

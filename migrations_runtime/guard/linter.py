@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +49,8 @@ class _Lines:
     """Offset → (line, column) within a text that starts at `first_line` of its file."""
 
     def __init__(self, text: str, first_line: int) -> None:
-        self.starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+        self.starts = [0, *itertools.accumulate(len(line) + 1 for line in
+                                                text.split("\n")[:-1])]
         self.first_line = first_line
 
     def at(self, offset: int) -> tuple[int, int]:
@@ -60,6 +63,20 @@ class ParsedSql:
     statements: list[Statement]
     bad_suppressions: list[tuple[int, int, str]] = field(default_factory=list)
     """(line, column, message) of suppression comments that name no rule or give no reason."""
+
+
+@contextmanager
+def unchecked_nodes() -> Iterator[None]:
+    """While linting, build pglast nodes without its per-attribute validation
+    (`ast.Node.__setattr__`, meant for trees built by hand): PostgreSQL's parser already hands
+    over typed values, and the validation is ~75 % of parsing (tests/guard/test_rules.py checks
+    the trees are equal). Entered once per lint run: changing a class attribute is costly."""
+    checked = ast.Node.__setattr__
+    ast.Node.__setattr__ = object.__setattr__  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        ast.Node.__setattr__ = checked  # type: ignore[method-assign]
 
 
 def parse_statements(sql: str, first_line: int = 1) -> ParsedSql:
@@ -225,9 +242,10 @@ def lint_sql_text(text: str, ctx: RevisionContext, path: Path) -> list[Finding]:
     except SqlSyntaxError as err:
         return [Finding(path, err.line, err.column, rules.PARSE_ERROR,
                         f"SQL syntax error: {err.message}")]
-    refused = _refused_by_runner(source.up, source.up_line, source.transactional, path)
-    if refused is not None:
-        findings.append(refused)
+    if any(isinstance(stmt.node, RUNNER_CHECKED) for stmt in parsed.statements):
+        refused = _refused_by_runner(source.up, source.up_line, source.transactional, path)
+        if refused is not None:
+            findings.append(refused)
     findings.extend(Finding(path, line, column, rules.INVALID_SUPPRESSION, message)
                     for line, column, message in parsed.bad_suppressions)
     findings.extend(lint_statements(parsed.statements, ctx, path))
@@ -238,6 +256,11 @@ def lint_sql_text(text: str, ctx: RevisionContext, path: Path) -> list[Finding]:
     return findings
 
 
+# The statement kinds whose refusal by the runner no guard rule reports (transaction control,
+# RESET ALL, svcmig's settings, ALTER ROLE, COPY): only a file with one of them is parsed again
+# for the runner's own check.
+RUNNER_CHECKED = (ast.TransactionStmt, ast.VariableSetStmt, ast.AlterRoleStmt,
+                  ast.AlterRoleSetStmt, ast.CopyStmt)
 # Refusals that guard rules report themselves (concurrently-in-transaction, session-override).
 COVERED_REFUSALS = ("cannot run inside a transaction block", "SET ROLE", "SESSION AUTHORIZATION",
                     "changing ", "set_config(")
@@ -323,7 +346,7 @@ class Linter:
     workers: int | None = None
     """Processes for services linted in parallel; None: one per CPU once there is enough work."""
 
-    @property
+    @functools.cached_property
     def service_names(self) -> frozenset[str]:
         return frozenset(service.name for service in self.services)
 
@@ -335,10 +358,12 @@ class Linter:
     def lint_paths(self, paths: Iterable[Path]) -> list[Finding]:
         """Lint `paths` (revision files); each service's earlier revisions are replayed."""
         selected = {_resolve(path) for path in paths}
+        by_folder: dict[Path, set[Path]] = {}
+        for path in selected:
+            by_folder.setdefault(path.parent, set()).add(path)
         jobs: list[tuple[Service, set[Path]]] = []
         for service in self.services:
-            folder = _resolve(service.migrations_dir)
-            mine = {p for p in selected if p.parent == folder}
+            mine = by_folder.get(_resolve(service.migrations_dir / "x").parent, set())
             if mine:
                 jobs.append((service, mine))
         workers = self.workers or (os.cpu_count() or 1 if len(selected) >= PARALLEL_FILES else 1)
@@ -356,20 +381,27 @@ class Linter:
         return sorted(findings, key=Finding.sort_key)
 
     def _lint_service(self, service: Service, selected: set[Path]) -> list[Finding]:
+        with unchecked_nodes():
+            return self._lint_service_files(service, selected)
+
+    def _lint_service_files(self, service: Service, selected: set[Path]) -> list[Finding]:
         findings: list[Finding] = []
         folder = _resolve(service.migrations_dir)
-        files = sorted(folder / p.name for p in folder.iterdir() if is_revision_file(p))
-        last = max(selected)
+        files = sorted((folder / p.name for p in folder.iterdir() if is_revision_file(p)),
+                       key=lambda p: p.name)
+        chosen = {p.name for p in selected}  # one folder: names compare faster than paths
+        last = max(chosen)
         model = SchemaModel()
         for path in files:
-            if path > last:
+            if path.name > last:
                 break
-            name_ok = self._check_name(path, service.name, findings if path in selected else [])
+            linted = path.name in chosen
+            name_ok = self._check_name(path, service.name, findings if linted else [])
             ctx = self.context(path, service.name, model)
-            text = _read(path, findings if path in selected else [])
+            text = _read(path, findings if linted else [])
             if text is None:
                 continue
-            if path in selected:
+            if linted:
                 if path.suffix == ".py":
                     findings.extend(lint_python_text(text, ctx, path))
                 else:
@@ -487,10 +519,11 @@ def lint_example(sql: str, service: str = "users",
     Findings of every part are returned, in order, without missing-down warnings."""
     model = SchemaModel()
     findings: list[Finding] = []
-    for index, part in enumerate(sql.split(f"\n{EXAMPLE_SEPARATOR}\n")):
-        path = Path(f"example-{index + 1}.sql")
-        ctx = RevisionContext(path=path, service=service, services=frozenset(services),
-                              pg_version=pg_version, model=model)
-        findings.extend(f for f in lint_sql_text(part, ctx, path)
-                        if f.rule is not rules.MISSING_DOWN)
+    with unchecked_nodes():
+        for index, part in enumerate(sql.split(f"\n{EXAMPLE_SEPARATOR}\n")):
+            path = Path(f"example-{index + 1}.sql")
+            ctx = RevisionContext(path=path, service=service, services=frozenset(services),
+                                  pg_version=pg_version, model=model)
+            findings.extend(f for f in lint_sql_text(part, ctx, path)
+                            if f.rule is not rules.MISSING_DOWN)
     return findings

@@ -39,18 +39,32 @@ class Statement:
             self._nodes = list(walk(self.node))
         return self._nodes
 
+    @property
+    def query_nodes(self) -> list[ast.Node]:
+        """`nodes` of a query (SELECT, INSERT, UPDATE, DELETE, MERGE: where data changes and
+        locking reads live, CTEs included); nothing for other statements, unwalked."""
+        return self.nodes if isinstance(self.node, QUERIES) else []
+
+
+_SLOTS: dict[type, tuple[str, ...]] = {}
+QUERIES = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
+
 
 def walk(node: object) -> Iterator[ast.Node]:
     """Every AST node under `node` (itself included), depth first."""
-    if isinstance(node, ast.Node):
-        yield node
-        for name in getattr(type(node), "__slots__", ()):
-            value = getattr(node, name, None)
-            if isinstance(value, ast.Node | tuple):
-                yield from walk(value)
-    elif isinstance(node, tuple):
-        for item in node:
-            yield from walk(item)
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.Node):
+            yield item
+            kind = type(item)
+            names = _SLOTS.get(kind)
+            if names is None:
+                names = _SLOTS[kind] = tuple(getattr(kind, "__slots__", ()))
+            children = [getattr(item, name, None) for name in names]
+            stack.extend(c for c in reversed(children) if isinstance(c, ast.Node | tuple))
+        elif isinstance(item, tuple):
+            stack.extend(reversed(item))
 
 
 def seq(value: tuple[ast.Node, ...] | None) -> tuple[ast.Node, ...]:

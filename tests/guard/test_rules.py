@@ -159,3 +159,25 @@ def test_docs_cover_every_rule() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "guard.md").read_text(encoding="utf-8")
     missing = [rule.name for rule in rules.ALL_RULES if f"`{rule.name}`" not in docs]
     assert missing == []
+
+
+def test_trees_built_without_pglast_validation_are_the_same() -> None:
+    """The linter parses without pglast's per-attribute checks (for speed): the trees of every
+    rule example equal the validated ones."""
+    from pglast import parser
+
+    from migrations_runtime.guard.linter import (
+        EXAMPLE_SEPARATOR,
+        parse_statements,
+        unchecked_nodes,
+    )
+
+    for rule in rules.STATEMENT_RULES:
+        for sql in (*rule.bad, *rule.good):
+            for part in sql.split(f"\n{EXAMPLE_SEPARATOR}\n"):
+                body = "\n".join(line for line in part.splitlines()
+                                  if not line.startswith("-- "))
+                with unchecked_nodes():
+                    fast = [s.node for s in parse_statements(body).statements]
+                checked = [item.stmt for item in parser.parse_sql(body)]
+                assert fast == checked, (rule.name, part)

@@ -52,7 +52,7 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
     if not isinstance(stmt.node, ast.SelectStmt | ast.InsertStmt | ast.UpdateStmt
                       | ast.DeleteStmt):
         return
-    for node in stmt.nodes:
+    for node in stmt.query_nodes:
         if isinstance(node, ast.UpdateStmt | ast.DeleteStmt) and not ctx.is_new_table(
                 node.relation) and not has_row_filter(node.whereClause):
             verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"

@@ -191,7 +191,7 @@ def _ctes(node: ast.Node) -> dict[str, ast.Node]:
 
 def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
     ctes = _ctes(stmt.node)
-    for node in stmt.nodes:
+    for node in stmt.query_nodes:
         target: ast.RangeVar | None = None
         where: ast.Node | None = None
         joined: tuple[ast.Node, ...] | None = None
