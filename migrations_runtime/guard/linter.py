@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -145,10 +146,11 @@ PLPGSQL_WRAPPER = ("CREATE FUNCTION svcmig_do_block() RETURNS void LANGUAGE plpg
 
 def do_block_statements(stmt: Statement) -> list[Statement]:
     """The SQL a `DO` block runs at migration time (PL/pgSQL only: its statements, PERFORMs,
-    loop queries, and EXECUTEs of a constant string), parsed with PostgreSQL's PL/pgSQL parser
-    (pglast `parse_plpgsql`) and placed at the block's line + their line in its body; the
-    suppressions of the DO statement apply to them. Raises SqlSyntaxError for a body that does
-    not compile. Function bodies are not included: they run when called, not when created."""
+    loop queries, EXECUTEs of a constant string, nested DO blocks), parsed with PostgreSQL's
+    PL/pgSQL parser (pglast `parse_plpgsql`) and placed at the block's line + their line in its
+    body; the suppressions of the DO statement apply to them, and a statement inside a loop
+    that does not COMMIT is marked `repeated`. Raises SqlSyntaxError for a body that does not
+    compile. Function bodies are not included: they run when called, not when created."""
     node = stmt.node
     if not isinstance(node, ast.DoStmt):
         return []
@@ -165,40 +167,79 @@ def do_block_statements(stmt: Statement) -> list[Statement]:
     except parser.ParseError as err:
         raise SqlSyntaxError(f"in the DO block: {err.args[0]}", stmt.line, stmt.column) from err
     found: list[Statement] = []
-    for lineno, query in _plpgsql_queries(tree):
+    variables = stmt.variables | frozenset(_plpgsql_variables(tree))
+    for lineno, query, repeated in _plpgsql_queries(tree):
         try:
             inner = parse_statements(query).statements
         except SqlSyntaxError:
             continue  # PL/pgSQL accepted it (variables, INTO): nothing a rule could read
         for item in inner:
-            found.append(Statement(item.node, stmt.line + max(lineno - 1, 0), stmt.column,
-                                   dict(stmt.suppressions)))
+            placed = Statement(item.node, stmt.line + max(lineno - 1, 0), stmt.column,
+                               dict(stmt.suppressions), repeated=repeated or stmt.repeated,
+                               variables=variables)
+            found.append(placed)
+            found.extend(do_block_statements(placed))  # a DO inside the DO
     return found
 
 
-def _plpgsql_queries(tree: object, lineno: int = 1) -> Iterator[tuple[int, str]]:
-    """(line in the body, SQL) of each statement a PL/pgSQL tree executes."""
+def _plpgsql_variables(tree: object) -> Iterator[str]:
+    """The names a PL/pgSQL function declares (its datums: variables, records, `found`)."""
+    for function in tree if isinstance(tree, list) else [tree]:
+        datums = function.get("PLpgSQL_function", {}).get("datums", []) if isinstance(
+            function, dict) else []
+        for datum in datums:
+            for value in datum.values():
+                if isinstance(value, dict) and value.get("refname"):
+                    yield str(value["refname"])
+
+
+# PL/pgSQL statements whose body runs again and again (plpgsql's node names).
+_LOOPS = frozenset({"PLpgSQL_stmt_loop", "PLpgSQL_stmt_while", "PLpgSQL_stmt_fori",
+                    "PLpgSQL_stmt_fors", "PLpgSQL_stmt_forc", "PLpgSQL_stmt_foreach_a",
+                    "PLpgSQL_stmt_dynfors"})
+
+
+def _plpgsql_queries(tree: object, lineno: int = 1, repeated: bool = False
+                     ) -> Iterator[tuple[int, str, bool]]:
+    """(line in the body, SQL, inside a loop that does not COMMIT) of each statement a
+    PL/pgSQL tree executes."""
     if isinstance(tree, list):
         for item in tree:
-            yield from _plpgsql_queries(item, lineno)
+            yield from _plpgsql_queries(item, lineno, repeated)
         return
     if not isinstance(tree, dict):
         return
     for kind, value in tree.items():
         if not isinstance(value, dict):
-            yield from _plpgsql_queries(value, lineno)
+            yield from _plpgsql_queries(value, lineno, repeated)
             continue
         line = int(value.get("lineno", lineno) or lineno)
         if kind == "PLpgSQL_expr" and value.get("parseMode") == 0:
-            yield line, str(value.get("query", ""))
+            yield line, str(value.get("query", "")), repeated
             continue
         if kind == "PLpgSQL_stmt_dynexecute":
-            text = str(value.get("query", {}).get("PLpgSQL_expr", {}).get("query", ""))
-            if len(text) > 1 and text[0] == text[-1] == "'" and "'" not in text[1:-1].replace(
-                    "''", ""):
-                yield line, text[1:-1].replace("''", "'")
+            text = _constant_string(str(value.get("query", {}).get("PLpgSQL_expr", {})
+                                        .get("query", "")))
+            if text is not None:
+                yield line, text, repeated
             continue
-        yield from _plpgsql_queries(value, line)
+        looping = repeated or (kind in _LOOPS and "PLpgSQL_stmt_commit" not in json.dumps(value))
+        yield from _plpgsql_queries(value, line, looping)
+
+
+def _constant_string(expression: str) -> str | None:
+    """The text of a constant string expression ('…', E'…', $q$…$q$), or None."""
+    try:
+        [item] = parser.parse_sql(f"SELECT {expression}")
+    except (parser.ParseError, ValueError):
+        return None
+    select = item.stmt
+    targets = select.targetList if isinstance(select, ast.SelectStmt) else None
+    if targets and len(targets) == 1 and isinstance(targets[0], ast.ResTarget):
+        value = targets[0].val
+        if isinstance(value, ast.A_Const) and isinstance(value.val, ast.String):
+            return str(value.val.sval)
+    return None
 
 
 def lint_statements(statements: Sequence[Statement], ctx: RevisionContext,

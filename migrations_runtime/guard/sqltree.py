@@ -30,6 +30,10 @@ class Statement:
     column: int
     suppressions: dict[str, str] = field(default_factory=dict)
     """rule name → reason, from `-- svcmig:ignore <rule> <reason>` comments on the statement."""
+    repeated: bool = False
+    """Run once per iteration of a loop (in a DO block) that does not commit in between."""
+    variables: frozenset[str] = frozenset()
+    """In a DO block: the PL/pgSQL variables it may name (values, not columns)."""
     _nodes: list[ast.Node] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

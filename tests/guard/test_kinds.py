@@ -131,6 +131,15 @@ HAZARDS = [
     ("transaction-control", "UPDATE users SET a = 1 WHERE id = 1;\nCOMMIT;",
      "refused-by-runner"),
     ("reset-all", "RESET ALL;", "refused-by-runner"),
+    ("loop-of-bounded-updates", "DO $$ DECLARE i int; BEGIN FOR i IN 1..100000 LOOP "
+     "UPDATE users SET a = 1 WHERE id = i; END LOOP; END $$;", "unbatched-data-change"),
+    ("loop-over-a-query", "DO $$ DECLARE r record; BEGIN FOR r IN SELECT id FROM users LOOP "
+     "DELETE FROM users WHERE id = r.id; END LOOP; END $$;", "unbatched-data-change"),
+    ("execute-dollar-quoted", "DO $$ BEGIN EXECUTE $q$UPDATE users SET a = 1$q$; END $$;",
+     "dml-without-where"),
+    ("execute-escape-string", "DO $$ BEGIN EXECUTE E'TRUNCATE users'; END $$;", "truncate"),
+    ("nested-do", "DO $$ BEGIN EXECUTE 'DO $i$ BEGIN DELETE FROM cart_items; END $i$'; END $$;",
+     "dml-without-where"),
     # f: partitioned tables
     ("partitioned-parent", "CREATE TABLE user_events (user_id bigint, ts timestamptz) "
      "PARTITION BY RANGE (ts);\n-- next revision\n"
@@ -185,6 +194,9 @@ LOOK_ALIKES = [
      "UPDATE app_config SET value = '2' WHERE id = 1;"),
     ("rename-index-no-table-lock", "ALTER INDEX users_email_key RENAME TO users_email_uniq;\n"
      "UPDATE users SET plan = 'x' WHERE id BETWEEN 1 AND 500;"),
+    ("committing-loop", "-- migrate:no-transaction\nDO $$ DECLARE i int; BEGIN "
+     "FOR i IN 0..99 LOOP UPDATE users SET a = 1 WHERE id >= i * 1000 AND id < (i + 1) * 1000; "
+     "COMMIT; END LOOP; END $$;"),
     # adopted tables (svcmig baseline): no history, so types and constraints are unknown
     ("adopted-varchar-to-text", "ALTER TABLE legacy_accounts ALTER COLUMN email TYPE text;"),
     ("adopted-validate-then-not-null", "ALTER TABLE legacy_accounts VALIDATE CONSTRAINT "

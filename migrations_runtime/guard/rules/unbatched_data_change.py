@@ -5,6 +5,7 @@ such as `plan IS NULL` after adding `plan`, or `id > 0`, matches the whole table
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 from pglast import ast
 from pglast.enums import A_Expr_Kind, OnConflictAction
@@ -56,10 +57,18 @@ def _column(node: object, names: frozenset[str] | None = None) -> str | None:
     return parts[-1] if parts else None
 
 
+# The PL/pgSQL variables of the DO block the statement being checked comes from.
+_VARIABLES: ContextVar[frozenset[str]] = ContextVar("plpgsql_variables", default=frozenset())
+
+
 def _constant(node: object) -> bool:
-    """No column of any table: a literal, a parameter, an expression of those."""
-    return node is not None and not any(isinstance(n, ast.ColumnRef | ast.SubLink)
-                                        for n in walk(node))
+    """No column of any table: a literal, a parameter, a DO block's variable, an expression of
+    those."""
+    variables = _VARIABLES.get()
+    return node is not None and not any(
+        isinstance(n, ast.SubLink) or (isinstance(n, ast.ColumnRef) and not (
+            len(n.fields or ()) == 1 and last_name(n.fields) in variables))
+        for n in walk(node))
 
 
 _OR = 1
@@ -190,6 +199,14 @@ def _ctes(node: ast.Node) -> dict[str, ast.Node]:
 
 
 def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
+    token = _VARIABLES.set(stmt.variables)
+    try:
+        yield from _check(stmt, ctx)
+    finally:
+        _VARIABLES.reset(token)
+
+
+def _check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
     ctes = _ctes(stmt.node)
     for node in stmt.query_nodes:
         target: ast.RangeVar | None = None
@@ -230,6 +247,10 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
         if target is None or ctx.is_new_table(target):
             continue
         table = ctx.qualify(target)
+        if stmt.repeated:
+            yield (f"{verb} on {'.'.join(table)} runs once per iteration of a loop, all in one "
+                   "transaction: every row it changes stays locked until the block ends")
+            continue
         # the target's own names, and aliases of the same table joined to it (a self-join)
         names = _names(target) | {n for r in _relations(joined) if r.relname == target.relname
                                   for n in _names(r)}
