@@ -141,6 +141,9 @@ class Migrations(Construct):
             f"svcmig migrator ({stage.name}): reports a migration run's end", database)
         master_secret.grant_read(self.progress)
         self.progress.add_to_role_policy(iam.PolicyStatement(
+            actions=["ecs:ListTasks"], resources=["*"],
+            conditions={"ArnEquals": {"ecs:cluster": workers.cluster_arn}}))
+        self.progress.add_to_role_policy(iam.PolicyStatement(
             actions=["ecs:DescribeTasks", "ecs:StopTask"],
             resources=[Stack.of(self).format_arn(
                 service="ecs", resource="task", resource_name=f"{workers.cluster_name}/*")],

@@ -37,11 +37,11 @@ MANAGED_ROLES = [
 XRAY = Ack("AwsSolutions-IAM5[Resource::*]", "xray:PutTraceSegments/PutTelemetryRecords for "
            "active tracing: X-Ray has no resource-level permissions. Secrets and rds-db:connect "
            "are granted on exact ARNs (tests/infra asserts it).")
-STARTER_WILDCARDS = Ack(
+LIST_TASKS = Ack(
     "AwsSolutions-IAM5[Resource::*]",
     "xray:PutTraceSegments/PutTelemetryRecords (X-Ray has no resource-level permissions) and "
-    "ecs:ListTasks, which has none either: it finds the worker a repeated start of the same "
-    "request already started, only in the workers' cluster (ecs:cluster condition).")
+    "ecs:ListTasks, which has none either: the workers of one request (a repeated start), only "
+    "in the workers' cluster (ecs:cluster condition).")
 WORKER_ENVIRONMENT = Ack("AwsSolutions-ECS2", "The worker's environment holds secret ARNs and "
                          "the cluster's host name, no secret: the worker reads the secrets "
                          "itself when it runs.")
@@ -86,11 +86,11 @@ def acknowledge_api(stack: ApiStack) -> list[Ack]:
                    "The CDK Provider framework may invoke any version of this function "
                    "(`<arn>:*`); it is that one function only.")
 
-    functions = [migrations.progress, migrations.operations,
-                 *(s.function for s in stack.functions.values())]
+    functions = [migrations.operations, *(s.function for s in stack.functions.values())]
     for fn in functions:
         _ack(fn, *MANAGED_ROLES, XRAY)
-    _ack(migrations.function, *MANAGED_ROLES, STARTER_WILDCARDS)
+    for fn in (migrations.function, migrations.progress):
+        _ack(fn, *MANAGED_ROLES, LIST_TASKS)
     invoked = [versions(migrations.function), versions(migrations.progress),
                *(versions(provider.node.find_child(name))
                  for name in ("framework-isComplete", "framework-onTimeout"))]
@@ -105,7 +105,7 @@ def acknowledge_api(stack: ApiStack) -> list[Ack]:
     _ack(migrations.progress, tasks)
     _ack(migrations.function, tasks)
     _ack(migrations.node.find_child("Worker"), ECR_TOKEN, WORKER_ENVIRONMENT)
-    return [*MANAGED_ROLES, XRAY, STARTER_WILDCARDS, *invoked, WAITER_LOGS, WAITER_TRACING,
+    return [*MANAGED_ROLES, XRAY, LIST_TASKS, *invoked, WAITER_LOGS, WAITER_TRACING,
             tasks, ECR_TOKEN, WORKER_ENVIRONMENT, *_acknowledge_uploads(stack)]
 
 

@@ -397,11 +397,24 @@ def start_worker(run_id: str, phase: str, physical_id: str, migrations_hash: str
 
 
 def _task(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's task as ECS describes it; "PENDING" while ECS does not list it yet (its reads
+    are eventually consistent just after RunTask)."""
     import boto3
 
     found = boto3.client("ecs").describe_tasks(cluster=run["cluster"], tasks=[run["task"]])
     tasks = found.get("tasks") or []
-    return tasks[0] if tasks else {"lastStatus": "STOPPED", "stoppedReason": "the task is gone"}
+    return tasks[0] if tasks else {"lastStatus": "PENDING"}
+
+
+def _another_worker_runs(run: dict[str, Any]) -> bool:
+    """Whether another task of the same request still runs (a repeated start that did not see
+    the first task yet): the run is not over while it does."""
+    import boto3
+
+    running = boto3.client("ecs").list_tasks(cluster=run["cluster"],
+                                             startedBy=started_by(run["run"]),
+                                             desiredStatus="RUNNING").get("taskArns") or []
+    return any(arn != run["task"] for arn in running)
 
 
 def _why_stopped(task: dict[str, Any]) -> str:
@@ -451,6 +464,8 @@ def _poll(run: dict[str, Any]) -> dict[str, Any]:
         url = database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
         record, unreadable = _read_run(url, run["run"])
         task = _task(run) if record is None or record.status == "running" else {}
+        if task.get("lastStatus") == "STOPPED" and _another_worker_runs(run):
+            task = {"lastStatus": "RUNNING"}
     except Exception as err:  # noqa: BLE001 - any API error: look again, until the deadline
         if time.time() < deadline + STOP_GRACE_SECONDS:
             log({"event": "poll_error", "run": run["run"], "error": repr(err)[:500]})
@@ -466,8 +481,11 @@ def _poll(run: dict[str, Any]) -> dict[str, Any]:
                 return {"IsComplete": False}
             import boto3
 
-            boto3.client("ecs").stop_task(cluster=run["cluster"], task=run["task"],
-                                          reason="svcmig: past the run's deadline")
+            try:
+                boto3.client("ecs").stop_task(cluster=run["cluster"], task=run["task"],
+                                              reason="svcmig: past the run's deadline")
+            except Exception as err:  # noqa: BLE001 - the run is over either way
+                log({"event": "stop_failed", "run": run["run"], "error": repr(err)[:500]})
             raise RunFailed(
                 f"the {run['phase']} run passed its deadline and its worker task was stopped "
                 "(a transactional revision in progress rolls back); nothing is re-run: see "

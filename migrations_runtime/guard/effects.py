@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pglast import ast
 from pglast.enums import AlterTableType, ConstrType, LockClauseStrength, ObjectType
 
-from .sqltree import Qualified, RevisionContext, Statement, alter_commands, seq, walk
+from .sqltree import (
+    Qualified,
+    RevisionContext,
+    Statement,
+    alter_commands,
+    column_type,
+    seq,
+    walk,
+)
 
 ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
 SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
@@ -103,6 +111,13 @@ def _writes(node: ast.Node) -> tuple[ast.RangeVar | None, str] | None:
     return None
 
 
+def _one_row(select: ast.SelectStmt, ctx: RevisionContext) -> bool:
+    """A SELECT bounded by the key of the table it reads (or a LIMIT)."""
+    from .rules.unbatched_data_change import select_bounded
+
+    return select_bounded(select, ctx)
+
+
 def _few_rows(node: ast.Node, ctx: RevisionContext) -> bool:
     """An UPDATE/DELETE whose filter bounds its rows by the key: short, even under a lock."""
     from .rules.unbatched_data_change import bounded_by_key
@@ -118,13 +133,21 @@ def heavy_work(stmt: Statement, ctx: RevisionContext) -> Iterator[Work]:
         written = _writes(inner)
         if written and _existing(ctx, written[0]) and not _few_rows(inner, ctx):
             yield Work(ctx.qualify(written[0]), written[1])
-        if isinstance(inner, ast.SelectStmt) and inner.lockingClause:
+        if isinstance(inner, ast.SelectStmt) and inner.lockingClause and not _one_row(inner,
+                                                                                     ctx):
             strength = next((c.strength for c in seq(inner.lockingClause)
                              if isinstance(c, ast.LockingClause)), None)
             for rel in seq(inner.fromClause):
                 if isinstance(rel, ast.RangeVar) and _existing(ctx, rel):
                     row_lock = _ROW_LOCKS.get(strength, "FOR") if strength else "FOR"
                     yield Work(ctx.qualify(rel), f"SELECT … {row_lock}")
+    copied = node.query if isinstance(node, ast.CreateTableAsStmt) else (
+        node.selectStmt if isinstance(node, ast.InsertStmt) else None)
+    if isinstance(copied, ast.SelectStmt):  # CREATE TABLE … AS / INSERT … SELECT reads it all
+        for rel in seq(copied.fromClause):
+            if isinstance(rel, ast.RangeVar) and _existing(ctx, rel) and not _one_row(copied,
+                                                                                      ctx):
+                yield Work(ctx.qualify(rel), "a copy of")
     if isinstance(node, ast.IndexStmt) and not node.concurrent and _existing(ctx, node.relation):
         yield Work(ctx.qualify(node.relation), "CREATE INDEX")
     elif isinstance(node, ast.RefreshMatViewStmt) and _existing(ctx, node.relation):
@@ -149,8 +172,17 @@ def _alter_work(cmd: ast.AlterTableCmd, table: Qualified, ctx: RevisionContext) 
     if subtype == AlterTableType.AT_SetNotNull and (*table, cmd.name or "") not in \
             ctx.model.not_null:
         return f"SET NOT NULL on {cmd.name}"
-    if subtype == AlterTableType.AT_AlterColumnType:
+    if subtype == AlterTableType.AT_AlterColumnType and isinstance(cmd.def_, ast.ColumnDef):
+        from .rules.column_type_change import is_widening
+
+        old = ctx.model.columns.get(table, {}).get(cmd.name or "")
+        new = column_type(cmd.def_.typeName)
+        if old is not None and cmd.def_.raw_default is None and is_widening(old, new):
+            return None  # binary compatible: no rewrite
         return f"ALTER COLUMN {cmd.name} TYPE"
+    if subtype in (AlterTableType.AT_SetAccessMethod, AlterTableType.AT_SetTableSpace):
+        return "SET ACCESS METHOD" if subtype == AlterTableType.AT_SetAccessMethod \
+            else "SET TABLESPACE"
     if subtype == AlterTableType.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint):
         constraint = cmd.def_
         if constraint.contype in (ConstrType.CONSTR_CHECK, ConstrType.CONSTR_FOREIGN) and \

@@ -144,13 +144,15 @@ PLPGSQL_WRAPPER = ("CREATE FUNCTION svcmig_do_block() RETURNS void LANGUAGE plpg
                    "AS {tag}{body}{tag}")
 
 
-def do_block_statements(stmt: Statement) -> list[Statement]:
+def do_block_statements(stmt: Statement, transactional: bool = True) -> list[Statement]:
     """The SQL a `DO` block runs at migration time (PL/pgSQL only: its statements, PERFORMs,
     loop queries, EXECUTEs of a constant string, nested DO blocks), parsed with PostgreSQL's
     PL/pgSQL parser (pglast `parse_plpgsql`) and placed at the block's line + their line in its
     body; the suppressions of the DO statement apply to them, and a statement inside a loop
-    that does not COMMIT is marked `repeated`. Raises SqlSyntaxError for a body that does not
-    compile. Function bodies are not included: they run when called, not when created."""
+    that does not COMMIT (or whose COMMIT cannot run: a transactional revision) is marked
+    `repeated`; inside a loop, the block's variables are values. Raises SqlSyntaxError for a
+    body that does not compile. Function bodies are not included: they run when called, not
+    when created."""
     node = stmt.node
     if not isinstance(node, ast.DoStmt):
         return []
@@ -168,7 +170,7 @@ def do_block_statements(stmt: Statement) -> list[Statement]:
         raise SqlSyntaxError(f"in the DO block: {err.args[0]}", stmt.line, stmt.column) from err
     found: list[Statement] = []
     variables = stmt.variables | frozenset(_plpgsql_variables(tree))
-    for lineno, query, repeated in _plpgsql_queries(tree):
+    for lineno, query, repeated, looped in _plpgsql_queries(tree, commits=not transactional):
         try:
             inner = parse_statements(query).statements
         except SqlSyntaxError:
@@ -176,9 +178,9 @@ def do_block_statements(stmt: Statement) -> list[Statement]:
         for item in inner:
             placed = Statement(item.node, stmt.line + max(lineno - 1, 0), stmt.column,
                                dict(stmt.suppressions), repeated=repeated or stmt.repeated,
-                               variables=variables)
+                               variables=variables if looped else stmt.variables)
             found.append(placed)
-            found.extend(do_block_statements(placed))  # a DO inside the DO
+            found.extend(do_block_statements(placed, transactional))  # a DO inside the DO
     return found
 
 
@@ -199,32 +201,51 @@ _LOOPS = frozenset({"PLpgSQL_stmt_loop", "PLpgSQL_stmt_while", "PLpgSQL_stmt_for
                     "PLpgSQL_stmt_dynfors"})
 
 
-def _plpgsql_queries(tree: object, lineno: int = 1, repeated: bool = False
-                     ) -> Iterator[tuple[int, str, bool]]:
-    """(line in the body, SQL, inside a loop that does not COMMIT) of each statement a
-    PL/pgSQL tree executes."""
+def _plpgsql_queries(tree: object, lineno: int = 1, repeated: bool = False,
+                     looped: bool = False, commits: bool = True
+                     ) -> Iterator[tuple[int, str, bool, bool]]:
+    """(line in the body, SQL, inside a loop that does not commit, inside a loop) of each
+    statement a PL/pgSQL tree executes; an expression (an assignment, a condition) as the
+    SELECT that evaluates it. `commits`: whether a COMMIT in the block can run."""
     if isinstance(tree, list):
         for item in tree:
-            yield from _plpgsql_queries(item, lineno, repeated)
+            yield from _plpgsql_queries(item, lineno, repeated, looped, commits)
         return
     if not isinstance(tree, dict):
         return
     for kind, value in tree.items():
         if not isinstance(value, dict):
-            yield from _plpgsql_queries(value, lineno, repeated)
+            yield from _plpgsql_queries(value, lineno, repeated, looped, commits)
             continue
         line = int(value.get("lineno", lineno) or lineno)
-        if kind == "PLpgSQL_expr" and value.get("parseMode") == 0:
-            yield line, str(value.get("query", "")), repeated
+        if kind == "PLpgSQL_expr":
+            query = str(value.get("query", ""))
+            if value.get("parseMode") == 0:
+                yield line, query, repeated, looped
+            elif query:  # an expression; an assignment is `target := expression`
+                yield line, "SELECT " + query.split(":=", 1)[-1], repeated, looped
             continue
         if kind == "PLpgSQL_stmt_dynexecute":
             text = _constant_string(str(value.get("query", {}).get("PLpgSQL_expr", {})
                                         .get("query", "")))
             if text is not None:
-                yield line, text, repeated
+                yield line, text, repeated, looped
             continue
-        looping = repeated or (kind in _LOOPS and "PLpgSQL_stmt_commit" not in json.dumps(value))
-        yield from _plpgsql_queries(value, line, looping)
+        loop = kind in _LOOPS
+        committing = commits and "PLpgSQL_stmt_commit" in json.dumps(value)
+        yield from _plpgsql_queries(value, line, repeated or (loop and not committing),
+                                    looped or loop, commits)
+
+
+def _ends_transaction(stmt: Statement) -> bool:
+    """A DO block (PL/pgSQL) with COMMIT or ROLLBACK in it."""
+    if not isinstance(stmt.node, ast.DoStmt):
+        return False
+    body = " ".join(str(d.arg.sval) for d in stmt.node.args or ()
+                    if isinstance(d, ast.DefElem) and d.defname == "as"
+                    and isinstance(d.arg, ast.String)).upper()
+    return any(word in body for word in ("COMMIT", "ROLLBACK")) and any(
+        token.name in ("COMMIT", "ROLLBACK") for token in parser.scan(body))
 
 
 def _constant_string(expression: str) -> str | None:
@@ -250,8 +271,13 @@ def lint_statements(statements: Sequence[Statement], ctx: RevisionContext,
     expanded: list[Statement] = []
     for stmt in statements:
         expanded.append(stmt)
+        if ctx.transactional and _ends_transaction(stmt):
+            findings.append(Finding(path, stmt.line, stmt.column, rules.REFUSED_BY_RUNNER,
+                                    "COMMIT or ROLLBACK inside a DO block fails in a "
+                                    "transactional revision (invalid transaction termination);"
+                                    " mark the revision '-- migrate:no-transaction'"))
         try:
-            expanded.extend(do_block_statements(stmt))
+            expanded.extend(do_block_statements(stmt, ctx.transactional))
         except SqlSyntaxError as err:
             findings.append(Finding(path, err.line, err.column, rules.PARSE_ERROR,
                                     f"PL/pgSQL syntax error {err.message}"))

@@ -134,7 +134,8 @@ class SchemaModel:
         for constraint in seq(column.constraints):
             if not isinstance(constraint, ast.Constraint):
                 continue
-            if constraint.contype in (ConstrType.CONSTR_NOTNULL, ConstrType.CONSTR_PRIMARY):
+            if constraint.contype in (ConstrType.CONSTR_NOTNULL, ConstrType.CONSTR_PRIMARY,
+                                      ConstrType.CONSTR_IDENTITY):
                 self.not_null.add((*table, name))
             if constraint.contype == ConstrType.CONSTR_PRIMARY:
                 self.primary_keys[table] = (name,)

@@ -65,7 +65,7 @@ HAZARDS = [
     ("lock-then-index", "ALTER TABLE users ALTER COLUMN bio SET STORAGE EXTERNAL;\n"
      "CREATE INDEX users_bio_idx ON users (bio);", "lock-held-during-work"),
     ("lock-then-lock-read", "LOCK TABLE users IN ACCESS EXCLUSIVE MODE;\n"
-     "SELECT id FROM users WHERE id = 1 FOR UPDATE;", "lock-held-during-work"),
+     "SELECT id FROM users WHERE plan = 'free' FOR UPDATE;", "lock-held-during-work"),
     # e: data changes by effect
     ("unbounded-backfill", "UPDATE users SET plan = 'free' WHERE plan IS NULL;",
      "unbatched-data-change"),
@@ -140,6 +140,16 @@ HAZARDS = [
     ("execute-escape-string", "DO $$ BEGIN EXECUTE E'TRUNCATE users'; END $$;", "truncate"),
     ("nested-do", "DO $$ BEGIN EXECUTE 'DO $i$ BEGIN DELETE FROM cart_items; END $i$'; END $$;",
      "dml-without-where"),
+    ("do-variables-from-the-table", "DO $$ DECLARE lo bigint; hi bigint; BEGIN\n"
+     "  SELECT min(id), max(id) + 1 INTO lo, hi FROM users;\n"
+     "  UPDATE users SET plan = 'free' WHERE id >= lo AND id < hi; END $$;",
+     "unbatched-data-change"),
+    ("commit-in-a-transactional-do", "DO $$ BEGIN COMMIT; END $$;", "refused-by-runner"),
+    ("copy-under-a-lock", "ALTER TABLE users ADD COLUMN plan text;\n"
+     "CREATE TABLE users_backup AS SELECT * FROM users;", "lock-held-during-work"),
+    ("drop-identity-unknown-table", "ALTER TABLE users ALTER COLUMN id DROP IDENTITY IF EXISTS;",
+     "destructive-change-in-expand"),
+    ("set-tablespace", "ALTER TABLE users SET TABLESPACE fast;", "blocking-table-operation"),
     # f: partitioned tables
     ("partitioned-parent", "CREATE TABLE user_events (user_id bigint, ts timestamptz) "
      "PARTITION BY RANGE (ts);\n-- next revision\n"
@@ -197,6 +207,11 @@ LOOK_ALIKES = [
     ("committing-loop", "-- migrate:no-transaction\nDO $$ DECLARE i int; BEGIN "
      "FOR i IN 0..99 LOOP UPDATE users SET a = 1 WHERE id >= i * 1000 AND id < (i + 1) * 1000; "
      "COMMIT; END LOOP; END $$;"),
+    ("widening-under-a-lock", "CREATE TABLE t1 (name varchar(50));\n-- next revision\n"
+     "ALTER TABLE users ADD COLUMN nickname text;\n"
+     "ALTER TABLE t1 ALTER COLUMN name TYPE varchar(100);"),
+    ("one-row-locking-read-under-a-lock", "ALTER TABLE users ADD COLUMN nickname text;\n"
+     "SELECT id FROM users WHERE id = 1 FOR UPDATE;"),
     # adopted tables (svcmig baseline): no history, so types and constraints are unknown
     ("adopted-varchar-to-text", "ALTER TABLE legacy_accounts ALTER COLUMN email TYPE text;"),
     ("adopted-validate-then-not-null", "ALTER TABLE legacy_accounts VALIDATE CONSTRAINT "

@@ -843,3 +843,57 @@ def test_first_claims_at_once_on_a_fresh_database_each_get_an_answer(
         claimed = list(pool.map(lambda n: runs.claim(database_url, f"r{n % 4}", "expand"),
                                 range(8)))
     assert sorted(claimed) == [False] * 4 + [True] * 4
+
+
+def test_a_stopped_duplicate_worker_does_not_end_a_run_another_worker_does(
+        project: Path, database_url: str, aws: dict[str, str]) -> None:
+    """A repeated start that did not see the first task (ECS reads lag) starts a second one;
+    when the second stops (the run is claimed), the first still runs: not over."""
+    import boto3
+
+    body = event("Create", "expand", code_heads(project))
+    run = migrator.handler(body)[migrator.RUN_KEY]
+    worker = json.loads(os.environ["SVCMIG_WORKER"])
+    second = boto3.client("ecs").run_task(
+        cluster=worker["cluster"], taskDefinition=worker["task_definition"],
+        launchType="FARGATE", startedBy=migrator.started_by(run["run"]),
+        networkConfiguration={"awsvpcConfiguration": {"subnets": worker["subnets"],
+                                                      "securityGroups": []}},
+    )["tasks"][0]["taskArn"]
+    from infra.migrator import runs
+
+    assert runs.claim(database_url, run["run"], "expand")  # the first worker claimed it
+    duplicate = {**body, migrator.RUN_KEY: {**run, "task": second}}
+    end_task({**run, "task": second})
+    assert migrator.is_complete_handler(duplicate) == {"IsComplete": False}
+
+
+def test_a_task_ecs_does_not_list_yet_is_not_a_dead_run(project: Path, database_url: str,
+                                                        aws: dict[str, str]) -> None:
+    body = event("Create", "expand", code_heads(project))
+    started = migrator.handler(body)
+    unknown = {**started[migrator.RUN_KEY],
+               "task": started[migrator.RUN_KEY]["task"].rsplit("/", 1)[0] + "/nosuchtask"}
+    assert migrator.is_complete_handler({**body, migrator.RUN_KEY: unknown}) == {
+        "IsComplete": False}
+
+
+def test_a_contract_run_past_its_deadline_fails_nothing_even_if_stopping_fails(
+        project: Path, database_url: str, aws: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import botocore.client
+
+    monkeypatch.setenv("SVCMIG_WORKER", json.dumps({
+        **json.loads(os.environ["SVCMIG_WORKER"]), "budget_seconds": -120}))
+    body = event("Create", "contract", code_heads(project))
+    started = migrator.handler(body)
+    real = botocore.client.BaseClient._make_api_call
+
+    def throttled(self: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "StopTask":
+            raise RuntimeError("ThrottlingException: Rate exceeded")
+        return real(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", throttled)
+    done = migrator.is_complete_handler({**body, **started})
+    assert done["IsComplete"] and "passed its deadline" in done["Data"]["Failed"]

@@ -15,6 +15,8 @@ BAD = (
     "REFRESH MATERIALIZED VIEW signups_daily;",
     "ALTER TABLE sessions SET UNLOGGED;",
     "ALTER TABLE sessions SET LOGGED;",
+    "ALTER TABLE sessions SET TABLESPACE fast;",
+    "ALTER TABLE sessions SET ACCESS METHOD heap;",
     "ALTER TABLE user_events DETACH PARTITION user_events_2026_11;",
     "ALTER TABLE user_events ATTACH PARTITION user_events_2026_12\n"
     "  FOR VALUES FROM ('2026-12-01') TO ('2027-01-01');",
@@ -78,6 +80,9 @@ def _alter(cmd: ast.AlterTableCmd, table: tuple[str, str], ctx: RevisionContext
     if subtype in (AlterTableType.AT_SetLogged, AlterTableType.AT_SetUnLogged):
         kind = "LOGGED" if subtype == AlterTableType.AT_SetLogged else "UNLOGGED"
         yield f"SET {kind} rewrites {where} and its indexes under ACCESS EXCLUSIVE"
+    elif subtype in (AlterTableType.AT_SetAccessMethod, AlterTableType.AT_SetTableSpace):
+        kind = "ACCESS METHOD" if subtype == AlterTableType.AT_SetAccessMethod else "TABLESPACE"
+        yield f"SET {kind} rewrites {where} under ACCESS EXCLUSIVE"
     elif subtype == AlterTableType.AT_DetachPartition and isinstance(
             cmd.def_, ast.PartitionCmd) and not cmd.def_.concurrent:
         yield (f"DETACH PARTITION without CONCURRENTLY takes ACCESS EXCLUSIVE on {where}, the "

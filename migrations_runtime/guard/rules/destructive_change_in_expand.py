@@ -124,7 +124,8 @@ def _changes(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
             yield (f"DROP CONSTRAINT {cmd.name} on {'.'.join(table)} (running code may rely "
                    "on it: ON CONFLICT on a unique key, a caught violation)")
         elif cmd.subtype in (AlterTableType.AT_ColumnDefault, AlterTableType.AT_DropIdentity) \
-                and _no_default(cmd) and (*table, cmd.name or "") in ctx.model.not_null:
+                and _no_default(cmd) and ((*table, cmd.name or "") in ctx.model.not_null
+                                          or cmd.subtype == AlterTableType.AT_DropIdentity):
             yield (f"dropping the default of NOT NULL column {where} (running code that "
                    "inserts without it fails)")
         elif cmd.subtype == AlterTableType.AT_AlterColumnType and isinstance(

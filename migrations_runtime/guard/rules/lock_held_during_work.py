@@ -19,7 +19,7 @@ BAD = (
     "ALTER TABLE users VALIDATE CONSTRAINT users_age_check;",
     "ALTER TABLE users ADD CONSTRAINT c CHECK (a > 0) NOT VALID, VALIDATE CONSTRAINT c;",
     "ALTER TABLE users RENAME COLUMN tmp TO tmp2;\n"
-    "SELECT id FROM users WHERE id BETWEEN 1 AND 100 FOR UPDATE;",
+    "SELECT id FROM users WHERE plan = 'free' FOR UPDATE;",
     "LOCK TABLE users IN SHARE MODE;\nDELETE FROM users WHERE last_seen < '2020-01-01';",
     "CREATE INDEX users_plan_idx ON users (plan);\n"
     "UPDATE users SET plan = 'pro' WHERE plan = 'gold';",

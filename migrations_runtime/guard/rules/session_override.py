@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pglast import ast
+from pglast.enums import VariableSetKind
 
 from ..findings import Severity, StatementRule
 from ..sqltree import RevisionContext, Statement, last_name, seq
@@ -19,6 +20,10 @@ BAD = (
     "SELECT set_config('search_path', 'orders', true);",
     "DO $$ BEGIN SET LOCAL lock_timeout = 0; END $$;",
     "DO $$ BEGIN PERFORM set_config('lock_timeout', '0', true); END $$;",
+    "UPDATE users SET nickname = set_config('lock_timeout', '0', true) WHERE id = 1;",
+    "DO $$ DECLARE v text; BEGIN v := set_config('search_path', 'orders', true); END $$;",
+    "DO $$ BEGIN RESET ALL; END $$;",
+    "DO $$ BEGIN ALTER ROLE users_app SET search_path = orders; END $$;",
 )
 GOOD = ("SET LOCAL statement_timeout = '5min';", "SELECT current_setting('search_path');")
 
@@ -41,9 +46,14 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
     if isinstance(node, ast.VariableSetStmt) and node.name and _pinned(node.name):
         yield f"changing {node.name}: {_pinned(node.name)}"
         return
-    if not isinstance(node, ast.SelectStmt):
+    if isinstance(node, ast.VariableSetStmt) and node.kind == VariableSetKind.VAR_RESET_ALL:
+        yield "RESET ALL undoes what the runner sets for every revision (lock_timeout, the idle "\
+            "timeouts, search_path)"
         return
-    for call in stmt.nodes:
+    if isinstance(node, ast.AlterRoleStmt | ast.AlterRoleSetStmt):
+        yield "ALTER ROLE: a revision changes its service's schema, not roles"
+        return
+    for call in stmt.query_nodes:
         if not (isinstance(call, ast.FuncCall) and last_name(call.funcname) == "set_config"):
             continue
         first = seq(call.args)[:1]

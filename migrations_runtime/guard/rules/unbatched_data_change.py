@@ -168,6 +168,14 @@ def key_bounded(where: ast.Node | None, keys: tuple[str, ...],
     return bool(lower & upper)
 
 
+def select_bounded(select: ast.SelectStmt, ctx: RevisionContext) -> bool:
+    """Whether a SELECT reads few rows: a LIMIT, or a filter bounded by the key of a table it
+    reads."""
+    return _limited(select) or any(
+        key_bounded(select.whereClause, _keys(ctx, ctx.qualify(rel)), _names(rel))
+        for rel in _relations(select.fromClause))
+
+
 def bounded_by_key(node: ast.UpdateStmt | ast.DeleteStmt, ctx: RevisionContext) -> bool:
     """Whether an UPDATE/DELETE's filter bounds its rows by the table's key."""
     table = ctx.qualify(node.relation)
