@@ -56,6 +56,9 @@ class StatementRule(Rule):
         default=lambda stmt, ctx: (), compare=False, repr=False)
     bad: tuple[str, ...] = ()
     good: tuple[str, ...] = ()
+    kinds: tuple[type, ...] | None = None
+    """The statement node types `check` can find anything in (None: every statement), so the
+    linter skips the rule for the others."""
 
 
 def _rule_named(name: str) -> Rule:

@@ -282,7 +282,7 @@ def lint_statements(statements: Sequence[Statement], ctx: RevisionContext,
             findings.append(Finding(path, err.line, err.column, rules.PARSE_ERROR,
                                     f"PL/pgSQL syntax error {err.message}"))
     for stmt in expanded:
-        for rule in rules.STATEMENT_RULES:
+        for rule in rules.for_node(stmt.node):
             if rule.name in stmt.suppressions:
                 continue
             findings.extend(Finding(path, stmt.line, stmt.column, rule, message)

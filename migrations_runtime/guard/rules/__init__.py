@@ -83,5 +83,18 @@ FRAMEWORK_RULES: tuple[Rule, ...] = (
 )
 TRACED_RULES: tuple[Rule, ...] = (TRACED_REWRITE, TRACED_LOCK_HELD, TRACED_UNBOUNDED_SCAN,
                                   TRACED_ERROR)
+_BY_KIND: dict[type, tuple[StatementRule, ...]] = {}
+
+
+def for_node(node: object) -> tuple[StatementRule, ...]:
+    """The SQL rules that can find something in a statement of `node`'s type, in order."""
+    kind = type(node)
+    found = _BY_KIND.get(kind)
+    if found is None:
+        found = _BY_KIND[kind] = tuple(r for r in STATEMENT_RULES
+                                       if r.kinds is None or issubclass(kind, r.kinds))
+    return found
+
+
 ALL_RULES: tuple[Rule, ...] = STATEMENT_RULES + FRAMEWORK_RULES + TRACED_RULES
 BY_NAME: dict[str, Rule] = {rule.name: rule for rule in ALL_RULES}

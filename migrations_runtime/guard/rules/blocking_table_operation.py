@@ -117,4 +117,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.RefreshMatViewStmt, ast.AlterDomainStmt, ast.AlterTableStmt),
 )

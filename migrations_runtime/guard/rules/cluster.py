@@ -26,4 +26,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.ClusterStmt,),
 )

@@ -128,4 +128,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.AlterTableStmt,),
 )

@@ -53,4 +53,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.IndexStmt, ast.DropStmt, ast.ReindexStmt, ast.VacuumStmt, ast.AlterTableStmt),
 )

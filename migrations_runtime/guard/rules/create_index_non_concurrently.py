@@ -60,4 +60,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.IndexStmt,),
 )

@@ -154,4 +154,6 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.DropStmt, ast.RenameStmt, ast.AlterEnumStmt, ast.AlterObjectSchemaStmt,
+           ast.AlterTableStmt),
 )

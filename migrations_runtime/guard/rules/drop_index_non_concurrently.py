@@ -36,4 +36,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.DropStmt,),
 )

@@ -42,4 +42,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.AlterTableStmt,),
 )

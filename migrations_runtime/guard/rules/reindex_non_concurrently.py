@@ -29,4 +29,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.ReindexStmt,),
 )

@@ -76,4 +76,6 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.VariableSetStmt, ast.AlterRoleStmt, ast.AlterRoleSetStmt, ast.SelectStmt,
+           ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt),
 )

@@ -34,4 +34,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.TruncateStmt,),
 )

@@ -32,4 +32,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.VacuumStmt,),
 )

@@ -78,4 +78,5 @@ RULE = StatementRule(
     check=check,
     bad=BAD,
     good=GOOD,
+    kinds=(ast.AlterTableStmt,),
 )
