@@ -61,21 +61,19 @@ def aws(project: Path, database_url: str,
 
 def worker_cluster(budget_seconds: int = 1800) -> dict[str, Any]:
     """An ECS cluster and the worker's task definition under moto, as `SVCMIG_WORKER` names
-    them. Tasks stay RUNNING until stopped (moto would otherwise move them on each read)."""
+    them. Tasks stay RUNNING until stopped (moto would otherwise move them on each read). The
+    task definition is not awsvpc, so moto starts tasks without its (slow) EC2 backend; the
+    network configuration the migrator passes is the synthesized one's (tests/infra/test_synth)."""
     import boto3
 
     state_manager.set_transition("ecs::task", {"progression": "manual", "times": 10**9})
-    ecs, ec2 = boto3.client("ecs"), boto3.client("ec2")
+    ecs = boto3.client("ecs")
     cluster = ecs.create_cluster(clusterName="workers")["cluster"]["clusterArn"]
     task = ecs.register_task_definition(
-        family="worker", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="1024",
-        memory="2048", containerDefinitions=[{"name": "worker", "image": "svcmig-worker",
-                                              "memory": 2048}])["taskDefinition"]
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+        family="worker", containerDefinitions=[{"name": "worker", "image": "svcmig-worker",
+                                                "memory": 2048}])["taskDefinition"]
     return {"cluster": cluster, "task_definition": task["taskDefinitionArn"],
-            "container": "worker", "subnets": [subnet], "security_groups": [],
+            "container": "worker", "subnets": ["subnet-isolated"], "security_groups": [],
             "budget_seconds": budget_seconds}
 
 
