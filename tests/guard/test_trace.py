@@ -3,7 +3,9 @@ statement by statement (the issue's hazards and look-alikes beside them)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,28 +100,32 @@ def test_the_trace_leaves_nothing_behind(tmp_path: Path, server_url: str) -> Non
     assert query(server_url, "SELECT datname FROM pg_database ORDER BY 1") == before
 
 
-def test_lint_trace_reports_in_sarif(tmp_path: Path, server_url: str,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
+def cli_in_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                   text: str) -> Callable[..., Any]:
+    """The CLI, run in a project of BASE and the revision `name` (`text`)."""
     from click.testing import CliRunner
 
     from migrations_runtime.cli.main import cli
 
-    root = write_project(tmp_path / "project", {"shop": {
-        **BASE, "2026-02-01T0000__shop__change.sql":
-            "-- svcmig:ignore blocking-table-operation sessions is a cache\n"
-            "ALTER TABLE sessions SET UNLOGGED;\n-- migrate:down\nSELECT 1;\n"}})
+    root = write_project(tmp_path / "project", {"shop": {**BASE, name: text}})
     monkeypatch.chdir(root)
-    done = CliRunner().invoke(cli, ["lint", "--trace", "--database-url", server_url,
-                                    "--format", "sarif",
-                                    "services/shop/migrations/2026-02-01T0000__shop__change.sql"])
+    return lambda *args: CliRunner().invoke(cli, list(args))
+
+
+def test_lint_trace_reports_in_sarif(tmp_path: Path, server_url: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    run = cli_in_project(tmp_path, monkeypatch, "2026-02-01T0000__shop__change.sql",
+                         "-- svcmig:ignore blocking-table-operation sessions is a cache\n"
+                         "ALTER TABLE sessions SET UNLOGGED;\n-- migrate:down\nSELECT 1;\n")
+    done = run("lint", "--trace", "--database-url", server_url, "--format", "sarif",
+               "services/shop/migrations/2026-02-01T0000__shop__change.sql")
     assert done.exit_code == 1, done.output
     results = json.loads(done.output)["runs"][0]["results"]
     assert [(r["ruleId"], r["locations"][0]["physicalLocation"]["region"]["startLine"])
             for r in results] == [("traced-rewrite", 2)]
-    usage = CliRunner().invoke(cli, ["lint", "--database-url", server_url])
-    assert usage.exit_code == 2
+    assert run("lint", "--database-url", server_url).exit_code == 2
 
 
 def test_a_traced_finding_is_acknowledged_like_a_static_one(tmp_path: Path,
@@ -135,21 +141,14 @@ def test_a_traced_finding_is_acknowledged_like_a_static_one(tmp_path: Path,
 
 def test_check_traces_every_revision(tmp_path: Path, server_url: str,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from click.testing import CliRunner
-
-    from migrations_runtime.cli.main import cli
-
-    root = write_project(tmp_path / "project", {"shop": {
-        **BASE, "2026-02-01T0000__shop__unlogged.sql":
-            "ALTER TABLE sessions SET UNLOGGED;\n"
-            "-- migrate:down\nALTER TABLE sessions SET LOGGED;\n"}})
-    monkeypatch.chdir(root)
-    failed = CliRunner().invoke(cli, ["check", "--database-url", server_url, "--quiet"])
+    run = cli_in_project(tmp_path, monkeypatch, "2026-02-01T0000__shop__unlogged.sql",
+                         "ALTER TABLE sessions SET UNLOGGED;\n"
+                         "-- migrate:down\nALTER TABLE sessions SET LOGGED;\n")
+    failed = run("check", "--database-url", server_url, "--quiet")
     assert failed.exit_code == 1, failed.output
     assert ("services/shop/migrations/2026-02-01T0000__shop__unlogged.sql:1: traced-rewrite: "
             "rewrote shop.sessions") in failed.output
-    skipped = CliRunner().invoke(cli, ["check", "--database-url", server_url, "--quiet",
-                                       "--no-trace"])
+    skipped = run("check", "--database-url", server_url, "--quiet", "--no-trace")
     assert skipped.exit_code == 0, skipped.output
 
 

@@ -77,6 +77,12 @@ def worker_cluster(budget_seconds: int = 1800) -> dict[str, Any]:
             "budget_seconds": budget_seconds}
 
 
+def budget_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs started from now on have their deadline two minutes in the past."""
+    monkeypatch.setenv("SVCMIG_WORKER", json.dumps({
+        **json.loads(os.environ["SVCMIG_WORKER"]), "budget_seconds": -120}))
+
+
 def task_overrides(run: dict[str, Any]) -> dict[str, str]:
     """The environment ECS gives the worker's container: the overrides on_event asked for."""
     import boto3
@@ -663,8 +669,7 @@ def test_a_worker_past_its_deadline_is_stopped_and_the_resource_fails(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import boto3
 
-    monkeypatch.setenv("SVCMIG_WORKER", json.dumps({
-        **json.loads(os.environ["SVCMIG_WORKER"]), "budget_seconds": -120}))
+    budget_spent(monkeypatch)
     body = event("Create", "expand", code_heads(project))
     started = migrator.handler(body)
     run = started[migrator.RUN_KEY]
@@ -881,8 +886,7 @@ def test_a_contract_run_past_its_deadline_fails_nothing_even_if_stopping_fails(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import botocore.client
 
-    monkeypatch.setenv("SVCMIG_WORKER", json.dumps({
-        **json.loads(os.environ["SVCMIG_WORKER"]), "budget_seconds": -120}))
+    budget_spent(monkeypatch)
     body = event("Create", "contract", code_heads(project))
     started = migrator.handler(body)
     real = botocore.client.BaseClient._make_api_call
