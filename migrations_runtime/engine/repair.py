@@ -18,7 +18,7 @@ import psycopg
 
 from . import ledger
 from .database import connect
-from .errors import SvcmigError
+from .errors import SvcmigError, UsageProblem
 from .lock import migrator_lock
 from .plan import up_to
 from .validate import Graph, build_graph
@@ -39,13 +39,15 @@ def baseline(url: str, root: Path, targets: list[str],
     try:
         with migrator_lock(conn, lock_wait_seconds):
             targets = targets or _alembic_version_targets(conn, graph)
+            chains = [graph.upto(target) for target in targets]
+            for target, found in zip(targets, chains, strict=True):
+                if found is None:  # before anything is written
+                    raise UsageProblem(f"baseline target {target!r} is neither a service nor a "
+                                       "revision id; `svcmig status` lists both")
             ledger.bootstrap(conn, graph.services)
             state = ledger.read_state(conn)
-            for target in targets:
-                upto = graph.upto(target)
-                if upto is None:
-                    raise SvcmigError(f"baseline target {target!r} is neither a service nor a "
-                                      "revision id; `svcmig status` lists both")
+            for upto in chains:
+                assert upto is not None
                 head = upto[-1]
                 if any(row.service == head.service for row in state.ledger.values()):
                     raise SvcmigError(
@@ -93,11 +95,12 @@ def repair(url: str, root: Path, revision_id: str, action: RepairAction,
         with migrator_lock(conn, lock_wait_seconds):
             row = ledger.read_row(conn, revision_id)
             if row is None:
-                raise SvcmigError(f"revision {revision_id} has no ledger row; nothing to repair")
+                raise UsageProblem(f"revision {revision_id} has no ledger row; nothing to "
+                                   "repair (`svcmig status` lists the revisions and anomalies)")
             revision = graph.revisions.get(revision_id)
             if revision is None:
-                raise SvcmigError(f"revision {revision_id} is not in the code; restore its file "
-                                  "before repairing it")
+                raise UsageProblem(f"revision {revision_id} is not in the code; restore its file "
+                                   "before repairing it")
             with conn.transaction():
                 if action == "accept-checksum":
                     ledger.record(conn, revision, row.state, row.duration_ms)

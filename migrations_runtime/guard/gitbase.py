@@ -61,7 +61,11 @@ def _newest_on_base(names: list[str]) -> dict[str, str]:
 
 def diff_against(root: Path, base: str) -> BaseDiff:
     """Compare the working tree (committed, staged, unstaged and untracked) with `base`."""
-    _git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
+    try:
+        _git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
+    except GitError as err:
+        raise GitError(f"--base {base}: no such commit here; name a branch, tag or commit "
+                       "(in CI, fetch it first: git fetch origin main)") from err
     status = _git(root, "diff", "--relative", "--name-status", "--no-renames", "-z", base, "--",
                   "services").split("\0")
     untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z", "--",

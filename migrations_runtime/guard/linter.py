@@ -319,7 +319,8 @@ def lint_sql_text(text: str, ctx: RevisionContext, path: Path) -> list[Finding]:
     acknowledged = any(rules.MISSING_DOWN.name in s.suppressions for s in parsed.statements)
     if source.down_line is None and not acknowledged:
         findings.append(Finding(path, 1, 1, rules.MISSING_DOWN,
-                                "no '-- migrate:down' section: svcmig downgrade cannot undo it"))
+                                "no '-- migrate:down' section: `alembic downgrade` and "
+                                "`svcmig check` cannot undo it"))
     return findings
 
 
@@ -400,7 +401,8 @@ def lint_python_text(text: str, ctx: RevisionContext, path: Path, *, replay: boo
     findings.extend(lint_statements(statements, ctx, path))
     if not header["_has_downgrade"] and "missing-down" not in suppressions:
         findings.append(Finding(path, 1, 1, rules.MISSING_DOWN,
-                                "downgrade() is empty: svcmig downgrade cannot undo it"))
+                                "downgrade() is empty: `alembic downgrade` and `svcmig check` "
+                                "cannot undo it"))
     return findings
 
 

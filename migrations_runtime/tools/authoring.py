@@ -162,7 +162,7 @@ def new_service(root: Path, name: str, now: datetime | None = None) -> Created:
     folder = services_dir / name
     if folder.exists():
         raise UsageProblem(f"{folder} already exists; pick another name (new-service never "
-                           "overwrites) or add a revision with `svcmig revision {name} -m ...`")
+                           f"overwrites) or add a revision with `svcmig revision {name} -m ...`")
     ini_path = root / "alembic.ini"
     ini_text = ini_path.read_text(encoding="utf-8")
     new_ini = with_version_location(ini_text, name)

@@ -1,4 +1,5 @@
-"""A revision without a down section cannot be rolled back by svcmig downgrade."""
+"""A revision without a down section cannot be rolled back (`alembic downgrade`) nor
+round-tripped by `svcmig check`."""
 
 from ..findings import Rule, Severity
 
