@@ -53,3 +53,15 @@ def test_the_missing_down_hint_names_commands_that_exist(tmp_path: Path) -> None
     done = run_cli(root, "lint", "services/users/migrations/2099-01-01T0000__users__no_down.sql")
     assert "missing-down" in done.stdout and "svcmig downgrade" not in done.stdout
     assert "alembic downgrade" in done.stdout
+
+
+def test_two_revisions_in_the_same_minute_are_one_line_for_stock_alembic(tmp_path: Path) -> None:
+    from tests.conftest import run_alembic
+
+    root = copy_project(tmp_path / "project")
+    for slug in ("a", "b"):
+        (root / f"services/users/migrations/2099-01-01T0000__users__{slug}.sql").write_text(
+            "SELECT 1;\n-- migrate:down\nSELECT 1;\n")
+    done = run_alembic(root, "heads")
+    assert done.returncode != 0 and "Traceback" not in done.stderr + done.stdout
+    assert "same revision id users_209901010000" in done.stderr + done.stdout

@@ -180,7 +180,14 @@ def _sql_module(revision: Revision) -> types.ModuleType:
 def _load_for_alembic(path: Path, service: Service) -> Revision:
     folder = path.parent
     previous = _previous_ids(folder, folder.stat().st_mtime_ns).get(path.name)
-    return load_revision(parse_filename(path), service, previous)
+    name = parse_filename(path)
+    if previous == name.revision_id:  # two files in the same minute: one id, a loop
+        twins = sorted(f.path.name for f in revision_files(service)
+                       if f.revision_id == name.revision_id)
+        raise MigrationFileError(path, f"{' and '.join(twins)} are the same revision id "
+                                 f"{name.revision_id} (one minute): give the later file a "
+                                 "later timestamp")
+    return load_revision(name, service, previous)
 
 
 MERGE_REFUSED = (
