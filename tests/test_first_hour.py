@@ -65,3 +65,17 @@ def test_two_revisions_in_the_same_minute_are_one_line_for_stock_alembic(tmp_pat
     done = run_alembic(root, "heads")
     assert done.returncode != 0 and "Traceback" not in done.stderr + done.stdout
     assert "same revision id users_209901010000" in done.stderr + done.stdout
+
+
+def test_revision_no_transaction_writes_revisions_the_runner_reads_so(tmp_path: Path) -> None:
+    from migrations_runtime.engine.validate import build_graph
+
+    root = copy_project(tmp_path / "project")
+    for kind in ("--sql", None):
+        args = ["revision", "users", "-m", f"cic {kind or 'py'}", "--no-transaction"]
+        done = run_cli(root, *args, *([kind] if kind else []))
+        assert done.returncode == 0, done.stderr
+    graph = build_graph(root)
+    made = [r for r in graph.revisions.values() if r.slug.startswith("cic")]
+    assert len(made) == 2 and all(not r.transactional for r in made)
+    assert run_cli(root, "lint", *[str(r.path) for r in made]).returncode == 0

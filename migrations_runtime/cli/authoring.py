@@ -64,17 +64,20 @@ def new_service_command(name: str, as_json: bool) -> None:
               "instead of an Alembic Python revision.")
 @click.option("--contract", is_flag=True, help="Contract phase: runs after the new code is "
               "live (drops, renames).")
+@click.option("--no-transaction", "no_transaction", is_flag=True,
+              help="Each statement commits on its own (for CREATE INDEX CONCURRENTLY and the "
+              "like); the revision is marked dirty if it stops halfway.")
 @click.option("--depends-on", "depends_on", multiple=True, metavar="REV",
               help="A revision (or a service, meaning its head) of another service that must "
               "be applied first. Repeatable.")
 @json_option
 def revision_command(service: str, message: str, sql: bool, contract: bool,
-                     depends_on: tuple[str, ...], as_json: bool) -> None:
+                     no_transaction: bool, depends_on: tuple[str, ...], as_json: bool) -> None:
     """Create SERVICE's next revision after its head, named
     YYYY-MM-DDThhmm__SERVICE__<slug of MESSAGE>.py (or .sql)."""
     root = project_root()
     created = run(lambda: new_revision(root, service, message, sql=sql, contract=contract,
-                                        depends_on=depends_on))
+                                        depends_on=depends_on, no_transaction=no_transaction))
     if as_json:
         echo_json(created.as_dict(root))
         return

@@ -198,6 +198,10 @@ def new_service(root: Path, name: str, now: datetime | None = None) -> Created:
 
 # --- revision ----------------------------------------------------------------------------------
 
+# After the phase line of a Python revision made with --no-transaction.
+NO_TRANSACTION_PY = ("# Each statement commits on its own (CREATE INDEX CONCURRENTLY and the "
+                     "like);\n# the revision is marked dirty if it stops halfway.\n"
+                     "transactional = False\n")
 SQL_REVISION_TEMPLATE = """-- {message}
 {directives}-- migrate:up
 -- Write the change here (it runs as {service}_owner with search_path = {service}), e.g.
@@ -238,7 +242,8 @@ def resolve_depends_on(graph: Graph, service: str, targets: Sequence[str]) -> tu
 
 
 def _python_text(root: Path, rev_id: str, head: Revision, message: str,
-                 depends_on: tuple[str, ...], contract: bool, now: datetime) -> str:
+                 depends_on: tuple[str, ...], contract: bool, now: datetime,
+                 no_transaction: bool = False) -> str:
     """Render the project's `script.py.mako` exactly as `alembic revision` does."""
     from alembic import util
     from alembic.config import Config
@@ -268,11 +273,17 @@ def _python_text(root: Path, rev_id: str, head: Revision, message: str,
         if count != 1:
             raise ProjectError(f"{template}: no `phase = \"expand\"` line to turn into contract; "
                                "restore the line in the template")
+    if no_transaction:
+        text, count = re.subn(r'^(phase = "\w+"\n)', r"\1" + NO_TRANSACTION_PY, text, flags=re.M)
+        if count != 1:
+            raise ProjectError(f"{template}: no `phase = ...` line to put `transactional = "
+                               "False` after; restore the line in the template")
     return text
 
 
-def _sql_text(service: str, message: str, depends_on: tuple[str, ...], contract: bool) -> str:
-    directives = ""
+def _sql_text(service: str, message: str, depends_on: tuple[str, ...], contract: bool,
+              no_transaction: bool = False) -> str:
+    directives = "-- migrate:no-transaction\n" if no_transaction else ""
     if contract:
         directives += "-- phase: contract\n"
     if depends_on:
@@ -284,7 +295,7 @@ def _sql_text(service: str, message: str, depends_on: tuple[str, ...], contract:
 
 def new_revision(root: Path, service: str, message: str, *, sql: bool = False,
                  contract: bool = False, depends_on: Sequence[str] = (),
-                 now: datetime | None = None) -> Created:
+                 now: datetime | None = None, no_transaction: bool = False) -> Created:
     """Create the service's next revision after its head, with a timestamp later than its
     newest file. Refuses when the project does not validate (e.g. the service has two heads)."""
     now = now or _now()
@@ -307,9 +318,9 @@ def new_revision(root: Path, service: str, message: str, *, sql: bool = False,
     filename = f"{stamp}__{service}__{slug}.{'sql' if sql else 'py'}"
     final = target.migrations_dir / filename
     if sql:
-        text = _sql_text(service, message, deps, contract)
+        text = _sql_text(service, message, deps, contract, no_transaction)
     else:
-        text = _python_text(root, rev_id, head, message, deps, contract, now)
+        text = _python_text(root, rev_id, head, message, deps, contract, now, no_transaction)
     with _staging(target.migrations_dir, service) as staging:
         staged = staging / filename
         staged.write_text(text, encoding="utf-8")
