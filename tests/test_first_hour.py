@@ -79,3 +79,10 @@ def test_revision_no_transaction_writes_revisions_the_runner_reads_so(tmp_path: 
     made = [r for r in graph.revisions.values() if r.slug.startswith("cic")]
     assert len(made) == 2 and all(not r.transactional for r in made)
     assert run_cli(root, "lint", *[str(r.path) for r in made]).returncode == 0
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    done = run_cli(tmp_path, "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"svcmig, version {version('svcmig')}"

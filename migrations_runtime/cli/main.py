@@ -39,6 +39,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="svcmig", prog_name="svcmig")
 def cli() -> None:
     """svcmig: per-service Postgres migrations (Alembic branches + SQL files), applied under a
     lock with a checksummed ledger.
