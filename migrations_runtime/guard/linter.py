@@ -432,7 +432,7 @@ class Linter:
             by_folder.setdefault(path.parent, set()).add(path)
         jobs: list[tuple[Service, set[Path]]] = []
         for service in self.services:
-            mine = by_folder.get(_resolve(service.migrations_dir / "x").parent, set())
+            mine = by_folder.get(_resolve_folder(service.migrations_dir), set())
             if mine:
                 jobs.append((service, mine))
         workers = self.workers or (os.cpu_count() or 1 if len(selected) >= PARALLEL_FILES else 1)
