@@ -84,6 +84,12 @@ def database_url(secret: dict[str, Any]) -> str:
     return f"postgresql://{user}:{password}@{host}:{port}/{dbname}?sslmode={sslmode}"
 
 
+def master_url() -> str:
+    """The cluster's URL as the master user, from the stack's master secret
+    (`SVCMIG_MASTER_SECRET_ARN`): the worker, the poller and the operations connect with it."""
+    return database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
+
+
 def release_of_bundle(event: dict[str, Any], digest: str) -> str:
     """Which release the function's migrations are, from the files' digest: "new" (the
     properties CloudFormation moves to: a deploy), "old" (the properties it moves away from:
@@ -209,7 +215,7 @@ def operation(event: dict[str, Any]) -> dict[str, Any]:
          "revision": event.get("revision"), "action": event.get("action")})
     root = project_root()
     try:
-        url = database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
+        url = master_url()
         if name == "status":
             plan = read_plan(url, root, graph=load_graph(root))
             return {"ok": not plan.errors, "text": status_text(plan),
@@ -282,7 +288,7 @@ def run_phase(phase: Phase, physical_id: str, settings: RunSettings) -> dict[str
     `MigrationError` with the reason CloudFormation shows. A failed contract phase answers
     with `Data.Failed` instead: the new code is live and needs nothing contract removes."""
     root = project_root()
-    url = database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
+    url = master_url()
     try:
         graph = load_graph(root)
         result = migrate(url, root, phase, settings=settings, log=log, graph=graph)
@@ -461,7 +467,7 @@ def is_complete_handler(event: dict[str, Any], context: Any = None) -> dict[str,
 def _poll(run: dict[str, Any]) -> dict[str, Any]:
     deadline = float(run["deadline"])
     try:
-        url = database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
+        url = master_url()
         record, unreadable = _read_run(url, run["run"])
         task = _task(run) if record is None or record.status == "running" else {}
         if task.get("lastStatus") == "STOPPED" and _another_worker_runs(run):

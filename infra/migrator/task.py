@@ -29,10 +29,9 @@ from .handler import (
     SAFETY_MARGIN_SECONDS,
     MigrationError,
     database_error,
-    database_url,
     log,
+    master_url,
     project_root,
-    read_secret,
     run_phase,
     run_settings,
 )
@@ -52,7 +51,7 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
         log({"event": "worker_refused", "reason": "SVCMIG_RUN_ID, SVCMIG_PHASE (expand or "
              "contract), SVCMIG_PHYSICAL_ID and SVCMIG_DEADLINE (epoch seconds) are required"})
         return 2
-    url = database_url(read_secret(os.environ["SVCMIG_MASTER_SECRET_ARN"]))
+    url = master_url()
     try:
         claimed = runs.claim(url, run_id, phase)
     except psycopg.Error as err:  # nothing claimed, nothing run: the poller says why
