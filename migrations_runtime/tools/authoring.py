@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from string import Template as TextTemplate
 
 from ..engine.discover import Service, service_name_problem
 from ..engine.errors import MigrationFileError, ProjectError, UsageProblem
@@ -64,26 +65,89 @@ def _now() -> datetime:
 
 # --- new-service -------------------------------------------------------------------------------
 
-HANDLER_TEMPLATE = '''"""The {name} service's Lambda handler: a placeholder that answers 200.
+# The scaffold copies the users service's layout (services/users/): a Powertools resolver with
+# pydantic models, the shared tiny pool logging in as <name>_app, one log line and metrics per
+# request. It starts read-only, so it needs no idempotency table yet.
+HANDLER_TEMPLATE = TextTemplate('''"""The $name service: `GET /$name` (keyset pages) and
+`GET /$name/{item_id}`.
 
-The users service (services/users/) is the reference to copy: its event handler with pydantic
-validation, logger, metrics and the shared Postgres pool. This skeleton only proves the wiring.
+Lambda handler: `services.$name.handler.handler`.
+Tables come from services/$name/migrations/.
+Built like the users service (services/users/handler.py), the reference to copy for writes: a
+`POST` takes an `Idempotency-Key` (services.shared.idempotency) and needs an
+`idempotency_records` table in this service's schema (see the users service's migrations).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+
+from services.shared.db import Database
+from services.shared.http import BIGINT_MAX, NotFound, decode_cursor, encode_cursor, make_resolver
+from services.shared.observability import lambda_entrypoint
+
+from .models import Item, ItemPage
+
+SERVICE = "$name"
+TABLE = "$name.$name"
+COLUMNS = "id, created_at"
+
+app = make_resolver()
+db = Database(SERVICE)
+
+ItemId = Annotated[int, Path(gt=0, le=BIGINT_MAX, description="$name id")]
 
 
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Answer every request with 200 and the service's name until real routes exist."""
-    return {{
-        "statusCode": 200,
-        "headers": {{"content-type": "application/json"}},
-        "body": json.dumps({{"service": "{name}", "ok": True}}),
-    }}
-'''
+def _item(row: tuple[Any, ...]) -> Item:
+    return Item(id=row[0], created_at=row[1])
+
+
+@app.get("/$name/<item_id>")
+def get_item(item_id: ItemId) -> Item:
+    with db.transaction() as conn:
+        row = conn.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE id = %s",
+                           (item_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"$name {item_id} does not exist")
+    return _item(row)
+
+
+@app.get("/$name")
+def list_items(limit: Annotated[int, Query(ge=1, le=100)] = 20,
+               cursor: Annotated[str | None, Query(max_length=200)] = None) -> ItemPage:
+    after = decode_cursor(cursor)
+    with db.transaction() as conn:
+        rows = conn.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE id > %s ORDER BY id "
+                            "LIMIT %s", (after, limit + 1)).fetchall()
+    items = [_item(row) for row in rows[:limit]]
+    return ItemPage(items=items,
+                    next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None)
+
+
+handler, logger = lambda_entrypoint(SERVICE, app)
+''')
+
+MODELS_TEMPLATE = TextTemplate('''"""The $name API's response bodies. Request bodies, when routes
+take them, refuse unknown fields and coerce nothing, as services/users/models.py does."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class Item(BaseModel):
+    id: int
+    created_at: datetime
+
+
+class ItemPage(BaseModel):
+    items: list[Item]
+    next_cursor: str | None
+''')
 
 SERVICE_SPEC_TEMPLATE = """\
 # What infra/ builds for this service (docs/deploy.md, "Declaring a service").
@@ -93,12 +157,22 @@ memory_mb = 512
 timeout_seconds = 10
 reserved_concurrency = 10
 latency_critical = false
-requirements = []
+requirements = [
+    "aws-lambda-powertools[tracer]>=3",
+    "pydantic>=2",
+    "psycopg[binary]>=3.2",
+    "psycopg-pool>=3.2",
+]
 
-# Every route needs SigV4 (IAM) unless `public = true` with a `why_public = "..."` reason.
+# API Gateway paths use {{param}}; every route needs SigV4 (IAM) unless `public = true` with a
+# `why_public = "..."` reason.
 [[routes]]
 method = "GET"
 path = "/{name}"
+
+[[routes]]
+method = "GET"
+path = "/{name}/{{item_id}}"
 """
 
 ROOT_SQL_TEMPLATE = """-- The {name} service's first table. Make it the service's real schema before
@@ -170,7 +244,11 @@ def new_service(root: Path, name: str, now: datetime | None = None) -> Created:
     filename = f"{stamp}__{name}__create_{name}.sql"
     services_dir.mkdir(exist_ok=True)
     with _staging(services_dir, name) as staging:
-        (staging / "handler.py").write_text(HANDLER_TEMPLATE.format(name=name), encoding="utf-8")
+        (staging / "__init__.py").write_text("", encoding="utf-8")
+        (staging / "handler.py").write_text(HANDLER_TEMPLATE.substitute(name=name),
+                                            encoding="utf-8")
+        (staging / "models.py").write_text(MODELS_TEMPLATE.substitute(name=name),
+                                           encoding="utf-8")
         (staging / "service.toml").write_text(SERVICE_SPEC_TEMPLATE.format(name=name),
                                               encoding="utf-8")
         migrations = staging / "migrations"
@@ -191,7 +269,7 @@ def new_service(root: Path, name: str, now: datetime | None = None) -> Created:
         finally:
             ini_tmp.unlink(missing_ok=True)
     return Created(name, root_revision.id,
-                   (folder / "handler.py", folder / "service.toml",
+                   (folder / "handler.py", folder / "models.py", folder / "service.toml",
                     folder / "migrations" / filename, ini_path),
                    "sql", root_revision.phase)
 

@@ -27,12 +27,13 @@ def test_newcomer_walkthrough(project: Path, database_url: str) -> None:
     root_id = created["revision"]
     assert root_id.startswith("payments_")
     handler = (project / "services/payments/handler.py").read_text()
-    assert "def handler(event" in handler and "users service" in handler
+    assert "lambda_entrypoint(SERVICE, app)" in handler and "users service" in handler
     from infra.service_spec import load_spec  # the CDK app reads what new-service declared
 
     spec = load_spec(project / "services/payments")
     assert spec.handler == "services.payments.handler.handler"
-    assert [(r.method, r.path) for r in spec.routes] == [("GET", "/payments")]
+    assert [(r.method, r.path) for r in spec.routes] == [("GET", "/payments"),
+                                                         ("GET", "/payments/{item_id}")]
     [root_file] = (project / "services/payments/migrations").glob("*__create_payments.sql")
     assert "-- migrate:down" in root_file.read_text()
     ini_after = (project / "alembic.ini").read_text().splitlines()

@@ -529,3 +529,18 @@ def test_operators_may_only_invoke_the_operations_function(dev: Synth) -> None:
     assert statement["Resource"] == {"Fn::GetAtt": [operations, "Arn"]}  # not the migrator's
     assert functions[operations]["Properties"]["FunctionName"] == \
         "svcmig-dev-migrator-operations"
+
+
+def test_a_scaffolded_service_synthesizes_without_edits(
+        synth_project: Callable[..., Synth]) -> None:
+    """`svcmig new-service` output as written: a function, its routes (IAM-authorized), and the
+    cdk-nag checks the synth enforces."""
+    from migrations_runtime.tools.authoring import new_service
+
+    synth = synth_project("dev", edit=lambda root: new_service(root, "payments"))
+    handlers = {v["Properties"]["Handler"] for v in _app_functions(synth).values()}
+    assert "services.payments.handler.handler" in handlers
+    routes = {v["Properties"]["RouteKey"]: v["Properties"]
+              for v in synth.resources("api", "AWS::ApiGatewayV2::Route").values()}
+    for key in ("GET /payments", "GET /payments/{item_id}"):
+        assert routes[key]["AuthorizationType"] == "AWS_IAM", routes.get(key)
