@@ -116,6 +116,12 @@ class SqlSource:
     transactional: bool
     phase: Phase
     depends_on: tuple[str, ...]
+    # why the revision cannot be undone: `-- irreversible: <why>` in a down section without SQL
+    irreversible: str | None = None
+
+
+# An empty down section says why it is empty: `svcmig check` and the guard accept the revision.
+IRREVERSIBLE_RE = re.compile(r"^--\s*irreversible\s*:\s*(?P<reason>\S.*?)\s*$", re.IGNORECASE)
 
 
 def _has_sql(text: str) -> bool:
@@ -309,10 +315,13 @@ def _parse(text: str, path: Path) -> SqlSource:
         # Everything before the down marker is "up": allowed, and the header stays there.
         pass
     down: str | None = None
+    irreversible: str | None = None
     if down_at is not None:
         down = "\n".join(lines[down_at + 1:])
         if not _has_sql(down):
-            down = None  # an empty down section declares the revision irreversible
+            down = None  # no undo; declared so on purpose only with a reason
+            irreversible = next((m["reason"] for m in map(IRREVERSIBLE_RE.match,
+                                 (line.strip() for line in lines[down_at + 1:])) if m), None)
     return SqlSource(
         up=up,
         up_line=up_start + 1,
@@ -321,6 +330,7 @@ def _parse(text: str, path: Path) -> SqlSource:
         transactional=transactional,
         phase=phase,
         depends_on=tuple(depends_on),
+        irreversible=irreversible,
     )
 
 
@@ -363,7 +373,7 @@ def revision_from(*values: object) -> Revision:
 
 
 _PY_ATTRIBUTES = ("revision", "down_revision", "branch_labels", "depends_on", "phase",
-                  "transactional")
+                  "transactional", "irreversible")
 
 
 # PEP 263: a coding declaration in a comment on the first or second line
@@ -397,12 +407,30 @@ def read_python_header(text: str, path: Path) -> dict[str, object]:
                 raise MigrationFileError(
                     path, f"{target.id} must be a literal (a string, tuple or None)",
                     node.lineno) from err
+    declared = found.get("irreversible")
+    if declared not in (None, True, False) and not (
+            isinstance(declared, str) and declared.strip()):
+        raise MigrationFileError(path, "irreversible must say why it cannot be undone, e.g. "
+                                 "irreversible = \"the dropped rows cannot come back\" (or "
+                                 "True); remove it if the revision has a downgrade")
     found["_has_downgrade"] = any(
         isinstance(node, ast.FunctionDef) and node.name == "downgrade"
         and not all(_does_nothing(statement) for statement in node.body)
         for node in tree.body
     )
     return found
+
+
+def irreversible_reason(revision: Revision) -> str | None:
+    """Why `revision` declares it cannot be undone (a SQL `-- irreversible: <why>` in an empty
+    down section, a Python `irreversible = "why"` or `True`), or None when it does not say."""
+    text = read_text(revision.path)
+    if revision.kind == "sql":
+        return _sql_source(runnable(text), revision.path).irreversible
+    declared = read_python_header(text, revision.path).get("irreversible")
+    if declared is True:
+        return "declared irreversible"
+    return declared if isinstance(declared, str) else None
 
 
 def _does_nothing(statement: ast.stmt) -> bool:

@@ -317,10 +317,10 @@ def lint_sql_text(text: str, ctx: RevisionContext, path: Path) -> list[Finding]:
                     for line, column, message in parsed.bad_suppressions)
     findings.extend(lint_statements(parsed.statements, ctx, path))
     acknowledged = any(rules.MISSING_DOWN.name in s.suppressions for s in parsed.statements)
-    if source.down_line is None and not acknowledged:
+    if source.down is None and source.irreversible is None and not acknowledged:
         findings.append(Finding(path, 1, 1, rules.MISSING_DOWN,
-                                "no '-- migrate:down' section: `alembic downgrade` and "
-                                "`svcmig check` cannot undo it"))
+                                "no down section (nor `-- irreversible: <why>`): `alembic "
+                                "downgrade` and `svcmig check` cannot undo it"))
     return findings
 
 
@@ -399,7 +399,8 @@ def lint_python_text(text: str, ctx: RevisionContext, path: Path, *, replay: boo
         stmt.line, stmt.column = line, 1
         stmt.suppressions.update(suppressions)
     findings.extend(lint_statements(statements, ctx, path))
-    if not header["_has_downgrade"] and "missing-down" not in suppressions:
+    if (not header["_has_downgrade"] and not header.get("irreversible")
+            and "missing-down" not in suppressions):
         findings.append(Finding(path, 1, 1, rules.MISSING_DOWN,
                                 "downgrade() is empty: `alembic downgrade` and `svcmig check` "
                                 "cannot undo it"))

@@ -288,7 +288,8 @@ SELECT 1;
 
 -- migrate:down
 -- Undo it here, e.g. ALTER TABLE {service} DROP COLUMN note;
--- Leave this section empty to declare the revision irreversible.
+-- If it cannot be undone, delete the SQL here and say why on a line of its own
+-- starting `-- irreversible:`.
 SELECT 1;
 """
 

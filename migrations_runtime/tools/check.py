@@ -14,10 +14,12 @@ The run:
 4. drop the throwaway database.
 
 A revision without a downgrade cannot be round-tripped: the service is reported as
-"irreversible" (and only the revisions above it are checked); that fails the run only with
-`--strict`. Snapshots read pg_catalog (tables, columns with types, defaults and nullability,
-constraints, indexes, sequences, views, functions, triggers, types, policies, owners and grants);
-see `take_snapshot` for what is deliberately ignored.
+"irreversible" (and only the revisions above it are checked). That fails the run unless the
+revision declares it on purpose (SQL: `-- irreversible: <why>` in an empty down section;
+Python: `irreversible = "<why>"`), and always with `--strict`. Snapshots read pg_catalog
+(tables, columns with types, defaults and nullability, constraints, indexes, sequences, views,
+functions, triggers, types, policies, owners and grants); see `take_snapshot` for what is
+deliberately ignored.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ..engine.apply import Runner, RunSettings, migrate
 from ..engine.database import connect, libpq_url, redact
 from ..engine.errors import MigrationFailed, SvcmigError, UsageProblem
 from ..engine.ledger import Executes
-from ..engine.load import Revision
+from ..engine.load import Revision, irreversible_reason
 from ..engine.lock import migrator_lock
 from ..engine.validate import Graph, build_graph, parents, topological_order
 from .progress import Progress
@@ -216,6 +218,13 @@ def _upgrade(url: str, root: Path, run: _Run, report: CheckReport,
     return True
 
 
+def _undeclared(revision: Revision) -> str:
+    how = ('an empty down section with `-- irreversible: <why>`' if revision.kind == "sql"
+           else 'irreversible = "<why>"')
+    return (f"{revision.id} ({revision.file}) has no downgrade and does not declare itself "
+            f"irreversible: write its downgrade, or declare it with {how}")
+
+
 def _round_trip(run: _Run, runner: Runner, service: str,
                 dependents: dict[str, list[Revision]]) -> tuple[ServiceCheck, bool]:
     """The service's round trip, and whether a failed revision left the database in an unknown
@@ -229,10 +238,12 @@ def _round_trip(run: _Run, runner: Runner, service: str,
     revert: list[Revision] = []
     for start in range(len(chain) - 1, -1, -1):
         candidate = _closure(chain[start:], dependents)
-        blockers = sorted(r.id for r in candidate if not r.reversible)
-        if blockers:
+        stoppers = sorted((r for r in candidate if not r.reversible), key=lambda r: r.id)
+        if stoppers:
             result.status = "irreversible"
-            result.irreversible = blockers
+            result.irreversible = [r.id for r in stoppers]
+            result.problems = [_undeclared(r) for r in stoppers
+                               if r.service == service and irreversible_reason(r) is None]
             break
         revert = candidate
     if not revert:

@@ -70,23 +70,91 @@ def test_changed_default_is_caught(tmp_path: Path, server_url: str) -> None:
     assert "column shop.items.price changed from 'integer null default 1" in problem
 
 
-def test_irreversible_service_is_reported_not_hidden(tmp_path: Path, server_url: str) -> None:
-    root = write_project(tmp_path / "p", {"shop": {
-        "2026-01-01T0000__shop__items.sql": ROOT,
-        "2026-01-02T0000__shop__backfill.sql": "UPDATE items SET id = id WHERE false;",
-        "2026-01-03T0000__shop__add_size.sql":
-            "-- migrate:up\nALTER TABLE items ADD COLUMN size int;\n"
-            "-- migrate:down\nALTER TABLE items DROP COLUMN size;\n"}})
-    done = run_cli(root, "check", "--database-url", server_url, "--json")
+def py_revision(rev: str, previous: str, downgrade: str, extra: str = "") -> str:
+    return (f"from alembic import op\n\nrevision = {rev!r}\ndown_revision = {previous!r}\n"
+            f"{extra}\n\ndef upgrade():\n    op.execute('ALTER TABLE items ADD COLUMN n int')\n"
+            f"\n\ndef downgrade():\n    {downgrade}\n")
+
+
+# The kind "a revision check cannot round-trip": each service's head is one spelling of "no
+# downgrade"; only the ones that say why they cannot be undone are accepted.
+CANNOT_ROUND_TRIP = {
+    "nodown": "UPDATE items SET id = id WHERE false;",  # no down section at all
+    "emptydown": ("-- migrate:up\nALTER TABLE items ADD COLUMN n int;\n-- migrate:down\n"
+                  "-- nothing to do here, right?\n"),  # a comment is not a declaration
+    "pypass": "pass",  # the template's downgrade, left as it is
+    "pydocstring": '"""Irreversible."""',  # a docstring does nothing either
+}
+DECLARED = {
+    "sqlwhy": ("-- migrate:up\nALTER TABLE items ADD COLUMN n int;\n-- migrate:down\n"
+               "--   Irreversible:  the old values were never kept\n"),
+    "pywhy": 'irreversible = "the old values were never kept"',
+    "pytrue": "irreversible = True",
+}
+
+
+def shop(service: str, head: str) -> dict[str, str]:
+    files = {f"2026-01-01T0000__{service}__items.sql": ROOT}
+    rev, previous = f"{service}_202601020000", f"{service}_202601010000"
+    if service.startswith("py"):
+        declared = head if head.startswith("irreversible") else ""
+        body = "pass" if declared else head
+        files[f"2026-01-02T0000__{service}__n.py"] = py_revision(rev, previous, body, declared)
+    else:
+        files[f"2026-01-02T0000__{service}__n.sql"] = head
+    files[f"2026-01-03T0000__{service}__add_size.sql"] = (
+        "-- migrate:up\nALTER TABLE items ADD COLUMN size int;\n"
+        "-- migrate:down\nALTER TABLE items DROP COLUMN size;\n")
+    return files
+
+
+def test_revisions_check_cannot_round_trip_fail_unless_declared(
+        tmp_path: Path, server_url: str) -> None:
+    cases = {**CANNOT_ROUND_TRIP, **DECLARED}
+    root = write_project(tmp_path / "p", {name: shop(name, head) for name, head in cases.items()})
+    done = run_cli(root, "check", "--database-url", server_url, "--json", "--no-trace")
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    by_name = {s["service"]: s for s in report["services"]}
+    for name in cases:
+        service = by_name[name]
+        expected = "failed" if name in CANNOT_ROUND_TRIP else "irreversible"
+        assert service["status"] == expected, service
+        assert service["irreversible"] == [f"{name}_202601020000"]
+        assert service["round_tripped"] == [f"{name}_202601030000"]  # the rest is still checked
+        assert bool(service["problems"]) == (name in CANNOT_ROUND_TRIP), service
+    assert all("does not declare itself irreversible" in p for p in report["problems"])
+    text = run_cli(root, "check", "--database-url", server_url, "--no-trace")
+    assert text.returncode == 1
+    assert "error: nodown: nodown_202601020000 (services/nodown/migrations/" in text.stdout
+    assert "-- irreversible: <why>" in text.stdout and 'irreversible = "<why>"' in text.stdout
+
+    lint = run_cli(root, "lint", "--all", "--format", "json")
+    flagged = {f["path"].split("/")[1] for f in json.loads(lint.stdout)
+               if f["rule"] == "missing-down"}
+    assert flagged == set(CANNOT_ROUND_TRIP)  # the guard agrees with check
+
+
+def test_declared_irreversible_passes_and_strict_refuses(tmp_path: Path,
+                                                          server_url: str) -> None:
+    root = write_project(tmp_path / "p", {name: shop(name, head)
+                                          for name, head in DECLARED.items()})
+    done = run_cli(root, "check", "--database-url", server_url, "--no-trace")
     assert done.returncode == 0, done.stdout + done.stderr
-    [shop] = json.loads(done.stdout)["services"]
-    assert shop["status"] == "irreversible"
-    assert shop["irreversible"] == ["shop_202601020000"]
-    assert shop["round_tripped"] == ["shop_202601030000"]  # what is above it is still checked
-    text = run_cli(root, "check", "--database-url", server_url)
-    assert "irreversible: shop_202601020000 has no downgrade" in text.stdout
-    strict = run_cli(root, "check", "--database-url", server_url, "--strict")
+    assert "irreversible: sqlwhy_202601020000 has no downgrade" in done.stdout
+    strict = run_cli(root, "check", "--database-url", server_url, "--strict", "--no-trace")
     assert strict.returncode == 1 and "--strict" in strict.stdout
+
+
+@pytest.mark.parametrize("value", ['""', '"   "', "3", "['why']"])
+def test_an_empty_or_odd_irreversible_value_is_a_one_line_error(tmp_path: Path,
+                                                                value: str) -> None:
+    root = write_project(tmp_path / "p", {"pyodd": shop("pyodd", f"irreversible = {value}")})
+    done = run_cli(root, "plan", "--offline")
+    assert done.returncode == 1, done.stdout + done.stderr
+    message = done.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message, message
+    assert "pyodd__n.py" in message and "irreversible must say why" in message
 
 
 def test_in_place_on_an_empty_database(project: Path, database_url: str) -> None:

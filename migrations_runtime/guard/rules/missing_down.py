@@ -8,7 +8,8 @@ RULE = Rule(
     severity=Severity.WARNING,
     doc=__doc__ or "",
     hint=(
-        "Add a '-- migrate:down' section (Python: a downgrade() body), or leave it empty to "
-        "declare the revision irreversible on purpose."
+        "Add a '-- migrate:down' section (Python: a downgrade() body); if it cannot be undone, "
+        "say why: '-- irreversible: <why>' in an empty down section (Python: "
+        "irreversible = \"<why>\")."
     ),
 )
