@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
-from tests.conftest import copy_project, query, run_cli
+import psycopg
+
+from migrations_runtime.engine.lock import LOCK_KEY
+from tests.conftest import copy_project, query, run_cli, write_project
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -86,3 +94,59 @@ def test_version(tmp_path: Path) -> None:
 
     done = run_cli(tmp_path, "--version")
     assert done.returncode == 0 and done.stdout.strip() == f"svcmig, version {version('svcmig')}"
+
+
+# Item 6: an interrupted run and a waiting one say plainly what is going on.
+
+def interruptible(root: Path, *args: str) -> subprocess.Popen[str]:
+    """The console script in its own process, with SIGINT delivered as a terminal's Ctrl-C."""
+    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root)}
+    env.pop("DATABASE_URL", None)
+    return subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", *args], cwd=root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+SLOW_NO_TRANSACTION = ("-- migrate:no-transaction\n-- migrate:up\n"
+                       "CREATE INDEX CONCURRENTLY items_id ON items (id);\nSELECT pg_sleep(60);\n"
+                       "-- migrate:down\nDROP INDEX CONCURRENTLY items_id;\n")
+ITEMS = "-- migrate:up\nCREATE TABLE items (id int);\n-- migrate:down\nDROP TABLE items;\n"
+
+
+def test_ctrl_c_in_a_no_transaction_revision_says_dirty_and_status_shows_it(
+        tmp_path: Path, database_url: str) -> None:
+    root = write_project(tmp_path / "p", {"shop": {
+        "2026-01-01T0000__shop__items.sql": ITEMS,
+        "2026-01-02T0000__shop__index.sql": SLOW_NO_TRANSACTION}})
+    process = interruptible(root, "migrate", "--database-url", database_url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not query(
+            database_url, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%'"):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Aborted!" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted during shop_202601020000") and "left dirty" in last
+    assert "svcmig repair shop_202601020000 --applied" in last, last
+
+    status = run_cli(root, "status", "--database-url", database_url)
+    assert status.returncode == 1
+    [row] = [line for line in status.stdout.splitlines() if line.startswith("shop ")]
+    assert "shop_202601020000 (DIRTY: stopped halfway)" in row, status.stdout
+    assert "is dirty" in status.stdout
+
+
+def test_a_migrate_waiting_for_the_lock_says_who_holds_it(tmp_path: Path,
+                                                         database_url: str) -> None:
+    root = write_project(tmp_path / "p", {"shop": {"2026-01-01T0000__shop__items.sql": ITEMS}})
+    with psycopg.connect(database_url, autocommit=True,
+                         application_name="the-other-migrator") as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        done = run_cli(root, "migrate", "--database-url", database_url, "--lock-wait", "12")
+    assert done.returncode == 1
+    waits = [json.loads(line) for line in done.stderr.splitlines()
+             if line.startswith("{") and '"lock_wait"' in line]
+    assert len(waits) == 2, done.stderr  # at 5 s and 10 s
+    assert all("the-other-migrator" in w["holders"] and w["limit_s"] == 12 for w in waits)
+    assert done.stderr.strip().splitlines()[-1].startswith("error: another migrator holds")

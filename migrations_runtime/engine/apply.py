@@ -878,6 +878,16 @@ STOPPED = ("the revision running then was rolled back (a non-transactional one i
            "and the lock is released with the session; see `svcmig status`, then run again")
 
 
+def _interrupted(running: Revision | None, applied: int) -> str:
+    if running is None or running.transactional:
+        during = f" during {running.id}" if running else ""
+        return f"interrupted{during} after {applied} revision(s); {STOPPED}"
+    return (f"interrupted during {running.id}, which runs without a transaction: it is left "
+            f"dirty, after {applied} revision(s); check what it left behind (e.g. an INVALID "
+            f"index), then `svcmig repair {running.id} --applied` or `--rolled-back`; the lock "
+            "is released with the session")
+
+
 def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             settings: RunSettings | None = None,
             log: Callable[[dict[str, object]], None] | None = None,
@@ -893,8 +903,14 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     conn = _connect_migrator(url, settings)
     schemas = [s.schema for s in graph.services]
     results: list[RevisionResult] = []
+    running: Revision | None = None  # the revision being applied, for an interruption's message
     try:
-        with migrator_lock(conn, settings.lock_wait_seconds, settings.idle_timeout_ms):
+        def waiting(seconds: float, holders: str) -> None:
+            log({"event": "lock_wait", "waited_s": round(seconds, 1),
+                 "limit_s": settings.lock_wait_seconds, "holders": holders})
+
+        with migrator_lock(conn, settings.lock_wait_seconds, settings.idle_timeout_ms,
+                           waiting):
             ledger.bootstrap(conn, graph.services)
             plan = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
             plan, prepared = preflight(graph, plan)
@@ -910,7 +926,9 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             last = {revision.service: index for index, revision in enumerate(plan.steps)}
             try:
                 for index, revision in enumerate(plan.steps):
+                    running = revision
                     results.append(runner.apply(revision))
+                    running = None
                     if last[revision.service] == index:
                         runner.release(revision.service)
             except MigrationFailed as err:
@@ -921,8 +939,8 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                 log({"event": "lock_summary", **runner.stats.as_dict()})
             after = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
     except KeyboardInterrupt as err:
-        raise RunStopped(f"interrupted after {len(results)} revision(s); {STOPPED}",
-                         tuple(results), interrupted=True) from err
+        raise RunStopped(_interrupted(running, len(results)), tuple(results),
+                         interrupted=True) from err
     except psycopg.Error as err:
         raise RunStopped(f"a database error outside any revision, after {len(results)} "
                          f"revision(s): {_describe(err)}; {STOPPED}", tuple(results),

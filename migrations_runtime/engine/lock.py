@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -20,6 +20,7 @@ from .errors import LockTimeout
 # "svcmig" in ASCII: one key for the whole framework in each database.
 LOCK_KEY = int.from_bytes(b"svcmig", "big")
 POLL_SECONDS = 0.1
+WAIT_REPORT_SECONDS = 5.0  # a migrator waiting for the lock says who holds it this often
 
 
 def lock_holders(conn: psycopg.Connection) -> list[tuple[int, str, str]]:
@@ -59,18 +60,30 @@ def session_alive_sql(marker: int) -> str:
     return f"EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = {int(marker)})"
 
 
-def acquire(conn: psycopg.Connection, wait_seconds: float) -> None:
+def holders_text(conn: psycopg.Connection) -> str:
+    """Who holds the migrator lock, for a person: `pid 123 (svcmig-migrator@host:77, idle)`."""
+    return ", ".join(f"pid {pid} ({app or 'no application_name'}, {state})"
+                     for pid, app, state in lock_holders(conn)) or "a session that just ended"
+
+
+def acquire(conn: psycopg.Connection, wait_seconds: float,
+            waiting: Callable[[float, str], None] | None = None) -> None:
+    """Take the lock within `wait_seconds`; while waiting, `waiting(seconds waited, holders)`
+    is called every WAIT_REPORT_SECONDS, so a second migrator is never silent."""
     if not conn.autocommit:
         raise ValueError("the migrator lock needs a connection in autocommit mode")
-    deadline = time.monotonic() + wait_seconds
+    started = time.monotonic()
+    deadline, next_report = started + wait_seconds, started + WAIT_REPORT_SECONDS
     while True:
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
         if row is not None and row[0]:
             return
-        if time.monotonic() >= deadline:
-            holders = lock_holders(conn)
-            who = ", ".join(f"pid {pid} ({app or 'no application_name'}, {state})"
-                            for pid, app, state in holders) or "a session that just ended"
+        now = time.monotonic()
+        if waiting is not None and now >= next_report and now < deadline:
+            waiting(now - started, holders_text(conn))
+            next_report = now + WAIT_REPORT_SECONDS
+        if now >= deadline:
+            who = holders_text(conn)
             raise LockTimeout(
                 f"another migrator holds the svcmig lock after waiting {wait_seconds:g}s: {who}. "
                 "Wait for it to finish, or if it is stuck, end it with "
@@ -119,9 +132,10 @@ class Heartbeat:
 
 @contextmanager
 def migrator_lock(conn: psycopg.Connection, wait_seconds: float,
-                  idle_timeout_ms: int | None = None) -> Iterator[None]:
+                  idle_timeout_ms: int | None = None,
+                  waiting: Callable[[float, str], None] | None = None) -> Iterator[None]:
     """Hold the lock for the block; with `idle_timeout_ms`, a `Heartbeat` keeps it."""
-    acquire(conn, wait_seconds)
+    acquire(conn, wait_seconds, waiting)
     heartbeat = Heartbeat(conn, idle_timeout_ms) if idle_timeout_ms else None
     try:
         yield

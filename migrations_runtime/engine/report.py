@@ -96,8 +96,12 @@ def json_log(revision: Revision, upgrade: bool, started: float, outcome: str,
 def status_text(plan: Plan) -> str:
     """A table a person reads: one line per service, then anomalies."""
     rows = [("service", "applied head", "code head", "pending")]
+    dirty = {a.revision for a in plan.anomalies if a.kind == "dirty"}
     for s in plan.services:
-        rows.append((s.service, s.applied_head or "-", s.code_head or "-", str(len(s.pending))))
+        head = s.applied_head or "-"
+        if head in dirty:  # recorded as the head, but it stopped halfway: say so in the table
+            head += " (DIRTY: stopped halfway)"
+        rows.append((s.service, head, s.code_head or "-", str(len(s.pending))))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]
