@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from migrations_runtime.engine.lock import LOCK_KEY
 from tests.conftest import copy_project, query, run_cli, write_project
@@ -146,7 +149,63 @@ def test_a_migrate_waiting_for_the_lock_says_who_holds_it(tmp_path: Path,
         done = run_cli(root, "migrate", "--database-url", database_url, "--lock-wait", "12")
     assert done.returncode == 1
     waits = [json.loads(line) for line in done.stderr.splitlines()
-             if line.startswith("{") and '"lock_wait"' in line]
+             if line.startswith("{") and '"migrator_lock_wait"' in line]
     assert len(waits) == 2, done.stderr  # at 5 s and 10 s
     assert all("the-other-migrator" in w["holders"] and w["limit_s"] == 12 for w in waits)
     assert done.stderr.strip().splitlines()[-1].startswith("error: another migrator holds")
+
+
+# Item 7: a person at a terminal reads lines, a machine reads JSON.
+
+def on_a_terminal(root: Path, env: dict[str, str], *args: str) -> str:
+    """Run the console script with stdout and stderr on a pseudo-terminal; what it showed."""
+    main_fd, terminal = pty.openpty()
+    full_env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "TERM": "xterm", **env}
+    full_env.pop("DATABASE_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", *args], cwd=root,
+                               env=full_env, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # the terminal closed: the process ended
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main_fd)
+    assert process.wait(timeout=60) == 0, shown
+    return shown.decode()
+
+
+def two_revisions(tmp_path: Path, service: str = "shop") -> Path:
+    return write_project(tmp_path / service, {service: {
+        f"2026-01-01T0000__{service}__items.sql": ITEMS,
+        f"2026-01-02T0000__{service}__more.sql": "-- migrate:up\nCREATE TABLE more (id int);\n"
+                                                 "-- migrate:down\nDROP TABLE more;\n"}})
+
+
+@pytest.mark.parametrize("env, colour", [({}, True), ({"NO_COLOR": "1"}, False),
+                                         ({"NO_COLOR": ""}, True), ({"TERM": "dumb"}, False)])
+def test_a_terminal_gets_one_line_per_revision(tmp_path: Path, database_url: str,
+                                               env: dict[str, str], colour: bool) -> None:
+    shown = on_a_terminal(two_revisions(tmp_path), env, "migrate", "--database-url",
+                          database_url)
+    assert ("\x1b[" in shown) == colour, shown
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    assert re.search(r"\[1/2\] applied +shop_202601010000 .*__items\.sql +\d+ ms", plain), plain
+    assert re.search(r"\[2/2\] applied +shop_202601020000 ", plain), plain
+    assert '{"event"' not in plain
+
+
+def test_json_on_request_and_off_a_terminal(tmp_path: Path, database_url: str) -> None:
+    shown = on_a_terminal(two_revisions(tmp_path), {}, "migrate", "--log-format", "json",
+                          "--database-url", database_url)
+    events = [json.loads(line) for line in shown.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events] == ["plan", "revision", "revision", "lock_summary"]
+    piped = run_cli(two_revisions(tmp_path, "store"), "migrate", "--database-url", database_url)
+    piped_events = [json.loads(line)["event"] for line in piped.stderr.splitlines()
+                    if line.startswith("{")]  # (the other project's service is a warning here)
+    assert [e for e in piped_events if e != "warning"] == ["plan", "revision", "revision",
+                                                           "lock_summary"]

@@ -41,14 +41,17 @@ def fail(message: str, code: int = EXIT_PROBLEM) -> NoReturn:
     sys.exit(code)
 
 
+def exit_code(err: SvcmigError) -> int:
+    """2 for a usage problem (bad arguments, unknown names), 1 for any other svcmig error."""
+    return EXIT_USAGE if isinstance(err, UsageProblem) else EXIT_PROBLEM
+
+
 def run(action: Callable[[], Any]) -> Any:
     """Run `action`, turning svcmig errors into a one-line message and the right exit code."""
     try:
         return action()
-    except UsageProblem as err:
-        fail(str(err), EXIT_USAGE)
     except SvcmigError as err:
-        fail(str(err), EXIT_PROBLEM)
+        fail(str(err), exit_code(err))
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from ..dev.embedded import resolve_url
-from ..engine.apply import STOPPED, RunSettings, json_log_to_stderr, migrate, read_plan
+from ..dev.embedded import Database, resolve_database, resolve_url
+from ..engine.apply import STOPPED, RunSettings, migrate, read_plan
 from ..engine.discover import find_project_root
 from ..engine.errors import RunStopped, SvcmigError
 from ..engine.lockwait import MAX_BUDGET_SECONDS, MAX_TIMEOUT_MS, LockPolicy
@@ -21,9 +21,9 @@ from ..engine.repair import baseline, repair
 from ..engine.report import failure_dict, lock_summary_text, status_text
 from .common import (
     EXIT_INTERRUPTED,
-    EXIT_PROBLEM,
     EXIT_USAGE,
     database_url_option,
+    exit_code,
     fail,
     finite,
     json_option,
@@ -32,6 +32,7 @@ from .common import (
     require_action,
     run,
 )
+from .output import event_log, log_format_option
 
 
 @click.command("migrate")
@@ -39,6 +40,7 @@ from .common import (
               help="expand: before new code goes live; contract: after it; all: both.")
 @database_url_option
 @json_option
+@log_format_option
 @click.option("--lock-wait", type=click.FloatRange(min=0, max=MAX_BUDGET_SECONDS),
               default=60.0, show_default=True, callback=finite,
               help="Seconds to wait for another migrator's lock.")
@@ -67,7 +69,8 @@ from .common import (
 @click.option("--target", default=None, metavar="REV",
               help="Apply only what leads up to this revision (or service's head), and what "
               "it depends on: move a lagging database forward one release at a time.")
-def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wait: float,
+def migrate_command(phase: str, database_url: str | None, as_json: bool, log_format: str,
+                    lock_wait: float,
                     lock_timeout_ms: int, lock_timeout_max_ms: int, lock_budget: float,
                     long_hold_ms: int, strict: bool, statement_timeout_ms: int | None,
                     idle_timeout_ms: int, manifest_path: Path | None,
@@ -91,22 +94,29 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, lock_wa
                            idle_timeout_ms=idle_timeout_ms, long_hold_ms=long_hold_ms)
     # a deploy tool stops the migrator with SIGTERM: end it as Ctrl-C does, cleanly
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    database: Database | None = None
     try:
         try:
             root = find_project_root()
-            url = resolve_url(database_url, root)
+            database = resolve_database(database_url, root)
+            if not as_json:
+                click.echo(f"database: {database.description()}")
             graph = load_manifest(manifest_path, root) if manifest_path else None
-            result = migrate(url, root, phase, settings,  # type: ignore[arg-type]
-                             log=json_log_to_stderr, graph=graph, target=target)
+            result = migrate(database.url, root, phase, settings,  # type: ignore[arg-type]
+                             log=event_log(log_format), graph=graph, target=target)
         except KeyboardInterrupt as err:  # before the run began, or after it ended
             raise RunStopped(f"interrupted; {STOPPED}", (), interrupted=True) from err
     except SvcmigError as err:
         if as_json:
-            click.echo(json.dumps(failure_dict(err, phase), indent=2, default=str))
+            failure = failure_dict(err, phase)
+            if database is not None:
+                failure["database"] = database.as_dict()
+            click.echo(json.dumps(failure, indent=2, default=str))
         interrupted = isinstance(err, RunStopped) and err.interrupted
-        fail(str(err), EXIT_INTERRUPTED if interrupted else EXIT_PROBLEM)
+        fail(str(err), EXIT_INTERRUPTED if interrupted else exit_code(err))
     if as_json:
-        click.echo(json.dumps({**result.as_dict(), "outcome": "applied"}, indent=2, default=str))
+        click.echo(json.dumps({**result.as_dict(), "outcome": "applied",
+                               "database": database.as_dict()}, indent=2, default=str))
     else:
         click.echo(f"applied {len(result.results)} revision(s) ({phase} phase)")
         click.echo(status_text(result.plan))
@@ -143,12 +153,15 @@ def manifest_command(output: Path | None, as_json: bool) -> None:
 def status_command(database_url: str | None, as_json: bool) -> None:
     """Per service: applied head, code head, pending revisions, anomalies. Exit 1 on errors."""
     root = project_root()
-    url = run(lambda: resolve_url(database_url, root))
-    plan = run(lambda: read_plan(url, root))
+    database: Database = run(lambda: resolve_database(database_url, root))
+    if not as_json:
+        click.echo(f"database: {database.description()}")
+    plan = run(lambda: read_plan(database.url, root))
     if as_json:
         click.echo(json.dumps({
             "services": [s.as_dict() for s in plan.services],
             "anomalies": [a.as_dict() for a in plan.anomalies],
+            "database": database.as_dict(),
         }, indent=2))
     else:
         click.echo(status_text(plan))

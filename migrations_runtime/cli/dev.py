@@ -9,13 +9,14 @@ from http.server import ThreadingHTTPServer
 
 import click
 
-from ..dev.embedded import resolve_url
+from ..dev.embedded import resolve_database
 from ..dev.server import HOST, curl_examples, load_services, serve
-from ..engine.apply import json_log_to_stderr, migrate
-from ..engine.database import redact
+from ..engine.apply import migrate
 from ..engine.discover import find_project_root
 from ..engine.errors import SvcmigError
 from ..engine.report import status_text
+from .common import exit_code, fail
+from .output import event_log, log_format_option
 
 
 @click.command("dev")
@@ -27,17 +28,19 @@ from ..engine.report import status_text
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Handler instances per service, each serving one request at a time with "
                    "its own pool, as Lambda scales out.")
-def dev(port: int, database_url: str | None, concurrency: int) -> None:
+@log_format_option
+def dev(port: int, database_url: str | None, concurrency: int, log_format: str) -> None:
     """Migrate the local database and serve every service's handler on 127.0.0.1."""
     try:
         root = find_project_root()
-        url = resolve_url(database_url, root)
-        result = migrate(url, root, "all", log=json_log_to_stderr)
+        database = resolve_database(database_url, root)
+        url = database.url
+        click.echo(f"database: {database.description()}", err=True)
+        result = migrate(url, root, "all", log=event_log(log_format))
     except SvcmigError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    click.echo(f"database {redact(url)}: applied {len(result.results)} revision(s)\n"
-               f"{status_text(result.plan)}", err=True)
+        fail(str(err), exit_code(err))
+    click.echo(f"applied {len(result.results)} revision(s)\n{status_text(result.plan)}",
+               err=True)
     os.environ["DATABASE_URL"] = url  # the handlers log in as <service>_app on this server
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")

@@ -18,8 +18,8 @@ from ..guard.findings import Finding, Severity
 from ..guard.formatters import FORMATTERS
 from ..guard.gitbase import diff_against
 from ..guard.linter import Linter, is_revision_file
+from .common import EXIT_PROBLEM, EXIT_USAGE, fail
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 DEFAULT_PG_VERSION = 16
 
 
@@ -51,10 +51,10 @@ def exit_code(findings: list[Finding], strict: bool) -> int:
     if any(f.rule is rules.PARSE_ERROR for f in findings):
         return EXIT_USAGE
     if any(f.severity is Severity.ERROR for f in findings):
-        return EXIT_FINDINGS
+        return EXIT_PROBLEM
     if strict and findings:
-        return EXIT_FINDINGS
-    return EXIT_OK
+        return EXIT_PROBLEM
+    return 0
 
 
 @click.command("lint")
@@ -106,9 +106,8 @@ def lint(paths: tuple[Path, ...], base: str | None, lint_all: bool, output_forma
             from ..tools.trace import trace as run_trace
 
             findings.extend(run_trace(root, targets, database_url).findings)
-    except SvcmigError as err:
-        click.echo(f"svcmig lint: {err}", err=True)
-        sys.exit(EXIT_USAGE)
+    except SvcmigError as err:  # the guard could not run: 2, apart from what it finds (1)
+        fail(str(err), EXIT_USAGE)
     findings.sort(key=Finding.sort_key)
     output = FORMATTERS[output_format](findings, root)
     if output:

@@ -8,10 +8,13 @@ Exit codes: 0 ok, 1 a problem was found, 2 usage error.
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 from . import deploy
+from .common import EXIT_INTERRUPTED, EXIT_USAGE, fail
 
 # One line per command defined in another module, imported on use.
 LAZY_COMMANDS = {
@@ -23,6 +26,7 @@ LAZY_COMMANDS = {
     "check": "migrations_runtime.cli.authoring:check_command",
     "graph": "migrations_runtime.cli.authoring:graph_command",
     "remote": "migrations_runtime.cli.remote:remote",
+    "db": "migrations_runtime.cli.db:db",
 }
 
 
@@ -52,7 +56,23 @@ for _command in deploy.COMMANDS:
 
 
 def main() -> None:
-    cli()
+    """The console script. Click's own errors (an unknown option, a missing argument, a bad
+    value) become one `error:` line naming the help to read, like every svcmig error, instead of
+    click's usage block; Ctrl-C outside a command's own handling is exit 130, not `Aborted!`."""
+    try:
+        outcome = cli.main(standalone_mode=False)
+    except NoArgsIsHelpError as err:  # `svcmig`, `svcmig remote`: the help is the answer
+        click.echo(err.format_message())
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx else "svcmig"
+        fail(f"{err.format_message().rstrip('.')}; see `{where} --help`", EXIT_USAGE)
+    except click.ClickException as err:
+        fail(err.format_message(), err.exit_code)
+    except click.Abort:
+        fail("interrupted", EXIT_INTERRUPTED)
+    # without standalone mode click returns the exit code of `--help`, `--version`, ctx.exit()
+    sys.exit(outcome if isinstance(outcome, int) else 0)
 
 
 if __name__ == "__main__":

@@ -906,7 +906,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     running: Revision | None = None  # the revision being applied, for an interruption's message
     try:
         def waiting(seconds: float, holders: str) -> None:
-            log({"event": "lock_wait", "waited_s": round(seconds, 1),
+            log({"event": "migrator_lock_wait", "waited_s": round(seconds, 1),
                  "limit_s": settings.lock_wait_seconds, "holders": holders})
 
         with migrator_lock(conn, settings.lock_wait_seconds, settings.idle_timeout_ms,
@@ -921,6 +921,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                 raise PlanError("\n".join(a.message for a in plan.errors), plan)
             if not plan.steps:
                 return RunResult(plan=plan, results=())
+            log({"event": "plan", "phase": phase, "steps": len(plan.steps)})
             runner = Runner(conn, url, settings, log, prepared, schemas)
             runner.issue_tokens(plan.steps)
             last = {revision.service: index for index, revision in enumerate(plan.steps)}

@@ -8,8 +8,9 @@ import re
 import socket
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from .errors import SvcmigError
+from .errors import SvcmigError, UsageProblem
 
 APPLICATION_NAME = "svcmig-migrator"
 
@@ -19,10 +20,18 @@ def libpq_url(url: str) -> str:
     of another scheme (`mysql://`) is refused here, with a message, not by libpq."""
     scheme = re.match(r"^([A-Za-z][\w+.-]*)://", url)
     if scheme and not re.fullmatch(r"postgres(ql)?(\+\w+)?", scheme[1]):
-        raise SvcmigError(f"{redact(url)} is not a PostgreSQL URL: expected "
-                          "postgresql://user@host:port/database; check --database-url / "
-                          "DATABASE_URL")
-    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
+        raise UsageProblem(f"{redact(url)} is not a PostgreSQL URL: expected "
+                           "postgresql://user@host:port/database; check --database-url / "
+                           "DATABASE_URL")
+    plain = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
+    try:
+        conninfo_to_dict(plain)  # libpq's own parser, without connecting
+    except psycopg.ProgrammingError as err:
+        reason = redact(str(err).strip().splitlines()[0]) if str(err).strip() else "unparsable"
+        raise UsageProblem(
+            f"{redact(url)} is not a PostgreSQL URL or connection string ({reason}): write "
+            "postgresql://user@host:port/database; check --database-url / DATABASE_URL") from err
+    return plain
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -31,9 +40,13 @@ def sqlalchemy_url(url: str) -> str:
 
 def redact(url: str) -> str:
     """A URL or libpq connection string safe to print: every password replaced, whether it
-    is written `user:password@host`, `?password=…` or `password=…` (quoted or not)."""
-    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", r"\1***", url,
+    is written `user:password@host`, `?password=…` or `password=…` (quoted or not). An empty
+    password hides nothing: `user:@host` is shown `user@host` (the embedded Postgres's URL),
+    `password=` as it is."""
+    url = re.sub(r"(://[^:/@]*):([^@]*)@",
+                 lambda m: f"{m[1]}:***@" if m[2] else f"{m[1]}@", url)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)",
+                  lambda m: m[0] if m[2] in ("", "''") else f"{m[1]}***", url,
                   flags=re.IGNORECASE)
 
 

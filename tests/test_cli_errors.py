@@ -1,0 +1,191 @@
+"""The kind "a user error is one line": every `svcmig` command (found by walking the click tree,
+so a new command is covered the day it is added) given unknown options, missing arguments,
+malformed and unreachable database URLs, or no project at all, answers with one `error:` line
+on stderr and the documented exit code (docs/cli.md): never a traceback, never click's usage
+block. Runs the console script's `main()` in-process (the same code path, without a Python
+start-up per case)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+
+from migrations_runtime.cli.main import cli, main
+from tests.conftest import copy_project
+
+# Plausible arguments per command, so the case reaches the part under test (the database URL,
+# the project root) instead of stopping at a missing argument.
+SAMPLE_ARGS = {
+    "baseline": ["users"],
+    "repair": ["users_202611020900", "--applied"],
+    "new-service": ["payments"],
+    "revision": ["users", "-m", "add note"],
+    "remote repair": ["users_202611020900", "--applied"],
+    "lint": ["--all", "--trace"],
+}
+# Options of a group, given before its subcommand.
+GROUP_ARGS = {"remote": ["--stage", "dev"]}
+# Commands whose extra arguments go to another program (`db psql ARGS…` → psql).
+PASS_THROUGH = {"db psql"}
+MALFORMED_URLS = ("localhost:5432/mydb", "postgresql://[::1", "host=x port",
+                  "mysql://root@localhost/db", "postgresql://u@h:5432/d?nosuchparam=1")
+# Parsable, but libpq refuses a value when it connects: a problem found (1), still one line.
+REFUSED_ON_CONNECT = ("postgresql://u@h:5432/d?sslmode=bogus", "host=x port=notanumber")
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nothing"
+
+
+def leaf_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()
+                  ) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
+        assert command is not None
+        if isinstance(command, click.Group):
+            yield from leaf_commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+COMMANDS = dict(leaf_commands())
+WITH_DATABASE_URL = sorted(" ".join(path) for path, command in COMMANDS.items()
+                           if any(p.name == "database_url" for p in command.params))
+
+
+def command_line(command: str, *extra: str, sample: bool = True) -> list[str]:
+    """`command` ("remote status") with its group's options, its sample arguments, `extra`."""
+    *groups, leaf = command.split()
+    line = [word for group in groups for word in (group, *GROUP_ARGS.get(group, []))]
+    return [*line, leaf, *(SAMPLE_ARGS.get(command, []) if sample else []), *extra]
+
+
+def svcmig(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the console script's main() with `args`: (exit code, stdout, stderr)."""
+    argv = sys.argv
+    sys.argv = ["svcmig", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line(done: tuple[int, str, str], codes: set[int], *words: str) -> None:
+    code, out, err = done
+    assert code in codes, (code, out, err)
+    assert "Traceback" not in out + err, err
+    message = err.strip().splitlines()
+    assert message and message[-1].startswith("error: "), err
+    # commands that print what database they use say so first; the error is one line
+    assert len([line for line in message if not line.startswith("database: ")]) == 1, err
+    for word in words:
+        assert word in message[-1], message[-1]
+
+
+@pytest.fixture
+def in_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = copy_project(tmp_path / "project")
+    monkeypatch.setenv("SVCMIG_PROJECT_ROOT", str(root))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_the_tree_walk_finds_every_family() -> None:
+    names = {" ".join(path) for path in COMMANDS}
+    assert {"migrate", "status", "lint", "check", "remote status", "db stop"} <= names
+    assert {"migrate", "status", "plan", "check", "baseline", "repair", "dev"} <= set(
+        WITH_DATABASE_URL)
+
+
+@pytest.mark.parametrize("command", sorted(" ".join(p) for p in COMMANDS
+                                           if " ".join(p) not in PASS_THROUGH))
+def test_unknown_option_is_one_line_exit_2(command: str, in_project: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line(svcmig(capsys, *command_line(command, "--no-such-option")), {2},
+                    "--no-such-option", f"svcmig {command} --help")
+
+
+@pytest.mark.parametrize("command", sorted(
+    " ".join(path) for path, c in COMMANDS.items()
+    if any(p.required and isinstance(p, click.Argument) for p in c.params)))
+def test_missing_argument_is_one_line_exit_2(command: str, in_project: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line(svcmig(capsys, *command_line(command, sample=False)), {2}, "Missing")
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS + REFUSED_ON_CONNECT)
+@pytest.mark.parametrize("command", WITH_DATABASE_URL)
+def test_malformed_database_url_is_one_line(command: str, url: str, in_project: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Unparsable URLs and other schemes are usage errors (2); a parsable URL with a bad
+    value (sslmode=bogus) is found when connecting (1)."""
+    args = command_line(command, "--database-url", url)
+    codes = {1} if url in REFUSED_ON_CONNECT and command != "lint" else {2}
+    assert_one_line(svcmig(capsys, *args), codes, "--database-url")
+
+
+@pytest.mark.parametrize("command", WITH_DATABASE_URL)
+def test_unreachable_server_is_one_line_exit_1(command: str, in_project: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    args = command_line(command, "--database-url", UNREACHABLE)
+    codes = {2} if command == "lint" else {1}  # lint: 2 when the guard could not run at all
+    assert_one_line(svcmig(capsys, *args), codes, "cannot connect", "127.0.0.1")
+
+
+# Documented as never reading $DATABASE_URL (docs/cli.md, docs/guard.md): check and lint --trace
+# create and drop throwaway databases, graph marks applied revisions only when asked.
+NEVER_READS_DATABASE_URL = {"check", "lint", "graph"}
+
+
+@pytest.mark.parametrize("command", sorted(set(WITH_DATABASE_URL) - NEVER_READS_DATABASE_URL))
+def test_malformed_database_url_from_the_environment(command: str, in_project: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DATABASE_URL", "localhost:5432/mydb")
+    assert_one_line(svcmig(capsys, *command_line(command)), {2}, "localhost:5432/mydb",
+                    "postgresql://")
+
+
+NEEDS_NO_PROJECT = {"remote status", "remote repair", "db psql"}
+
+
+@pytest.mark.parametrize("command", sorted(" ".join(p) for p in COMMANDS
+                                           if " ".join(p) not in NEEDS_NO_PROJECT))
+def test_no_project_is_one_line_exit_1(command: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("SVCMIG_PROJECT_ROOT", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = command_line(command)
+    if "database_url" in {p.name for p in COMMANDS[tuple(command.split())].params}:
+        args += ["--database-url", UNREACHABLE]  # the project is looked for first
+    assert_one_line(svcmig(capsys, *args), {1, 2}, "svcmig project")
+
+
+@pytest.mark.parametrize("root", ["/nonexistent/place", "FILE"])
+def test_a_wrong_project_root_setting_is_one_line(root: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    if root == "FILE":
+        root = str(tmp_path / "a-file")
+        Path(root).write_text("")
+    monkeypatch.setenv("SVCMIG_PROJECT_ROOT", root)
+    assert_one_line(svcmig(capsys, "plan", "--offline"), {1}, "SVCMIG_PROJECT_ROOT")
+
+
+def test_help_version_and_bare_group_are_not_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = svcmig(capsys, "--version")
+    assert code == 0 and out.startswith("svcmig, version") and not err
+    code, out, _ = svcmig(capsys, "status", "--help")
+    assert code == 0 and "Usage: svcmig status" in out
+    code, out, _ = svcmig(capsys)  # no command: the help is the answer
+    assert code == 2 and "Commands:" in out
