@@ -25,7 +25,8 @@ def project(tmp_path: Path) -> Path:
     return write_project(tmp_path / "p", {"shop": {
         "2026-01-01T0000__shop__items.sql":
             "CREATE TABLE items (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text);"
-            "\nINSERT INTO items (name) SELECT 'item ' || n FROM generate_series(1, 100) n;\n",
+            "\nINSERT INTO items (name) SELECT 'item ' || n FROM generate_series(1, 100) n;\n"
+            "-- migrate:down\n-- irreversible: the root of a test project is never undone\n",
     }})
 
 
