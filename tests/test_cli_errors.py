@@ -189,3 +189,37 @@ def test_help_version_and_bare_group_are_not_errors(capsys: pytest.CaptureFixtur
     assert code == 0 and "Usage: svcmig status" in out
     code, out, _ = svcmig(capsys)  # no command: the help is the answer
     assert code == 2 and "Commands:" in out
+
+
+# Found by a fresh-eyes breaker: more members of the kind.
+
+@pytest.mark.parametrize("args, words", [
+    (["graph", "--output", "/nonexistent/dir/g.png"], ["cannot write", "/nonexistent/dir"]),
+    (["manifest", "--output", "/nonexistent/m.json"], ["cannot write", "/nonexistent"]),
+    (["dev", "--port", "99999"], ["--port"]),
+    (["dev", "--port", "-1"], ["--port"]),
+    (["status", "--database-url", " "], ["database URL is empty"]),
+    (["status", "--database-url", ""], ["database URL is empty"]),
+    (["new-service", "a__b"], ["'__'"]),
+    (["new-service", "select"], ["reserved word"]),
+    (["new-service", "user"], ["reserved word"]),
+])
+def test_more_bad_arguments_are_one_line_exit_2(args: list[str], words: list[str],
+                                                in_project: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line(svcmig(capsys, *args), {2}, *words)
+    if args[0] == "new-service":
+        assert not (in_project / "services" / args[-1]).exists()
+
+
+@pytest.mark.parametrize("body", ["import sys\nsys.exit(0)\n", "raise SystemExit(3)\n"])
+def test_a_revision_that_exits_is_a_lint_error_and_the_rest_is_still_linted(
+        body: str, in_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    migrations = in_project / "services" / "users" / "migrations"
+    (migrations / "2026-12-01T0000__users__exits.py").write_text(body)
+    (migrations / "2026-12-02T0000__users__drops.sql").write_text(
+        "-- migrate:up\nDROP TABLE users;\n-- migrate:down\nSELECT 1;\n")
+    code, out, _ = svcmig(capsys, "lint", "--all")
+    assert code == 2, out
+    assert "__exits.py:1:1 error parse-error" in out and "SystemExit" in out
+    assert "__drops.sql" in out  # linted although an earlier revision tried to end the run

@@ -30,7 +30,16 @@ from ..tools.graph import FORMATS, format_for, render
 from ..tools.plan_script import offline_state, plan_sql
 from ..tools.progress import Progress
 from ..tools.trace import trace_all
-from .common import EXIT_PROBLEM, EXIT_USAGE, echo_json, fail, json_option, project_root, run
+from .common import (
+    EXIT_PROBLEM,
+    EXIT_USAGE,
+    echo_json,
+    fail,
+    json_option,
+    project_root,
+    run,
+    write_output,
+)
 
 
 def _graph(root: Path) -> Graph:
@@ -240,7 +249,7 @@ def graph_command(fmt: str | None, output: Path | None, database_url: str | None
 
         data: dict[str, object] = layout(graph, state).as_dict()
         if output is not None:
-            output.write_bytes(render(graph, chosen, state))
+            write_output(output, render(graph, chosen, state))
             data["output"] = str(output)
             data["format"] = chosen
         echo_json(data)
@@ -249,7 +258,7 @@ def graph_command(fmt: str | None, output: Path | None, database_url: str | None
     if output is None:
         click.echo(content.decode(), nl=False)
     else:
-        output.write_bytes(content)
+        write_output(output, content)
         click.echo(f"wrote {output} ({chosen}, {len(graph.revisions)} revisions, "
                    f"{len(graph.services)} services)", err=True)
 

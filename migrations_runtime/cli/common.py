@@ -56,6 +56,15 @@ def run(action: Callable[[], Any]) -> Any:
         fail("interrupted", EXIT_INTERRUPTED)
 
 
+def write_output(path: Path, content: bytes) -> None:
+    """Write a command's --output file, or one line saying why it cannot (exit 2)."""
+    try:
+        path.write_bytes(content)
+    except OSError as err:
+        fail(f"cannot write {path}: {err.strerror}; pass an --output in a folder that exists "
+             "and you can write to", EXIT_USAGE)
+
+
 def project_root() -> Path:
     return run(find_project_root)  # type: ignore[no-any-return]
 

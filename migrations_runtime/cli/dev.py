@@ -20,7 +20,7 @@ from .output import event_log, log_format_option
 
 
 @click.command("dev")
-@click.option("--port", type=int, default=8000, show_default=True,
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
               help="Port on 127.0.0.1.")
 @click.option("--database-url", default=None,
               help="Postgres URL; default: $DATABASE_URL, else the project's embedded Postgres "

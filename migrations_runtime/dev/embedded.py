@@ -88,7 +88,7 @@ class Database(NamedTuple):
 def resolve_database(explicit: str | None, project_root: Path,
                      explicit_source: str = "--database-url") -> Database:
     """`--database-url`, then `DATABASE_URL`, then the embedded Postgres; and which it was."""
-    if explicit:
+    if explicit is not None:  # an empty --database-url is an error, not "the default"
         return Database(libpq_url(explicit), explicit_source)
     from_environment = os.environ.get("DATABASE_URL")
     if from_environment:

@@ -23,6 +23,9 @@ def libpq_url(url: str) -> str:
         raise UsageProblem(f"{redact(url)} is not a PostgreSQL URL: expected "
                            "postgresql://user@host:port/database; check --database-url / "
                            "DATABASE_URL")
+    if not url.strip():  # libpq would read an empty string as "every default": refuse it
+        raise UsageProblem("the database URL is empty: write postgresql://user@host:port/"
+                           "database; check --database-url / DATABASE_URL")
     plain = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
     try:
         conninfo_to_dict(plain)  # libpq's own parser, without connecting

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .discover import Service
-from .errors import ProjectError
+from .errors import ProjectError, UsageProblem
 from .load import Revision, revision_from, revision_id
 from .validate import ChainSummary, Graph, build_graph, chain_digest
 
@@ -41,7 +41,12 @@ def manifest_data(graph: Graph) -> dict[str, Any]:
 def write_manifest(root: Path, path: Path) -> Graph:
     """Validate the project and write its manifest; returns the graph it describes."""
     graph = build_graph(root)
-    path.write_text(json.dumps(manifest_data(graph), separators=(",", ":"), sort_keys=True) + "\n")
+    text = json.dumps(manifest_data(graph), separators=(",", ":"), sort_keys=True) + "\n"
+    try:
+        path.write_text(text)
+    except OSError as err:
+        raise UsageProblem(f"cannot write the manifest {path}: {err.strerror}; pass an "
+                           "--output in a folder that exists") from err
     return graph
 
 

@@ -49,7 +49,8 @@ def render_upgrade(text: str, path: Path) -> tuple[str, int]:
             upgrade()
     except MigrationFileError:
         raise
-    except Exception as err:  # a revision can raise anything; report it on its file
+    except (Exception, SystemExit) as err:  # a revision can raise anything (sys.exit too):
+        # report it on its file; a revision must never end the guard's run, silently or not
         raise MigrationFileError(
             path, f"upgrade() failed to render as SQL: {type(err).__name__}: {err}", line,
         ) from err

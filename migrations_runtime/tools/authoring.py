@@ -225,11 +225,23 @@ def _staging(parent: Path, prefix: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _scaffold_name_problem(name: str) -> str | None:
+    """What the scaffold cannot use: `__` separates a file name's parts, and an SQL reserved
+    word cannot name the root revision's table or the schema unquoted."""
+    from pglast.keywords import RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
+
+    if "__" in name:
+        return "contains '__', which separates the parts of a revision's file name"
+    if name in RESERVED_KEYWORDS or name in TYPE_FUNC_NAME_KEYWORDS:
+        return "is an SQL reserved word (its table and schema names would need quoting)"
+    return None
+
+
 def new_service(root: Path, name: str, now: datetime | None = None) -> Created:
     """Create `services/<name>/` (handler skeleton, `service.toml` for infra/, root revision) and
     register its migrations folder in alembic.ini, so `alembic heads`, `svcmig plan` and the CDK
     app see it at once."""
-    problem = service_name_problem(name)
+    problem = service_name_problem(name) or _scaffold_name_problem(name)
     if problem:
         raise UsageProblem(f"service name {name!r} {problem}; choose a name like 'payments'")
     services_dir = root / "services"
