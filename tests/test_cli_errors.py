@@ -223,3 +223,39 @@ def test_a_revision_that_exits_is_a_lint_error_and_the_rest_is_still_linted(
     assert code == 2, out
     assert "__exits.py:1:1 error parse-error" in out and "SystemExit" in out
     assert "__drops.sql" in out  # linted although an earlier revision tried to end the run
+
+
+def test_two_repair_actions_at_once_are_refused(in_project: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line(svcmig(capsys, "repair", "users_202611020900", "--applied", "--rolled-back"),
+                    {2}, "--applied and --rolled-back")
+
+
+def test_check_of_a_project_without_services_fails(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "services").mkdir()
+    (tmp_path / "alembic.ini").write_text("[alembic]\n")
+    monkeypatch.setenv("SVCMIG_PROJECT_ROOT", str(tmp_path))
+    assert_one_line(svcmig(capsys, "check", "--database-url", UNREACHABLE), {1},
+                    "nothing to check")
+
+
+def test_a_bad_file_in_one_service_is_reported_once(in_project: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Not followed by "depends-on … is not a known revision" for the services that depend on
+    the one that could not be loaded."""
+    (in_project / "services" / "users" / "migrations" / "README.txt").write_text("notes\n")
+    assert_one_line(svcmig(capsys, "plan", "--offline"), {1}, "README.txt")
+
+
+@pytest.mark.parametrize("kind", ["folder", "broken link"])
+def test_an_entry_the_runner_refuses_is_a_lint_error(kind: str, in_project: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    entry = in_project / "services" / "users" / "migrations" / "2026-12-01T0000__users__x.sql"
+    if kind == "folder":
+        entry.mkdir()
+    else:
+        entry.symlink_to(in_project / "nowhere")
+    code, out, _ = svcmig(capsys, "lint", "--all")
+    assert code == 2 and "not a regular file" in out, out

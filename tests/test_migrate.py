@@ -440,6 +440,6 @@ def test_an_unknown_target_is_refused_before_anything_runs(tmp_path: Path,
                                                            database_url: str) -> None:
     root = two_releases_behind(tmp_path, database_url)
     done = run_cli(root, "migrate", "--target", "shop_209901010000", database_url=database_url)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--target shop_209901010000: neither a revision id nor a service" in done.stderr
     assert len(ledger(database_url)) == 2

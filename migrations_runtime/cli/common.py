@@ -8,6 +8,7 @@ check); 2 a usage error (bad arguments, unknown service or revision, a name that
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -78,20 +79,32 @@ database_url_option = click.option("--database-url", envvar=None, default=None,
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
 
+REPAIR_ACTIONS = (("applied", "A dirty revision did finish: mark it applied."),
+                  ("rolled-back", "A dirty revision left nothing behind (you cleaned up): run "
+                                  "it again next time."),
+                  ("accept-checksum", "An applied file was edited cosmetically: record its new "
+                                      "checksum."))
+
+
 def repair_action_options(command: F) -> F:
     """`--applied | --rolled-back | --accept-checksum` into `action` (`svcmig repair` and
-    `svcmig remote repair`); `require_action` refuses none."""
-    for option in reversed((
-            click.option("--applied", "action", flag_value="applied",
-                         help="A dirty revision did finish: mark it applied."),
-            click.option("--rolled-back", "action", flag_value="rolled-back",
-                         help="A dirty revision left nothing behind (you cleaned up): run it "
-                              "again next time."),
-            click.option("--accept-checksum", "action", flag_value="accept-checksum",
-                         help="An applied file was edited cosmetically: record its new "
-                              "checksum."))):
-        command = option(command)
-    return command
+    `svcmig remote repair`): one flag each, so two at once are refused instead of click
+    silently keeping the last; `require_action` refuses none."""
+
+    @functools.wraps(command)
+    def with_action(*args: Any, **kwargs: Any) -> Any:
+        chosen = [name for name, _ in REPAIR_ACTIONS
+                  if kwargs.pop("action_" + name.replace("-", "_"))]
+        if len(chosen) > 1:
+            given = " and ".join(f"--{name}" for name in chosen)
+            raise click.UsageError(f"choose one action, not {given}")
+        return command(*args, action=chosen[0] if chosen else None, **kwargs)
+
+    decorated: Any = with_action
+    for name, help_text in reversed(REPAIR_ACTIONS):
+        decorated = click.option(f"--{name}", "action_" + name.replace("-", "_"),
+                                 is_flag=True, help=help_text)(decorated)
+    return decorated  # type: ignore[no-any-return]
 
 
 def require_action(action: str | None) -> str:

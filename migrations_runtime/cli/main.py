@@ -48,7 +48,7 @@ def cli() -> None:
     """svcmig: per-service Postgres migrations (Alembic branches + SQL files), applied under a
     lock with a checksummed ledger.
 
-    Exit codes: 0 ok, 1 a problem was found, 2 usage error."""
+    Exit codes: 0 ok, 1 a problem was found, 2 usage error, 130 interrupted."""
 
 
 for _command in deploy.COMMANDS:

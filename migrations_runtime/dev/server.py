@@ -229,6 +229,13 @@ def make_request_handler(services: list[ServiceRoutes]) -> type[BaseHTTPRequestH
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _guarded
 
+        def __getattr__(self, name: str) -> Any:
+            """Any other method (TRACE, QUERY…) gets the JSON 405 or 404 too, not
+            http.server's HTML 501."""
+            if name.startswith("do_"):
+                return self._guarded
+            raise AttributeError(name)
+
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             """Quiet: `_dispatch` prints one line per request."""
 

@@ -10,7 +10,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from .errors import ProjectError
+from .errors import UsageProblem
 from .ledger import DatabaseState, LedgerRow
 from .load import Revision, service_of_revision_id
 from .validate import Graph, topological_order
@@ -209,10 +209,10 @@ def releases_behind(graph: Graph, plan: Plan) -> list[str]:
 def up_to(graph: Graph, target: str) -> set[str]:
     """The ids of `target` (a revision id, or a service name meaning its code head), the
     revisions before it in its service, and everything those depend on, transitively: what
-    `svcmig migrate --target` may apply. Raises `ProjectError` for an unknown target."""
+    `svcmig migrate --target` may apply. Raises `UsageProblem` (exit 2) for an unknown target."""
     chain = graph.upto(target)
     if chain is None:
-        raise ProjectError(f"--target {target}: neither a revision id nor a service of this "
+        raise UsageProblem(f"--target {target}: neither a revision id nor a service of this "
                            "project (see `svcmig status`)")
     wanted: set[str] = set()
     stack = list(chain)

@@ -192,11 +192,13 @@ def build_graph(root: Path, services: list[Service] | None = None) -> Graph:
     problems: list[str] = []
     chains: dict[str, tuple[Revision, ...]] = {}
     revisions: dict[str, Revision] = {}
+    unloaded: set[str] = set()  # services a bad file stopped loading: their ids are unknown
     for service in services:
         try:
             loaded = load_service(service)
         except MigrationFileError as err:
             problems.append(str(err))
+            unloaded.add(service.name)
             continue
         first_file: dict[str, Revision] = {}
         duplicated = False
@@ -214,9 +216,10 @@ def build_graph(root: Path, services: list[Service] | None = None) -> Graph:
     for rev in revisions.values():
         for target in rev.depends_on:
             if target not in revisions:
-                problems.append(
-                    f"{rev.path}: depends-on {target!r} is not a known revision; use an id like "
-                    "users_202611251405 (svcmig status lists them)")
+                if target.rsplit("_", 1)[0] not in unloaded:  # else its service's error says it
+                    problems.append(
+                        f"{rev.path}: depends-on {target!r} is not a known revision; use an id "
+                        "like users_202611251405 (svcmig status lists them)")
             elif revisions[target].service == rev.service:
                 problems.append(
                     f"{rev.path}: depends-on {target!r} is in the same service; order within a "

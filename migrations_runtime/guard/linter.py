@@ -530,12 +530,19 @@ def _resolve(path: Path) -> Path:
 
 
 def is_revision_file(path: Path) -> bool:
-    """Files of a migrations folder that must be revisions (others are refused by name)."""
-    return (path.is_file() and not path.name.startswith(".")
-            and path.name not in ("__init__.py", "README.md"))
+    """Entries of a migrations folder that must be revisions: what the loader does not skip
+    (engine.load.revision_files), so a folder or a broken link the runner refuses is reported
+    here too instead of passing the guard unseen."""
+    return (not path.name.startswith(".")
+            and path.name not in ("__init__.py", "__pycache__", "README.md"))
 
 
 def _read(path: Path, findings: list[Finding]) -> str | None:
+    if not path.is_file():  # never read a pipe: it would hang
+        findings.append(Finding(path, 1, 1, rules.PARSE_ERROR,
+                                "not a regular file (a folder, a broken link, a pipe): the "
+                                "runner refuses it; remove it or make it a revision file"))
+        return None
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:

@@ -39,7 +39,7 @@ from ..dev.embedded import embedded_url
 from ..engine import ledger
 from ..engine.apply import Runner, RunSettings, migrate
 from ..engine.database import connect, libpq_url, redact
-from ..engine.errors import MigrationFailed, SvcmigError, UsageProblem
+from ..engine.errors import MigrationFailed, ProjectError, SvcmigError, UsageProblem
 from ..engine.ledger import Executes
 from ..engine.load import Revision, irreversible_reason
 from ..engine.lock import migrator_lock
@@ -398,8 +398,12 @@ def run_check(root: Path, database_url: str | None = None, in_place: bool = Fals
 
     `database_url` names a server (through any database on it, e.g. `postgres`): check creates
     `svcmig_check_<random>` there and drops it. Default: the project's embedded Postgres.
-    With `in_place`, `database_url` itself is used; it must be empty and is left at heads."""
+    With `in_place`, `database_url` itself is used; it must be empty and is left at heads.
+    A project without services is an error: a check that checks nothing must not pass."""
     graph = build_graph(root)
+    if not graph.services:
+        raise ProjectError(f"no services under {root / 'services'}: nothing to check; create "
+                           "one with `svcmig new-service NAME`")
     if in_place:
         if not database_url:
             raise UsageProblem("--in-place needs --database-url naming an empty database")
