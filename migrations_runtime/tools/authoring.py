@@ -87,6 +87,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from services.shared.db import Database
 from services.shared.http import BIGINT_MAX, NotFound, decode_cursor, encode_cursor, make_resolver
 from services.shared.observability import lambda_entrypoint
+from services.shared.text import Text
 
 from .models import Item, ItemPage
 
@@ -116,7 +117,7 @@ def get_item(item_id: ItemId) -> Item:
 
 @app.get("/$name")
 def list_items(limit: Annotated[int, Query(ge=1, le=100)] = 20,
-               cursor: Annotated[str | None, Query(max_length=200)] = None) -> ItemPage:
+               cursor: Annotated[Text | None, Query(max_length=200)] = None) -> ItemPage:
     after = decode_cursor(cursor)
     with db.transaction() as conn:
         rows = conn.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE id > %s ORDER BY id "

@@ -26,6 +26,7 @@ from services.shared.http import (
 )
 from services.shared.idempotency import IdempotentWrites
 from services.shared.observability import lambda_entrypoint
+from services.shared.text import Text
 
 from .models import NewOrder, Order, OrderPage
 
@@ -37,7 +38,7 @@ db = Database(SERVICE)
 writes = IdempotentWrites(db)
 
 Id = Annotated[int, Path(gt=0, le=BIGINT_MAX)]
-IdempotencyKey = Annotated[str | None, Header(alias="idempotency-key", max_length=255,
+IdempotencyKey = Annotated[Text | None, Header(alias="idempotency-key", max_length=255,
                                               description="retries with the same key and "
                                               "body return the first response")]
 
@@ -78,7 +79,7 @@ def get_order(order_id: Id) -> Order:
 
 @app.get("/users/<user_id>/orders")
 def list_user_orders(user_id: Id, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                     cursor: Annotated[str | None, Query(max_length=200)] = None) -> OrderPage:
+                     cursor: Annotated[Text | None, Query(max_length=200)] = None) -> OrderPage:
     after = decode_cursor(cursor)
     with db.transaction() as conn:
         rows = conn.execute(  # served by orders_user_id_idx (user_id, id)

@@ -17,12 +17,15 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
+from .text import shown
+
 # API Gateway HTTP API accepts 10 MB and a synchronous Lambda invoke 6 MB, but a JSON API
 # should refuse far earlier: large payloads go straight to S3 through POST /uploads.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 UPLOAD_PATH = "/uploads"
 BIGINT_MAX = 2**63 - 1
 INT_MAX = 2**31 - 1
+BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 class ApiError(Exception):
@@ -91,36 +94,96 @@ def max_body_bytes() -> int:
     return int(os.environ.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
 
 
+def _gateway_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """An API Gateway response for a request refused before routing."""
+    return {"statusCode": status, "headers": {"Content-Type": content_types.APPLICATION_JSON},
+            "body": json.dumps(body), "isBase64Encoded": False}
+
+
 def oversize_response(event: dict[str, Any]) -> dict[str, Any] | None:
     """A ready API Gateway response when the body is over the limit, else None. Checked before
     routing so a huge body is never parsed."""
     body = event.get("body") or ""
-    size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode())
+    size = (len(body) * 3 // 4 if event.get("isBase64Encoded")
+            else len(body.encode(errors="surrogatepass")))  # a lone surrogate is no 500 here
     limit = max_body_bytes()
     if size <= limit:
         return None
     message = (f"the request body is {size} bytes; this API accepts at most {limit}. Upload "
                f"large payloads to S3: POST {UPLOAD_PATH} returns a presigned PUT URL")
-    return {
-        "statusCode": int(HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
-        "headers": {"Content-Type": content_types.APPLICATION_JSON},
-        "body": json.dumps(error_body(PayloadTooLarge.code, message,
-                                      upload_path=UPLOAD_PATH)),
-        "isBase64Encoded": False,
-    }
+    return _gateway_response(int(HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+                             error_body(PayloadTooLarge.code, message, upload_path=UPLOAD_PATH))
+
+
+def _content_type(event: dict[str, Any]) -> str:
+    return str((event.get("headers") or {}).get("content-type", "")).strip()
+
+
+def unsupported_media_response(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A ready 415 when a request that carries (or may carry) a body says it is not JSON, else
+    None. These APIs take JSON only; Powertools would also parse forms and multipart, and a
+    malformed multipart type (no boundary) fails outside validation."""
+    method = str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
+    content_type = _content_type(event)
+    if not content_type or content_type.startswith(content_types.APPLICATION_JSON):
+        return None  # Powertools' own rule: no type, or application/json[; charset=…]
+    if not event.get("body") and method not in BODY_METHODS:
+        return None
+    message = (f"Content-Type {shown(content_type)!r} is not accepted: send the body as "
+               f"{content_types.APPLICATION_JSON}")
+    return _gateway_response(int(HTTPStatus.UNSUPPORTED_MEDIA_TYPE),
+                             error_body("unsupported_media_type", message))
+
+
+def undecodable_response(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A ready 422 when a base64-encoded body is not UTF-8, else None: Powertools decodes it
+    before validation, and the UnicodeDecodeError would be a 500."""
+    body = event.get("body")
+    if not body or not event.get("isBase64Encoded"):
+        return None
+    try:
+        base64.b64decode(body.encode(errors="surrogatepass")).decode()
+    except (ValueError, binascii.Error) as err:  # UnicodeDecodeError is a ValueError
+        where = f" (byte {err.start})" if isinstance(err, UnicodeDecodeError) else ""
+        message = f"invalid request: body: not UTF-8 text{where}; send JSON encoded as UTF-8"
+        return _gateway_response(int(HTTPStatus.UNPROCESSABLE_ENTITY), error_body(
+            "invalid_request", message,
+            errors=[{"loc": ["body"], "msg": "not UTF-8 text", "type": "body_not_utf8"}]))
+    return None
+
+
+def refused_body_response(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A ready response for a body refused before routing (over the limit: 413; not JSON: 415;
+    not UTF-8: 422), else None."""
+    return (oversize_response(event) or unsupported_media_response(event)
+            or undecodable_response(event))
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> str:
     parts = []
     for error in errors[:5]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        where = ".".join(shown(str(p)) for p in error.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {error.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)
 
 
+def _json_body(text: str) -> Any:
+    """`json.loads`, where JSON Python cannot read is malformed JSON like any other (a 422):
+    nested deeper than the interpreter recurses (a 64 KiB body of `[` is: RecursionError), or
+    an integer of more than 4300 digits (ValueError); either was a 500."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError as err:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from err
+    except ValueError as err:
+        raise json.JSONDecodeError(f"unreadable number ({err})", text, 0) from err
+
+
 def make_resolver() -> APIGatewayHttpResolver:
     """An HTTP API resolver with pydantic validation and the shared error rendering."""
-    app = APIGatewayHttpResolver(enable_validation=True)
+    app = APIGatewayHttpResolver(enable_validation=True, json_body_deserializer=_json_body)
 
     @app.exception_handler(ApiError)
     def _api_error(err: ApiError) -> Response[Any]:

@@ -22,7 +22,8 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
-from .http import error_body, oversize_response
+from .http import error_body, refused_body_response
+from .text import shown
 
 METRICS_NAMESPACE = "svcmig"
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -47,7 +48,8 @@ def traced(service: str, handler: LambdaHandler) -> LambdaHandler:
 
 
 def lambda_entrypoint(service: str, app: APIGatewayHttpResolver) -> tuple[LambdaHandler, Logger]:
-    """The Lambda handler for `app`: size limit, routing, one log line and metrics per request."""
+    """The Lambda handler for `app`: bodies refused before routing (size, media type, UTF-8),
+    routing, one log line and metrics per request."""
     logger = Logger(service=service)
     metrics = Metrics(namespace=METRICS_NAMESPACE, service=service)
 
@@ -66,11 +68,13 @@ def lambda_entrypoint(service: str, app: APIGatewayHttpResolver) -> tuple[Lambda
                                   clear_state=True)
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         started = time.perf_counter()
-        response = oversize_response(event) or app.resolve(event, context)
+        response = refused_body_response(event) or app.resolve(event, context)
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
         status = int(response.get("statusCode", 500))
         http = event.get("requestContext", {}).get("http", {})
-        logger.info("request", extra={"method": http.get("method"), "path": event.get("rawPath"),
+        # shown(): a crafted event's lone surrogate would make the log line unwritable
+        logger.info("request", extra={"method": http.get("method"),
+                                      "path": shown(str(event.get("rawPath") or "")),
                                       "status": status, "latency_ms": latency_ms})
         metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=latency_ms)

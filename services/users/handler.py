@@ -29,6 +29,7 @@ from services.shared.http import (
 )
 from services.shared.idempotency import IdempotentWrites
 from services.shared.observability import lambda_entrypoint
+from services.shared.text import Text
 
 from .models import NewUpload, NewUser, Upload, User, UserPage
 
@@ -41,7 +42,7 @@ db = Database(SERVICE)
 writes = IdempotentWrites(db)
 
 UserId = Annotated[int, Path(gt=0, le=BIGINT_MAX, description="user id")]
-IdempotencyKey = Annotated[str | None, Header(alias="idempotency-key", max_length=255,
+IdempotencyKey = Annotated[Text | None, Header(alias="idempotency-key", max_length=255,
                                               description="retries with the same key and "
                                               "body return the first response")]
 
@@ -79,7 +80,7 @@ def get_user(user_id: UserId) -> User:
 
 @app.get("/users")
 def list_users(limit: Annotated[int, Query(ge=1, le=100)] = 20,
-               cursor: Annotated[str | None, Query(max_length=200)] = None) -> UserPage:
+               cursor: Annotated[Text | None, Query(max_length=200)] = None) -> UserPage:
     after = decode_cursor(cursor)
     with db.transaction() as conn:
         rows = conn.execute(f"SELECT {COLUMNS} FROM users.users WHERE id > %s ORDER BY id "

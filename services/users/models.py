@@ -1,12 +1,16 @@
 """The users API's request and response bodies. Requests are strict (no type coercion) and
-refuse unknown fields, so a typo in a field name is a 422 instead of a silently ignored value."""
+refuse unknown fields, so a typo in a field name is a 422 instead of a silently ignored value,
+and refuse text PostgreSQL cannot store (NUL, lone surrogates) in any field
+(`services.shared.text.RequestModel`)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, StringConstraints
+
+from services.shared.text import RequestModel
 
 Email = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=254,
                                          pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
@@ -18,11 +22,7 @@ ContentType = Annotated[str, StringConstraints(min_length=3, max_length=100,
                                                pattern=r"^[\w.+-]+/[\w.+-]+$")]
 
 
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class NewUser(Request):
+class NewUser(RequestModel):
     email: Email
     display_name: DisplayName | None = None
 
@@ -39,7 +39,7 @@ class UserPage(BaseModel):
     next_cursor: str | None
 
 
-class NewUpload(Request):
+class NewUpload(RequestModel):
     filename: FileName
     content_type: ContentType = "application/octet-stream"
 
