@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import os
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -119,14 +120,31 @@ def _content_type(event: dict[str, Any]) -> str:
     return str((event.get("headers") or {}).get("content-type", "")).strip()
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json` or `application/<x>+json` (RFC 6839), any case, with no charset or
+    UTF-8 (RFC 8259: JSON exchanged between systems is UTF-8)."""
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
+    if media != content_types.APPLICATION_JSON and not (
+            media.startswith("application/") and media.endswith("+json")):
+        return False
+    charset = re.search(r'charset\s*=\s*"?([^";\s]*)', parameters, re.IGNORECASE)
+    return charset is None or charset[1].lower() in ("utf-8", "utf8")
+
+
 def unsupported_media_response(event: dict[str, Any]) -> dict[str, Any] | None:
     """A ready 415 when a request that carries (or may carry) a body says it is not JSON, else
     None. These APIs take JSON only; Powertools would also parse forms and multipart, and a
     malformed multipart type (no boundary) fails outside validation."""
     method = str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
     content_type = _content_type(event)
-    if not content_type or content_type.startswith(content_types.APPLICATION_JSON):
-        return None  # Powertools' own rule: no type, or application/json[; charset=…]
+    if not content_type:
+        return None
+    if is_json_media_type(content_type):
+        # Powertools compares the raw header with `startswith("application/json")`: hand it
+        # the canonical spelling of what RFC 9110 says is the same type (case-insensitive)
+        event["headers"]["content-type"] = content_types.APPLICATION_JSON
+        return None
     if not event.get("body") and method not in BODY_METHODS:
         return None
     message = (f"Content-Type {shown(content_type)!r} is not accepted: send the body as "

@@ -53,6 +53,15 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], str, int]] = [
      {"content-type": "application/x-www-form-urlencoded"}, "", 415),
     ("users", "POST", "/users", "--b--", {"content-type": "multipart/form-data"}, "", 415),
     ("users", "POST", "/users", "a@example.com", {"content-type": "text/plain"}, "", 415),
+    # media types compare case-insensitively, +json is JSON, a charset must be UTF-8 (a
+    # breaker found APPLICATION/JSON refused and application/jsonx accepted)
+    *[("users", "POST", "/users", {}, {"content-type": media}, "", 422)  # reached validation
+      for media in ("APPLICATION/JSON", "Application/Json; charset=UTF-8",
+                    'application/json; charset="utf-8"', "application/vnd.api+json")],
+    *[("users", "POST", "/users", {"email": "a@example.com"}, {"content-type": media}, "", 415)
+      for media in ("application/jsonx", "application/json, text/plain",
+                    "application/json; charset=utf-16", "application/json\x00",
+                    "text/json")],
     ("users", "POST", "/users", "[" * 5000 + "]" * 5000, {}, "", 422),  # RecursionError
     ("orders", "POST", "/orders", '{"user_id": 1, "total_cents": ' + "9" * 5000 + "}", {}, "",
      422),  # ValueError: an int of over 4300 digits
