@@ -183,6 +183,21 @@ def make_request_handler(services: list[ServiceRoutes]) -> type[BaseHTTPRequestH
             body = json.dumps({"message": message, "code": "gateway"}).encode()
             self._send(status, body, {"Content-Type": "application/json", **headers})
 
+        def send_error(self, code: int, message: str | None = None,
+                       explain: str | None = None) -> None:
+            """http.server's own refusals (a request line or headers too long or malformed)
+            in JSON like every other answer, not its HTML page; the connection then closes."""
+            self.close_connection = True
+            reason = message or self.responses.get(code, ("error",))[0]
+            body = json.dumps({"message": reason, "code": "gateway"}).encode()
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Connection", "close")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
         def _dispatch(self) -> None:
             started = time.perf_counter()
             url = urlsplit(self.path)

@@ -36,6 +36,20 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
         return err.code, dict(err.headers), json.loads(err.read() or b"null")
 
 
+def raw_request(base: str, request: bytes) -> int:
+    """Send `request` bytes as they are; the status of a JSON answer (asserted JSON)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/json" in head, answer[:300]
+    assert json.loads(body)["message"]
+    return int(head.split()[1])
+
+
 @pytest.fixture
 def dev_server(database_url: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
@@ -83,6 +97,11 @@ def test_dev_serves_every_service_and_stops_on_ctrl_c(
     assert set(http("GET", f"{base}/openapi.json")[2]["paths"]) == {
         "/users", "/users/{user_id}", "/uploads", "/orders", "/orders/{order_id}",
         "/users/{user_id}/orders"}
+    # what http.server refuses itself is JSON too (a breaker got its HTML pages)
+    for request, status in ((b"GET /users?cursor=" + b"A" * 100_000 + b" HTTP/1.1", 414),
+                            (b"GET /users HTTP/1.1\r\nX-Big: " + b"b" * 100_000, 431),
+                            (b"GET /users/1\xed\xa0\x80 HTTP/1.1", 400)):
+        assert raw_request(base, request + b"\r\n\r\n") == status
 
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=20)
