@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import click
 
@@ -24,13 +23,6 @@ from ..dev.embedded import (
     stop_server,
 )
 from .common import EXIT_USAGE, echo_json, fail, json_option, project_root, run
-
-
-def _shown(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 def _size(size_bytes: int) -> str:
@@ -55,7 +47,7 @@ def status_command(as_json: bool) -> None:
     if as_json:
         echo_json(state.as_dict())
         return
-    data = _shown(state.data, root)
+    data = state.data.relative_to(root)
     click.echo(f"embedded PostgreSQL: {'running' if state.running else 'not running'}")
     if state.running:
         click.echo(f"  pid:      {state.pid}")
@@ -77,7 +69,7 @@ def start_command() -> None:
     before = run(lambda: server_state(root))
     url = run(lambda: embedded_url(root))
     after = run(lambda: server_state(root))
-    data = _shown(after.data, root)
+    data = after.data.relative_to(root)
     if before.running:
         click.echo(f"already running (pid {after.pid}, {data})")
     else:
@@ -91,7 +83,7 @@ def stop_command() -> None:
     """Stop the embedded Postgres (fast shutdown: sessions end, data stays)."""
     root = project_root()
     pid = run(lambda: stop_server(root))
-    data = _shown(data_folder(root), root)
+    data = data_folder(root).relative_to(root)
     if pid is None:
         click.echo(f"not running ({data})")
     else:
@@ -104,7 +96,7 @@ def reset_command(yes: bool) -> None:
     """Stop the embedded Postgres and delete its data folder, every database in it; the next
     command that needs it creates an empty one."""
     root = project_root()
-    data = _shown(data_folder(root), root)
+    data = data_folder(root).relative_to(root)
     if not yes:
         if not sys.stdin.isatty():
             fail(f"svcmig db reset deletes {data} and asks first, but stdin is not a terminal: "

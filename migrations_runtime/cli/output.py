@@ -8,13 +8,14 @@ The events are the engine's log dicts (`engine.report.json_log` and the runner's
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
 import click
+
+from ..engine.apply import json_log_to_stderr
 
 LOG_FORMATS = ("auto", "json", "text")
 LogLine = dict[str, object]
@@ -30,14 +31,11 @@ def use_colour(stream: TextIO) -> bool:
             and os.environ.get("TERM") != "dumb")
 
 
-def event_log(log_format: str, stream: TextIO | None = None) -> Callable[[LogLine], None]:
-    """The log function for a run: JSON lines, or `TerminalLog` for a person."""
-    out = stream or sys.stderr
-    if log_format == "json" or (log_format == "auto" and not out.isatty()):
-        def json_lines(line: LogLine) -> None:
-            print(json.dumps(line, default=str), file=out, flush=True)
-        return json_lines
-    return TerminalLog(out, use_colour(out))
+def event_log(log_format: str) -> Callable[[LogLine], None]:
+    """The log function for a run: the engine's JSON lines, or `TerminalLog` for a person."""
+    if log_format == "json" or (log_format == "auto" and not sys.stderr.isatty()):
+        return json_log_to_stderr
+    return TerminalLog(sys.stderr, use_colour(sys.stderr))
 
 
 class TerminalLog:

@@ -507,13 +507,19 @@ def load_revision(name: RevisionFile, service: Service, previous: str | None) ->
     )
 
 
+def not_a_revision(name: str) -> bool:
+    """Entries of a migrations folder that are not revisions and are skipped: hidden ones,
+    `__init__.py`, `__pycache__`, `README.md`. Anything else must be a revision file."""
+    return name.startswith(".") or name in ("__init__.py", "__pycache__", "README.md")
+
+
 def revision_files(service: Service) -> list[RevisionFile]:
     """The service's migration files in name (= time) order. Other files are refused, so a typo
     in a name never makes a migration silently disappear."""
     names: list[RevisionFile] = []
     root = service.migrations_dir.parents[2].resolve()  # <root>/services/<name>/migrations
     for path in sorted(service.migrations_dir.iterdir()):
-        if path.name.startswith(".") or path.name in ("__init__.py", "__pycache__", "README.md"):
+        if not_a_revision(path.name):
             continue
         if not path.is_file():  # a folder, a broken link, a pipe (which would hang the read)
             raise MigrationFileError(path, "not a regular file; a migration is a .sql or .py "

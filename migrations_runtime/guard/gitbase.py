@@ -43,7 +43,7 @@ def _git(root: Path, *args: str) -> str:
 def _is_revision_path(rel: str) -> bool:
     parts = PurePosixPath(rel).parts
     return (len(parts) == 4 and parts[0] == "services" and parts[2] == "migrations"
-            and not parts[3].startswith(".") and parts[3] not in ("__init__.py", "README.md"))
+            and not load.not_a_revision(parts[3]))
 
 
 def _newest_on_base(names: list[str]) -> dict[str, str]:

@@ -533,8 +533,7 @@ def is_revision_file(path: Path) -> bool:
     """Entries of a migrations folder that must be revisions: what the loader does not skip
     (engine.load.revision_files), so a folder or a broken link the runner refuses is reported
     here too instead of passing the guard unseen."""
-    return (not path.name.startswith(".")
-            and path.name not in ("__init__.py", "__pycache__", "README.md"))
+    return not load.not_a_revision(path.name)
 
 
 def _read(path: Path, findings: list[Finding]) -> str | None:
