@@ -266,7 +266,7 @@ def test_a_strong_lock_held_through_a_backfill_is_reported(tmp_path: Path,
     ("LOCK TABLE items IN SHARE MODE;\nSELECT count(*) FROM items;\n",
      {"lock_held_across_statements"}),
     ("DO $$ BEGIN EXECUTE 'LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE'; "
-     "PERFORM pg_sleep(0.05); END $$;\n", {"long_lock_hold"}),
+     "PERFORM pg_sleep(1); END $$;\n", {"long_lock_hold"}),
 ])
 def test_which_holds_are_reported(tmp_path: Path, database_url: str, text: str,
                                   expected: set[str]) -> None:
@@ -276,7 +276,10 @@ def test_which_holds_are_reported(tmp_path: Path, database_url: str, text: str,
     root = project(tmp_path)
     migrate(database_url, root, log=lambda _: None)
     add(root, "2026-01-02T0000", text)
-    result = migrate(database_url, root, settings=RunSettings(long_hold_ms=30),
+    # 500 ms: far above what catalog-only statements hold even on a loaded CI machine (two ADD
+    # COLUMNs held their lock over 30 ms with 4 test workers on 2 cores), far below the DO
+    # block's 1 s sleep under its lock
+    result = migrate(database_url, root, settings=RunSettings(long_hold_ms=500),
                      log=lambda _: None)
     assert {str(w["kind"]) for w in result.hold_warnings} == expected
 
