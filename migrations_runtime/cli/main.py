@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "graph": "migrations_runtime.cli.authoring:graph_command",
     "remote": "migrations_runtime.cli.remote:remote",
     "db": "migrations_runtime.cli.db:db",
+    "backfill": "migrations_runtime.cli.backfill:backfill",
 }
 
 

@@ -13,7 +13,7 @@ import functools
 import hashlib
 import socket
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -34,6 +34,9 @@ POLICY = "revision_token"
 TOKENS_TABLE = f"{FRAMEWORK_SCHEMA}.revision_tokens"
 # The setting through which a revision's transaction presents its token, just before its row.
 TOKEN_SETTING = "svcmig.revision_token"
+BACKFILLS_TABLE = f"{FRAMEWORK_SCHEMA}.backfills"
+# What a backfill's batch may write (the rest of its row is the migrator's).
+BACKFILL_PROGRESS_COLUMNS = ("next_key", "batch_size", "batches", "rows_done", "updated_at")
 _PRESENTED = f"sha256(convert_to(current_setting('{TOKEN_SETTING}', true), 'UTF8'))"
 
 FRAMEWORK_DDL = [
@@ -123,6 +126,40 @@ FRAMEWORK_DDL = [
     f"""CREATE OR REPLACE VIEW {QUALIFIED_VERSION_TABLE} AS
         SELECT max(revision)::varchar(32) AS version_num FROM {LEDGER_TABLE}
         WHERE state IN ('applied', 'baselined') GROUP BY service""",
+    # Backfills' progress (`backfill_runner`): one row per backfill started on this database.
+    # A batch's transaction, in a session logged in as the service's owner, moves its cursor
+    # with the batch's rows, so a batch is committed with its progress or not at all. The owner
+    # sees and may move only its own service's running backfills, and only the progress
+    # columns (column privileges); its state, range and file are the migrator's to write.
+    f"""CREATE TABLE IF NOT EXISTS {BACKFILLS_TABLE} (
+        name text PRIMARY KEY,
+        service text NOT NULL,
+        file text NOT NULL,
+        checksum text NOT NULL,
+        state text NOT NULL CHECK (state IN ('running', 'paused', 'failed', 'finished')),
+        key_table text NOT NULL,
+        key_column text NOT NULL,
+        key_min bigint,
+        key_end bigint,
+        next_key bigint,
+        batch_size bigint NOT NULL CHECK (batch_size > 0),
+        batches bigint NOT NULL DEFAULT 0,
+        rows_done bigint NOT NULL DEFAULT 0,
+        error text,
+        note text,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz
+    )""",
+    f"REVOKE ALL ON {BACKFILLS_TABLE} FROM PUBLIC",
+    f"ALTER TABLE {BACKFILLS_TABLE} ENABLE ROW LEVEL SECURITY",
+    f"""DO $$ BEGIN
+        CREATE POLICY backfill_read ON {BACKFILLS_TABLE} FOR SELECT
+            USING (current_user = service || '_owner');
+        CREATE POLICY backfill_progress ON {BACKFILLS_TABLE} FOR UPDATE
+            USING (current_user = service || '_owner' AND state = 'running')
+            WITH CHECK (current_user = service || '_owner' AND state = 'running');
+    EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
 ]
 FRAMEWORK_READY_SQL = f"""
     SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid
@@ -131,7 +168,9 @@ FRAMEWORK_READY_SQL = f"""
        AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('{QUALIFIED_VERSION_TABLE}')
                      AND relkind = 'v')
        AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{TOKENS_TABLE}')
-                   AND attname = 'pid')"""
+                   AND attname = 'pid')
+       AND EXISTS (SELECT FROM pg_policy WHERE polrelid = to_regclass('{BACKFILLS_TABLE}')
+                   AND polname = 'backfill_progress')"""
 
 
 class Executes(Protocol):
@@ -167,6 +206,8 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         f"REVOKE ALL ON {LEDGER_TABLE} FROM {owner}",
         f"GRANT SELECT, INSERT, DELETE ON {LEDGER_TABLE} TO {owner}",
         f"GRANT SELECT ON {TOKENS_TABLE} TO {owner}",
+        f"GRANT SELECT, UPDATE ({', '.join(BACKFILL_PROGRESS_COLUMNS)}) ON {BACKFILLS_TABLE} "
+        f"TO {owner}",
         f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}",
         f"ALTER SCHEMA {schema} OWNER TO {owner}",  # an adopted schema becomes the service's
         f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
@@ -202,6 +243,7 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
              AND pg_has_role(current_user, o.oid, 'USAGE')
              AND has_table_privilege(o.oid, '{LEDGER_TABLE}', 'INSERT')
              AND has_table_privilege(o.oid, '{TOKENS_TABLE}', 'SELECT')
+             AND has_table_privilege(o.oid, '{BACKFILLS_TABLE}', 'SELECT')
              AND NOT has_table_privilege(o.oid, '{LEDGER_TABLE}', 'UPDATE')""",
         (names,),
     ).fetchall()
@@ -229,6 +271,48 @@ class LedgerRow(NamedTuple):
     applied_at: datetime | None = None
     duration_ms: int | None = None
     applied_by: str | None = None
+
+
+class BackfillProgress(NamedTuple):
+    """A backfill's row in BACKFILLS_TABLE: `[key_min, key_end)` is the key range it walks
+    (None until it starts), `next_key` the first key not done yet."""
+
+    name: str
+    service: str
+    state: str
+    key_min: int | None
+    key_end: int | None
+    next_key: int | None
+    rows_done: int
+    error: str | None = None
+
+    @property
+    def fraction(self) -> float:
+        """How much of the key range is done, 0..1 (1 once finished)."""
+        if self.state == "finished":
+            return 1.0
+        if self.key_min is None or self.key_end is None or self.next_key is None or \
+                self.key_end <= self.key_min:
+            return 0.0
+        return min(1.0, (self.next_key - self.key_min) / (self.key_end - self.key_min))
+
+    def describe(self) -> str:
+        """`running, 41% of the key range done (410,000 rows)`."""
+        done = f"{self.fraction:.0%} of the key range done ({self.rows_done:,} rows)"
+        if self.state == "failed":
+            return f"failed, {done}: {self.error}"
+        return f"{self.state}, {done}"
+
+
+BACKFILL_PROGRESS_SQL = f"""SELECT name, service, state, key_min, key_end, next_key, rows_done,
+    error FROM {BACKFILLS_TABLE}"""
+
+
+def read_backfills(conn: Executes) -> dict[str, BackfillProgress]:
+    """Every started backfill's progress (none when the table is not there yet)."""
+    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (BACKFILLS_TABLE,)).fetchone()[0]:
+        return {}
+    return {row[0]: BackfillProgress(*row) for row in conn.execute(BACKFILL_PROGRESS_SQL)}
 
 
 @dataclass(frozen=True)
@@ -277,6 +361,8 @@ class DatabaseState:
     # Rows of stock Alembic's own version table (`STOCK_VERSION_TABLE`), which svcmig never
     # writes: a database stock Alembic migrated without svcmig's plugin.
     stock_versions: tuple[str, ...] = ()
+    # backfills started on this database, by name (read when a revision may wait for one)
+    backfills: Mapping[str, BackfillProgress] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> DatabaseState:
@@ -332,9 +418,12 @@ def read_state(conn: Executes, schemas: Iterable[str] = (),
                 f"SELECT revision, service, file, checksum, phase, state FROM {LEDGER_TABLE}"
             ).fetchall()
             ledger = {row[0]: LedgerRow(*row) for row in rows}
+    waits = graph is None or any(r.requires_backfill for r in graph.revisions.values()
+                                 if r.id not in ledger)
     return DatabaseState(ledger, version_rows(ledger.values()),
                          invalid_indexes(conn, schemas) if schemas else (),
-                         stock_versions=stock_versions)
+                         stock_versions=stock_versions,
+                         backfills=read_backfills(conn) if exists and waits else {})
 
 
 # Reading another role's relation as the migrator could run that role's code with the migrator's

@@ -26,6 +26,8 @@ FILENAME_RE = re.compile(
     r"^(?P<timestamp>\d{4}-\d{2}-\d{2}T\d{4})__(?P<service>[a-z][a-z0-9_]*)__"
     r"(?P<slug>[a-z0-9][a-z0-9_]*)\.(?P<ext>sql|py)$"
 )
+# A backfill's name: `<service>.<slug>` of its file `YYYY-MM-DDThhmm__<service>__<slug>.sql`.
+BACKFILL_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z0-9][a-z0-9_]*$")
 FILENAME_HINT = ("YYYY-MM-DDThhmm__<service>__<slug>.sql (or .py), "
                  "e.g. 2026-11-25T1405__users__add_email.sql")
 PHASES = ("expand", "contract")
@@ -39,14 +41,16 @@ MARKER_RE = re.compile(r"^--\s*migrate\s*:\s*(?P<name>.*?)\s*$", re.IGNORECASE)
 # A header comment `-- key: value`; the key is a directive when, lower-cased with `_` and spaces
 # read as `-`, it is one of DIRECTIVES.
 DIRECTIVE_RE = re.compile(r"^--\s*(?P<key>[A-Za-z][A-Za-z _-]*?)\s*:\s*(?P<value>.*?)\s*$")
-DIRECTIVES = ("phase", "depends-on")
+DIRECTIVES = ("phase", "depends-on", "requires-backfill")
 # A comment line that is a marker or a directive with the colon missing (`-- migrate down`,
 # `-- phase contract`): refused, so prose never silently becomes one and one never silently
 # becomes prose.
 COLONLESS_RE = re.compile(
     r"^--\s*(?:(?P<key>migrate)\s+(?P<value>up|down|no[ _-]?transaction)"
     r"|(?P<key2>phase)\s+(?P<value2>expand|contract)"
-    r"|(?P<key3>depends[ _-]?on)\s+(?P<value3>[a-z][a-z0-9_]*_\d{12}))\s*$", re.IGNORECASE)
+    r"|(?P<key3>depends[ _-]?on)\s+(?P<value3>[a-z][a-z0-9_]*_\d{12})"
+    r"|(?P<key4>requires[ _-]?backfill)\s+(?P<value4>[a-z][a-z0-9_]*\.[a-z0-9_]+))\s*$",
+    re.IGNORECASE)
 
 Phase = Literal["expand", "contract"]
 Kind = Literal["sql", "python"]
@@ -116,6 +120,8 @@ class SqlSource:
     transactional: bool
     phase: Phase
     depends_on: tuple[str, ...]
+    # backfills (`<service>.<slug>`) that must have finished before the revision runs
+    requires_backfill: tuple[str, ...] = ()
     # why the revision cannot be undone: `-- irreversible: <why>` in a down section without SQL
     irreversible: str | None = None
 
@@ -182,10 +188,10 @@ def visible(line: str) -> str:
 LINE_BREAK_LOOKALIKES = re.compile("[\v\f\x1c\x1d\x1e\x85\u2028\u2029]|\r(?!\n)")
 # Words a marker or directive starts with: a comment whose key has them with some letters
 # swapped for look-alikes from another script (a Cyrillic 'а' in `phаse`) is refused.
-KEYWORDS = ("phase", "depends-on", "migrate")
+KEYWORDS = ("phase", "depends-on", "requires-backfill", "migrate")
 
 
-def _refuse_hidden_text(text: str, path: Path) -> None:
+def refuse_hidden_text(text: str, path: Path) -> None:
     """A NUL (PostgreSQL's parser stops there) or a line-break look-alike, anywhere."""
     if "\x00" in text:
         offset = text.index("\x00")
@@ -217,11 +223,12 @@ def _lookalike_keyword(line: str) -> str | None:
 
 
 def _parse(text: str, path: Path) -> SqlSource:
-    _refuse_hidden_text(text, path)
+    refuse_hidden_text(text, path)
     lines = text.split("\n")
     phase_at: int | None = None
     phase: Phase = "expand"
     depends_on: list[str] = []
+    requires_backfill: list[str] = []
     transactional = True
     up_at: int | None = None
     down_at: int | None = None
@@ -242,7 +249,8 @@ def _parse(text: str, path: Path) -> SqlSource:
         colonless = COLONLESS_RE.match(line)
         if colonless:
             key, value = next((colonless[k], colonless[v]) for k, v in (
-                ("key", "value"), ("key2", "value2"), ("key3", "value3")) if colonless[k])
+                ("key", "value"), ("key2", "value2"), ("key3", "value3"), ("key4", "value4"))
+                if colonless[k])
             key = re.sub(r"[ _-]+", "-", key.lower())
             written = f"-- migrate:{value}" if key == "migrate" else f"-- {key}: {value}"
             raise MigrationFileError(
@@ -301,6 +309,15 @@ def _parse(text: str, path: Path) -> SqlSource:
                 raise MigrationFileError(path, "'-- depends-on:' names no revision", number)
             depends_on.extend(targets)
             continue
+        if directive and key == "requires-backfill":
+            names = [t.strip() for t in directive["value"].split(",") if t.strip()]
+            bad = next((n for n in names if not BACKFILL_NAME_RE.match(n)), None)
+            if not names or bad is not None:
+                raise MigrationFileError(
+                    path, f"'-- requires-backfill:' needs backfill names such as "
+                    f"users.fill_plan (<service>.<slug>), got {directive['value']!r}", number)
+            requires_backfill.extend(names)
+            continue
         if line and not line.startswith("--"):
             in_header = False
 
@@ -330,6 +347,7 @@ def _parse(text: str, path: Path) -> SqlSource:
         transactional=transactional,
         phase=phase,
         depends_on=tuple(depends_on),
+        requires_backfill=tuple(requires_backfill),
         irreversible=irreversible,
     )
 
@@ -352,6 +370,8 @@ class Revision:
     phase: Phase
     transactional: bool
     reversible: bool
+    # backfills (`<service>.<slug>`) that must have finished on a database before this runs
+    requires_backfill: tuple[str, ...]
     checksum: str = field(repr=False)
 
     @functools.cached_property
@@ -373,7 +393,7 @@ def revision_from(*values: object) -> Revision:
 
 
 _PY_ATTRIBUTES = ("revision", "down_revision", "branch_labels", "depends_on", "phase",
-                  "transactional", "irreversible")
+                  "transactional", "irreversible", "requires_backfill")
 
 
 # PEP 263: a coding declaration in a comment on the first or second line
@@ -480,7 +500,8 @@ def load_revision(name: RevisionFile, service: Service, previous: str | None) ->
             slug=name.slug, kind="sql", down_revision=previous, depends_on=source.depends_on,
             branch_labels=(service.name,) if previous is None else (),
             phase=source.phase, transactional=source.transactional,
-            reversible=source.down is not None, checksum=digest,
+            reversible=source.down is not None, requires_backfill=source.requires_backfill,
+            checksum=digest,
         )
     header = read_python_header(text, path)
     declared = header.get("revision")
@@ -503,8 +524,19 @@ def load_revision(name: RevisionFile, service: Service, previous: str | None) ->
         depends_on=_as_tuple(header.get("depends_on")),
         branch_labels=_as_tuple(header.get("branch_labels")), phase=phase,  # type: ignore[arg-type]
         transactional=bool(header.get("transactional", True)),
-        reversible=bool(header["_has_downgrade"]), checksum=digest,
+        reversible=bool(header["_has_downgrade"]),
+        requires_backfill=_backfill_names(header.get("requires_backfill"), path), checksum=digest,
     )
+
+
+def _backfill_names(value: object, path: Path) -> tuple[str, ...]:
+    """A Python revision's `requires_backfill` (a name or a list of names), checked."""
+    names = _as_tuple(value)
+    bad = next((n for n in names if not BACKFILL_NAME_RE.match(n)), None)
+    if bad is not None:
+        raise MigrationFileError(path, f"requires_backfill names {bad!r}; write backfill names "
+                                 "such as \"users.fill_plan\" (<service>.<slug>)")
+    return names
 
 
 def not_a_revision(name: str) -> bool:

@@ -16,14 +16,14 @@ from .errors import ProjectError, UsageProblem
 from .load import Revision, revision_from, revision_id
 from .validate import ChainSummary, Graph, build_graph, chain_digest
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 MANIFEST_NAME = "migrations.manifest.json"
 # Each service's chain, root first, one short array per revision with these fields; the rest is
 # implied by a validated chain (id and file from service, timestamp and slug; down_revision is
 # the previous entry; the root's branch label is the service name), so a no-op deploy parses
 # and builds as little as it can.
 FIELDS = ("timestamp", "slug", "kind", "depends_on", "branch_labels", "phase", "transactional",
-          "reversible", "checksum")
+          "reversible", "requires_backfill", "checksum")
 
 
 def manifest_data(graph: Graph) -> dict[str, Any]:
@@ -31,7 +31,8 @@ def manifest_data(graph: Graph) -> dict[str, Any]:
         default = (revision.service,) if revision.down_revision is None else ()
         return [revision.timestamp, revision.slug, revision.kind, list(revision.depends_on),
                 None if revision.branch_labels == default else list(revision.branch_labels),
-                revision.phase, revision.transactional, revision.reversible, revision.checksum]
+                revision.phase, revision.transactional, revision.reversible,
+                list(revision.requires_backfill), revision.checksum]
 
     return {"version": MANIFEST_VERSION, "fields": list(FIELDS),
             "services": [s.name for s in graph.services],
@@ -97,8 +98,8 @@ class ManifestGraph(Graph):
     def _chain(self, service: str, entries: list[list[Any]]) -> tuple[Revision, ...]:
         chain = []
         previous: str | None = None
-        for stamp, slug, kind, depends_on, labels, phase, transactional, reversible, digest \
-                in entries:
+        for (stamp, slug, kind, depends_on, labels, phase, transactional, reversible, backfills,
+             digest) in entries:
             rev_id = revision_id(service, stamp)
             ext = "sql" if kind == "sql" else "py"
             chain.append(revision_from(
@@ -106,6 +107,6 @@ class ManifestGraph(Graph):
                 f"services/{service}/migrations/{stamp}__{service}__{slug}.{ext}", stamp, slug,
                 kind, previous, tuple(depends_on),
                 tuple(labels) if labels is not None else (() if previous else (service,)),
-                phase, transactional, reversible, digest))
+                phase, transactional, reversible, tuple(backfills), digest))
             previous = rev_id
         return tuple(chain)

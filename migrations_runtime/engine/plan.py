@@ -19,7 +19,7 @@ PhaseChoice = Literal["expand", "contract", "all"]
 PHASE_CHOICES: tuple[PhaseChoice, ...] = ("expand", "contract", "all")
 AnomalyKind = Literal["tampered", "missing", "out_of_order", "dirty", "ahead",
                       "release_boundary", "expand_pending", "blocked", "invalid_revision",
-                      "invalid_index", "stock_alembic"]
+                      "invalid_index", "stock_alembic", "waiting_backfill"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class Plan:
     steps: tuple[Revision, ...]
     anomalies: tuple[Anomaly, ...]
     services: tuple[ServiceStatus, ...] = field(default=())
+    # backfills a revision of this plan requires that need not run: their service is being
+    # created from nothing in this run, so no row predates the revisions (`_hold_for_backfills`)
+    waived_backfills: tuple[str, ...] = ()
 
     @property
     def errors(self) -> list[Anomaly]:
@@ -106,6 +109,41 @@ def _unknown_row(graph: Graph, row: LedgerRow) -> Anomaly:
         "missing", row.service, row.revision,
         f"revision {row.revision} ({row.file}) is applied but its file is gone; migrations are "
         "append-only: restore the file from git")
+
+
+def _hold_for_backfills(selected: list[Revision], state: DatabaseState, fresh: bool,
+                        phase: PhaseChoice, anomalies: list[Anomaly],
+                        waived: list[str]) -> list[Revision]:
+    """`selected` up to the first revision that requires a backfill that has not finished on
+    this database: it and the revisions after it in its service wait (the model: GitLab's
+    `ensure_batched_background_migration_is_finished`). A service created from nothing in this
+    run has no rows from before its revisions, so its own backfills are not waited for
+    (`waived`, recorded as finished by the run). A held expand revision in the expand phase is
+    an error: the code about to go live may need it."""
+    for index, rev in enumerate(selected):
+        unfinished, pending = [], []
+        for name in rev.requires_backfill:
+            progress = state.backfills.get(name)
+            if progress is not None and progress.state == "finished":
+                continue
+            if fresh and name.partition(".")[0] == rev.service and progress is None:
+                waived.append(name)
+                continue
+            pending.append(name)
+            unfinished.append(f"{name}, which "
+                              + (progress.describe() if progress else "has not started"))
+        if not unfinished:
+            continue
+        later = len(selected) - index - 1
+        anomalies.append(Anomaly(
+            "waiting_backfill", rev.service, rev.id,
+            f"{rev.path}: revision {rev.id} waits for backfill {'; and '.join(unfinished)}"
+            + (f" ({later} later revision(s) of {rev.service} wait behind it)" if later else "")
+            + f". Run `svcmig backfill run {' '.join(pending)}` (a deploy starts it once the "
+            "code is live; `svcmig backfill status` shows how far it is), then migrate again",
+            fatal=phase == "expand" and rev.phase == "expand"))
+        return selected[:index]
+    return selected
 
 
 def _service_plan(chain: tuple[Revision, ...], state: DatabaseState, phase: PhaseChoice,
@@ -236,14 +274,18 @@ def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all",
     anomalies = _ledger_anomalies(graph, state)
     selected: list[Revision] = []
     statuses: list[ServiceStatus] = []
+    waived: list[str] = []
     for service in graph.services:
         if state.settled:  # every revision is applied: no need to look at one
             summary = graph.summary(service.name)
             if summary is not None:
                 statuses.append(ServiceStatus(service.name, summary.head, summary.head, ()))
             continue
-        steps, status = _service_plan(graph.chains.get(service.name, ()), state, phase, anomalies)
-        selected.extend(r for r in steps if allowed is None or r.id in allowed)
+        chain = graph.chains.get(service.name, ())
+        steps, status = _service_plan(chain, state, phase, anomalies)
+        steps = [r for r in steps if allowed is None or r.id in allowed]
+        fresh = not any(r.id in state.ledger for r in chain)
+        selected.extend(_hold_for_backfills(steps, state, fresh, phase, anomalies, waived))
         if status is not None:
             statuses.append(status)
     chosen = {r.id for r in selected}
@@ -265,4 +307,5 @@ def make_plan(graph: Graph, state: DatabaseState, phase: PhaseChoice = "all",
             f"DROP INDEX CONCURRENTLY {index.schema}.{index.name}, then apply (or repair) the "
             "revision that creates it", fatal=False))
     ordered = topological_order(selected, graph.revisions) if selected else []
-    return Plan(phase, tuple(ordered), tuple(anomalies), tuple(statuses))
+    return Plan(phase, tuple(ordered), tuple(anomalies), tuple(statuses),
+                tuple(dict.fromkeys(waived)))

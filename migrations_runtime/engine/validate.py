@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from .backfill import load_backfills
 from .discover import Service, discover_services
 from .errors import MigrationFileError, ProjectError, SvcmigError
 from .load import Revision, load_service
@@ -224,11 +225,33 @@ def build_graph(root: Path, services: list[Service] | None = None) -> Graph:
                 problems.append(
                     f"{rev.path}: depends-on {target!r} is in the same service; order within a "
                     "service comes from the file names, remove it")
+    _check_required_backfills(services, revisions, problems)
     if problems:
         raise GraphError(problems)
     graph = Graph(root, tuple(services), chains, revisions)
     graph.ordered()  # raises on a dependency cycle
     return graph
+
+
+def _check_required_backfills(services: list[Service], revisions: dict[str, Revision],
+                              problems: list[str]) -> None:
+    """Every `requires-backfill` names a backfill file of the project."""
+    wanted = [rev for rev in revisions.values() if rev.requires_backfill]
+    if not wanted:
+        return
+    try:
+        known = load_backfills(services)
+    except MigrationFileError as err:
+        problems.append(str(err))
+        return
+    for rev in wanted:
+        for name in rev.requires_backfill:
+            if name not in known:
+                service, _, slug = name.partition(".")
+                problems.append(
+                    f"{rev.path}: requires backfill {name!r}, but services/{service}/backfills/ "
+                    f"has no file YYYY-MM-DDThhmm__{service}__{slug}.sql (or .py); add it or "
+                    "fix the name (`svcmig backfill status` lists them)")
 
 
 def check_alembic_ini(graph: Graph) -> None:
