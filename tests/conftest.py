@@ -101,8 +101,8 @@ def database_url(server_url: str) -> Iterator[str]:
 
 
 def copy_project(root: Path) -> Path:
-    """alembic.ini and every service's migrations (and schema.py, its autogenerate metadata),
-    copied so a test may edit them."""
+    """alembic.ini and every service's migrations and backfills (and schema.py, its
+    autogenerate metadata), copied so a test may edit them."""
     root.mkdir(parents=True)
     shutil.copy(REPO / "alembic.ini", root / "alembic.ini")
     for service in (REPO / "services").iterdir():
@@ -110,6 +110,10 @@ def copy_project(root: Path) -> Path:
             shutil.copytree(service / "migrations",
                             root / "services" / service.name / "migrations",
                             ignore=shutil.ignore_patterns("__pycache__"))
+            if (service / "backfills").is_dir():
+                shutil.copytree(service / "backfills",
+                                root / "services" / service.name / "backfills",
+                                ignore=shutil.ignore_patterns("__pycache__"))
             if (service / "schema.py").is_file():
                 shutil.copy(service / "schema.py", root / "services" / service.name)
     return root

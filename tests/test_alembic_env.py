@@ -30,7 +30,8 @@ def developers_database(project: Path, url: str) -> list[tuple[object, ...]]:
     """A developer's database, migrated, with a user in it; returns what must survive."""
     migrate(url, project, **QUIET)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO users.users (email) VALUES ('keep@example.com')")
+        conn.execute("INSERT INTO users.users (email, email_domain) "
+                     "VALUES ('keep@example.com', 'example.com')")
     return survivors(url)
 
 

@@ -26,6 +26,9 @@ SAMPLE_ARGS = {
     "revision": ["users", "-m", "add note"],
     "remote repair": ["users_202611020900", "--applied"],
     "lint": ["--all", "--trace"],
+    "backfill pause": ["users.fill_email_domain"],
+    "backfill resume": ["users.fill_email_domain"],
+    "backfill retry": ["users.fill_email_domain"],
 }
 # Options of a group, given before its subcommand.
 GROUP_ARGS = {"remote": ["--stage", "dev"]}

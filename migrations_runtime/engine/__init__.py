@@ -12,5 +12,7 @@ Modules, in the order of the flow:
 - `report`: one result object for every entry point (step 6)
 - `manifest`: the graph as one JSON file, built at deploy-build time
 - `repair`: baseline an existing database, settle a dirty or edited revision
+- `backfill`, `backfill_runner`: data changes run after the deploy in resumable batches, and
+  their progress, which revisions may wait for (`requires-backfill`)
 - `errors`: the error types every step raises
 """

@@ -56,8 +56,10 @@ def create_user(user: NewUser, idempotency_key: IdempotencyKey = None) -> Respon
     def insert(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         try:
             row = conn.execute(
-                f"INSERT INTO users.users (email, display_name) VALUES (%s, %s) "
-                f"RETURNING {COLUMNS}", (user.email, user.display_name)).fetchone()
+                # email_domain: required once the backfill has filled the older rows
+                f"INSERT INTO users.users (email, display_name, email_domain) "
+                f"VALUES (%s, %s, lower(split_part(%s, '@', 2))) RETURNING {COLUMNS}",
+                (user.email, user.display_name, user.email)).fetchone()
         except psycopg.errors.UniqueViolation as err:
             raise Conflict(f"a user with email {user.email!r} already exists") from err
         assert row is not None

@@ -19,6 +19,8 @@ users = sa.Table(
     sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False,
               server_default=sa.text("now()")),
     sa.Column("display_name", sa.Text),
+    sa.Column("email_domain", sa.Text),  # filled by the backfill users.fill_email_domain
+    sa.CheckConstraint("email_domain IS NOT NULL", name="users_email_domain_present"),
 )
 sa.Index("users_email_key", sa.func.lower(users.c.email), unique=True)
 
