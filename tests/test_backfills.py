@@ -523,3 +523,31 @@ def test_python_revisions_declare_requires_backfill(tmp_path: Path) -> None:
         "def upgrade():\n    pass\n")})
     graph = build_graph(root)
     assert graph.revisions["items_202601030000"].requires_backfill == ("items.fill",)
+
+
+# --- a Python batch's own mistakes fail the backfill, in one line, and lose nothing ---------
+
+@pytest.mark.parametrize(("body", "problem"), [
+    ("    return 'many'", "batch() returned 'many'"),
+    ("    raise RuntimeError('no network')", "batch() raised RuntimeError('no network')"),
+    ("    conn.execute('UPDATE items SET touched = touched + 1 WHERE id >= %s AND id < %s',"
+     " (start, end))\n    conn.execute('COMMIT')\n    return 1", "ended its transaction"),
+    ("    conn.commit()", "may not commit"),
+    ("    conn.execute('SELECT nonsense FROM items')", 'column "nonsense" does not exist'),
+])
+def test_a_python_batch_that_misbehaves_fails_the_backfill(tmp_path: Path, database_url: str,
+                                                           body: str, problem: str) -> None:
+    root = write_project(tmp_path / "p", {"items": {"2026-01-01T0000__items__create.sql":
+                                                    ITEMS}})
+    (root / "services/items/backfills").mkdir()
+    (root / "services/items/backfills/2026-01-02T0000__items__fill.py").write_text(
+        'key = "items.id"\nbatch_size = 500\n\ndef batch(conn, start, end):\n' + body + "\n")
+    migrate(database_url, root, **QUIET)
+    result = run_backfills(database_url, root, None, FAST)[0]
+    assert result.outcome == "failed" and problem in result.message, result.message
+    assert "keys id >= 1 and < 501" in result.message
+    state = progress(database_url)
+    assert state["state"] == "failed" and state["next_key"] == 1 and state["batches"] == 0
+    # nothing half-done but what the message owns up to: only the COMMIT case changed rows
+    touched = counts(database_url)
+    assert touched[1] == 0 and touched[0] in (0, 500)

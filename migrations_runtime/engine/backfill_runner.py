@@ -53,6 +53,11 @@ class BackfillError(SvcmigError):
     """A backfill could not run or failed (exit 1); the message says which and what to do."""
 
 
+class BatchError(Exception):
+    """A batch went wrong in a way that is not a database error (a Python backfill's return
+    value, a transaction it ended); the backfill fails with this message."""
+
+
 @dataclass(frozen=True)
 class BackfillSettings:
     """How a runner paces itself. Durations in milliseconds unless named `_s` (seconds)."""
@@ -420,8 +425,10 @@ class BackfillRun:
                 continue
             except psycopg.OperationalError:
                 raise  # the connection is gone: the row stays running, the next run resumes
-            except psycopg.Error as err:
+            except (psycopg.Error, BatchError) as err:
                 return self._fail(conn, err, size)
+            except Exception as err:  # a Python backfill's own code: its error, in one line
+                return self._fail(conn, BatchError(f"batch() raised {err!r}"), size)
             attempts = 0
             if outcome is None:  # paused, or finished
                 return self._finish(conn)
@@ -451,11 +458,12 @@ class BackfillRun:
                 "true), set_config('statement_timeout', %s, true)",
                 (quote_ident(b.schema), f"{s.lock_timeout_ms}ms", f"{s.statement_timeout_ms}ms"))
             row = owner.execute(
-                f"SELECT next_key, key_end, key_min FROM {ledger.BACKFILLS_TABLE} "
-                "WHERE name = %s AND state = 'running' FOR UPDATE", (b.name,)).fetchone()
+                f"SELECT next_key, key_end, key_min, pg_current_xact_id()::text "
+                f"FROM {ledger.BACKFILLS_TABLE} WHERE name = %s AND state = 'running' "
+                "FOR UPDATE", (b.name,)).fetchone()
             if row is None or row[0] >= row[1]:
                 return None
-            start, key_end, self._range = row[0], row[1], (row[2], row[1])
+            start, key_end, self._range, xid = row[0], row[1], (row[2], row[1]), row[3]
             end = min(start + size, key_end)
             began = time.perf_counter()
             if run is not None:
@@ -465,16 +473,30 @@ class BackfillRun:
                     counted = run(owner, start, end)
                 finally:
                     owner.guarded = guarded  # type: ignore[attr-defined]
-                rows = int(counted or 0)
+                if counted is not None and (not isinstance(counted, int) or
+                                            isinstance(counted, bool)):
+                    raise BatchError(f"batch() returned {counted!r}; return the number of rows "
+                                     "it changed (an int), or None")
+                rows = counted or 0
             else:
                 with psycopg.RawCursor(owner) as cur:
                     cur.execute(b.statement, (start, end))
                     rows = max(cur.rowcount, 0)
             elapsed_ms = (time.perf_counter() - began) * 1000
-            owner.execute(
+            # The batch must still be in the transaction that locked the progress row: one
+            # that committed on its own (`conn.execute("COMMIT")` in a Python batch) would
+            # leave its rows changed with the cursor unmoved, to be done again
+            moved = owner.execute(
                 f"""UPDATE {ledger.BACKFILLS_TABLE} SET next_key = %s, batch_size = %s,
                     batches = batches + 1, rows_done = rows_done + %s, updated_at = now()
-                    WHERE name = %s""", (end, size, rows, b.name))
+                    WHERE name = %s AND next_key = %s AND pg_current_xact_id()::text = %s""",
+                (end, size, rows, b.name, start, xid)).rowcount
+            if moved != 1:
+                raise BatchError(
+                    f"the batch of keys [{start}, {end}) ended its transaction itself (a COMMIT "
+                    "or ROLLBACK in the backfill): its changes may be committed while the "
+                    "cursor did not move; a batch must leave its transaction to the runner. "
+                    "Remove the COMMIT, check those rows")
         return start, end, rows, elapsed_ms
 
     def _finish(self, conn: psycopg.Connection) -> BackfillResult:
@@ -492,7 +514,8 @@ class BackfillRun:
         return self._result("paused", f"{name} is {state[0] if state else 'gone'}; "
                             f"`svcmig backfill resume {name}` continues it")
 
-    def _fail(self, conn: psycopg.Connection, err: psycopg.Error, size: int) -> BackfillResult:
+    def _fail(self, conn: psycopg.Connection, err: psycopg.Error | BatchError,
+              size: int) -> BackfillResult:
         b = self.backfill
         row = conn.execute(f"SELECT next_key FROM {ledger.BACKFILLS_TABLE} WHERE name = %s",
                            (b.name,)).fetchone()

@@ -74,9 +74,9 @@ class GuardedConnection(psycopg.Connection):  # type: ignore[type-arg]
 
     def commit(self) -> None:
         if self.guarded:
-            raise SvcmigError("a revision may not commit the runner's transaction "
-                              "(connection.commit() / op.get_bind().commit()); mark the revision "
-                              "transactional = False if it must commit in steps")
+            raise SvcmigError("a revision or backfill batch may not commit the runner's "
+                              "transaction (connection.commit() / op.get_bind().commit()); mark "
+                              "a revision transactional = False if it must commit in steps")
         super().commit()
 
 
