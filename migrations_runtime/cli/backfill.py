@@ -130,7 +130,7 @@ def _run(names: tuple[str, ...] | None, database_url: str | None, as_json: bool,
                        f"{result.batches:,} batches, {result.seconds:.1f} s"
                        + (f"\n  {result.message}" if result.outcome not in ("finished",)
                           and result.message else ""))
-    if any(r.outcome == "failed" for r in results):
+    if any(r.outcome == "failed" or (names and r.outcome == "waiting") for r in results):
         sys.exit(1)
 
 

@@ -172,11 +172,30 @@ def _sql_parts(text: str, path: Path, service: Service) -> dict[str, Any]:
             directives[key] = (directive["value"], number)
         elif key in ("phase", "depends-on", "requires-backfill"):
             raise MigrationFileError(path, f"'-- {key}:' is a revision's directive; a backfill "
-                                     "runs after the deploy, in batches: remove it", number)
+                                     "runs after the deploy, in batches: remove it", number,
+                                     kind="parse")
     statement, first_line = _one_statement(text, path)
     table, column = _key(statement, directives.get("key"), path, service, first_line)
     return {"table": table, "key": column, "statement": statement, "statement_line": first_line,
             "batch_size": _batch_size(directives.get("batch-size"), path)}
+
+
+def bind_bounds(text: str, tokens: list[Any] | None = None) -> tuple[str, set[str]]:
+    """`text` with `:start` and `:end` as `$1` and `$2` (padded with spaces, so every line and
+    column stays where it is in the file), and which of the two it uses. Only the tokens are
+    replaced: `':start'` in a string or a comment is left alone. Raises pglast's `ParseError`
+    when the text cannot even be scanned."""
+    tokens = parser.scan(text) if tokens is None else tokens
+    pieces, last, seen = [], 0, set()
+    for colon, word in zip(tokens, tokens[1:], strict=False):
+        name = text[word.start:word.end + 1].lower()
+        if colon.name == "ASCII_58" and word.start == colon.end + 1 and name in ("start",
+                                                                                 "end"):
+            seen.add(name)
+            number = "$1" if name == "start" else "$2"
+            pieces.append(text[last:colon.start] + number.ljust(word.end + 1 - colon.start))
+            last = word.end + 1
+    return "".join(pieces) + text[last:], seen
 
 
 def _one_statement(text: str, path: Path) -> tuple[str, int]:
@@ -185,21 +204,13 @@ def _one_statement(text: str, path: Path) -> tuple[str, int]:
         tokens = parser.scan(text)
     except ParseError as err:
         raise MigrationFileError(path, f"SQL syntax error: {err.args[0]}",
-                                 _error_line(text, err)) from err
-    pieces, last, seen = [], 0, set()
-    for colon, word in zip(tokens, tokens[1:], strict=False):
-        if colon.name == "ASCII_58" and word.start == colon.end + 1 and \
-                text[word.start:word.end + 1].lower() in ("start", "end"):
-            name = text[word.start:word.end + 1].lower()
-            seen.add(name)
-            pieces.append(text[last:colon.start] + ("$1" if name == "start" else "$2"))
-            last = word.end + 1
-    converted = "".join(pieces) + text[last:]
+                                 _error_line(text, err), kind="parse") from err
+    converted, seen = bind_bounds(text, tokens)
     try:
         statements = parse_sql(converted)
     except ParseError as err:
         raise MigrationFileError(path, f"SQL syntax error: {err.args[0]}",
-                                 _error_line(converted, err)) from err
+                                 _error_line(converted, err), kind="parse") from err
     if len(statements) != 1:
         raise MigrationFileError(
             path, f"a backfill is one statement, run once per batch; this file has "
@@ -216,7 +227,7 @@ def _one_statement(text: str, path: Path) -> tuple[str, int]:
     if missing:
         raise MigrationFileError(
             path, f"the statement does not use {' and '.join(missing)}: each batch must touch "
-            "only its key range, e.g. WHERE id >= :start AND id < :end", line)
+            "only its key range, e.g. WHERE id >= :start AND id < :end", line, kind="unbounded")
     return converted.strip().rstrip(";").strip(), line
 
 
@@ -238,7 +249,7 @@ def _key(statement: str, declared: tuple[str, int] | None, path: Path, service: 
         if len(parts) != 2 or not all(re.fullmatch(r"[a-z_][a-z0-9_$]*", p) for p in parts):
             raise MigrationFileError(
                 path, f"'-- key: {value}' must name a table of {service.name} and its integer "
-                "key column, e.g. '-- key: users.id'", number)
+                "key column, e.g. '-- key: users.id'", number, kind="parse")
         return parts[0], parts[1]
     stmt = parse_sql(statement)[0].stmt
     relation = getattr(stmt, "relation", None)
@@ -249,11 +260,12 @@ def _key(statement: str, declared: tuple[str, int] | None, path: Path, service: 
             raise MigrationFileError(
                 path, f"the statement changes {relation.schemaname}.{relation.relname}, a table "
                 f"of another schema; a backfill of {service.name} changes {service.name}'s "
-                "tables", line)
+                "tables", line, kind="other_schema")
         return relation.relname, column
     raise MigrationFileError(
         path, "cannot tell which key the batches walk: add '-- key: <table>.<column>' (an "
-        "integer column of the service's table, e.g. '-- key: users.id') to the header", line)
+        "integer column of the service's table, e.g. '-- key: users.id') to the header", line,
+        kind="no_key")
 
 
 def _bounded_column(node: Any) -> str | None:
@@ -279,6 +291,8 @@ def _bounded_column(node: Any) -> str | None:
 
 
 def _is_param(node: Any, number: int) -> bool:
+    while type(node).__name__ == "TypeCast":  # `:start::bigint`
+        node = node.arg
     return type(node).__name__ == "ParamRef" and node.number == number
 
 
@@ -295,7 +309,7 @@ def _batch_size(declared: tuple[str, int] | None, path: Path) -> int:
     value, number = declared
     if not value.strip().isdigit() or int(value) < 1:
         raise MigrationFileError(path, f"'-- batch-size: {value}' must be a positive whole "
-                                 "number of key values, e.g. 1000", number)
+                                 "number of key values, e.g. 1000", number, kind="parse")
     return int(value)
 
 
@@ -303,7 +317,8 @@ def _python_parts(text: str, path: Path) -> dict[str, Any]:
     try:
         tree = ast.parse(text.removeprefix("\ufeff"), filename=str(path))
     except SyntaxError as err:
-        raise MigrationFileError(path, f"Python syntax error: {err.msg}", err.lineno) from err
+        raise MigrationFileError(path, f"Python syntax error: {err.msg}", err.lineno,
+                                 kind="parse") from err
     values: dict[str, object] = {}
     batch = None
     for node in tree.body:

@@ -248,18 +248,24 @@ def run_backfills(url: str, root: Path | None = None, names: Iterable[str] | Non
                   parallel: int = 1) -> list[BackfillResult]:
     """Run `names` (default: every backfill that is pending, interrupted or running; paused and
     failed ones wait for `resume`/`retry`), one after another unless `parallel` > 1. Results in
-    the order asked; a failed or busy one does not stop the others."""
+    the order asked; one that fails, cannot start (outcome `failed`), is busy or waits does not
+    stop the others. Raises `UsageProblem` for an unknown name."""
     settings = settings or BackfillSettings()
     log = log or (lambda _line: None)
     backfills = project_backfills(root)
-    explicit = names is not None
     chosen = _pick(backfills, names) if names is not None else sorted(
         backfills.values(), key=lambda b: (b.timestamp, b.name))
     if parallel < 1:
         raise UsageProblem("--parallel must be at least 1")
 
     def one(backfill: Backfill) -> BackfillResult:
-        return BackfillRun(url, backfill, settings, log).run(explicit)
+        run = BackfillRun(url, backfill, settings, log)
+        try:
+            return run.run()
+        except BackfillError as err:  # it cannot start (an edited file, no usable key): the
+            log({"event": "backfill_failed", "backfill": backfill.name,  # others still run
+                 "message": str(err)})
+            return run.result("failed", str(err))
 
     if parallel == 1 or len(chosen) < 2:
         return [one(b) for b in chosen]
@@ -289,14 +295,14 @@ class BackfillRun:
     _own_pids: list[int] = field(default_factory=list)
     _range: tuple[int, int] = (0, 0)  # [key_min, key_end), for the share done
 
-    def _result(self, outcome: str, message: str = "") -> BackfillResult:
+    def result(self, outcome: str, message: str = "") -> BackfillResult:
         return BackfillResult(self.backfill.name, outcome, self.rows, self.batches,
                               time.monotonic() - self.started, message)
 
     def _emit(self, event: str, **facts: object) -> None:
         self.log({"event": event, "backfill": self.backfill.name, **facts})
 
-    def run(self, explicit: bool) -> BackfillResult:
+    def run(self) -> BackfillResult:
         name = self.backfill.name
         conn = _connect(self.url, self.settings)
         try:
@@ -310,8 +316,8 @@ class BackfillRun:
                     (BACKFILL_LOCK_CLASS, name)).fetchone()
                 message = f"{name} is being run by {holder[0] if holder else 'another runner'}"
                 self._emit("backfill_busy", message=message)
-                return self._result("busy", message)
-            progress = self._prepare(conn, explicit)
+                return self.result("busy", message)
+            progress = self._prepare(conn)
             if isinstance(progress, BackfillResult):
                 return progress
             sessions = RevisionSessions(conn, self.url, self.settings.idle_in_transaction_ms,
@@ -327,7 +333,7 @@ class BackfillRun:
         finally:
             conn.close()  # ends the advisory lock with the session
 
-    def _prepare(self, conn: psycopg.Connection, explicit: bool) -> _Batch | BackfillResult:
+    def _prepare(self, conn: psycopg.Connection) -> _Batch | BackfillResult:
         """The backfill's row, created (with its key range) on the first run; checks the file
         was not edited since it started."""
         b = self.backfill
@@ -340,15 +346,13 @@ class BackfillRun:
                 f"(checksum {row[1][:12]} then, {b.checksum[:12]} now); backfills are "
                 "append-only like revisions: revert the edit and write a new backfill")
         if row is not None and row[0] == "finished":
-            return self._result("finished", f"{b.name} had already finished")
+            return self.result("finished", f"{b.name} had already finished")
         if row is not None and row[0] in ("paused", "failed"):
             hint = "resume" if row[0] == "paused" else "retry"
             message = (f"{b.name} is {row[0]}" + (f": {row[6]}" if row[6] else "")
                        + f"; `svcmig backfill {hint} {b.name}` runs it again")
-            if explicit:
-                raise BackfillError(message)
             self._emit("backfill_waiting", state=row[0], message=message)
-            return self._result("waiting", message)
+            return self.result("waiting", message)
         if row is None or row[2] is None:
             key_min, key_end = self._key_range(conn)
             if row is None:
@@ -402,7 +406,7 @@ class BackfillRun:
         while True:
             if s.max_seconds is not None and time.monotonic() - self.started >= s.max_seconds:
                 self._emit("backfill_stopped", reason="time limit", rows=self.rows)
-                return self._result("stopped", f"{self.backfill.name} stopped after "
+                return self.result("stopped", f"{self.backfill.name} stopped after "
                                     f"{s.max_seconds:g} s (the time limit); the next run "
                                     "resumes it")
             self._wait_for_health(conn)
@@ -507,11 +511,11 @@ class BackfillRun:
                 RETURNING rows_done""", (name,)).fetchone()
         if done is not None:
             self._emit("backfill_finished", rows=done[0], batches=self.batches)
-            return self._result("finished", f"{name} finished: {done[0]:,} rows in all")
+            return self.result("finished", f"{name} finished: {done[0]:,} rows in all")
         state = conn.execute(f"SELECT state FROM {ledger.BACKFILLS_TABLE} WHERE name = %s",
                              (name,)).fetchone()
         self._emit("backfill_paused", state=state[0] if state else None)
-        return self._result("paused", f"{name} is {state[0] if state else 'gone'}; "
+        return self.result("paused", f"{name} is {state[0] if state else 'gone'}; "
                             f"`svcmig backfill resume {name}` continues it")
 
     def _fail(self, conn: psycopg.Connection, err: psycopg.Error | BatchError,
@@ -529,7 +533,7 @@ class BackfillRun:
         conn.execute(f"UPDATE {ledger.BACKFILLS_TABLE} SET state = 'failed', error = %s, "
                      "updated_at = now() WHERE name = %s", (message, b.name))
         self._emit("backfill_failed", message=message)
-        return self._result("failed", message)
+        return self.result("failed", message)
 
     def _wait_for_health(self, conn: psycopg.Connection) -> None:
         """Sleep, doubling up to `max_backoff_s`, while the database is under pressure."""

@@ -22,10 +22,15 @@ class UsageProblem(SvcmigError):
 class MigrationFileError(SvcmigError):
     """A migration file that cannot become a revision: bad name, bad header, bad SQL."""
 
-    def __init__(self, path: Path | str, message: str, line: int | None = None) -> None:
+    def __init__(self, path: Path | str, message: str, line: int | None = None,
+                 kind: str | None = None) -> None:
         self.path = Path(path)
         self.line = line
         self.message = message
+        # what is wrong, for tools that sort problems (the guard's rules): "parse" (the text
+        # cannot be read: syntax, encoding, hidden characters, a malformed header), and for
+        # backfills "unbounded", "other_schema", "no_key"; None for anything else
+        self.kind = kind
         where = f"{self.path}:{line}" if line else f"{self.path}"
         super().__init__(f"{where}: {message}")
 

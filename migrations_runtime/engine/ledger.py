@@ -363,6 +363,8 @@ class DatabaseState:
     stock_versions: tuple[str, ...] = ()
     # backfills started on this database, by name (read when a revision may wait for one)
     backfills: Mapping[str, BackfillProgress] = field(default_factory=dict)
+    # False when planning without a database (`svcmig plan --from`): no backfill state to read
+    backfills_known: bool = True
 
     @classmethod
     def empty(cls) -> DatabaseState:

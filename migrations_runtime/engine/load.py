@@ -197,14 +197,14 @@ def refuse_hidden_text(text: str, path: Path) -> None:
         offset = text.index("\x00")
         raise MigrationFileError(path, f"a NUL character at offset {offset}: PostgreSQL's parser "
                                  "stops there, so what follows would silently not run; remove it",
-                                 text[:offset].count("\n") + 1)
+                                 text[:offset].count("\n") + 1, kind="parse")
     found = LINE_BREAK_LOOKALIKES.search(text)
     if found:
         raise MigrationFileError(
             path, f"the character U+{ord(found[0][0]):04X}, which some viewers show as a line "
             "break and the parser does not (or the other way round): a marker or statement "
             "could look different to a reviewer than it runs; use plain line ends (LF or CRLF)",
-            text[:found.start()].count("\n") + 1)
+            text[:found.start()].count("\n") + 1, kind="parse")
 
 
 def _lookalike_keyword(line: str) -> str | None:
@@ -477,7 +477,8 @@ def read_text(path: Path) -> str:
         source = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "<its encoding>"
         raise MigrationFileError(
             path, f"not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} cannot be "
-            f"decoded; save the file as UTF-8 (e.g. `iconv -f {source} -t utf-8`)", line) from err
+            f"decoded; save the file as UTF-8 (e.g. `iconv -f {source} -t utf-8`)", line,
+            kind="parse") from err
 
 
 def load_revision(name: RevisionFile, service: Service, previous: str | None) -> Revision:

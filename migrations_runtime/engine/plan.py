@@ -134,6 +134,13 @@ def _hold_for_backfills(selected: list[Revision], state: DatabaseState, fresh: b
                               + (progress.describe() if progress else "has not started"))
         if not unfinished:
             continue
+        if not state.backfills_known:  # planned without a database: say so, hold nothing
+            anomalies.append(Anomaly(
+                "waiting_backfill", rev.service, rev.id,
+                f"{rev.path}: revision {rev.id} requires backfill {', '.join(pending)}; "
+                "planned without a database, svcmig cannot tell whether it has finished: run "
+                "this only once `svcmig backfill status` says finished", fatal=False))
+            continue
         later = len(selected) - index - 1
         anomalies.append(Anomaly(
             "waiting_backfill", rev.service, rev.id,

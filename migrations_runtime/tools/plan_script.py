@@ -39,7 +39,7 @@ def offline_state(graph: Graph, applied: Sequence[str]) -> DatabaseState:
         for rev in upto:
             rows[rev.id] = LedgerRow(rev.id, rev.service, rev.file, rev.checksum, rev.phase,
                                      "applied", now, None, "svcmig plan --from")
-    return DatabaseState(rows, version_rows(rows.values()))
+    return DatabaseState(rows, version_rows(rows.values()), backfills_known=False)
 
 
 def _statement(sql: str) -> str:
@@ -65,6 +65,9 @@ def plan_sql(plan: Plan, state: DatabaseState,
         out.append(f"\n-- {rev.id} ({rev.phase}): {rev.file}")
         if rev.depends_on:
             out.append(f"-- depends on {', '.join(rev.depends_on)}")
+        if rev.requires_backfill:
+            out.append(f"-- requires backfill {', '.join(rev.requires_backfill)}: run this only "
+                       "once it has finished (`svcmig backfill status`)")
         out.append(f"-- in a session logged in as {service.owner_role} (the service's own role)")
         if rev.transactional:
             out.append("BEGIN;")
