@@ -14,6 +14,7 @@ import click
 from ..engine.discover import Service, discover_services, find_project_root
 from ..engine.errors import SvcmigError
 from ..guard import rules
+from ..guard.backfills import backfill_paths
 from ..guard.findings import Finding, Severity
 from ..guard.formatters import FORMATTERS
 from ..guard.gitbase import diff_against
@@ -24,12 +25,15 @@ DEFAULT_PG_VERSION = 16
 
 
 def _all_revision_files(services: list[Service]) -> list[Path]:
+    """Every revision file, then every backfill file, of every service."""
     return [path for service in services for path in sorted(service.migrations_dir.iterdir())
-            if is_revision_file(path)]
+            if is_revision_file(path)] + [path for service in services
+                                          for path in backfill_paths(service)]
 
 
 def _expand(paths: tuple[Path, ...], services: list[Service]) -> list[Path]:
-    """Files as given; folders become the revision files of the service folders inside them."""
+    """Files as given; folders become the revision and backfill files of the service folders
+    inside them."""
     everything = _all_revision_files(services)
     found: list[Path] = []
     for path in paths:
@@ -60,9 +64,10 @@ def exit_code(findings: list[Finding], strict: bool) -> int:
 @click.command("lint")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--base", metavar="GIT_REV",
-              help="Lint revisions changed since GIT_REV; edited, renamed, deleted or "
-              "out-of-order revisions are errors.")
-@click.option("--all", "lint_all", is_flag=True, help="Lint every revision of every service.")
+              help="Lint revisions and backfills changed since GIT_REV; edited, renamed, "
+              "deleted or out-of-order revisions and edited or renamed backfills are errors.")
+@click.option("--all", "lint_all", is_flag=True,
+              help="Lint every revision and backfill of every service.")
 @click.option("--format", "output_format", type=click.Choice(sorted(FORMATTERS)),
               default="text", show_default=True)
 @click.option("--pg-version", type=click.IntRange(10, 99), default=DEFAULT_PG_VERSION,
@@ -79,7 +84,7 @@ def lint(paths: tuple[Path, ...], base: str | None, lint_all: bool, output_forma
          pg_version: int, strict: bool, trace: bool, database_url: str | None) -> None:
     """Check migration files for locking, rewriting, destructive or cross-service SQL.
 
-    With no PATHS and no --base, every revision is linted (same as --all).
+    With no PATHS and no --base, every revision and backfill is linted (same as --all).
     """
     if database_url and not trace:
         raise click.UsageError("--database-url is for --trace")

@@ -1,9 +1,13 @@
-"""`--base GIT_REV`: which revision files changed since the base, and the append-only rules.
+"""`--base GIT_REV`: which revision and backfill files changed since the base, and the
+append-only rules.
 
 A revision on the base branch may already be applied somewhere, so editing, renaming or
 deleting it is an error; a new revision must sort after every revision its service has on the
-base, or the planner sees it as out of order. Whitespace-only edits (same normalised checksum
-as the ledger uses) are not edits.
+base, or the planner sees it as out of order. A backfill on the base branch may have started or
+finished somewhere: editing it is an error (the runner refuses a changed checksum once it
+started), and so is renaming it to another name (it would run again); deleting one is not (a
+revision that requires it fails `svcmig check`), nor is its order. Whitespace-only edits (same
+normalised checksum as the ledger uses) are not edits.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..engine import load
+from ..engine.backfill import BACKFILLS_FOLDER
 from ..engine.errors import MigrationFileError, SvcmigError
 from . import rules
 from .findings import Finding
@@ -46,6 +51,18 @@ def _is_revision_path(rel: str) -> bool:
             and not load.not_a_revision(parts[3]))
 
 
+def _is_backfill_path(rel: str) -> bool:
+    parts = PurePosixPath(rel).parts
+    return (len(parts) == 4 and parts[0] == "services" and parts[2] == BACKFILLS_FOLDER
+            and not load.not_a_revision(parts[3]))
+
+
+def _backfill_name(rel: str) -> str | None:
+    """`<service>.<slug>` of a backfill file name, or None for a name the loader refuses."""
+    match = load.FILENAME_RE.match(PurePosixPath(rel).name)
+    return f"{match['service']}.{match['slug']}" if match else None
+
+
 def _newest_on_base(names: list[str]) -> dict[str, str]:
     """service → newest revision timestamp on the base."""
     newest: dict[str, str] = {}
@@ -73,6 +90,7 @@ def diff_against(root: Path, base: str) -> BaseDiff:
     on_base = [n for n in _git(root, "ls-tree", "-r", "--name-only", "-z", base, "--",
                                "services").split("\0") if _is_revision_path(n)]
     result = BaseDiff()
+    _diff_backfills(root, base, status, untracked, result)
     added: list[str] = [rel for rel in untracked if _is_revision_path(rel)]
     deleted: list[str] = []
     for code, rel in zip(status[0::2], status[1::2], strict=False):
@@ -120,3 +138,37 @@ def diff_against(root: Path, base: str) -> BaseDiff:
                 f"new revision {name.timestamp} is not newer than {latest}, the newest "
                 f"{name.service} revision on {base}; databases that applied that one skip it"))
     return result
+
+
+def _diff_backfills(root: Path, base: str, status: list[str], untracked: list[str],
+                    result: BaseDiff) -> None:
+    """Added and edited backfills are linted; an edited one, or one renamed to another
+    `<service>.<slug>`, is an append-only error."""
+    added = [rel for rel in untracked if _is_backfill_path(rel)]
+    deleted: list[str] = []
+    for code, rel in zip(status[0::2], status[1::2], strict=False):
+        if not _is_backfill_path(rel):
+            continue
+        if code.startswith("D"):
+            deleted.append(rel)
+        elif code.startswith("A"):
+            added.append(rel)
+        else:
+            result.changed.append(root / rel)
+            if load.checksum(_git(root, "show", f"{base}:./{rel}")) != load.checksum(
+                    (root / rel).read_text(encoding="utf-8")):
+                result.findings.append(Finding(
+                    root / rel, 1, 1, rules.APPEND_ONLY,
+                    f"backfill {rel} from {base} was edited; where it started, the runner "
+                    "refuses its new checksum, and where it finished the change never runs: "
+                    "write a new backfill (a new slug) for the change"))
+    by_checksum = {load.checksum((root / rel).read_text(encoding="utf-8")): rel for rel in added}
+    for rel in deleted:
+        twin = by_checksum.get(load.checksum(_git(root, "show", f"{base}:./{rel}")))
+        if twin is not None and _backfill_name(twin) != _backfill_name(rel):
+            result.findings.append(Finding(
+                root / twin, 1, 1, rules.APPEND_ONLY,
+                f"backfill {rel} from {base} was renamed to {_backfill_name(twin)}; a backfill "
+                f"is known by its name ({_backfill_name(rel)}), so where it ran it would run "
+                "again"))
+    result.changed.extend(root / rel for rel in added)

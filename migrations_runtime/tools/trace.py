@@ -53,7 +53,7 @@ from ..engine.statements import (
 from ..engine.validate import Graph, build_graph, parents, topological_order
 from ..guard import rules
 from ..guard.findings import Finding
-from ..guard.linter import SUPPRESSION_RE, SqlSyntaxError, parse_statements
+from ..guard.parsing import SUPPRESSION_RE, SqlSyntaxError, parse_statements
 from .check import throwaway_database
 
 STRONG = {"ShareLock": "SHARE", "ShareRowExclusiveLock": "SHARE ROW EXCLUSIVE",

@@ -1,12 +1,14 @@
 """The guard's rules, one per module, each with its doc, hint and examples.
 
-SQL rules (`STATEMENT_RULES`) run on every statement of a revision's up section; framework
-rules are checked by the engine on file names, history and the git base.
+SQL rules (`STATEMENT_RULES`) run on every statement of a revision's up section (and some on a
+backfill's statement: guard.backfills.BACKFILL_RULES); framework rules are checked by the
+engine on file names, history, backfill batches and the git base.
 """
 
 from ..findings import Rule, StatementRule
 from . import (
     append_only,
+    backfill_outside_range,
     blocking_table_operation,
     cluster,
     column_type_change,
@@ -72,6 +74,9 @@ OUT_OF_ORDER = out_of_order.RULE
 ONE_HEAD = one_head.RULE
 MISSING_DOWN = missing_down.RULE
 REFUSED_BY_RUNNER = refused_by_runner.RULE
+BACKFILL_OUTSIDE_RANGE = backfill_outside_range.RULE
+CROSS_SERVICE_WRITE = cross_service_write.RULE
+SESSION_OVERRIDE = session_override.RULE
 TRACED_REWRITE = traced.REWRITE
 TRACED_LOCK_HELD = traced.LOCK_HELD
 TRACED_UNBOUNDED_SCAN = traced.UNBOUNDED_SCAN
@@ -79,7 +84,7 @@ TRACED_ERROR = traced.ERROR
 
 FRAMEWORK_RULES: tuple[Rule, ...] = (
     PARSE_ERROR, INVALID_SUPPRESSION, FILENAME_CONVENTION, WRONG_SERVICE_FOLDER, APPEND_ONLY,
-    OUT_OF_ORDER, ONE_HEAD, MISSING_DOWN, REFUSED_BY_RUNNER,
+    OUT_OF_ORDER, ONE_HEAD, MISSING_DOWN, REFUSED_BY_RUNNER, BACKFILL_OUTSIDE_RANGE,
 )
 TRACED_RULES: tuple[Rule, ...] = (TRACED_REWRITE, TRACED_LOCK_HELD, TRACED_UNBOUNDED_SCAN,
                                   TRACED_ERROR)

@@ -9,6 +9,12 @@ from pglast import ast
 from ..findings import Severity, StatementRule
 from ..sqltree import RevisionContext, Statement, seq, walk
 
+
+def backfill_hint(ctx: RevisionContext) -> str:
+    """Where a whole-table data change of the revision's service goes instead."""
+    return (f"services/{ctx.service}/backfills/<YYYY-MM-DDThhmm>__{ctx.service}__<slug>.sql, "
+            "bounded by `id >= :start AND id < :end`, run by `svcmig backfill run`")
+
 BAD = (
     "UPDATE users SET active = true;",
     "DELETE FROM users WHERE true;",
@@ -57,15 +63,19 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
                 node.relation) and not has_row_filter(node.whereClause):
             verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"
             table = ".".join(ctx.qualify(node.relation))
-            yield f"{verb} on {table} has no row filter: it locks and rewrites every row"
+            yield (f"{verb} on {table} has no row filter: it locks and rewrites every row; "
+                   f"to change every row, move it to a backfill ({backfill_hint(ctx)})")
 
 
 RULE = StatementRule(
     name="dml-without-where",
     severity=Severity.ERROR,
     doc=__doc__ or "",
-    hint="Add a WHERE clause that selects the rows (WHERE true / 1 = 1 do not count); "
-    "backfill big tables in batches.",
+    hint="Add a WHERE clause that selects the rows (WHERE true / 1 = 1 do not count); to "
+    "change every row of a table in use, move the statement to a backfill: "
+    "services/<service>/backfills/YYYY-MM-DDThhmm__<service>__<slug>.sql, bounded by "
+    "`id >= :start AND id < :end`, run in short batches after the deploy by `svcmig backfill "
+    "run`.",
     check=check,
     bad=BAD,
     good=GOOD,

@@ -1,4 +1,5 @@
-"""Migration files are named YYYY-MM-DDThhmm__<service>__<slug>.sql|.py, or they are refused."""
+"""Migration and backfill files are named YYYY-MM-DDThhmm__<service>__<slug>.sql|.py, or they
+are refused."""
 
 from ..findings import Rule, Severity
 

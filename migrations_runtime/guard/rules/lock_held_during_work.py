@@ -11,6 +11,10 @@ from pglast.enums import AlterTableType
 from ..effects import heavy_work, strong_locks
 from ..findings import Severity, StatementRule
 from ..sqltree import RevisionContext, Statement, alter_commands
+from .dml_without_where import backfill_hint
+
+DATA_CHANGES = frozenset({"UPDATE", "DELETE", "MERGE", "INSERT … SELECT"})
+"""Work (effects.heavy_work) that belongs in a backfill."""
 
 BAD = (
     "ALTER TABLE users ADD COLUMN plan text;\n"
@@ -49,9 +53,11 @@ def check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
             return
         table, (mode, command, line) = next(iter(ctx.held.items()))
         done = work
+        instead = (f"; move the data change to a backfill ({backfill_hint(ctx)})"
+                   if done.what in DATA_CHANGES else "")
         yield (f"{done.what} on {'.'.join(done.table)} runs while this revision holds {mode} on "
                f"{'.'.join(table)} ({command}, line {line}) until it commits: every query on "
-               "it waits for this work")
+               f"it waits for this work{instead}")
         return
     commands = [cmd for _, cmd in alter_commands(stmt)]
     validates = [c for c in commands if c.subtype == AlterTableType.AT_ValidateConstraint]
@@ -65,9 +71,11 @@ RULE = StatementRule(
     name="lock-held-during-work",
     severity=Severity.ERROR,
     doc=__doc__ or "",
-    hint="Put the work in its own revision (a transactional file is one transaction): the "
-    "catalog change first, then the backfill or VALIDATE in a later revision, or mark the "
-    "revision '-- migrate:no-transaction' so each statement commits on its own.",
+    hint="Keep the catalog change alone in its revision (a transactional file is one "
+    "transaction): a data change goes to a backfill (services/<service>/backfills/…, bounded "
+    "by `id >= :start AND id < :end`, run in short batches by `svcmig backfill run`), a "
+    "VALIDATE or index build to a later revision; or mark the revision "
+    "'-- migrate:no-transaction' so each statement commits on its own.",
     check=check,
     bad=BAD,
     good=GOOD,

@@ -11,7 +11,8 @@ REWRITE = Rule(
     doc="The statement rewrote a table or index that existed before the revision (its "
     "relfilenode changed): the relation is locked while every row is copied.",
     hint="Use the non-rewriting form (see the static rule on the same line), or a new "
-    "column/table filled in batches and swapped in a contract revision.",
+    "column/table filled by a backfill (services/<service>/backfills/…, `svcmig backfill run`) "
+    "and swapped in a contract revision.",
 )
 LOCK_HELD = Rule(
     name="traced-lock-held-during-work",
@@ -19,16 +20,18 @@ LOCK_HELD = Rule(
     doc="A strong lock (SHARE or above, from pg_locks) taken by an earlier statement of the "
     "transactional revision was held while this statement scanned, rewrote, built an index on "
     "or changed rows of a pre-existing table.",
-    hint="Split the revision: the catalog change in one, the work in a later one (or mark it "
-    "'-- migrate:no-transaction').",
+    hint="Split the revision: the catalog change in one; a data change in a backfill "
+    "(services/<service>/backfills/…, bounded by `id >= :start AND id < :end`, run by `svcmig "
+    "backfill run`), other work in a later revision (or mark it '-- migrate:no-transaction').",
 )
 UNBOUNDED_SCAN = Rule(
     name="traced-unbounded-scan",
     severity=Severity.ERROR,
     doc="A data change or locking read scanned a pre-existing table sequentially although "
     "sequential scans were off: no index bounds the rows it touches.",
-    hint="Bound it by the key (a range or a batch with LIMIT) and run batches outside the "
-    "deploy.",
+    hint="Move the data change to a backfill (services/<service>/backfills/…, bounded by "
+    "`id >= :start AND id < :end`, run in short batches after the deploy by `svcmig backfill "
+    "run`), or bound it by a small, known set of keys.",
 )
 ERROR = Rule(
     name="traced-error",

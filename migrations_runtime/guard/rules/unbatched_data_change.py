@@ -12,7 +12,7 @@ from pglast.enums import A_Expr_Kind, OnConflictAction
 
 from ..findings import Severity, StatementRule
 from ..sqltree import Qualified, RevisionContext, Statement, last_name, seq, walk
-from .dml_without_where import has_row_filter
+from .dml_without_where import backfill_hint, has_row_filter
 
 BAD = (
     "ALTER TABLE users ADD COLUMN plan text;\n-- next revision\n"
@@ -239,7 +239,7 @@ def _check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
                     for r in seq(select.fromClause)):
                 yield (f"INSERT … SELECT … ON CONFLICT DO UPDATE on "
                        f"{'.'.join(ctx.qualify(node.relation))} updates every row the SELECT "
-                       "matches in one transaction")
+                       f"matches in one transaction; move it to a backfill ({backfill_hint(ctx)})")
             continue
         elif isinstance(node, ast.SelectStmt) and node.lockingClause:
             locked = {n.relname for c in seq(node.lockingClause) if isinstance(c, ast.LockingClause)
@@ -257,23 +257,27 @@ def _check(stmt: Statement, ctx: RevisionContext) -> Iterator[str]:
         table = ctx.qualify(target)
         if stmt.repeated:
             yield (f"{verb} on {'.'.join(table)} runs once per iteration of a loop, all in one "
-                   "transaction: every row it changes stays locked until the block ends")
+                   "transaction: every row it changes stays locked until the block ends; move "
+                   f"it to a backfill ({backfill_hint(ctx)})")
             continue
         # the target's own names, and aliases of the same table joined to it (a self-join)
         names = _names(target) | {n for r in _relations(joined) if r.relname == target.relname
                                   for n in _names(r)}
         if not key_bounded(where, _keys(ctx, table), names, ctes):
             yield (f"{verb} on {'.'.join(table)} is not bounded by a key range or batch: "
-                   "it changes and locks every matching row in one transaction")
+                   "it changes and locks every matching row in one transaction; move it to a "
+                   f"backfill ({backfill_hint(ctx)})")
 
 
 RULE = StatementRule(
     name="unbatched-data-change",
     severity=Severity.ERROR,
     doc=__doc__ or "",
-    hint="Bound each statement by the key (WHERE id >= :lo AND id < :hi, or id IN (SELECT id "
-    "… LIMIT 1000)) and run batches outside the deploy (docs/deploy.md, heavy backfills), or "
-    "put a small, known set of keys in the WHERE.",
+    hint="Move the data change to a backfill: services/<service>/backfills/"
+    "YYYY-MM-DDThhmm__<service>__<slug>.sql with the statement bounded by `id >= :start AND id "
+    "< :end`, run in short batches after the deploy by `svcmig backfill run` (a later revision "
+    "that needs it done declares `-- requires-backfill: <service>.<slug>`); or put a small, "
+    "known set of keys in the WHERE.",
     check=check,
     bad=BAD,
     good=GOOD,

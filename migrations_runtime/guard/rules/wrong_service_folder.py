@@ -1,4 +1,5 @@
-"""A migration file lives in services/<service>/migrations/ of the service its name gives."""
+"""A migration file lives in services/<service>/migrations/ (a backfill in
+services/<service>/backfills/) of the service its name gives."""
 
 from ..findings import Rule, Severity
 
@@ -10,6 +11,7 @@ RULE = Rule(
     name="wrong-service-folder",
     severity=Severity.ERROR,
     doc=__doc__ or "",
-    hint="Move the file to services/<service>/migrations/ or rename it for the folder's service; "
+    hint="Move the file to services/<service>/migrations/ (a backfill to "
+    "services/<service>/backfills/) or rename it for the folder's service; "
     "it runs as that service's owner role in that service's schema.",
 )
