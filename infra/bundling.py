@@ -43,7 +43,7 @@ COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 # command on developer machines along with the guard, the tools, the CLI and the dev server.
 MIGRATOR_PACKAGES = ("engine",)
 # infra/migrator's files in the bundle: the Lambda entry points, the worker's, their helpers.
-ENTRY_POINT_FILES = ("handler.py", "digest.py", "runs.py", "task.py")
+ENTRY_POINT_FILES = ("handler.py", "digest.py", "runs.py", "task.py", "backfills.py")
 # The framework's own code and dependency list come from this checkout; the services (and their
 # migrations and alembic.ini) from the project root being deployed, which tests point elsewhere.
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +128,8 @@ def asset_code(root: Path, name: str, recipe: Callable[[Path], None], inputs: li
         str(root / "services"),
         asset_hash=digest.hexdigest(),
         asset_hash_type=AssetHashType.CUSTOM,
-        exclude=["**/__pycache__", "**/*.pyc", "*/migrations", "*/migrations/**"],
+        exclude=["**/__pycache__", "**/*.pyc", "*/migrations", "*/migrations/**",
+                 "*/backfills", "*/backfills/**"],
         bundling=BundlingOptions(image=DockerImage.from_registry("svcmig/no-docker"),
                                  local=LocalBundling(recipe)),
     )
@@ -155,13 +156,15 @@ def _copy(src: Path, dst: Path) -> None:
 def migrator_bundle(root: Path, target: Target, extra_requirements: tuple[str, ...] = ()
                     ) -> tuple[Callable[[Path], None], list[Path], list[str]]:
     """(recipe, inputs, requirements) of the migrator's bundle: the deploy path of
-    migrations_runtime (`MIGRATOR_PACKAGES`) + every service's migrations + alembic.ini + the
+    migrations_runtime (`MIGRATOR_PACKAGES`) + every service's migrations and backfills (the
+    worker runs those after the deploy) + alembic.ini + the
     build-time manifest + the migrator's entry points, with the engine's dependencies (and
     `extra_requirements`) for the target platform."""
     requirements = [*migrator_requirements(), *extra_requirements]
     migrator = Path(__file__).parent / "migrator"
     entry_points = [migrator / name for name in ENTRY_POINT_FILES]
-    migrations = sorted(p for p in (root / "services").glob("*/migrations") if p.is_dir())
+    migrations = sorted(p for pattern in ("*/migrations", "*/backfills")
+                        for p in (root / "services").glob(pattern) if p.is_dir())
     package = REPO / "migrations_runtime"
     shipped = [package / "__init__.py", *(package / name for name in MIGRATOR_PACKAGES)]
 
@@ -253,12 +256,12 @@ def service_code(root: Path, spec: ServiceSpec, target: Target) -> lambda_.Code:
             _copy(part, out / "services" / part.name)
         shutil.copytree(spec.folder, out / "services" / spec.name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "migrations",
-                                                      "tests", "service.toml"))
+                                                      "backfills", "tests", "service.toml"))
         compile_bytecode(out, target)
 
-    inputs = [f for f in _tree(spec.folder)
-              if "migrations" not in f.relative_to(spec.folder).parts[:1]
-              and "tests" not in f.relative_to(spec.folder).parts[:1]]
+    # the migrator ships migrations and backfills; the function only its own code
+    inputs = [f for f in _tree(spec.folder) if f.relative_to(spec.folder).parts[0]
+              not in ("migrations", "backfills", "tests")]
     for part in parts:
         inputs += _tree(part) if part.is_dir() else [part]
     return asset_code(root, f"service-{spec.name}", recipe, inputs, [], target)

@@ -1,5 +1,6 @@
-"""The migrator function and its two custom resources: expand runs before the app functions
-change, contract after all of them did."""
+"""The migrator function and its custom resources: expand runs before the app functions
+change, contract after all of them did, and the backfill start after contract (it starts the
+backfill runner and does not wait for it); the backfill alarms."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -27,6 +30,9 @@ from .fingerprint import MigrationsFingerprint
 from .settings import StageSettings
 
 RESOURCE_TYPE = "Custom::SvcmigMigrations"
+BACKFILLS_RESOURCE_TYPE = "Custom::SvcmigBackfills"
+BACKFILL_START_TIMEOUT = Duration.minutes(5)  # CloudFormation's wait for the start's answer
+BACKFILL_CHECK_INTERVAL = Duration.minutes(5)  # the schedule that counts failed/stalled ones
 OPERATIONS_TIMEOUT = Duration.minutes(5)
 FRAMEWORK_TIMEOUT = Duration.minutes(15)  # the Provider framework's own function
 STARTER_TIMEOUT = Duration.minutes(1)  # on_event starts a task; is_complete reads a row
@@ -104,22 +110,34 @@ class Migrations(Construct):
                             alarm_topic)
             return function, log_group
 
-        # on_event: decides what the event asks and starts the worker; no database access
-        self.function, _ = migrator_function(
+        worker_settings = Stack.of(self).to_json_string({
+            "cluster": workers.cluster_arn, "task_definition": worker.task_definition_arn,
+            "container": WORKER_CONTAINER,
+            "subnets": vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+            .subnet_ids,
+            "security_groups": [security_group.security_group_id],
+            "budget_seconds": budget.to_seconds()})
+        roles = [worker.task_role.role_arn]
+        if worker.execution_role is not None:
+            roles.append(worker.execution_role.role_arn)
+
+        def may_run_worker(function: lambda_.Function) -> None:
+            """RunTask of the worker's task definition in the workers' cluster only; the roles
+            it passes are the task's own, to ECS tasks only."""
+            function.add_to_role_policy(iam.PolicyStatement(
+                actions=["ecs:RunTask"], resources=[worker.task_definition_arn],
+                conditions={"ArnEquals": {"ecs:cluster": workers.cluster_arn}}))
+            function.add_to_role_policy(iam.PolicyStatement(
+                actions=["iam:PassRole"], resources=roles,
+                conditions={"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}))
+
+        # on_event: decides what the event asks and starts the worker (a migration run, or the
+        # backfills after contract); no database access
+        self.function, starter_logs = migrator_function(
             "Migrator", "infra.migrator.handler.handler", f"{stage.prefix}-migrator",
             STARTER_TIMEOUT, f"svcmig migrator ({stage.name}): starts a deploy's migration run",
-            {"SVCMIG_WORKER": Stack.of(self).to_json_string({
-                "cluster": workers.cluster_arn, "task_definition": worker.task_definition_arn,
-                "container": WORKER_CONTAINER,
-                "subnets": vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
-                .subnet_ids,
-                "security_groups": [security_group.security_group_id],
-                "budget_seconds": budget.to_seconds()})})
-        # RunTask of this task definition in the workers' cluster only; the roles it passes
-        # are the task's own, to ECS tasks only
-        self.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["ecs:RunTask"], resources=[worker.task_definition_arn],
-            conditions={"ArnEquals": {"ecs:cluster": workers.cluster_arn}}))
+            {"SVCMIG_WORKER": worker_settings})
+        may_run_worker(self.function)
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["ecs:ListTasks"], resources=["*"],
             conditions={"ArnEquals": {"ecs:cluster": workers.cluster_arn}}))
@@ -128,12 +146,6 @@ class Migrations(Construct):
             resources=[Stack.of(self).format_arn(
                 service="ecs", resource="task", resource_name=f"{workers.cluster_name}/*")],
             conditions={"ArnEquals": {"ecs:cluster": workers.cluster_arn}}))
-        roles = [worker.task_role.role_arn]
-        if worker.execution_role is not None:
-            roles.append(worker.execution_role.role_arn)
-        self.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["iam:PassRole"], resources=roles,
-            conditions={"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}))
         # is_complete: reads the run's record and watches (or stops) its task
         self.progress, progress_logs = migrator_function(
             "Progress", "infra.migrator.handler.is_complete_handler",
@@ -148,17 +160,21 @@ class Migrations(Construct):
             resources=[Stack.of(self).format_arn(
                 service="ecs", resource="task", resource_name=f"{workers.cluster_name}/*")],
             conditions={"ArnEquals": {"ecs:cluster": workers.cluster_arn}}))
-        # `svcmig remote`: status and repair, in a function of their own (the same code, another
-        # entry point that runs nothing else), which the operators' policy may invoke; the
-        # deploy's migrator is the Provider's alone
-        self.operations, _ = migrator_function(
+        # `svcmig remote`: status, repair and backfill, in a function of their own (the same
+        # code, another entry point that runs nothing else), which the operators' policy may
+        # invoke; the deploy's migrator is the Provider's alone. It may start the worker
+        # (backfill resume, retry, run) and nothing else of ECS.
+        self.operations, operations_logs = migrator_function(
             "Operations", "infra.migrator.handler.operation_handler",
             f"{stage.prefix}-migrator-operations", OPERATIONS_TIMEOUT,
-            f"svcmig remote ({stage.name}): status and repair for operators", database)
+            f"svcmig remote ({stage.name}): status, repair and backfills for operators",
+            {**database, "SVCMIG_WORKER": worker_settings})
         master_secret.grant_read(self.operations)
+        may_run_worker(self.operations)
         self.operators = iam.ManagedPolicy(
             self, "Operators", managed_policy_name=f"{stage.prefix}-migrator-operators",
-            description="svcmig remote: status and repair through the operations function",
+            description="svcmig remote: status, repair and backfills through the operations "
+                        "function",
             statements=[iam.PolicyStatement(actions=["lambda:InvokeFunction"],
                                             resources=[self.operations.function_arn])])
         # A failed contract phase does not fail the deploy (see the handler): the poller, which
@@ -200,6 +216,71 @@ class Migrations(Construct):
         self.expand = self._resource("Expand", provider, fingerprint, "expand", stage)
         self.contract = self._resource("Contract", provider, fingerprint, "contract", stage)
         self.contract.node.add_dependency(self.expand)
+        # The backfills start once the new code is live and contract ran: the stack's one
+        # resource after contract, which never fails (infra/migrator/backfills.py) and answers
+        # as soon as the runner's task is started (is_complete sees no run and says done).
+        self.backfills = CustomResource(
+            self, "Backfills", service_token=provider.service_token,
+            resource_type=BACKFILLS_RESOURCE_TYPE, service_timeout=BACKFILL_START_TIMEOUT,
+            properties={**fingerprint.backfill_properties(), "Stage": stage.name})
+        self.backfills.node.add_dependency(self.contract)
+        self._backfill_alarms(stage, alarm_topic, worker_logs, starter_logs, operations_logs)
+
+    def _backfill_alarms(self, stage: StageSettings, alarm_topic: sns.ITopic,
+                         worker_logs: logs.ILogGroup, starter_logs: logs.ILogGroup,
+                         operations_logs: logs.ILogGroup) -> None:
+        """`BackfillFailedAlarm`: a backfill failed (the runner's `backfill_failed` line, at
+        once), one is still failed (the check's count, until it is retried), or the deploy
+        could not start the runner (`backfill_start_failed`). `BackfillStalledAlarm`: a
+        backfill has been running without progress for 15 minutes (its runner was killed, or
+        the database has kept it backing off) in two checks in a row. The check is the
+        operations function on a schedule (`backfill_check`: `backfill_status`, no SQL of its
+        own), because a killed runner logs nothing that a log-only alarm could see."""
+        events.Rule(
+            self, "BackfillCheck", schedule=events.Schedule.rate(BACKFILL_CHECK_INTERVAL),
+            description=f"svcmig ({stage.name}): count failed and stalled backfills",
+            targets=[events_targets.LambdaFunction(
+                self.operations, retry_attempts=0,
+                event=events.RuleTargetInput.from_object(
+                    {"operation": "backfill_check", "caller": "schedule"}))])
+        period = BACKFILL_CHECK_INTERVAL
+
+        def counted(construct_id: str, log_group: logs.ILogGroup, event: str, value: str,
+                    statistic: str) -> cloudwatch.Metric:
+            found = logs.MetricFilter(
+                self, construct_id, log_group=log_group,
+                filter_pattern=logs.FilterPattern.string_value("$.event", "=", event),
+                metric_namespace="svcmig", metric_name=f"{construct_id}-{stage.name}",
+                metric_value=value)
+            return found.metric(statistic=statistic, period=period)
+
+        failed = cloudwatch.MathExpression(
+            expression="FILL(failing, 0) + FILL(failures, 0) + FILL(starts, 0)",
+            using_metrics={
+                "failing": counted("BackfillsFailing", operations_logs, "backfill_check",
+                                   "$.failed", "Maximum"),
+                "failures": counted("BackfillFailures", worker_logs, "backfill_failed", "1",
+                                    "Sum"),
+                "starts": counted("BackfillStartFailures", starter_logs,
+                                  "backfill_start_failed", "1", "Sum")},
+            period=period, label="failed backfills")
+        stalled = counted("BackfillsStalled", operations_logs, "backfill_check", "$.stalled",
+                          "Maximum")
+        for construct_id, metric, periods, why in (
+                ("BackfillFailedAlarm", failed, 1,
+                 "a backfill failed (or the deploy could not start them): `svcmig remote "
+                 "--stage STAGE backfill status`, fix the cause, then `backfill retry NAME` "
+                 "(docs/deploy.md)"),
+                ("BackfillStalledAlarm", stalled, 2,
+                 "a backfill has made no progress for 15 minutes (its runner was stopped, or "
+                 "the database keeps it backing off): `svcmig remote --stage STAGE backfill "
+                 "status`; an interrupted one continues with `backfill run NAME`")):
+            made = cloudwatch.Alarm(
+                self, construct_id, metric=metric, threshold=1, evaluation_periods=periods,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                comparison_operator=cloudwatch.ComparisonOperator
+                .GREATER_THAN_OR_EQUAL_TO_THRESHOLD, alarm_description=why)
+            made.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
 
     def _resource(self, construct_id: str, provider: cr.Provider,
                   fingerprint: MigrationsFingerprint, phase: str,
@@ -222,9 +303,10 @@ class Migrations(Construct):
 
     def run_last(self, stack: IConstruct) -> None:
         """The contract phase waits for every other resource of `stack` (call it once the
-        stack is built): its own construct's, and every other construct's."""
+        stack is built): its own construct's, and every other construct's, except the
+        backfill start, which waits for contract and cannot fail."""
         for child in self.node.children:
-            if child is not self.contract:
+            if child is not self.contract and child is not self.backfills:
                 self.contract.node.add_dependency(child)
         for child in stack.node.children:
             if child is not self:

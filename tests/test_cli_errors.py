@@ -29,6 +29,9 @@ SAMPLE_ARGS = {
     "backfill pause": ["users.fill_email_domain"],
     "backfill resume": ["users.fill_email_domain"],
     "backfill retry": ["users.fill_email_domain"],
+    "remote backfill pause": ["users.fill_email_domain"],
+    "remote backfill resume": ["users.fill_email_domain"],
+    "remote backfill retry": ["users.fill_email_domain"],
 }
 # Options of a group, given before its subcommand.
 GROUP_ARGS = {"remote": ["--stage", "dev"]}
@@ -157,7 +160,9 @@ def test_malformed_database_url_from_the_environment(command: str, in_project: P
                     "postgresql://")
 
 
-NEEDS_NO_PROJECT = {"remote status", "remote repair", "db psql"}
+NEEDS_NO_PROJECT = {"remote status", "remote repair", "db psql", "remote backfill status",
+                    "remote backfill pause", "remote backfill resume", "remote backfill retry",
+                    "remote backfill run"}
 
 
 @pytest.mark.parametrize("command", sorted(" ".join(p) for p in COMMANDS

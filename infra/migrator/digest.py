@@ -21,6 +21,19 @@ def migration_files(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def backfill_paths(root: Path) -> list[Path]:
+    """Every file under services/*/backfills/, in a stable order: what the deploy's backfill
+    start carries as `BackfillsHash`, so it starts the runner again when one changes."""
+    found = [p for p in (root / "services").glob("*/backfills/**/*")
+             if p.is_file() and not SKIP_PARTS.intersection(p.parts) and p.suffix != ".pyc"]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def backfills_digest(root: Path) -> str:
+    """The digest of the backfill files under `root` (computed: they are few and small)."""
+    return files_digest(root, backfill_paths(root))
+
+
 def _relative(path: Path, roots: tuple[Path, ...]) -> str:
     for base in roots:
         if path.is_relative_to(base):

@@ -8,7 +8,9 @@
 - `is_complete_handler`: reports the run's end from its record (`runs`) and its task; a
   failure's reason (the file and line, the statement, the Postgres error) is what the
   CloudFormation console shows. A failed contract phase does not fail its resource.
-- `operation_handler`: `svcmig remote` (status and repair), in a function of its own.
+- `operation_handler`: `svcmig remote` (status, repair, backfill), in a function of its own.
+- the `Backfills` resource (Phase "backfills", after contract) starts the backfill runner and
+  answers at once (`backfills.on_deploy`).
 
 The worker and the operations connect to the cluster endpoint with the master secret, never
 through RDS Proxy: the engine needs a real session for its advisory lock and `SET ROLE`.
@@ -205,14 +207,17 @@ OPERATION_LOCK_WAIT_SECONDS = 30.0  # well inside the client's wait (remote.INVO
 
 
 def operation(event: dict[str, Any]) -> dict[str, Any]:
-    """An operator's direct invocation (`svcmig remote`), never CloudFormation's: `status`, or
-    `repair` of one revision (`revision`, `action`), exactly what the local commands do, never
-    SQL. Who may invoke is IAM's decision (the stage's operators policy); each call is logged
-    with the caller the client names (CloudTrail records the real one). Returns what the local
-    command would print (`text`), `ok`, and for status the services and anomalies."""
+    """An operator's direct invocation (`svcmig remote`), never CloudFormation's: `status`,
+    `repair` of one revision (`revision`, `action`), or `backfill` (`action`, `names`: see
+    `backfills.operation`), exactly what the local commands do, never SQL; and the schedule's
+    `backfill_check` (`backfills.check`), which feeds the backfill alarms. Who may invoke is
+    IAM's decision (the stage's operators policy); each call is logged with the caller the
+    client names (CloudTrail records the real one). Returns what the local command would print
+    (`text`), `ok`, and for status the services and anomalies."""
     name = event.get("operation")
     log({"event": "operation", "operation": name, "caller": event.get("caller"),
-         "revision": event.get("revision"), "action": event.get("action")})
+         "revision": event.get("revision"), "action": event.get("action"),
+         "names": event.get("names")})
     root = project_root()
     try:
         url = master_url()
@@ -228,7 +233,12 @@ def operation(event: dict[str, Any]) -> dict[str, Any]:
                         f"{', '.join(REPAIR_ACTIONS)}"}
             return {"ok": True, "text": repair(url, root, revision, action,
                                                lock_wait_seconds=OPERATION_LOCK_WAIT_SECONDS)}
-        return {"ok": False, "text": f"unknown operation {name!r}: use status or repair"}
+        if name in ("backfill", "backfill_check"):
+            from . import backfills
+
+            return backfills.operation(event) if name == "backfill" else backfills.check()
+        return {"ok": False, "text": f"unknown operation {name!r}: use status, repair or "
+                "backfill"}
     except SvcmigError as err:
         return {"ok": False, "text": cap_reason(str(err))}
     except psycopg.Error as err:
@@ -250,6 +260,10 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     request = event["RequestType"]
     props = event.get("ResourceProperties", {})
     phase = props.get("Phase")
+    if phase == "backfills":  # after contract: start the runner, never wait, never fail
+        from . import backfills
+
+        return backfills.on_deploy(event)
     if request == "Delete":  # whatever the properties say: the database keeps what it has
         return {"PhysicalResourceId": event.get("PhysicalResourceId") or "svcmig-deleted",
                 "Data": {"Applied": 0, "Skipped": "delete"}}

@@ -7,6 +7,7 @@ Environment (from the task's overrides): SVCMIG_RUN_ID (the request), SVCMIG_PHA
 SVCMIG_PHYSICAL_ID, SVCMIG_DEADLINE (epoch seconds by which the run must be over),
 SVCMIG_MIGRATIONS_HASH (the release's migration files: the image must hold the same). Exit code 0
 when the run succeeded or was already claimed, 1 when it failed, 2 for a malformed start.
+With SVCMIG_TASK=backfills the task runs the pending backfills instead (`backfills.main`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ MIN_WORK_SECONDS = 10.0  # less than this left for work after the reporting marg
 
 def main(environ: Mapping[str, str] = os.environ) -> int:
     """Claim the run, run its phase within the deadline, record the outcome."""
+    if environ.get("SVCMIG_TASK") == "backfills":  # the same task, started for the backfills
+        from . import backfills
+
+        return backfills.main(environ)
     run_id, phase = environ.get("SVCMIG_RUN_ID", ""), environ.get("SVCMIG_PHASE")
     physical_id = environ.get("SVCMIG_PHYSICAL_ID", "")
     try:

@@ -1,6 +1,7 @@
-"""`svcmig remote --stage STAGE status|repair`: the migrator of a deployed stage, for operators
-who cannot reach its database (isolated subnets, no bastion). The migrator function runs the
-same `status` and `repair` as the local commands (never SQL), on a function of its own
+"""`svcmig remote --stage STAGE status|repair|backfill`: the migrator of a deployed stage, for
+operators who cannot reach its database (isolated subnets, no bastion). The migrator function
+runs the same `status`, `repair` and backfill status/pause/resume/retry as the local commands
+(never SQL; resume, retry and run start the backfill worker task), on a function of its own
 (`svcmig-<stage>-migrator-operations`), and answers with what they would print; output and
 exit codes are the local commands'. Invoking it needs the stage's operators policy
 (`svcmig-<stage>-migrator-operators`); boto3 (the `services` or `infra` extra) and the usual
@@ -19,6 +20,7 @@ import click
 from .common import (
     EXIT_PROBLEM,
     EXIT_USAGE,
+    echo_json,
     fail,
     json_option,
     repair_action_options,
@@ -70,7 +72,7 @@ def invoke(name: str, payload: dict[str, Any]) -> dict[str, Any]:
 @click.option("--stage", required=True, help="dev, prod or preview-<n>")
 @click.pass_context
 def remote(ctx: click.Context, stage: str) -> None:
-    """Status and repair of a deployed stage, through its migrator function."""
+    """Status, repair and backfills of a deployed stage, through its migrator function."""
     if not STAGE_RE.fullmatch(stage):
         raise click.BadParameter("use dev, prod or preview-<number>", param_hint="--stage")
     ctx.obj = function_name(stage)
@@ -103,3 +105,76 @@ def remote_repair(name: str, revision: str, action: str | None, as_json: bool) -
         fail(str(result.get("text")))
     click.echo(json.dumps({"revision": revision, "action": action, "result": result["text"]},
                           indent=2) if as_json else result["text"])
+
+
+@remote.group("backfill")
+def remote_backfill() -> None:
+    """The stage's backfills (`svcmig backfill`, remotely): the deploy starts them after the
+    code is live; these watch, pause and restart them."""
+
+
+def _backfill(name: str, action: str, names: list[str]) -> dict[str, Any]:
+    """One backfill operation; a refusal exits as the local command would (1, or 2 for an
+    unknown name)."""
+    result = invoke(name, {"operation": "backfill", "action": action, "names": names})
+    if not result["ok"] and "backfills" not in result:
+        fail(str(result.get("text")), int(result.get("exit", EXIT_PROBLEM)))
+    return result
+
+
+def status_line(row: dict[str, Any]) -> str:
+    """A backfill as `svcmig backfill status` prints it, from its `as_dict()`."""
+    done = "   -" if row["state"] == "pending" else (
+        f"{float(row['done']):4.0%}  {int(row['rows']):,} rows")
+    return f"{row['name']:<32} {row['state']:<11} {done}" + (
+        f"\n  {row['error']}" if row.get("error") else "")
+
+
+@remote_backfill.command("status")
+@json_option
+@click.pass_obj
+def remote_backfill_status(name: str, as_json: bool) -> None:
+    """Every backfill and how far it is on the stage's database. Exit 1 if one failed."""
+    rows = _backfill(name, "status", [])["backfills"]
+    if as_json:
+        echo_json({"backfills": rows})
+    elif not rows:
+        click.echo("no backfills in this project")
+    else:
+        for row in rows:
+            click.echo(status_line(row))
+    if any(row["state"] == "failed" for row in rows):
+        sys.exit(EXIT_PROBLEM)
+
+
+@remote_backfill.command("pause")
+@click.argument("backfill")
+@click.pass_obj
+def remote_backfill_pause(name: str, backfill: str) -> None:
+    """Stop BACKFILL before its next batch (its runner moves on); `resume` continues it."""
+    click.echo(_backfill(name, "pause", [backfill])["text"])
+
+
+@remote_backfill.command("resume")
+@click.argument("backfill")
+@click.pass_obj
+def remote_backfill_resume(name: str, backfill: str) -> None:
+    """Let a paused BACKFILL run again and start the backfill worker for it."""
+    click.echo(_backfill(name, "resume", [backfill])["text"])
+
+
+@remote_backfill.command("retry")
+@click.argument("backfill")
+@click.pass_obj
+def remote_backfill_retry(name: str, backfill: str) -> None:
+    """Run a failed BACKFILL again from the batch that failed (after fixing its cause)."""
+    click.echo(_backfill(name, "retry", [backfill])["text"])
+
+
+@remote_backfill.command("run")
+@click.argument("backfills", nargs=-1)
+@click.pass_obj
+def remote_backfill_run(name: str, backfills: tuple[str, ...]) -> None:
+    """Start the backfill worker for BACKFILLS (default: every one not finished, paused or
+    failed), as a deploy does: e.g. for one a stopped runner left interrupted."""
+    click.echo(_backfill(name, "run", list(backfills))["text"])

@@ -533,7 +533,7 @@ def test_remote_status_and_repair_fix_a_dirty_state(project: Path, database_url:
     # no SQL passthrough, and the operations function runs nothing else: not even an event
     # shaped like CloudFormation's (the deploy's migrator is another function)
     assert migrator.operation_handler({"operation": "sql", "sql": "DROP TABLE users.users"}) \
-        == {"ok": False, "text": "unknown operation 'sql': use status or repair"}
+        == {"ok": False, "text": "unknown operation 'sql': use status, repair or backfill"}
     contract = {"RequestType": "Create", "ResourceProperties": {
         "Phase": "contract", "MigrationsHash": digest(project), "CodeHeads": heads}}
     assert migrator.operation_handler(contract)["ok"] is False

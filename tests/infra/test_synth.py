@@ -14,7 +14,7 @@ import pytest
 from aws_cdk.assertions import Match, Template
 
 from infra.fingerprint import fingerprint
-from infra.migrations_resources import RESOURCE_TYPE
+from infra.migrations_resources import BACKFILLS_RESOURCE_TYPE, RESOURCE_TYPE
 from infra.service_spec import Uploads, load_spec
 from tests.conftest import REPO
 
@@ -94,7 +94,9 @@ def _needs(resource: Any) -> set[str]:
 def test_nothing_in_the_stack_can_change_after_contract(
         synth_project: Callable[..., Synth], dev: Synth, stage: str) -> None:
     """Every other resource of the API stack is done before contract starts, so no failure
-    after it can roll the code back to a release that needs what contract removed."""
+    after it can roll the code back to a release that needs what contract removed; the one
+    exception is the backfill start, which waits for contract and never fails
+    (tests/infra/test_migrator_handler.py)."""
     synth = dev if stage == "dev" else synth_project(stage)
     resources = synth.templates["api"]["Resources"]
     contract = _migration_resources(synth)["contract"]
@@ -105,7 +107,9 @@ def test_nothing_in_the_stack_can_change_after_contract(
             if needed in resources and needed not in before:
                 before.add(needed)
                 stack.append(needed)
-    assert sorted(set(resources) - before - {contract}) == []
+    [backfills] = synth.resources("api", BACKFILLS_RESOURCE_TYPE)
+    assert sorted(set(resources) - before - {contract}) == [backfills]
+    assert contract in _needs(resources[backfills])
 
 
 def test_migration_properties_carry_hash_and_heads(dev: Synth) -> None:
@@ -443,7 +447,8 @@ def test_every_alarm_has_an_action_and_a_failed_contract_alarms(dev: Synth) -> N
     assert alarms and all(v.get("AlarmActions") for v in alarms.values()), sorted(
         k for k, v in alarms.items() if not v.get("AlarmActions"))
     [contract] = [v for k, v in alarms.items() if "ContractFailed" in k]
-    [metric] = dev.resources("api", "AWS::Logs::MetricFilter").values()
+    [metric] = [v for k, v in dev.resources("api", "AWS::Logs::MetricFilter").items()
+                if k.startswith("MigrationsContractFailures")]
     assert metric["Properties"]["FilterPattern"] == '{ $.event = "contract_failed" }'
     assert contract["MetricName"] == metric["Properties"]["MetricTransformations"][0]["MetricName"]
 
@@ -544,3 +549,123 @@ def test_a_scaffolded_service_synthesizes_without_edits(
               for v in synth.resources("api", "AWS::ApiGatewayV2::Route").values()}
     for key in ("GET /payments", "GET /payments/{item_id}"):
         assert routes[key]["AuthorizationType"] == "AWS_IAM", routes.get(key)
+
+
+# Backfills in AWS: the deploy starts them after the code is live, without waiting; operators
+# drive them through the operations function; alarms on a failed or a stalled one.
+def _backfills(synth: Synth) -> tuple[str, dict[str, Any]]:
+    [(logical_id, resource)] = synth.resources("api", BACKFILLS_RESOURCE_TYPE).items()
+    return logical_id, resource
+
+
+def test_the_deploy_starts_backfills_after_contract_through_the_migrators_provider(
+        dev: Synth) -> None:
+    logical_id, resource = _backfills(dev)
+    contract = _migration_resources(dev)["contract"]
+    resources = dev.templates["api"]["Resources"]
+    assert contract in resource["DependsOn"]
+    # the same Provider (and so the same starter and its RunTask grant) as the migrations
+    assert resource["Properties"]["ServiceToken"] == \
+        resources[contract]["Properties"]["ServiceToken"]
+    props = resource["Properties"]
+    assert props["Phase"] == "backfills"
+    assert props["MigrationsHash"] == resources[contract]["Properties"]["MigrationsHash"]
+    assert len(props["BackfillsHash"]) == 64
+    # it answers as soon as the task is started: CloudFormation waits minutes, not the budget
+    assert int(props["ServiceTimeout"]) <= 300
+    # nothing waits for it: the stack is done when it is
+    assert not any(logical_id in _needs(r) for r in resources.values())
+
+
+def test_backfills_hash_changes_with_backfill_files_only(
+        dev: Synth, synth_project: Callable[..., Synth]) -> None:
+    def add_backfill(root: Path) -> None:
+        folder = root / "services" / "billing" / "backfills"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "2026-12-01T0900__billing__zero_ids.sql").write_text(
+            "UPDATE invoices SET id = id WHERE id >= :start AND id < :end;\n")
+
+    def edit_code(root: Path) -> None:
+        (root / "services" / "users" / "handler.py").write_text("def handler(e, c):\n    pass\n")
+
+    base = _backfills(dev)[1]["Properties"]
+    assert _backfills(synth_project("dev", edit_code))[1]["Properties"] == base
+    added = _backfills(synth_project("dev", add_backfill))[1]["Properties"]
+    assert added["BackfillsHash"] != base["BackfillsHash"]
+    assert added["MigrationsHash"] == base["MigrationsHash"]
+
+
+def test_a_broken_backfill_file_fails_the_synth(tmp_path: Path) -> None:
+    from migrations_runtime.engine.errors import SvcmigError
+
+    root = make_infra_project(tmp_path / "project")
+    folder = root / "services" / "billing" / "backfills"
+    folder.mkdir()
+    (folder / "2026-12-01T0900__billing__bad.sql").write_text("DROP TABLE invoices;\n")
+    with pytest.raises(SvcmigError, match="a backfill changes rows"):
+        fingerprint(root)
+
+
+def test_operations_may_start_only_the_worker(dev: Synth) -> None:
+    """`svcmig remote backfill resume|retry|run` start the worker task: RunTask of its task
+    definition in its cluster, passing its own roles to ECS; nothing else of ECS."""
+    functions = dev.resources("api", "AWS::Lambda::Function")
+    operations = next(k for k, v in functions.items() if v["Properties"].get("Handler")
+                      == "infra.migrator.handler.operation_handler")
+    role = functions[operations]["Properties"]["Role"]["Fn::GetAtt"][0]
+    statements = [st for p in dev.resources("api", "AWS::IAM::Policy").values()
+                  if {"Ref": role} in p["Properties"]["Roles"]
+                  for st in p["Properties"]["PolicyDocument"]["Statement"]]
+    ecs = [st for st in statements if any(str(a).startswith(("ecs:", "iam:")) for a in (
+        st["Action"] if isinstance(st["Action"], list) else [st["Action"]]))]
+    worker, _ = _worker(dev)
+    assert sorted(str(st["Action"]) for st in ecs) == ["ecs:RunTask", "iam:PassRole"]
+    [run] = [st for st in ecs if st["Action"] == "ecs:RunTask"]
+    assert run["Resource"] == {"Ref": worker} and "ecs:cluster" in json.dumps(run["Condition"])
+    [passing] = [st for st in ecs if st["Action"] == "iam:PassRole"]
+    assert passing["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
+    assert "*" not in json.dumps(passing["Resource"])
+    env = functions[operations]["Properties"]["Environment"]["Variables"]
+    assert json.loads(_joined(env["SVCMIG_WORKER"]))["container"] == "worker"
+
+
+def test_failed_and_stalled_backfills_alarm(dev: Synth) -> None:
+    alarms = {k: v for k, v in _alarms(dev).items() if "Backfill" in k}
+    filters = {k: v["Properties"] for k, v in
+               dev.resources("api", "AWS::Logs::MetricFilter").items() if "Backfill" in k}
+    by_metric = {f["MetricTransformations"][0]["MetricName"]: f for f in filters.values()}
+
+    def sources(alarm: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        """metric name → (filter pattern, value) of the filters an alarm reads."""
+        names = [q["MetricStat"]["Metric"]["MetricName"] for q in alarm.get("Metrics", [])
+                 if "MetricStat" in q] or [alarm["MetricName"]]
+        return {n: (by_metric[n]["FilterPattern"],
+                    by_metric[n]["MetricTransformations"][0]["MetricValue"]) for n in names}
+
+    [failed] = [v for k, v in alarms.items() if k.startswith("MigrationsBackfillFailedAlarm")]
+    [stalled] = [v for k, v in alarms.items() if k.startswith("MigrationsBackfillStalledAlarm")]
+    assert sorted(sources(failed).values()) == [
+        ('{ $.event = "backfill_check" }', "$.failed"),
+        ('{ $.event = "backfill_failed" }', "1"),
+        ('{ $.event = "backfill_start_failed" }', "1")]
+    assert list(sources(stalled).values()) == [('{ $.event = "backfill_check" }', "$.stalled")]
+    assert stalled["EvaluationPeriods"] == 2
+    for alarm in (failed, stalled):
+        assert alarm["AlarmActions"] and alarm["Threshold"] == 1
+    # the worker's lines go to the worker's log group, the check's to the operations function's
+    groups = {k: v["Properties"] for k, v in dev.resources("api", "AWS::Logs::LogGroup").items()}
+    worker_filter = next(f for f in filters.values() if "backfill_failed" in f["FilterPattern"])
+    assert worker_filter["LogGroupName"]["Ref"].startswith("MigrationsWorkerLogs")
+    assert worker_filter["LogGroupName"]["Ref"] in groups
+    check_filter = next(f for f in filters.values() if "$.stalled" in json.dumps(f))
+    assert check_filter["LogGroupName"]["Ref"].startswith("MigrationsOperationsLogs")
+    # the check: the operations function on a schedule, with the check's own input
+    [rule] = dev.resources("api", "AWS::Events::Rule").values()
+    assert rule["Properties"]["ScheduleExpression"] == "rate(5 minutes)"
+    [target] = rule["Properties"]["Targets"]
+    functions = dev.resources("api", "AWS::Lambda::Function")
+    operations = next(k for k, v in functions.items() if v["Properties"].get("Handler")
+                      == "infra.migrator.handler.operation_handler")
+    assert target["Arn"] == {"Fn::GetAtt": [operations, "Arn"]}
+    assert json.loads(target["Input"]) == {"operation": "backfill_check", "caller": "schedule"}
