@@ -25,7 +25,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -143,16 +142,6 @@ def on_deploy(event: dict[str, Any]) -> dict[str, Any]:
         return answer(Failed=reason)
 
 
-def _age_seconds(updated_at: object, now: datetime) -> float:
-    """Seconds since `updated_at` (Postgres' timestamptz text); 0 when there is none."""
-    if not isinstance(updated_at, str):
-        return 0.0
-    when = datetime.fromisoformat(updated_at)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (now - when).total_seconds())
-
-
 def check() -> dict[str, Any]:
     """How many backfills are failed, and how many are stalled (running or interrupted, with
     no progress for `STALL_SECONDS`), in one `backfill_check` line the alarms count."""
@@ -161,11 +150,10 @@ def check() -> dict[str, Any]:
         line: dict[str, Any] = {"event": "backfill_check", "failed": 0, "stalled": 0}
         log(line)
         return {"ok": True, **line}
-    now = datetime.now(UTC)
     found = [s.as_dict() for s in backfill_status(master_url(), root)]
     failed = [s["name"] for s in found if s["state"] == "failed"]
     stalled = [s["name"] for s in found if s["state"] in ("running", "interrupted")
-               and _age_seconds(s["updated_at"], now) >= STALL_SECONDS]
+               and float(str(s["idle_seconds"] or 0)) >= STALL_SECONDS]
     line = {"event": "backfill_check", "failed": len(failed), "stalled": len(stalled),
             "failed_backfills": failed, "stalled_backfills": stalled}
     log(line)

@@ -105,6 +105,8 @@ class BackfillStatus:
     batches: int = 0
     running_now: bool = False
     updated_at: str | None = None
+    # seconds since its row last changed, by the database's clock (None: never started)
+    idle_seconds: float | None = None
 
     @property
     def state(self) -> str:
@@ -121,7 +123,9 @@ class BackfillStatus:
                 "done": round(p.fraction, 4) if p else 0.0, "rows": p.rows_done if p else 0,
                 "batches": self.batches, "batch_size": self.batch_size,
                 "next_key": p.next_key if p else None, "key_end": p.key_end if p else None,
-                "error": p.error if p else None, "updated_at": self.updated_at}
+                "error": p.error if p else None, "updated_at": self.updated_at,
+                "idle_seconds": round(self.idle_seconds, 1) if self.idle_seconds is not None
+                else None}
 
 
 def project_backfills(root: Path | None = None) -> dict[str, Backfill]:
@@ -166,6 +170,7 @@ def backfill_status(url: str, root: Path | None = None) -> list[BackfillStatus]:
         if exists and exists[0]:
             for row in conn.execute(
                     f"""SELECT b.name, b.batch_size, b.batches, b.updated_at::text,
+                           extract(epoch FROM now() - b.updated_at)::float8,
                            EXISTS (SELECT FROM pg_locks l WHERE l.locktype = 'advisory'
                                    AND l.granted AND l.classid = {BACKFILL_LOCK_CLASS}
                                    AND l.objid = hashtext(b.name)::oid
@@ -182,8 +187,9 @@ def backfill_status(url: str, root: Path | None = None) -> list[BackfillStatus]:
         found.append(BackfillStatus(backfill, progress.get(name),
                                     batch_size=mine[1] if mine else None,
                                     batches=mine[2] if mine else 0,
-                                    running_now=bool(mine[4]) if mine else False,
-                                    updated_at=mine[3] if mine else None))
+                                    running_now=bool(mine[5]) if mine else False,
+                                    updated_at=mine[3] if mine else None,
+                                    idle_seconds=mine[4] if mine else None))
     return found
 
 

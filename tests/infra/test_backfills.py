@@ -8,10 +8,11 @@ import contextlib
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import pytest
@@ -231,6 +232,23 @@ def test_a_project_without_backfills_starts_no_task(tmp_path: Path, database_url
     assert migrator.operation_handler({"operation": "backfill_check"})["failed"] == 0
 
 
+class Answer(NamedTuple):
+    exit_code: int
+    output: str
+    stdout: str
+    stderr: str
+
+
+def timeless(result: Any) -> Answer:
+    """A command's exit code and output without `idle_seconds` (time passes between two
+    calls)."""
+    def steady(text: str) -> str:
+        return re.sub(r'"idle_seconds": [0-9.]+', '"idle_seconds": 0', text)
+
+    return Answer(result.exit_code, steady(result.output), steady(result.stdout),
+                  result.stderr)
+
+
 def remote(*args: str) -> Any:
     """`svcmig remote --stage prod ARGS` with the operations function invoked in-process (what
     Lambda's synchronous invoke returns)."""
@@ -245,13 +263,13 @@ def remote(*args: str) -> Any:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(remote_cli, "invoke", invoke)
-        return CliRunner().invoke(cli, ["remote", "--stage", "prod", *args])
+        return timeless(CliRunner().invoke(cli, ["remote", "--stage", "prod", *args]))
 
 
 def local(database_url: str, *args: str) -> Any:
     from migrations_runtime.cli.main import cli
 
-    return CliRunner().invoke(cli, ["backfill", *args, "--database-url", database_url])
+    return timeless(CliRunner().invoke(cli, ["backfill", *args, "--database-url", database_url]))
 
 
 def test_remote_backfill_status_pause_resume_retry_as_the_local_commands(
