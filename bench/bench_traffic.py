@@ -266,9 +266,14 @@ def seed(url: str, users: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         have = conn.execute("SELECT count(*) FROM users.users").fetchone()
         missing = users - (have[0] if have else 0)
+        # email_domain: required (a validated CHECK) once its backfill's revisions are in
+        domain = conn.execute("SELECT count(*) FROM information_schema.columns WHERE "
+                              "table_schema = 'users' AND table_name = 'users' AND "
+                              "column_name = 'email_domain'").fetchone()
+        extra = ("", "") if not domain or not domain[0] else (", email_domain", ", 'example.com'")
         if missing > 0:
-            conn.execute("INSERT INTO users.users (email) SELECT 'seed-' || g || '@example.com' "
-                         "FROM generate_series(1, %s) g", (missing,))
+            conn.execute(f"INSERT INTO users.users (email{extra[0]}) SELECT 'seed-' || g || "
+                         f"'@example.com'{extra[1]} FROM generate_series(1, %s) g", (missing,))
         conn.execute("VACUUM ANALYZE users.users")
 
 
@@ -346,21 +351,29 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     chosen = [s for s in SCENARIOS if not args.only or s.name == "no migration"
               or any(part.lower() in s.name.lower() for part in args.only)]
-    if args.database_url:
-        name = f"bench_traffic_{os.getpid()}"
-        with psycopg.connect(args.database_url, autocommit=True) as admin:
+    with bench_server(args.database_url, "bench_traffic") as (url, server):
+        run_all(args, chosen, url, server)
+
+
+@contextmanager
+def bench_server(database_url: str | None, prefix: str) -> Iterator[tuple[str, str]]:
+    """(url, what it is): a database `<prefix>_<pid>` created on `database_url` and dropped
+    afterwards, or, without one, a private in-memory cluster (`private_postgres.py`)."""
+    if database_url:
+        name = f"{prefix}_{os.getpid()}"
+        with psycopg.connect(database_url, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            run_all(args, chosen, with_database(args.database_url, name), "the given server")
+            yield with_database(database_url, name), "the given server"
         finally:
-            with psycopg.connect(args.database_url, autocommit=True) as admin:
+            with psycopg.connect(database_url, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         return
     from private_postgres import private_postgres
 
     with private_postgres(durable=False) as url:
-        run_all(args, chosen, url, "a private in-memory cluster (fsync, synchronous_commit and "
-                "full_page_writes off)")
+        yield url, ("a private in-memory cluster (fsync, synchronous_commit and "
+                    "full_page_writes off)")
 
 
 def run_all(args: argparse.Namespace, chosen: list[Scenario], url: str, server: str) -> None:
