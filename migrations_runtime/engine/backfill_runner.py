@@ -73,6 +73,7 @@ class BackfillSettings:
     max_lock_wait_s: float = 1.0
     max_replication_lag_s: float = 30.0
     max_backoff_s: float = 30.0
+    health_interval_s: float = 1.0  # look at the pressure at most this often
     max_seconds: float | None = None  # stop (resumable) after this long
     idle_in_transaction_ms: int = 60_000
 
@@ -300,6 +301,7 @@ class BackfillRun:
     started: float = field(default_factory=time.monotonic)
     _own_pids: list[int] = field(default_factory=list)
     _range: tuple[int, int] = (0, 0)  # [key_min, key_end), for the share done
+    _health_checked: float = float("-inf")  # when `_pressure` last looked (monotonic)
 
     def result(self, outcome: str, message: str = "") -> BackfillResult:
         return BackfillResult(self.backfill.name, outcome, self.rows, self.batches,
@@ -542,10 +544,15 @@ class BackfillRun:
         return self.result("failed", message)
 
     def _wait_for_health(self, conn: psycopg.Connection) -> None:
-        """Sleep, doubling up to `max_backoff_s`, while the database is under pressure."""
+        """Sleep, doubling up to `max_backoff_s`, while the database is under pressure. Looked
+        at once per `health_interval_s` at most: the query costs a few ms, a batch ~200."""
+        now = time.monotonic()
+        if now - self._health_checked < self.settings.health_interval_s:
+            return
         delay = max(self.settings.sleep_ms / 1000, 0.1)
         while True:
             reason = self._pressure(conn)
+            self._health_checked = time.monotonic()
             if reason is None:
                 return
             self._emit("backfill_throttled", reason=reason, sleep_s=round(delay, 2))
