@@ -333,14 +333,30 @@ def test_two_runners_of_one_backfill_never_both_run_it(tmp_path: Path,
     assert counts(database_url) == (ROWS, 0, 0)
 
 
-def test_an_edited_backfill_is_refused_once_started(tmp_path: Path, database_url: str) -> None:
-    root = project(tmp_path)
+def test_an_edited_backfill_is_refused_once_a_batch_ran(tmp_path: Path,
+                                                        database_url: str) -> None:
+    root = project(tmp_path, SLOW_FILL)
     migrate(database_url, root, **QUIET)
-    run_backfills(database_url, root, None, BackfillSettings(max_seconds=0.001))
     path = root / "services/items/backfills/2026-01-02T0000__items__fill.sql"
-    path.write_text(FILL.replace("'q'", "'r'"))
+    # paused before its first batch, it may still be fixed
+    set_state(database_url, "items.fill", "pause", root)
+    path.write_text(SLOW_FILL.replace("'q'", "'p'"))
+    set_state(database_url, "items.fill", "resume", root)
+    first = run_backfills(database_url, root, None,
+                          BackfillSettings(sleep_ms=0, max_seconds=0.3))[0]
+    assert first.outcome == "stopped" and first.batches >= 1
+    path.write_text(SLOW_FILL.replace("'q'", "'r'"))
     refused = run_backfills(database_url, root, ["items.fill"], FAST)[0]
     assert refused.outcome == "failed" and "edited after it started" in refused.message
+    assert progress(database_url)["state"] == "failed"  # the deploy's runner leaves it alone
+    assert query(database_url, "SELECT count(*) FROM items.items WHERE label = 'r' || qty"
+                 ) == [(0,)]
+    # once finished, an edit changes nothing and is no error
+    path.write_text(SLOW_FILL.replace("'q'", "'p'"))
+    set_state(database_url, "items.fill", "retry", root)
+    run_backfills(database_url, root, None, FAST)
+    path.write_text(SLOW_FILL + "-- a comment\n")
+    assert run_backfills(database_url, root, None, FAST)[0].outcome == "finished"
 
 
 @pytest.mark.parametrize(("create", "problem"), [
@@ -543,6 +559,8 @@ def test_python_revisions_declare_requires_backfill(tmp_path: Path) -> None:
      " (start, end))\n    conn.execute('COMMIT')\n    return 1", "ended its transaction"),
     ("    conn.commit()", "may not commit"),
     ("    conn.execute('SELECT nonsense FROM items')", 'column "nonsense" does not exist'),
+    ("    return -5", "batch() returned -5"),
+    ("    import sys\n    sys.exit(0)", "batch() called sys.exit(0)"),
 ])
 def test_a_python_batch_that_misbehaves_fails_the_backfill(tmp_path: Path, database_url: str,
                                                            body: str, problem: str) -> None:
@@ -560,3 +578,91 @@ def test_a_python_batch_that_misbehaves_fails_the_backfill(tmp_path: Path, datab
     # nothing half-done but what the message owns up to: only the COMMIT case changed rows
     touched = counts(database_url)
     assert touched[1] == 0 and touched[0] in (0, 500)
+
+
+# --- one backfill cannot move another's progress, nor its own -------------------------------
+
+HIDDEN = (
+    'key = "items.id"\n\n'
+    "def batch(conn, start, end):\n"
+    "    conn.execute(\"DO $$ BEGIN EXECUTE 'UPDATE svcmig.backfills SET next_key = 100000000, \"\n"
+    "                 \"state = ''finished'' WHERE name = ''items.victim'''; END $$\")\n"
+    "    return 0\n")
+
+
+def test_a_backfill_cannot_move_another_backfills_progress(tmp_path: Path,
+                                                           database_url: str) -> None:
+    """The skipper runs as the same service's owner; Postgres (row-level security bound to the
+    runner's session) hides the victim's row from it, written out or in dynamic SQL."""
+    root = project(tmp_path, SLOW_FILL, name="victim")
+    folder = root / "services/items/backfills"
+    (folder / "2026-01-02T0100__items__skipper.sql").write_text(
+        "-- key: items.id\n"
+        "WITH p AS (UPDATE svcmig.backfills SET next_key = 100000000 WHERE name = "
+        "'items.victim' RETURNING 1)\n"
+        "UPDATE items SET qty = qty WHERE id >= :start AND id < :end AND (SELECT count(*) "
+        "FROM p) >= 0;\n")
+    (folder / "2026-01-02T0200__items__hidden.py").write_text(HIDDEN)
+    migrate(database_url, root, **QUIET)
+    run_backfills(database_url, root, ["items.victim"],
+                  BackfillSettings(sleep_ms=0, max_seconds=0.4))
+    before = progress(database_url, "items.victim")
+    others = {r.name: r for r in run_backfills(database_url, root,
+                                               ["items.skipper", "items.hidden"], FAST)}
+    assert others["items.skipper"].outcome == "finished"  # it moved nothing: the row is hidden
+    assert others["items.hidden"].outcome == "failed"  # the state column is not its to write
+    assert progress(database_url, "items.victim") == before
+    assert run_backfills(database_url, root, ["items.victim"], FAST)[0].outcome == "finished"
+    assert counts(database_url) == (ROWS, 0, 0)
+
+
+def test_a_batch_that_writes_its_own_progress_row_fails(tmp_path: Path,
+                                                        database_url: str) -> None:
+    root = project(tmp_path, "-- key: items.id\n"
+                   "WITH p AS (UPDATE svcmig.backfills SET rows_done = rows_done + 1000000 "
+                   "WHERE name = 'items.fill' RETURNING 1)\n"
+                   "UPDATE items SET touched = touched + 1 WHERE id >= :start AND id < :end "
+                   "AND (SELECT count(*) FROM p) >= 0;\n")
+    migrate(database_url, root, **QUIET)
+    result = run_backfills(database_url, root, None, FAST)[0]
+    assert result.outcome == "failed" and "changed its own progress row" in result.message
+    assert progress(database_url)["rows_done"] == 0 and counts(database_url)[0] == 0
+
+
+# --- keys: gaps, limits -----------------------------------------------------------------------
+
+def keyed_project(tmp_path: Path, keys: tuple[int, ...]) -> Path:
+    values = ", ".join(f"({k})" for k in keys)
+    root = write_project(tmp_path / "p", {"items": {"2026-01-01T0000__items__create.sql": (
+        "CREATE TABLE items (id bigint PRIMARY KEY, touched int NOT NULL DEFAULT 0);\n"
+        f"INSERT INTO items (id) VALUES {values};\n")}})
+    (root / "services/items/backfills").mkdir()
+    (root / "services/items/backfills/2026-01-02T0000__items__fill.sql").write_text(
+        "UPDATE items SET touched = touched + 1 WHERE id >= :start AND id < :end;")
+    return root
+
+
+@pytest.mark.parametrize("keys", [
+    (1, 10**12),  # snowflake-like gaps
+    (-2**63, 0, 2**62),  # the smallest bigint, far apart
+    (1, 2, 3, 2**31 - 1, 2**31, 5 * 10**9),
+])
+def test_gaps_in_the_keys_cost_no_batches(tmp_path: Path, database_url: str,
+                                          keys: tuple[int, ...]) -> None:
+    root = keyed_project(tmp_path, keys)
+    migrate(database_url, root, **QUIET)
+    result = run_backfills(database_url, root, None, FAST)[0]
+    assert result.outcome == "finished" and result.rows == len(keys)
+    assert result.batches <= len(keys) + 1
+    assert query(database_url, "SELECT count(*) FROM items.items WHERE touched = 1") == [
+        (len(keys),)]
+
+
+def test_the_largest_bigint_as_a_key_is_refused_in_one_line(tmp_path: Path,
+                                                            database_url: str) -> None:
+    root = keyed_project(tmp_path, (1, 2**63 - 1))
+    migrate(database_url, root, **QUIET)
+    result = run_cli(root, "backfill", "run", "--json", database_url=database_url)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [outcome] = json.loads(result.stdout)["backfills"]
+    assert outcome["outcome"] == "failed" and "the largest bigint" in outcome["message"]

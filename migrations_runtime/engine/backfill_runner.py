@@ -44,6 +44,7 @@ LogLine = dict[str, object]
 # hash of its name); the migrator's own lock uses the one-key form, so they never meet.
 BACKFILL_LOCK_CLASS = 0x5B_F1  # "svcmig backfill"
 INTEGER_TYPES = ("int2", "int4", "int8")
+BIGINT_MAX = 2**63 - 1
 # SQLSTATEs a batch is retried for, unchanged, after a pause: someone else held a lock.
 TRANSIENT = (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected,
              pg_errors.SerializationFailure)
@@ -269,10 +270,12 @@ def run_backfills(url: str, root: Path | None = None, names: Iterable[str] | Non
         run = BackfillRun(url, backfill, settings, log)
         try:
             return run.run()
-        except BackfillError as err:  # it cannot start (an edited file, no usable key): the
-            log({"event": "backfill_failed", "backfill": backfill.name,  # others still run
-                 "message": str(err)})
-            return run.result("failed", str(err))
+        except (BackfillError, psycopg.Error) as err:  # it cannot start (an edited file, no
+            message = str(err) if isinstance(err, BackfillError) else (  # usable key, …): the
+                f"{backfill.path}: backfill {backfill.name} could not run: "  # others still run
+                f"{_first_line(err)}")
+            log({"event": "backfill_failed", "backfill": backfill.name, "message": message})
+            return run.result("failed", message)
 
     if parallel == 1 or len(chosen) < 2:
         return [one(b) for b in chosen]
@@ -302,6 +305,7 @@ class BackfillRun:
     _own_pids: list[int] = field(default_factory=list)
     _range: tuple[int, int] = (0, 0)  # [key_min, key_end), for the share done
     _health_checked: float = float("-inf")  # when `_pressure` last looked (monotonic)
+    _current: tuple[int, int] | None = None  # the key range of the batch running now
 
     def result(self, outcome: str, message: str = "") -> BackfillResult:
         return BackfillResult(self.backfill.name, outcome, self.rows, self.batches,
@@ -335,26 +339,47 @@ class BackfillRun:
                     Service(self.backfill.service,
                             self.backfill.root / "services" / self.backfill.service))
                 self._own_pids = [conn.info.backend_pid, owner.info.backend_pid]
+                self._claim(conn, owner.info.backend_pid)
                 return self._loop(conn, owner, progress)
             finally:
+                if not conn.closed:
+                    conn.execute(f"UPDATE {ledger.BACKFILLS_TABLE} SET runner_pid = NULL "
+                                 "WHERE name = %s", (name,))
                 sessions.close()
         finally:
             conn.close()  # ends the advisory lock with the session
+
+    def _claim(self, conn: psycopg.Connection, owner_pid: int) -> None:
+        """Let the owner session `owner_pid` (and no other) move this backfill's progress
+        (the `backfill_progress_of_runner` policy); a row left naming that pid by a runner
+        that died is cleared first, so the pid names one row."""
+        conn.execute(f"UPDATE {ledger.BACKFILLS_TABLE} SET runner_pid = NULL "
+                     "WHERE runner_pid = %s", (owner_pid,))
+        conn.execute(f"UPDATE {ledger.BACKFILLS_TABLE} SET runner_pid = %s WHERE name = %s",
+                     (owner_pid, self.backfill.name))
 
     def _prepare(self, conn: psycopg.Connection) -> _Batch | BackfillResult:
         """The backfill's row, created (with its key range) on the first run; checks the file
         was not edited since it started."""
         b = self.backfill
         row = conn.execute(
-            f"""SELECT state, checksum, key_min, key_end, next_key, batch_size, error
+            f"""SELECT state, checksum, key_min, key_end, next_key, batch_size, error, batches
                 FROM {ledger.BACKFILLS_TABLE} WHERE name = %s""", (b.name,)).fetchone()
-        if row is not None and row[1] != b.checksum:
-            raise BackfillError(
-                f"{b.path}: backfill {b.name} was edited after it started on this database "
-                f"(checksum {row[1][:12]} then, {b.checksum[:12]} now); backfills are "
-                "append-only like revisions: revert the edit and write a new backfill")
-        if row is not None and row[0] == "finished":
+        if row is not None and row[0] == "finished":  # an edit now changes nothing: no error
             return self.result("finished", f"{b.name} had already finished")
+        if row is not None and row[1] != b.checksum:
+            if row[7]:
+                message = (f"{b.path}: backfill {b.name} was edited after it started on this "
+                           f"database ({row[7]} batch(es) ran with checksum {row[1][:12]}, the "
+                           f"file is {b.checksum[:12]} now); backfills are append-only like "
+                           "revisions: revert the edit and write a new backfill")
+                conn.execute(f"UPDATE {ledger.BACKFILLS_TABLE} SET state = 'failed', "
+                             "error = %s, updated_at = now() WHERE name = %s", (message, b.name))
+                raise BackfillError(message)
+            # paused before its first batch: the file may still change
+            conn.execute(f"UPDATE {ledger.BACKFILLS_TABLE} SET checksum = %s, key_table = %s, "
+                         "key_column = %s, batch_size = %s WHERE name = %s",
+                         (b.checksum, b.table, b.key, b.batch_size, b.name))
         if row is not None and row[0] in ("paused", "failed"):
             hint = "resume" if row[0] == "paused" else "retry"
             message = (f"{b.name} is {row[0]}" + (f": {row[6]}" if row[6] else "")
@@ -403,6 +428,10 @@ class BackfillRun:
                                  f"FROM {table}").fetchone() or (None, None)
         if low is None:
             return 0, 0  # an empty table: nothing to do
+        if int(high) >= BIGINT_MAX:
+            raise BackfillError(f"{b.path}: {where} reaches {BIGINT_MAX}, the largest bigint, so "
+                                "the last batch's exclusive end (:end) cannot be passed; walk "
+                                "another key, or handle that row in a revision")
         return int(low), int(high) + 1
 
     def _loop(self, conn: psycopg.Connection, owner: psycopg.Connection,
@@ -423,7 +452,7 @@ class BackfillRun:
             except TRANSIENT as err:
                 attempts += 1
                 if attempts > s.transient_retries:
-                    return self._fail(conn, err, size)
+                    return self._fail(conn, err)
                 delay = min(s.max_backoff_s, 0.1 * 2 ** attempts) * random.uniform(0.5, 1.0)
                 self._emit("backfill_retry", reason=_first_line(err), attempt=attempts,
                            sleep_s=round(delay, 2))
@@ -431,16 +460,16 @@ class BackfillRun:
                 continue
             except pg_errors.QueryCanceled as err:
                 if size == 1:
-                    return self._fail(conn, err, size)
+                    return self._fail(conn, err)
                 size = max(1, size // 2)
                 self._emit("backfill_retry", reason="statement timeout", batch_size=size)
                 continue
             except psycopg.OperationalError:
                 raise  # the connection is gone: the row stays running, the next run resumes
             except (psycopg.Error, BatchError) as err:
-                return self._fail(conn, err, size)
+                return self._fail(conn, err)
             except Exception as err:  # a Python backfill's own code: its error, in one line
-                return self._fail(conn, BatchError(f"batch() raised {err!r}"), size)
+                return self._fail(conn, BatchError(f"batch() raised {err!r}"))
             attempts = 0
             if outcome is None:  # paused, or finished
                 return self._finish(conn)
@@ -470,30 +499,43 @@ class BackfillRun:
                 "true), set_config('statement_timeout', %s, true)",
                 (quote_ident(b.schema), f"{s.lock_timeout_ms}ms", f"{s.statement_timeout_ms}ms"))
             row = owner.execute(
-                f"SELECT next_key, key_end, key_min, pg_current_xact_id()::text "
-                f"FROM {ledger.BACKFILLS_TABLE} WHERE name = %s AND state = 'running' "
+                f"SELECT next_key, key_end, key_min, pg_current_xact_id()::text, rows_done, "
+                f"batches FROM {ledger.BACKFILLS_TABLE} WHERE name = %s AND state = 'running' "
                 "FOR UPDATE", (b.name,)).fetchone()
             if row is None or row[0] >= row[1]:
                 return None
-            start, key_end, self._range, xid = row[0], row[1], (row[2], row[1]), row[3]
+            cursor, key_end, self._range, xid = row[0], row[1], (row[2], row[1]), row[3]
+            # the next key that exists (one index probe): gaps in the keys cost no batches
+            found = owner.execute(
+                f"SELECT min({quote_ident(b.key)}) FROM {quote_ident(b.schema)}."
+                f"{quote_ident(b.table)} WHERE {quote_ident(b.key)} >= %s", (cursor,)).fetchone()
+            start = key_end if found is None or found[0] is None else min(max(cursor, found[0]),
+                                                                          key_end)
             end = min(start + size, key_end)
+            self._current = (start, end)
             began = time.perf_counter()
-            if run is not None:
+            if start >= key_end:
+                pass  # no key left in the range: only the cursor moves
+            elif run is not None:
                 guarded = getattr(owner, "guarded", False)
                 owner.guarded = True  # type: ignore[attr-defined]
                 try:
                     counted = run(owner, start, end)
+                except SystemExit as err:  # not the runner's exit: the batch failed
+                    raise BatchError(f"batch() called sys.exit({err.code!r})") from err
                 finally:
                     owner.guarded = guarded  # type: ignore[attr-defined]
                 if counted is not None and (not isinstance(counted, int) or
-                                            isinstance(counted, bool)):
+                                            isinstance(counted, bool) or counted < 0):
                     raise BatchError(f"batch() returned {counted!r}; return the number of rows "
-                                     "it changed (an int), or None")
+                                     "it changed (an int, 0 or more), or None")
                 rows = counted or 0
             else:
                 with psycopg.RawCursor(owner) as cur:
                     cur.execute(b.statement, (start, end))
                     rows = max(cur.rowcount, 0)
+            if start >= key_end:
+                rows, end = 0, key_end
             elapsed_ms = (time.perf_counter() - began) * 1000
             # The batch must still be in the transaction that locked the progress row: one
             # that committed on its own (`conn.execute("COMMIT")` in a Python batch) would
@@ -501,14 +543,23 @@ class BackfillRun:
             moved = owner.execute(
                 f"""UPDATE {ledger.BACKFILLS_TABLE} SET next_key = %s, batch_size = %s,
                     batches = batches + 1, rows_done = rows_done + %s, updated_at = now()
-                    WHERE name = %s AND next_key = %s AND pg_current_xact_id()::text = %s""",
-                (end, size, rows, b.name, start, xid)).rowcount
+                    WHERE name = %s AND pg_current_xact_id()::text = %s""",
+                (end, size, rows, b.name, xid)).rowcount
             if moved != 1:
                 raise BatchError(
                     f"the batch of keys [{start}, {end}) ended its transaction itself (a COMMIT "
                     "or ROLLBACK in the backfill): its changes may be committed while the "
                     "cursor did not move; a batch must leave its transaction to the runner. "
                     "Remove the COMMIT, check those rows")
+            # the row was locked before the batch ran: if it changed, the batch changed it
+            now = owner.execute(
+                f"SELECT next_key, rows_done, batches FROM {ledger.BACKFILLS_TABLE} "
+                "WHERE name = %s", (b.name,)).fetchone()
+            if now is None or (now[0], now[1], now[2]) != (end, row[4] + rows, row[5] + 1):
+                raise BatchError(
+                    f"the batch of keys [{start}, {end}) changed its own progress row in "
+                    f"{ledger.BACKFILLS_TABLE}; a backfill changes its service's rows, never "
+                    "the runner's: remove that write (nothing of the batch was kept)")
         return start, end, rows, elapsed_ms
 
     def _finish(self, conn: psycopg.Connection) -> BackfillResult:
@@ -518,7 +569,8 @@ class BackfillRun:
                 updated_at = now() WHERE name = %s AND state = 'running' AND next_key >= key_end
                 RETURNING rows_done""", (name,)).fetchone()
         if done is not None:
-            self._emit("backfill_finished", rows=done[0], batches=self.batches)
+            self._emit("backfill_finished", rows=self.rows, batches=self.batches,
+                       rows_in_all=done[0])
             return self.result("finished", f"{name} finished: {done[0]:,} rows in all")
         state = conn.execute(f"SELECT state FROM {ledger.BACKFILLS_TABLE} WHERE name = %s",
                              (name,)).fetchone()
@@ -526,14 +578,10 @@ class BackfillRun:
         return self.result("paused", f"{name} is {state[0] if state else 'gone'}; "
                             f"`svcmig backfill resume {name}` continues it")
 
-    def _fail(self, conn: psycopg.Connection, err: psycopg.Error | BatchError,
-              size: int) -> BackfillResult:
+    def _fail(self, conn: psycopg.Connection, err: psycopg.Error | BatchError) -> BackfillResult:
         b = self.backfill
-        row = conn.execute(f"SELECT next_key FROM {ledger.BACKFILLS_TABLE} WHERE name = %s",
-                           (b.name,)).fetchone()
-        start = row[0] if row else None
-        where = (f"keys {b.key} >= {start} and < {start + size} of {b.schema}.{b.table}"
-                 if start is not None else f"{b.schema}.{b.table}")
+        where = (f"keys {b.key} >= {self._current[0]} and < {self._current[1]} of "
+                 f"{b.schema}.{b.table}" if self._current else f"{b.schema}.{b.table}")
         line = f" (line {b.statement_line})" if b.kind == "sql" else ""
         message = (f"{b.path}{line}: backfill {b.name} failed on the batch of {where}: "
                    f"{_first_line(err)}; earlier batches stay done. Fix the data or the "

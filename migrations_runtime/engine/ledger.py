@@ -129,8 +129,9 @@ FRAMEWORK_DDL = [
     # Backfills' progress (`backfill_runner`): one row per backfill started on this database.
     # A batch's transaction, in a session logged in as the service's owner, moves its cursor
     # with the batch's rows, so a batch is committed with its progress or not at all. The owner
-    # sees and may move only its own service's running backfills, and only the progress
-    # columns (column privileges); its state, range and file are the migrator's to write.
+    # sees its own service's backfills and may move only the progress columns (column
+    # privileges) of the running one its own session runs (`runner_pid`); the state, range,
+    # file and runner are the migrator's to write.
     f"""CREATE TABLE IF NOT EXISTS {BACKFILLS_TABLE} (
         name text PRIMARY KEY,
         service text NOT NULL,
@@ -151,14 +152,20 @@ FRAMEWORK_DDL = [
         updated_at timestamptz NOT NULL DEFAULT now(),
         finished_at timestamptz
     )""",
+    # the owner session running the backfill (set by the migrator): another backfill of the
+    # same service, in its own session, cannot move this one's progress
+    f"ALTER TABLE {BACKFILLS_TABLE} ADD COLUMN IF NOT EXISTS runner_pid integer",
     f"REVOKE ALL ON {BACKFILLS_TABLE} FROM PUBLIC",
     f"ALTER TABLE {BACKFILLS_TABLE} ENABLE ROW LEVEL SECURITY",
+    f"DROP POLICY IF EXISTS backfill_progress ON {BACKFILLS_TABLE}",  # any running row's
     f"""DO $$ BEGIN
         CREATE POLICY backfill_read ON {BACKFILLS_TABLE} FOR SELECT
             USING (current_user = service || '_owner');
-        CREATE POLICY backfill_progress ON {BACKFILLS_TABLE} FOR UPDATE
-            USING (current_user = service || '_owner' AND state = 'running')
-            WITH CHECK (current_user = service || '_owner' AND state = 'running');
+        CREATE POLICY backfill_progress_of_runner ON {BACKFILLS_TABLE} FOR UPDATE
+            USING (current_user = service || '_owner' AND state = 'running'
+                   AND runner_pid = pg_backend_pid())
+            WITH CHECK (current_user = service || '_owner' AND state = 'running'
+                        AND runner_pid = pg_backend_pid());
     EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
 ]
 FRAMEWORK_READY_SQL = f"""
@@ -170,7 +177,7 @@ FRAMEWORK_READY_SQL = f"""
        AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{TOKENS_TABLE}')
                    AND attname = 'pid')
        AND EXISTS (SELECT FROM pg_policy WHERE polrelid = to_regclass('{BACKFILLS_TABLE}')
-                   AND polname = 'backfill_progress')"""
+                   AND polname = 'backfill_progress_of_runner')"""
 
 
 class Executes(Protocol):
