@@ -402,13 +402,13 @@ def test_a_contract_revision_waits_until_its_backfill_finished(tmp_path: Path,
     result = migrate(database_url, root, log=warnings.append)
     assert result.results == ()
     held = [w for w in warnings if w.get("kind") == "waiting_backfill"]
-    assert held and "has not started" in str(held[0]["message"])
+    assert held and "items.fill (not started)" in str(held[0]["message"])
     assert "svcmig backfill run items.fill" in str(held[0]["message"])
     # partly done: the message says how far
     run_backfills(database_url, root, None, BackfillSettings(sleep_ms=0, max_seconds=0.6))
     plan = read_plan(database_url, root)
     waiting = [a for a in plan.anomalies if a.kind == "waiting_backfill"]
-    assert waiting and "running" in waiting[0].message and "% of the key range done" in \
+    assert waiting and "unfinished" in waiting[0].message and "% of its key range done" in \
         waiting[0].message
     assert not plan.steps
     status = run_cli(root, "status", database_url=database_url)
@@ -443,6 +443,13 @@ def test_a_failed_backfill_holds_its_revision_and_says_why(tmp_path: Path,
     plan = read_plan(database_url, root)
     message = next(a.message for a in plan.anomalies if a.kind == "waiting_backfill")
     assert "failed" in message and "division by zero" in message
+    assert "fix what failed, then `svcmig backfill retry items.fill`" in message
+    set_state(database_url, "items.fill", "retry", root)
+    set_state(database_url, "items.fill", "pause", root)
+    paused = next(a.message for a in read_plan(database_url, root).anomalies
+                  if a.kind == "waiting_backfill")
+    assert "items.fill (paused with 0% of its key range done" in paused
+    assert "`svcmig backfill resume items.fill`" in paused
 
 
 def test_a_service_created_from_nothing_waives_its_own_backfills(tmp_path: Path,

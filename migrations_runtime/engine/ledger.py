@@ -304,11 +304,22 @@ class BackfillProgress(NamedTuple):
         return min(1.0, (self.next_key - self.key_min) / (self.key_end - self.key_min))
 
     def describe(self) -> str:
-        """`running, 41% of the key range done (410,000 rows)`."""
-        done = f"{self.fraction:.0%} of the key range done ({self.rows_done:,} rows)"
+        """`unfinished, 41% of its key range done (410,000 rows)`, `paused at 41% …`, `failed
+        at 41% … : <error>`."""
+        done = f"{self.fraction:.0%} of its key range done ({self.rows_done:,} rows)"
         if self.state == "failed":
-            return f"failed, {done}: {self.error}"
-        return f"{self.state}, {done}"
+            return f"failed with {done}: {self.error}"
+        if self.state == "paused":
+            return f"paused with {done}"
+        return f"{'finished' if self.state == 'finished' else 'unfinished'}, {done}"
+
+    def next_step(self) -> str:
+        """The command that moves it on."""
+        if self.state == "failed":
+            return f"fix what failed, then `svcmig backfill retry {self.name}`"
+        if self.state == "paused":
+            return f"`svcmig backfill resume {self.name}`"
+        return f"`svcmig backfill run {self.name}`"
 
 
 BACKFILL_PROGRESS_SQL = f"""SELECT name, service, state, key_min, key_end, next_key, rows_done,

@@ -121,7 +121,7 @@ def _hold_for_backfills(selected: list[Revision], state: DatabaseState, fresh: b
     (`waived`, recorded as finished by the run). A held expand revision in the expand phase is
     an error: the code about to go live may need it."""
     for index, rev in enumerate(selected):
-        unfinished, pending = [], []
+        unfinished, pending, steps = [], [], []
         for name in rev.requires_backfill:
             progress = state.backfills.get(name)
             if progress is not None and progress.state == "finished":
@@ -130,8 +130,8 @@ def _hold_for_backfills(selected: list[Revision], state: DatabaseState, fresh: b
                 waived.append(name)
                 continue
             pending.append(name)
-            unfinished.append(f"{name}, which "
-                              + (progress.describe() if progress else "has not started"))
+            unfinished.append(f"{name} ({progress.describe() if progress else 'not started'})")
+            steps.append(progress.next_step() if progress else f"`svcmig backfill run {name}`")
         if not unfinished:
             continue
         if not state.backfills_known:  # planned without a database: say so, hold nothing
@@ -145,9 +145,9 @@ def _hold_for_backfills(selected: list[Revision], state: DatabaseState, fresh: b
         anomalies.append(Anomaly(
             "waiting_backfill", rev.service, rev.id,
             f"{rev.path}: revision {rev.id} waits for backfill {'; and '.join(unfinished)}"
-            + (f" ({later} later revision(s) of {rev.service} wait behind it)" if later else "")
-            + f". Run `svcmig backfill run {' '.join(pending)}` (a deploy starts it once the "
-            "code is live; `svcmig backfill status` shows how far it is), then migrate again",
+            + (f"; {later} later revision(s) of {rev.service} wait behind it" if later else "")
+            + f". Next: {'; '.join(steps)} (a deploy starts pending backfills once the code is "
+            "live; `svcmig backfill status` shows how far they are), then migrate again",
             fatal=phase == "expand" and rev.phase == "expand"))
         return selected[:index]
     return selected
