@@ -673,3 +673,29 @@ def test_the_largest_bigint_as_a_key_is_refused_in_one_line(tmp_path: Path,
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [outcome] = json.loads(result.stdout)["backfills"]
     assert outcome["outcome"] == "failed" and "the largest bigint" in outcome["message"]
+
+
+def test_one_broken_backfill_file_stops_no_other(tmp_path: Path, database_url: str) -> None:
+    root = project(tmp_path)
+    (root / "services/items/backfills/2026-01-03T0000__items__broken.sql").write_text(
+        "UPDATE items SET touched = 1 WHERE id >= :start;")
+    migrate(database_url, root, **QUIET)  # migrating does not read backfill files
+    ran = run_cli(root, "backfill", "run", "--json", "--sleep-ms", "0",
+                  database_url=database_url)
+    assert ran.returncode == 1
+    outcomes = {r["name"]: r for r in json.loads(ran.stdout)["backfills"]}
+    assert outcomes["items.fill"]["outcome"] == "finished"
+    assert outcomes["items.broken"]["outcome"] == "failed"
+    assert "does not use :end" in outcomes["items.broken"]["message"]
+    status = run_cli(root, "backfill", "status", database_url=database_url)
+    assert status.returncode == 1
+    assert "items.broken" in status.stdout and "invalid" in status.stdout
+    assert "items.fill" in status.stdout and "finished" in status.stdout
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_max_seconds_must_be_a_positive_number(tmp_path: Path, value: str) -> None:
+    root = project(tmp_path)
+    result = run_cli(root, "backfill", "run", "--max-seconds", value,
+                     database_url="postgresql://postgres@127.0.0.1:1/nothing")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr

@@ -20,9 +20,13 @@ from ..engine.backfill_runner import (
     set_state,
     with_overrides,
 )
+from ..engine.errors import MigrationFileError
 from .common import (
+    EXIT_INTERRUPTED,
     database_url_option,
     echo_json,
+    fail,
+    finite,
     json_option,
     project_root,
     run,
@@ -96,6 +100,8 @@ def _run_options(command: Any) -> Any:
         click.option("--max-batch-size", type=click.IntRange(1), default=None,
                      help="Widest key range of one batch [default: 1000000]."),
         click.option("--max-seconds", type=click.FloatRange(0, min_open=True), default=None,
+                     callback=lambda ctx, param, value: None if value is None else
+                     finite(ctx, param, value),
                      help="Stop after this long (resumable); default: run to the end."),
         click.option("--parallel", type=click.IntRange(1, 16), default=1, show_default=True,
                      help="Run this many backfills at once (one at a time unless asked)."),
@@ -117,8 +123,16 @@ def _run(names: tuple[str, ...] | None, database_url: str | None, as_json: bool,
                               max_batch_size=pacing["max_batch_size"],
                               max_seconds=pacing["max_seconds"])
     started = time.monotonic()
-    results: list[BackfillResult] = run(lambda: run_backfills(
-        database.url, project_root(), names, settings, _log(log_format), parallel))
+    def action() -> list[BackfillResult]:
+        try:
+            return run_backfills(database.url, project_root(), names, settings,
+                                 _log(log_format), parallel)
+        except KeyboardInterrupt:
+            fail("interrupted: the batch running then is rolled back with its session and "
+                 "earlier batches stay done; `svcmig backfill run` continues from the last "
+                 "committed batch", EXIT_INTERRUPTED)
+
+    results: list[BackfillResult] = run(action)
     if as_json:
         echo_json({"backfills": [r.as_dict() for r in results],
                    "seconds": round(time.monotonic() - started, 3)})
@@ -149,18 +163,24 @@ def run_command(names: tuple[str, ...], **options: Any) -> None:
 def status_command(database_url: str | None, as_json: bool) -> None:
     """Every backfill and how far it is on the database. Exit 1 if one failed."""
     database = _database(database_url)
-    found = run(lambda: backfill_status(database.url, project_root()))
+    problems: dict[str, MigrationFileError] = {}
+    found = run(lambda: backfill_status(database.url, project_root(), problems))
     if as_json:
-        echo_json({"backfills": [s.as_dict() for s in found]})
-    elif not found:
+        echo_json({"backfills": [s.as_dict() for s in found],
+                   "invalid": [{"name": name, "error": str(err)}
+                               for name, err in sorted(problems.items())]})
+    elif not found and not problems:
         click.echo("no backfills in this project")
     else:
         for status in found:
             p = status.progress
             done = f"{p.fraction:4.0%}  {p.rows_done:,} rows" if p else "   -"
             click.echo(f"{status.backfill.name:<32} {status.state:<11} {done}"
-                       + (f"\n  {p.error}" if p and p.error else ""))
-    if any(s.state == "failed" for s in found):
+                       + (f"\n  {p.error}" if p and p.error else "")
+                       + (f"\n  {status.note}" if status.note else ""))
+        for name, err in sorted(problems.items()):
+            click.echo(f"{name:<32} {'invalid':<11}\n  {err}")
+    if problems or any(s.state == "failed" for s in found):
         sys.exit(1)
 
 

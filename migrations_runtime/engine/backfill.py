@@ -119,16 +119,28 @@ def backfill_files(service: Service) -> list[Path]:
     return found
 
 
-def load_backfills(services: list[Service]) -> dict[str, Backfill]:
-    """Every service's backfills by name; a name used twice in a service is refused."""
+def load_backfills(services: list[Service],
+                   problems: dict[str, MigrationFileError] | None = None) -> dict[str, Backfill]:
+    """Every service's backfills by name; a name used twice in a service is refused. With
+    `problems`, a file that cannot be loaded is put there, under its backfill name (the file
+    name when it has none), and the others still load; otherwise its error is raised."""
     found: dict[str, Backfill] = {}
     for service in services:
         for path in backfill_files(service):
-            backfill = load_backfill(path, service)
-            if backfill.name in found:
-                raise MigrationFileError(
-                    path, f"backfill name {backfill.name} is also {found[backfill.name].file}: "
-                    "a slug names one backfill per service; choose another slug")
+            try:
+                backfill = load_backfill(path, service)
+                if backfill.name in found:
+                    raise MigrationFileError(
+                        path, f"backfill name {backfill.name} is also "
+                        f"{found[backfill.name].file}: a slug names one backfill per service; "
+                        "choose another slug")
+            except MigrationFileError as err:
+                if problems is None:
+                    raise
+                match = FILENAME_RE.match(path.name)
+                problems[backfill_name(match["service"], match["slug"]) if match
+                         else path.name] = err
+                continue
             found[backfill.name] = backfill
     return found
 

@@ -35,7 +35,7 @@ from . import ledger
 from .backfill import Backfill, load_backfills
 from .database import connect, redact, refuse_pooler
 from .discover import Service, discover_services, find_project_root
-from .errors import SvcmigError, UsageProblem
+from .errors import MigrationFileError, SvcmigError, UsageProblem
 from .sessions import RevisionSessions
 from .statements import quote_ident
 
@@ -109,6 +109,7 @@ class BackfillStatus:
     updated_at: str | None = None
     # seconds since its row last changed, by the database's clock (None: never started)
     idle_seconds: float | None = None
+    note: str | None = None  # why it finished without running (`record_waived`)
 
     @property
     def state(self) -> str:
@@ -127,22 +128,28 @@ class BackfillStatus:
                 "next_key": p.next_key if p else None, "key_end": p.key_end if p else None,
                 "error": p.error if p else None, "updated_at": self.updated_at,
                 "idle_seconds": round(self.idle_seconds, 1) if self.idle_seconds is not None
-                else None}
+                else None, "note": self.note}
 
 
-def project_backfills(root: Path | None = None) -> dict[str, Backfill]:
+def project_backfills(root: Path | None = None,
+                      problems: dict[str, MigrationFileError] | None = None
+                      ) -> dict[str, Backfill]:
+    """The project's backfills by name; files that cannot be loaded go to `problems` (when
+    given), so one broken file stops no other backfill."""
     root = root or find_project_root()
-    return load_backfills(discover_services(root))
+    return load_backfills(discover_services(root), problems)
 
 
-def _pick(backfills: dict[str, Backfill], names: Iterable[str]) -> list[Backfill]:
+def _pick(backfills: dict[str, Backfill], names: Iterable[str],
+          broken: Iterable[str] = ()) -> list[Backfill]:
     chosen = []
     for name in names:
-        if name not in backfills:
+        if name not in backfills and name not in broken:
             known = ", ".join(sorted(backfills)) or "none"
             raise UsageProblem(f"no backfill {name!r} in this project (known: {known}); a "
                                "backfill is named <service>.<slug> after its file")
-        chosen.append(backfills[name])
+        if name in backfills:
+            chosen.append(backfills[name])
     return chosen
 
 
@@ -161,9 +168,12 @@ def _connect(url: str, settings: BackfillSettings) -> psycopg.Connection:
     return conn
 
 
-def backfill_status(url: str, root: Path | None = None) -> list[BackfillStatus]:
-    """Every backfill of the project with its progress on the database at `url`."""
-    backfills = project_backfills(root)
+def backfill_status(url: str, root: Path | None = None,
+                    problems: dict[str, MigrationFileError] | None = None
+                    ) -> list[BackfillStatus]:
+    """Every backfill of the project with its progress on the database at `url`; files that
+    cannot be loaded go to `problems` when given (else the first one's error is raised)."""
+    backfills = project_backfills(root, problems)
     conn = connect(url, role="svcmig-backfill")
     try:
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
@@ -172,7 +182,7 @@ def backfill_status(url: str, root: Path | None = None) -> list[BackfillStatus]:
         if exists and exists[0]:
             for row in conn.execute(
                     f"""SELECT b.name, b.batch_size, b.batches, b.updated_at::text,
-                           extract(epoch FROM now() - b.updated_at)::float8,
+                           extract(epoch FROM now() - b.updated_at)::float8, b.note,
                            EXISTS (SELECT FROM pg_locks l WHERE l.locktype = 'advisory'
                                    AND l.granted AND l.classid = {BACKFILL_LOCK_CLASS}
                                    AND l.objid = hashtext(b.name)::oid
@@ -189,7 +199,8 @@ def backfill_status(url: str, root: Path | None = None) -> list[BackfillStatus]:
         found.append(BackfillStatus(backfill, progress.get(name),
                                     batch_size=mine[1] if mine else None,
                                     batches=mine[2] if mine else 0,
-                                    running_now=bool(mine[5]) if mine else False,
+                                    running_now=bool(mine[6]) if mine else False,
+                                    note=mine[5] if mine else None,
                                     updated_at=mine[3] if mine else None,
                                     idle_seconds=mine[4] if mine else None))
     return found
@@ -242,7 +253,7 @@ def record_waived(conn: psycopg.Connection, root: Path, names: Iterable[str]) ->
     names = list(names)
     if not names:
         return
-    backfills = project_backfills(root)
+    backfills = project_backfills(root, problems={})  # a broken file is the runner's to say
     for name in names:
         if name in backfills:
             _insert_row(conn, backfills[name], "finished",
@@ -260,9 +271,14 @@ def run_backfills(url: str, root: Path | None = None, names: Iterable[str] | Non
     stop the others. Raises `UsageProblem` for an unknown name."""
     settings = settings or BackfillSettings()
     log = log or (lambda _line: None)
-    backfills = project_backfills(root)
-    chosen = _pick(backfills, names) if names is not None else sorted(
+    problems: dict[str, MigrationFileError] = {}
+    backfills = project_backfills(root, problems)
+    chosen = _pick(backfills, names, problems) if names is not None else sorted(
         backfills.values(), key=lambda b: (b.timestamp, b.name))
+    broken = [BackfillResult(name, "failed", message=str(err))
+              for name, err in sorted(problems.items()) if names is None or name in names]
+    for result in broken:
+        log({"event": "backfill_failed", "backfill": result.name, "message": result.message})
     if parallel < 1:
         raise UsageProblem("--parallel must be at least 1")
 
@@ -278,9 +294,9 @@ def run_backfills(url: str, root: Path | None = None, names: Iterable[str] | Non
             return run.result("failed", message)
 
     if parallel == 1 or len(chosen) < 2:
-        return [one(b) for b in chosen]
+        return broken + [one(b) for b in chosen]
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        return list(pool.map(one, chosen))
+        return broken + list(pool.map(one, chosen))
 
 
 @dataclass
