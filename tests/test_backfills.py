@@ -484,6 +484,7 @@ BAD_BACKFILLS = {
     "another schema": ("UPDATE users.users SET plan = 1 WHERE id >= :start AND id < :end",
                        "a table of another schema"),
     "syntax error": ("UPDATE items SET WHERE id >= :start AND id < :end", "syntax error"),
+    "no statement": ("-- WHERE id >= :start AND id < :end\n", "has no statement"),
 }
 
 

@@ -229,6 +229,9 @@ def _one_statement(text: str, path: Path) -> tuple[str, int]:
     except ParseError as err:
         raise MigrationFileError(path, f"SQL syntax error: {err.args[0]}",
                                  _error_line(converted, err), kind="parse") from err
+    if not statements:
+        raise MigrationFileError(path, "the file has no statement: write the one data change "
+                                 "each batch runs, or delete the file")
     if len(statements) != 1:
         raise MigrationFileError(
             path, f"a backfill is one statement, run once per batch; this file has "
