@@ -35,6 +35,7 @@ from migrations_runtime.engine.backfill_runner import (
     project_backfills,
     run_backfills,
     set_state,
+    status_report,
 )
 from migrations_runtime.engine.errors import SvcmigError, UsageProblem
 
@@ -177,8 +178,9 @@ def operation(event: dict[str, Any]) -> dict[str, Any]:
     try:
         url = master_url()
         if action == "status":
-            found = [s.as_dict() for s in backfill_status(url, root)]
-            return {"ok": not any(s["state"] == "failed" for s in found), "backfills": found}
+            report = status_report(url, root)
+            return {"ok": not report["invalid"] and all(
+                s["state"] != "failed" for s in report["backfills"]), **report}
         if action in ("pause", "resume", "retry"):
             if len(names) != 1:
                 return {"ok": False, "exit": EXIT_USAGE, "text": f"{action} needs one name"}

@@ -15,12 +15,11 @@ from ..dev.embedded import Database, resolve_database
 from ..engine.backfill_runner import (
     BackfillResult,
     BackfillSettings,
-    backfill_status,
     run_backfills,
     set_state,
+    status_report,
     with_overrides,
 )
-from ..engine.errors import MigrationFileError
 from .common import (
     EXIT_INTERRUPTED,
     database_url_option,
@@ -163,25 +162,33 @@ def run_command(names: tuple[str, ...], **options: Any) -> None:
 def status_command(database_url: str | None, as_json: bool) -> None:
     """Every backfill and how far it is on the database. Exit 1 if one failed."""
     database = _database(database_url)
-    problems: dict[str, MigrationFileError] = {}
-    found = run(lambda: backfill_status(database.url, project_root(), problems))
+    report = run(lambda: status_report(database.url, project_root()))
     if as_json:
-        echo_json({"backfills": [s.as_dict() for s in found],
-                   "invalid": [{"name": name, "error": str(err)}
-                               for name, err in sorted(problems.items())]})
-    elif not found and not problems:
-        click.echo("no backfills in this project")
+        echo_json(report)
     else:
-        for status in found:
-            p = status.progress
-            done = f"{p.fraction:4.0%}  {p.rows_done:,} rows" if p else "   -"
-            click.echo(f"{status.backfill.name:<32} {status.state:<11} {done}"
-                       + (f"\n  {p.error}" if p and p.error else "")
-                       + (f"\n  {status.note}" if status.note else ""))
-        for name, err in sorted(problems.items()):
-            click.echo(f"{name:<32} {'invalid':<11}\n  {err}")
-    if problems or any(s.state == "failed" for s in found):
+        click.echo(status_text(report))
+    if not status_ok(report):
         sys.exit(1)
+
+
+def status_text(report: dict[str, list[dict[str, Any]]]) -> str:
+    """`status_report` (local, or a stage's through `svcmig remote`) as lines for a person."""
+    lines = []
+    for row in report["backfills"]:
+        done = "   -" if row["state"] == "pending" else (
+            f"{float(row['done']):4.0%}  {int(row['rows']):,} rows")
+        lines.append(f"{row['name']:<32} {row['state']:<11} {done}"
+                     + (f"\n  {row['error']}" if row.get("error") else "")
+                     + (f"\n  {row['note']}" if row.get("note") else ""))
+    lines.extend(f"{row['name']:<32} {'invalid':<11}\n  {row['error']}"
+                 for row in report.get("invalid", []))
+    return "\n".join(lines) or "no backfills in this project"
+
+
+def status_ok(report: dict[str, list[dict[str, Any]]]) -> bool:
+    """No backfill failed and every file loads (else `status` exits 1)."""
+    return not report.get("invalid") and all(row["state"] != "failed"
+                                             for row in report["backfills"])
 
 
 @backfill.command("pause")

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from .backfill import status_ok, status_text
 from .common import (
     EXIT_PROBLEM,
     EXIT_USAGE,
@@ -122,28 +123,19 @@ def _backfill(name: str, action: str, names: list[str]) -> dict[str, Any]:
     return result
 
 
-def status_line(row: dict[str, Any]) -> str:
-    """A backfill as `svcmig backfill status` prints it, from its `as_dict()`."""
-    done = "   -" if row["state"] == "pending" else (
-        f"{float(row['done']):4.0%}  {int(row['rows']):,} rows")
-    return f"{row['name']:<32} {row['state']:<11} {done}" + (
-        f"\n  {row['error']}" if row.get("error") else "")
-
-
 @remote_backfill.command("status")
 @json_option
 @click.pass_obj
 def remote_backfill_status(name: str, as_json: bool) -> None:
-    """Every backfill and how far it is on the stage's database. Exit 1 if one failed."""
-    rows = _backfill(name, "status", [])["backfills"]
+    """Every backfill and how far it is on the stage's database. Exit 1 if one failed or a
+    file is invalid."""
+    result = _backfill(name, "status", [])
+    report = {"backfills": result["backfills"], "invalid": result.get("invalid", [])}
     if as_json:
-        echo_json({"backfills": rows})
-    elif not rows:
-        click.echo("no backfills in this project")
+        echo_json(report)
     else:
-        for row in rows:
-            click.echo(status_line(row))
-    if any(row["state"] == "failed" for row in rows):
+        click.echo(status_text(report))
+    if not status_ok(report):
         sys.exit(EXIT_PROBLEM)
 
 

@@ -206,6 +206,17 @@ def backfill_status(url: str, root: Path | None = None,
     return found
 
 
+def status_report(url: str, root: Path | None = None) -> dict[str, list[dict[str, object]]]:
+    """`backfill_status` as `svcmig backfill status --json` prints it (and the deployed
+    stage's operations function answers it): `backfills` (each `BackfillStatus.as_dict()`) and
+    `invalid` (files that cannot be loaded: `name`, `error`)."""
+    problems: dict[str, MigrationFileError] = {}
+    found = backfill_status(url, root, problems)
+    return {"backfills": [s.as_dict() for s in found],
+            "invalid": [{"name": name, "error": str(err)}
+                        for name, err in sorted(problems.items())]}
+
+
 def set_state(url: str, name: str, action: str, root: Path | None = None) -> str:
     """`pause` a running (or not yet started) backfill, `resume` a paused one, `retry` a failed
     one (its failed batch runs again). Returns what it did, in one line; a running runner stops
