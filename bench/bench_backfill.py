@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -61,7 +60,14 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_handlers import percentile, start_dev  # noqa: E402
-from bench_traffic import Load, Project, bench_server, seed, settle  # noqa: E402
+from bench_traffic import (  # noqa: E402
+    Load,
+    Project,
+    bench_server,
+    environment_line,
+    seed,
+    settle,
+)
 
 FILL = "length(email)"
 
@@ -78,14 +84,7 @@ class RowWriter(Load):
     def _worker(self) -> None:
         conn = psycopg.connect(self.url, autocommit=True, application_name="row-writer")
         try:
-            while not self._stop.is_set():
-                with self._lock:
-                    i = self._next
-                    self._next += 1
-                due = self.t0 + i / self.rate
-                delay = due - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    return
+            for i, due in self._turns():
                 try:
                     conn.execute("UPDATE users.users SET display_name = %s WHERE id = %s",
                                  (f"writer {i}", random.randint(1, self.user_ids)))
@@ -379,13 +378,9 @@ def run_all(args: argparse.Namespace, cases: list[Case], url: str, server: str) 
         finally:
             dev.terminate()
             dev.wait(20)
-        with psycopg.connect(url) as conn:
-            version = conn.execute("SHOW server_version").fetchone()
-    print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-          f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}; Python "
-          f"{platform.python_version()}; PostgreSQL {version[0] if version else '?'} on {server}; "
-          f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at "
-          "the end")
+        machine = environment_line(url, server)
+    print(f"{machine}; load average (1 min) {load_before:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end")
     print(f"- {args.rate:g} req/s open loop (bench_traffic.py's mix), `svcmig dev --concurrency "
           f"{args.concurrency}`, {args.rows:,} users; {args.write_rate:g} row writes/s "
           f"to existing users beside it (straight in SQL, 4 connections); fill "

@@ -114,6 +114,17 @@ SCENARIOS = [
 ]
 
 
+def environment_line(url: str, server: str) -> str:
+    """`- date: …; 2 CPUs, Linux x86_64; Python …; PostgreSQL … on <server>`, for a results
+    table's header."""
+    with psycopg.connect(url) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+    return (f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+            f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}; Python "
+            f"{platform.python_version()}; PostgreSQL {version[0] if version else '?'} on "
+            f"{server}")
+
+
 @dataclass
 class Load:
     """An open-loop generator: `rate` requests per second until stopped."""
@@ -145,8 +156,9 @@ class Load:
         return "POST", "/users", body, {"Idempotency-Key": f"{self._run}-{i}",
                                         "Content-Type": "application/json"}
 
-    def _worker(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+    def _turns(self) -> Iterator[tuple[int, float]]:
+        """Each (request number, when it is due) of this worker, waiting until it is due:
+        open loop, so a slow answer never delays the requests after it. Ends when stopped."""
         while not self._stop.is_set():
             with self._lock:
                 i = self._next
@@ -155,6 +167,11 @@ class Load:
             delay = due - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 return
+            yield i, due
+
+    def _worker(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        for i, due in self._turns():
             method, path, body, headers = self._request(i)
             try:
                 conn.request(method, path, body=body, headers=headers)
@@ -394,11 +411,8 @@ def run_all(args: argparse.Namespace, chosen: list[Scenario], url: str, server: 
         finally:
             dev.terminate()
             dev.wait(20)
-        with psycopg.connect(url) as conn:
-            version = conn.execute("SHOW server_version").fetchone()
-    print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-          f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}; Python "
-          f"{platform.python_version()}; PostgreSQL {version[0] if version else '?'} on {server}")
+        machine = environment_line(url, server)
+    print(machine)
     print(f"- {args.rate:g} req/s open loop (60 % GET /users/{{id}}, 20 % GET /users?limit=20, "
           f"20 % POST /users), `svcmig dev --concurrency {args.concurrency}`, "
           f"{args.users:,} users; blockers hold {BLOCKER_SECONDS:g} s; whole run "

@@ -48,6 +48,7 @@ from .handler import (
     master_url,
     project_root,
     release_of_bundle,
+    run_worker_task,
     worker_settings,
 )
 
@@ -87,21 +88,8 @@ def start_worker(names: Sequence[str] = (), why: str = "deploy") -> str:
 
     worker = worker_settings()
     environment = {"SVCMIG_TASK": TASK, "SVCMIG_BACKFILLS": " ".join(names)}
-    answer = boto3.client("ecs").run_task(
-        cluster=worker["cluster"], taskDefinition=worker["task_definition"],
-        launchType="FARGATE", count=1, startedBy=STARTED_BY,
-        networkConfiguration={"awsvpcConfiguration": {
-            "subnets": worker["subnets"], "securityGroups": worker["security_groups"],
-            "assignPublicIp": "DISABLED"}},
-        overrides={"containerOverrides": [{
-            "name": worker["container"],
-            "environment": [{"name": k, "value": v} for k, v in environment.items()]}]})
-    tasks = answer.get("tasks") or []
-    if not tasks:
-        reasons = "; ".join(f"{f.get('reason')} {f.get('detail') or ''}".strip()
-                            for f in answer.get("failures") or []) or "no task and no reason"
-        raise MigrationError(cap_reason(f"could not start the backfill worker task: {reasons}"))
-    arn = str(tasks[0]["taskArn"])
+    arn = run_worker_task(boto3.client("ecs"), worker, environment, STARTED_BY,
+                          "backfill worker")
     log({"event": "backfill_worker_start", "why": why, "backfills": list(names) or "pending",
          "task": arn})
     return arn

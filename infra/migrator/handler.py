@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -370,6 +371,28 @@ def started_by(run_id: str) -> str:
     return "svcmig-" + hashlib.sha256(run_id.encode()).hexdigest()[:29]
 
 
+def run_worker_task(ecs: Any, worker: Mapping[str, Any], environment: Mapping[str, str],
+                    started_by: str, what: str) -> str:
+    """Start one worker task (Fargate, the worker's private subnets, no public IP) with
+    `environment` set in its container; returns the task's ARN. Raises `MigrationError` with
+    ECS's reasons when it started none (`what` names the task in the message)."""
+    answer = ecs.run_task(
+        cluster=worker["cluster"], taskDefinition=worker["task_definition"],
+        launchType="FARGATE", count=1, startedBy=started_by,
+        networkConfiguration={"awsvpcConfiguration": {
+            "subnets": worker["subnets"], "securityGroups": worker["security_groups"],
+            "assignPublicIp": "DISABLED"}},
+        overrides={"containerOverrides": [{
+            "name": worker["container"],
+            "environment": [{"name": k, "value": v} for k, v in environment.items()]}]})
+    tasks = answer.get("tasks") or []
+    if not tasks:
+        why = "; ".join(f"{f.get('reason')} {f.get('detail') or ''}".strip()
+                        for f in answer.get("failures") or []) or "no task and no reason"
+        raise MigrationError(cap_reason(f"could not start the {what} task: {why}"))
+    return str(tasks[0]["taskArn"])
+
+
 def start_worker(run_id: str, phase: str, physical_id: str, migrations_hash: str
                  ) -> dict[str, Any]:
     """Start the worker task for CloudFormation request `run_id` (or find the one a repeated
@@ -396,23 +419,10 @@ def start_worker(run_id: str, phase: str, physical_id: str, migrations_hash: str
     environment = {"SVCMIG_RUN_ID": run_id, "SVCMIG_PHASE": phase,
                    "SVCMIG_PHYSICAL_ID": physical_id, "SVCMIG_DEADLINE": f"{deadline:.0f}",
                    "SVCMIG_MIGRATIONS_HASH": migrations_hash}
-    answer = ecs.run_task(
-        cluster=worker["cluster"], taskDefinition=worker["task_definition"],
-        launchType="FARGATE", count=1, startedBy=tag,
-        networkConfiguration={"awsvpcConfiguration": {
-            "subnets": worker["subnets"], "securityGroups": worker["security_groups"],
-            "assignPublicIp": "DISABLED"}},
-        overrides={"containerOverrides": [{
-            "name": worker["container"],
-            "environment": [{"name": k, "value": v} for k, v in environment.items()]}]})
-    tasks = answer.get("tasks") or []
-    if not tasks:
-        why = "; ".join(f"{f.get('reason')} {f.get('detail') or ''}".strip()
-                        for f in answer.get("failures") or []) or "no task and no reason"
-        raise MigrationError(cap_reason(f"could not start the migration worker task: {why}"))
-    log({"event": "worker_started", "phase": phase, "run": run_id,
-         "task": tasks[0]["taskArn"], "deadline": deadline})
-    return {"run": run_id, "phase": phase, "task": tasks[0]["taskArn"],
+    arn = run_worker_task(ecs, worker, environment, tag, "migration worker")
+    log({"event": "worker_started", "phase": phase, "run": run_id, "task": arn,
+         "deadline": deadline})
+    return {"run": run_id, "phase": phase, "task": arn,
             "cluster": worker["cluster"], "deadline": float(f"{deadline:.0f}")}
 
 
