@@ -483,6 +483,9 @@ BAD_BACKFILLS = {
                            "AND id < :end", "a revision's directive"),
     "another schema": ("UPDATE users.users SET plan = 1 WHERE id >= :start AND id < :end",
                        "a table of another schema"),
+    "the runner's table": ("-- key: items.id\nUPDATE svcmig.backfills SET next_key = 1 WHERE "
+                           "EXISTS (SELECT FROM items WHERE id >= :start AND id < :end)",
+                           "a table of another schema"),
     "syntax error": ("UPDATE items SET WHERE id >= :start AND id < :end", "syntax error"),
     "no statement": ("-- WHERE id >= :start AND id < :end\n", "has no statement"),
 }
@@ -568,6 +571,8 @@ def test_python_revisions_declare_requires_backfill(tmp_path: Path) -> None:
     ("    conn.commit()", "may not commit"),
     ("    conn.execute('SELECT nonsense FROM items')", 'column "nonsense" does not exist'),
     ("    return -5", "batch() returned -5"),
+    ("    conn.execute('UPDATE items SET qty = qty WHERE id >= %s AND id < %s', (start, end))",
+     "batch() returned None"),
     ("    import sys\n    sys.exit(0)", "batch() called sys.exit(0)"),
 ])
 def test_a_python_batch_that_misbehaves_fails_the_backfill(tmp_path: Path, database_url: str,
@@ -700,3 +705,69 @@ def test_max_seconds_must_be_a_positive_number(tmp_path: Path, value: str) -> No
     result = run_cli(root, "backfill", "run", "--max-seconds", value,
                      database_url="postgresql://postgres@127.0.0.1:1/nothing")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_pause_resume_retry_work_beside_a_broken_file(tmp_path: Path, database_url: str) -> None:
+    root = project(tmp_path)
+    (root / "services/items/backfills/2026-01-03T0000__items__broken.sql").write_text(
+        "UPDATE items SET touched = 1 WHERE id >= :start AND id < :end; SELECT 1;")
+    migrate(database_url, root, **QUIET)
+    assert "paused" in set_state(database_url, "items.fill", "pause", root)
+    set_state(database_url, "items.fill", "resume", root)
+    with pytest.raises(BackfillError, match="one statement"):
+        set_state(database_url, "items.broken", "pause", root)
+    unknown = run_cli(root, "backfill", "pause", "items.nothing", database_url=database_url)
+    assert unknown.returncode == 2 and "no backfill 'items.nothing'" in unknown.stderr
+
+
+@pytest.mark.parametrize(("create", "problem"), [
+    ("CREATE TABLE base (id bigint PRIMARY KEY, touched int);\n"
+     "CREATE VIEW items AS SELECT * FROM base;", "is not a table"),
+    ("CREATE TABLE items (id bigint, touched int);", "no valid index starts with"),
+])
+def test_a_backfill_that_cannot_start_is_failed_with_why(tmp_path: Path, database_url: str,
+                                                         create: str, problem: str) -> None:
+    """Recorded, so status and the planner say why, not `pending` / `not started`."""
+    root = write_project(tmp_path / "p", {"items": {
+        "2026-01-01T0000__items__create.sql": create,
+        "2026-01-03T0000__items__later.sql": "-- requires-backfill: items.fill\nSELECT 1;\n"}})
+    (root / "services/items/backfills").mkdir()
+    (root / "services/items/backfills/2026-01-02T0000__items__fill.sql").write_text(
+        "UPDATE items SET touched = 1 WHERE id >= :start AND id < :end;")
+    migrate(database_url, root, target="items_202601010000", **QUIET)
+    assert run_backfills(database_url, root, None, FAST)[0].outcome == "failed"
+    status = run_cli(root, "backfill", "status", database_url=database_url)
+    assert status.returncode == 1 and "failed" in status.stdout and problem in status.stdout
+    held = next(a.message for a in read_plan(database_url, root).anomalies
+                if a.kind == "waiting_backfill")
+    assert problem in held and "svcmig backfill retry items.fill" in held
+
+
+def test_rows_with_a_null_key_are_said_to_be_skipped(tmp_path: Path, database_url: str) -> None:
+    root = project(tmp_path, "-- key: items.qty\nUPDATE items SET touched = touched + 1 "
+                   "WHERE qty >= :start AND qty < :end;\n", extra={
+                       "2026-01-01T0100__items__nullable.sql":
+                       "ALTER TABLE items ALTER COLUMN qty DROP NOT NULL;\n"
+                       "UPDATE items SET qty = NULL WHERE id <= 10;\n"
+                       "CREATE INDEX items_qty ON items (qty);\n"})
+    migrate(database_url, root, **QUIET)
+    events: list[dict[str, object]] = []
+    assert run_backfills(database_url, root, None, FAST, log=events.append)[0].rows == ROWS - 10
+    warning = next(e for e in events if e["event"] == "backfill_warning")
+    assert "never visited" in str(warning["message"])
+
+
+def test_the_key_index_dropped_while_running_fails_the_backfill(tmp_path: Path,
+                                                               database_url: str) -> None:
+    root = project(tmp_path, SLOW_FILL)
+    migrate(database_url, root, **QUIET)
+    query(database_url, "CREATE UNIQUE INDEX items_id_copy ON items.items (id)")
+    query(database_url, "ALTER TABLE items.items DROP CONSTRAINT items_pkey")
+    dropper = threading.Timer(1.0, lambda: query(database_url, "DROP INDEX items.items_id_copy"))
+    dropper.start()
+    result = run_backfills(database_url, root, None,
+                           BackfillSettings(sleep_ms=0, max_batch_size=100))[0]
+    dropper.join()
+    assert result.outcome == "failed" and "index on items.items.id is gone" in result.message
+    assert progress(database_url)["state"] == "failed"
+    assert counts(database_url)[1] == 0

@@ -98,6 +98,9 @@ def _run_options(command: Any) -> Any:
                      help="Pause after each batch [default: 100]."),
         click.option("--max-batch-size", type=click.IntRange(1), default=None,
                      help="Widest key range of one batch [default: 1000000]."),
+        click.option("--statement-timeout-ms", type=click.IntRange(100), default=None,
+                     help="A batch running longer is halved and retried; one key longer fails "
+                     "the backfill [default: 30000]."),
         click.option("--max-seconds", type=click.FloatRange(0, min_open=True), default=None,
                      callback=lambda ctx, param, value: None if value is None else
                      finite(ctx, param, value),
@@ -120,7 +123,8 @@ def _run(names: tuple[str, ...] | None, database_url: str | None, as_json: bool,
     settings = with_overrides(BackfillSettings(), target_batch_ms=pacing["target_ms"],
                               sleep_ms=pacing["sleep_ms"],
                               max_batch_size=pacing["max_batch_size"],
-                              max_seconds=pacing["max_seconds"])
+                              max_seconds=pacing["max_seconds"],
+                              statement_timeout_ms=pacing["statement_timeout_ms"])
     started = time.monotonic()
     def action() -> list[BackfillResult]:
         try:

@@ -14,7 +14,7 @@ A SQL backfill is one data-changing statement with the bounds `:start` and `:end
 
 A Python backfill sets `key = "users.id"` (and optionally `batch_size`) and defines
 `batch(conn, start, end)`, which runs in the batch's transaction on the service owner's
-psycopg connection and returns the number of rows it changed (or None).
+psycopg connection and returns the number of rows it changed (an int: `cursor.rowcount`).
 
 Loading reads files only (a Python backfill is imported when it runs); every problem is a
 `MigrationFileError` naming the file and line.
@@ -262,6 +262,15 @@ def _key(statement: str, declared: tuple[str, int] | None, path: Path, service: 
          line: int) -> tuple[str, str]:
     """The table and key column: `-- key: table.column`, or else what `column >= :start`
     compares in an UPDATE's or DELETE's own table."""
+    from pglast import parse_sql
+
+    stmt = parse_sql(statement)[0].stmt
+    relation = getattr(stmt, "relation", None)
+    if relation is not None and relation.schemaname not in (None, service.schema):
+        raise MigrationFileError(
+            path, f"the statement changes {relation.schemaname}.{relation.relname}, a table "
+            f"of another schema; a backfill of {service.name} changes {service.name}'s "
+            "tables", line, kind="other_schema")
     if declared is not None:
         value, number = declared
         parts = value.strip().split(".")
@@ -272,18 +281,9 @@ def _key(statement: str, declared: tuple[str, int] | None, path: Path, service: 
                 path, f"'-- key: {value}' must name a table of {service.name} and its integer "
                 "key column, e.g. '-- key: users.id'", number, kind="parse")
         return parts[0], parts[1]
-    from pglast import parse_sql
-
-    stmt = parse_sql(statement)[0].stmt
-    relation = getattr(stmt, "relation", None)
     column = _bounded_column(getattr(stmt, "whereClause", None))
     if relation is not None and column is not None and type(stmt).__name__ in (
             "UpdateStmt", "DeleteStmt"):
-        if relation.schemaname not in (None, service.schema):
-            raise MigrationFileError(
-                path, f"the statement changes {relation.schemaname}.{relation.relname}, a table "
-                f"of another schema; a backfill of {service.name} changes {service.name}'s "
-                "tables", line, kind="other_schema")
         return relation.relname, column
     raise MigrationFileError(
         path, "cannot tell which key the batches walk: add '-- key: <table>.<column>' (an "

@@ -224,7 +224,11 @@ def set_state(url: str, name: str, action: str, root: Path | None = None) -> str
     transitions = {"pause": (("running",), "paused"), "resume": (("paused",), "running"),
                    "retry": (("failed",), "running")}
     allowed, new = transitions[action]
-    backfill = _pick(project_backfills(root), [name])[0]
+    problems: dict[str, MigrationFileError] = {}
+    backfills = project_backfills(root, problems)  # another file's problem is not this one's
+    if name in problems:
+        raise BackfillError(str(problems[name]))
+    backfill = _pick(backfills, [name], problems)[0]
     conn = _connect(url, BackfillSettings())
     try:
         row = conn.execute(f"SELECT state FROM {ledger.BACKFILLS_TABLE} WHERE name = %s",
@@ -234,7 +238,7 @@ def set_state(url: str, name: str, action: str, root: Path | None = None) -> str
             return f"{name} paused before it started; `svcmig backfill resume {name}` lets it run"
         if row is None or row[0] not in allowed:
             state = row[0] if row else "pending (never started)"
-            hint = {"pause": "only a running backfill can be paused",
+            hint = {"pause": "only a running or a not yet started backfill can be paused",
                     "resume": "only a paused backfill can be resumed",
                     "retry": "only a failed backfill can be retried"}[action]
             raise BackfillError(f"{name} is {state}: {hint} (see `svcmig backfill status`)")
@@ -356,25 +360,42 @@ class BackfillRun:
                 message = f"{name} is being run by {holder[0] if holder else 'another runner'}"
                 self._emit("backfill_busy", message=message)
                 return self.result("busy", message)
-            progress = self._prepare(conn)
-            if isinstance(progress, BackfillResult):
-                return progress
-            sessions = RevisionSessions(conn, self.url, self.settings.idle_in_transaction_ms,
-                                        self.log)
             try:
-                owner = sessions.session(
-                    Service(self.backfill.service,
-                            self.backfill.root / "services" / self.backfill.service))
-                self._own_pids = [conn.info.backend_pid, owner.info.backend_pid]
-                self._claim(conn, owner.info.backend_pid)
-                return self._loop(conn, owner, progress)
-            finally:
-                if not conn.closed:
-                    conn.execute(f"UPDATE {ledger.BACKFILLS_TABLE} SET runner_pid = NULL "
-                                 "WHERE name = %s", (name,))
-                sessions.close()
+                return self._run_locked(conn)
+            except BackfillError as err:  # recorded, so status and the planner say why
+                self._record_failure(conn, str(err))
+                raise
         finally:
             conn.close()  # ends the advisory lock with the session
+
+    def _run_locked(self, conn: psycopg.Connection) -> BackfillResult:
+        """`run`, once the backfill's advisory lock is held."""
+        name = self.backfill.name
+        progress = self._prepare(conn)
+        if isinstance(progress, BackfillResult):
+            return progress
+        sessions = RevisionSessions(conn, self.url, self.settings.idle_in_transaction_ms,
+                                    self.log)
+        try:
+            owner = sessions.session(
+                Service(self.backfill.service,
+                        self.backfill.root / "services" / self.backfill.service))
+            self._own_pids = [conn.info.backend_pid, owner.info.backend_pid]
+            self._claim(conn, owner.info.backend_pid)
+            return self._loop(conn, owner, progress)
+        finally:
+            if not conn.closed:
+                conn.execute(f"UPDATE {ledger.BACKFILLS_TABLE} SET runner_pid = NULL "
+                             "WHERE name = %s", (name,))
+            sessions.close()
+
+    def _record_failure(self, conn: psycopg.Connection, message: str) -> None:
+        """The backfill cannot start (or go on): failed, with why, until `retry`."""
+        b = self.backfill
+        _insert_row(conn, b, "failed", None)
+        conn.execute(f"UPDATE {ledger.BACKFILLS_TABLE} SET state = 'failed', error = %s, "
+                     "updated_at = now() WHERE name = %s AND state <> 'finished'",
+                     (message, b.name))
 
     def _claim(self, conn: psycopg.Connection, owner_pid: int) -> None:
         """Let the owner session `owner_pid` (and no other) move this backfill's progress
@@ -433,7 +454,8 @@ class BackfillRun:
         where = f"{b.schema}.{b.table}.{b.key}"
         found = conn.execute(
             """SELECT t.typname, EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid
-                                         AND i.indkey[0] = a.attnum AND i.indisvalid)
+                                         AND i.indkey[0] = a.attnum AND i.indisvalid),
+                      c.relkind
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                JOIN pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
                JOIN pg_type t ON t.oid = a.atttypid
@@ -442,6 +464,9 @@ class BackfillRun:
         if found is None:
             raise BackfillError(f"{b.path}: {where} does not exist on this database; apply the "
                                 "revision that creates it first (`svcmig migrate`)")
+        if found[2] not in ("r", "p"):
+            raise BackfillError(f"{b.path}: {b.schema}.{b.table} is not a table (a view, or a "
+                                "materialized view): a backfill walks the key of a table")
         if found[0] not in INTEGER_TYPES:
             raise BackfillError(f"{b.path}: the key {where} is {found[0]}; batches walk an "
                                 "integer key (smallint, integer, bigint): name one with "
@@ -455,6 +480,12 @@ class BackfillRun:
                                  f"FROM {table}").fetchone() or (None, None)
         if low is None:
             return 0, 0  # an empty table: nothing to do
+        nulls = conn.execute(f"SELECT EXISTS (SELECT FROM {table} WHERE "
+                             f"{quote_ident(b.key)} IS NULL)").fetchone()
+        if nulls and nulls[0]:
+            self._emit("backfill_warning", message=f"{where} is NULL in some rows: a backfill "
+                       "walks key values, so those rows are never visited; change them in a "
+                       "revision, or walk a key without NULLs")
         if int(high) >= BIGINT_MAX:
             raise BackfillError(f"{b.path}: {where} reaches {BIGINT_MAX}, the largest bigint, so "
                                 "the last batch's exclusive end (:end) cannot be passed; walk "
@@ -487,7 +518,10 @@ class BackfillRun:
                 continue
             except pg_errors.QueryCanceled as err:
                 if size == 1:
-                    return self._fail(conn, err)
+                    return self._fail(conn, BatchError(
+                        f"{_first_line(err)}: one key's rows take longer than the statement "
+                        f"timeout ({s.statement_timeout_ms} ms); raise it with "
+                        "--statement-timeout-ms, or make the statement cheaper"))
                 size = max(1, size // 2)
                 self._emit("backfill_retry", reason="statement timeout", batch_size=size)
                 continue
@@ -527,8 +561,8 @@ class BackfillRun:
                 (quote_ident(b.schema), f"{s.lock_timeout_ms}ms", f"{s.statement_timeout_ms}ms"))
             row = owner.execute(
                 f"SELECT next_key, key_end, key_min, pg_current_xact_id()::text, rows_done, "
-                f"batches FROM {ledger.BACKFILLS_TABLE} WHERE name = %s AND state = 'running' "
-                "FOR UPDATE", (b.name,)).fetchone()
+                f"batches, batch_size FROM {ledger.BACKFILLS_TABLE} WHERE name = %s "
+                "AND state = 'running' FOR UPDATE", (b.name,)).fetchone()
             if row is None or row[0] >= row[1]:
                 return None
             cursor, key_end, self._range, xid = row[0], row[1], (row[2], row[1]), row[3]
@@ -552,11 +586,10 @@ class BackfillRun:
                     raise BatchError(f"batch() called sys.exit({err.code!r})") from err
                 finally:
                     owner.guarded = guarded  # type: ignore[attr-defined]
-                if counted is not None and (not isinstance(counted, int) or
-                                            isinstance(counted, bool) or counted < 0):
+                if not isinstance(counted, int) or isinstance(counted, bool) or counted < 0:
                     raise BatchError(f"batch() returned {counted!r}; return the number of rows "
-                                     "it changed (an int, 0 or more), or None")
-                rows = counted or 0
+                                     "it changed, an int of 0 or more (e.g. cursor.rowcount)")
+                rows = counted
             else:
                 with psycopg.RawCursor(owner) as cur:
                     cur.execute(b.statement, (start, end))
@@ -564,6 +597,15 @@ class BackfillRun:
             if start >= key_end:
                 rows, end = 0, key_end
             elapsed_ms = (time.perf_counter() - began) * 1000
+            # the row was locked before the batch ran: if it changed, the batch changed it
+            now = owner.execute(
+                f"SELECT next_key, rows_done, batches, batch_size FROM {ledger.BACKFILLS_TABLE} "
+                "WHERE name = %s", (b.name,)).fetchone()
+            if now is None or tuple(now) != (cursor, row[4], row[5], row[6]):
+                raise BatchError(
+                    f"the batch of keys [{start}, {end}) changed its own progress row in "
+                    f"{ledger.BACKFILLS_TABLE}; a backfill changes its service's rows, never "
+                    "the runner's: remove that write (nothing of the batch was kept)")
             # The batch must still be in the transaction that locked the progress row: one
             # that committed on its own (`conn.execute("COMMIT")` in a Python batch) would
             # leave its rows changed with the cursor unmoved, to be done again
@@ -578,15 +620,6 @@ class BackfillRun:
                     "or ROLLBACK in the backfill): its changes may be committed while the "
                     "cursor did not move; a batch must leave its transaction to the runner. "
                     "Remove the COMMIT, check those rows")
-            # the row was locked before the batch ran: if it changed, the batch changed it
-            now = owner.execute(
-                f"SELECT next_key, rows_done, batches FROM {ledger.BACKFILLS_TABLE} "
-                "WHERE name = %s", (b.name,)).fetchone()
-            if now is None or (now[0], now[1], now[2]) != (end, row[4] + rows, row[5] + 1):
-                raise BatchError(
-                    f"the batch of keys [{start}, {end}) changed its own progress row in "
-                    f"{ledger.BACKFILLS_TABLE}; a backfill changes its service's rows, never "
-                    "the runner's: remove that write (nothing of the batch was kept)")
         return start, end, rows, elapsed_ms
 
     def _finish(self, conn: psycopg.Connection) -> BackfillResult:
@@ -624,6 +657,16 @@ class BackfillRun:
         now = time.monotonic()
         if now - self._health_checked < self.settings.health_interval_s:
             return
+        b = self.backfill
+        indexed = conn.execute(
+            """SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a ON a.attrelid =
+                   i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(%s)
+                   AND a.attname = %s AND i.indisvalid)""",
+            (f"{quote_ident(b.schema)}.{quote_ident(b.table)}", b.key)).fetchone()
+        if not indexed or not indexed[0]:
+            raise BackfillError(f"{b.path}: the index on {b.schema}.{b.table}.{b.key} is gone "
+                                "(or invalid): every batch would scan the whole table. "
+                                f"Index the key again, then `svcmig backfill retry {b.name}`")
         delay = max(self.settings.sleep_ms / 1000, 0.1)
         while True:
             reason = self._pressure(conn)
