@@ -414,3 +414,32 @@ def outside_range(stmt: Statement, ctx: RevisionContext, backfill: Backfill) -> 
             if message not in seen:
                 seen.add(message)
                 yield message
+
+
+def unknown_backfills(names: tuple[str, ...], revision: Path) -> list[str]:
+    """The names a revision's `requires-backfill` gives for which its project has no backfill
+    file (`services/<service>/backfills/*__<service>__<slug>.sql|.py`): the planner would refuse
+    every run of every service until it is fixed."""
+    if not names:
+        return []
+    parents = revision.resolve().parents  # <root>/services/<service>/migrations/<file>
+    if len(parents) < 4:
+        return []  # not in a project (a rule's example)
+    root = parents[3]
+    missing = []
+    for name in names:
+        owner, _, slug = name.partition(".")
+        folder = root / "services" / owner / BACKFILLS_FOLDER
+        if not any(folder.glob(f"*__{owner}__{slug}.sql")) and not any(
+                folder.glob(f"*__{owner}__{slug}.py")):
+            missing.append(name)
+    return missing
+
+
+def unknown_backfill_findings(names: tuple[str, ...], revision: Path) -> list[Finding]:
+    return [Finding(revision, 1, 1, rules.REFUSED_BY_RUNNER,
+                    f"requires backfill {name!r}, but services/{name.partition('.')[0]}/"
+                    f"{BACKFILLS_FOLDER}/ has no such file: the planner refuses every run until "
+                    "the name is fixed or the backfill added")
+            for name in unknown_backfills(names, revision)]
+

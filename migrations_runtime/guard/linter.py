@@ -23,7 +23,13 @@ from ..engine import load
 from ..engine.discover import Service
 from ..engine.errors import MigrationFileError
 from . import rules
-from .backfills import BACKFILLS_FOLDER, BackfillLinter, backfill_paths, is_backfill_path
+from .backfills import (
+    BACKFILLS_FOLDER,
+    BackfillLinter,
+    backfill_paths,
+    is_backfill_path,
+    unknown_backfill_findings,
+)
 from .effects import strong_locks
 from .findings import Finding
 from .parsing import (
@@ -202,7 +208,7 @@ def lint_sql_text(text: str, ctx: RevisionContext, path: Path) -> list[Finding]:
     except MigrationFileError as err:
         return [Finding(path, err.line or 1, 1, rules.PARSE_ERROR, err.message)]
     ctx.transactional, ctx.phase = source.transactional, source.phase
-    findings: list[Finding] = []
+    findings: list[Finding] = unknown_backfill_findings(source.requires_backfill, path)
     try:
         parsed = parse_statements(source.up, source.up_line)
         if source.down is not None and source.down_line is not None:
@@ -285,7 +291,10 @@ def lint_python_text(text: str, ctx: RevisionContext, path: Path, *, replay: boo
         return []
     ctx.transactional = bool(header.get("transactional", True))
     ctx.phase = str(header.get("phase", "expand"))
-    findings: list[Finding] = []
+    required = header.get("requires_backfill") or ()
+    findings: list[Finding] = unknown_backfill_findings(
+        (required,) if isinstance(required, str) else tuple(map(str, required)),  # type: ignore[call-overload]
+        path)
     suppressions: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         match = SUPPRESSION_RE.match(raw.strip())

@@ -339,3 +339,28 @@ def test_held_lock_before_a_validate_does_not_point_to_backfills() -> None:
 def test_traced_hints_point_to_backfills() -> None:
     for rule in (rules.TRACED_REWRITE, rules.TRACED_LOCK_HELD, rules.TRACED_UNBOUNDED_SCAN):
         assert "backfills/" in rule.hint and "svcmig backfill run" in rule.hint, rule.name
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("2026-12-01T0000__users__needs.sql",
+     "-- phase: contract\n-- requires-backfill: users.nope\nSELECT 1;\n"),
+    ("2026-12-01T0000__users__needs.py",
+     'revision = "users_202612010000"\ndown_revision = None\nphase = "contract"\n'
+     'requires_backfill = ["users.nope"]\n\ndef upgrade():\n    pass\n'),
+])
+def test_requires_backfill_naming_no_backfill_is_a_finding(tmp_path: Path, name: str,
+                                                           text: str) -> None:
+    """The planner would refuse every run of every service; the guard says so before merge."""
+    from migrations_runtime.guard.backfills import unknown_backfill_findings, unknown_backfills
+
+    revision = tmp_path / "services" / "users" / "migrations" / name
+    revision.parent.mkdir(parents=True)
+    revision.write_text(text)
+    assert unknown_backfills(("users.nope",), revision) == ["users.nope"]
+    folder = tmp_path / "services" / "users" / "backfills"
+    folder.mkdir()
+    (folder / "2026-12-01T0001__users__nope.sql").write_text(
+        "UPDATE users SET x = 1 WHERE id >= :start AND id < :end;")
+    assert unknown_backfills(("users.nope",), revision) == []
+    assert [f.rule.name for f in unknown_backfill_findings(("users.gone",), revision)] == [
+        "refused-by-runner"]
