@@ -353,7 +353,7 @@ def problem(scope: _Scope, target: ast.RangeVar, where: ast.Node | None,
                     conjunct.subselect, seen):
                 return None
     table = ".".join(scope.ctx.qualify(target))
-    wanted = key or "<key>"
+    wanted = key or f"a column of {table}"
     elsewhere = [f"{c[0] + '.' if c[0] else ''}{c[1]}" for c, m in marks.items()
                  if {"lower", "upper"} <= m]
     reason = (f"the bounds are on {', '.join(elsewhere)}, not on {wanted}" if elsewhere else
