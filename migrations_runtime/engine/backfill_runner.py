@@ -262,18 +262,20 @@ def _insert_row(conn: psycopg.Connection, backfill: Backfill, state: str,
          backfill.key, backfill.batch_size, note, state))
 
 
-def record_waived(conn: psycopg.Connection, root: Path, names: Iterable[str]) -> None:
-    """Mark `names` finished without running them: the revisions that require them created
+def record_waived(conn: psycopg.Connection, root: Path, names: Iterable[str] | None,
+                  why: str = "{service} was created from nothing by the run that applied the "
+                             "revisions requiring it") -> None:
+    """Mark `names` (None: every backfill of the project) finished without running them,
+    noting `why` ("{service}" is replaced): by default the revisions that require them created
     their service from nothing in this run (`plan.Plan.waived_backfills`)."""
-    names = list(names)
-    if not names:
+    names = None if names is None else list(names)
+    if names == []:
         return
     backfills = project_backfills(root, problems={})  # a broken file is the runner's to say
-    for name in names:
+    for name in backfills if names is None else names:
         if name in backfills:
             _insert_row(conn, backfills[name], "finished",
-                        f"not needed: {backfills[name].service} was created from nothing by "
-                        "the run that applied the revisions requiring it")
+                        "not needed: " + why.replace("{service}", backfills[name].service))
 
 
 def run_backfills(url: str, root: Path | None = None, names: Iterable[str] | None = None,
