@@ -209,9 +209,7 @@ def pause_command(name: str, database_url: str | None) -> None:
 @_run_options
 def resume_command(name: str, **options: Any) -> None:
     """Continue a paused backfill from its last batch, now."""
-    database = _database(options["database_url"])
-    run(lambda: set_state(database.url, name, "resume", project_root()))
-    _run((name,), **options)
+    _again(name, "resume", options)
 
 
 @backfill.command("retry")
@@ -219,6 +217,11 @@ def resume_command(name: str, **options: Any) -> None:
 @_run_options
 def retry_command(name: str, **options: Any) -> None:
     """Run a failed backfill again from the batch that failed (after fixing its cause)."""
+    _again(name, "retry", options)
+
+
+def _again(name: str, action: str, options: dict[str, Any]) -> None:
+    """`resume` or `retry`: let NAME run again, then run it with the run options."""
     database = _database(options["database_url"])
-    run(lambda: set_state(database.url, name, "retry", project_root()))
+    run(lambda: set_state(database.url, name, action, project_root()))
     _run((name,), **options)

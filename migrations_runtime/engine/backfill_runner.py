@@ -317,14 +317,6 @@ def run_backfills(url: str, root: Path | None = None, names: Iterable[str] | Non
 
 
 @dataclass
-class _Batch:
-    start: int
-    end: int
-    size: int
-    attempts: int = 0
-
-
-@dataclass
 class BackfillRun:
     """One runner of one backfill; `run` does the work (see the module docstring)."""
 
@@ -408,7 +400,7 @@ class BackfillRun:
         conn.execute(f"UPDATE {ledger.BACKFILLS_TABLE} SET runner_pid = %s WHERE name = %s",
                      (owner_pid, self.backfill.name))
 
-    def _prepare(self, conn: psycopg.Connection) -> _Batch | BackfillResult:
+    def _prepare(self, conn: psycopg.Connection) -> int | BackfillResult:
         """The backfill's row, created (with its key range) on the first run; checks the file
         was not edited since it started."""
         b = self.backfill
@@ -445,9 +437,20 @@ class BackfillRun:
                              WHERE name = %s""", (key_min, key_end, key_min, b.name))
             self._emit("backfill_started", table=f"{b.schema}.{b.table}", key=b.key,
                        key_min=key_min, key_end=key_end)
-            return _Batch(key_min, key_min, b.batch_size)
+            return b.batch_size
         self._emit("backfill_resumed", next_key=row[4], key_end=row[3])
-        return _Batch(row[4], row[4], row[5])
+        return int(row[5])
+
+    def _key_indexed(self, conn: psycopg.Connection) -> bool:
+        """A valid index starts with the key column (checked when it starts, and with the
+        health while it runs: a batch without it scans the whole table)."""
+        b = self.backfill
+        found = conn.execute(
+            """SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a ON a.attrelid =
+                   i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(%s)
+                   AND a.attname = %s AND i.indisvalid)""",
+            (f"{quote_ident(b.schema)}.{quote_ident(b.table)}", b.key)).fetchone()
+        return bool(found and found[0])
 
     def _key_range(self, conn: psycopg.Connection) -> tuple[int, int]:
         """`[min(key), max(key) + 1)`, after checking the key is an indexed integer column
@@ -455,9 +458,7 @@ class BackfillRun:
         b = self.backfill
         where = f"{b.schema}.{b.table}.{b.key}"
         found = conn.execute(
-            """SELECT t.typname, EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid
-                                         AND i.indkey[0] = a.attnum AND i.indisvalid),
-                      c.relkind
+            """SELECT t.typname, c.relkind
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                JOIN pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
                JOIN pg_type t ON t.oid = a.atttypid
@@ -466,14 +467,14 @@ class BackfillRun:
         if found is None:
             raise BackfillError(f"{b.path}: {where} does not exist on this database; apply the "
                                 "revision that creates it first (`svcmig migrate`)")
-        if found[2] not in ("r", "p"):
+        if found[1] not in ("r", "p"):
             raise BackfillError(f"{b.path}: {b.schema}.{b.table} is not a table (a view, or a "
                                 "materialized view): a backfill walks the key of a table")
         if found[0] not in INTEGER_TYPES:
             raise BackfillError(f"{b.path}: the key {where} is {found[0]}; batches walk an "
                                 "integer key (smallint, integer, bigint): name one with "
                                 "'-- key: <table>.<column>'")
-        if not found[1]:
+        if not self._key_indexed(conn):
             raise BackfillError(f"{b.path}: no valid index starts with {where}, so every batch "
                                 "would scan the whole table; index the key first (CREATE INDEX "
                                 "CONCURRENTLY in a revision) or walk another key")
@@ -495,9 +496,9 @@ class BackfillRun:
         return int(low), int(high) + 1
 
     def _loop(self, conn: psycopg.Connection, owner: psycopg.Connection,
-              batch: _Batch) -> BackfillResult:
+              first_size: int) -> BackfillResult:
         s = self.settings
-        size = max(1, min(batch.size, s.max_batch_size))
+        size = max(1, min(first_size, s.max_batch_size))
         attempts = 0
         run = self.backfill.batch_function() if self.backfill.kind == "python" else None
         while True:
@@ -660,12 +661,7 @@ class BackfillRun:
         if now - self._health_checked < self.settings.health_interval_s:
             return
         b = self.backfill
-        indexed = conn.execute(
-            """SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a ON a.attrelid =
-                   i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(%s)
-                   AND a.attname = %s AND i.indisvalid)""",
-            (f"{quote_ident(b.schema)}.{quote_ident(b.table)}", b.key)).fetchone()
-        if not indexed or not indexed[0]:
+        if not self._key_indexed(conn):
             raise BackfillError(f"{b.path}: the index on {b.schema}.{b.table}.{b.key} is gone "
                                 "(or invalid): every batch would scan the whole table. "
                                 f"Index the key again, then `svcmig backfill retry {b.name}`")
