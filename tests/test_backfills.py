@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -209,6 +210,18 @@ def test_a_batch_failing_on_bad_data_names_its_key_range_and_retry_continues(
     assert progress(database_url)["error"] is None
 
 
+def ending_on(events: list[dict[str, object]], event: str,
+              end: Callable[[], None]) -> Callable[[dict[str, object]], None]:
+    """A runner's log that keeps every event and calls `end` (ending what holds the runner
+    back) once the runner has logged `event`: the test sees the runner react to the hold
+    however long its start took, where a timer might have ended the hold before it began."""
+    def log(line: dict[str, object]) -> None:
+        events.append(line)
+        if line["event"] == event:
+            end()
+    return log
+
+
 def test_a_lock_held_elsewhere_is_waited_out_not_failed(tmp_path: Path,
                                                         database_url: str) -> None:
     root = project(tmp_path)
@@ -216,14 +229,11 @@ def test_a_lock_held_elsewhere_is_waited_out_not_failed(tmp_path: Path,
     events: list[dict[str, object]] = []
     with psycopg.connect(database_url) as holder:
         holder.execute("SELECT * FROM items.items WHERE id = 10 FOR UPDATE")
-        release = threading.Timer(1.5, holder.rollback)
-        release.start()
         results = run_backfills(database_url, root, None,
                                 BackfillSettings(sleep_ms=0, lock_timeout_ms=200,
                                                  max_transaction_age_s=3600,
                                                  max_lock_wait_s=3600),
-                                log=events.append)
-        release.join()
+                                log=ending_on(events, "backfill_retry", holder.rollback))
     assert results[0].outcome == "finished"
     assert any(e["event"] == "backfill_retry" for e in events)
     assert counts(database_url) == (ROWS, 0, 0)
@@ -269,12 +279,9 @@ def test_backs_off_while_a_long_transaction_is_open(tmp_path: Path, database_url
     with psycopg.connect(database_url) as old:
         old.execute("SELECT 1")  # a transaction, open from now on
         time.sleep(0.6)
-        ended = threading.Timer(1.0, old.rollback)
-        ended.start()
         results = run_backfills(database_url, root, None,
                                 BackfillSettings(sleep_ms=0, max_transaction_age_s=0.5),
-                                log=events.append)
-        ended.join()
+                                log=ending_on(events, "backfill_throttled", old.rollback))
     throttled = [e for e in events if e["event"] == "backfill_throttled"]
     assert throttled and "transaction has been open" in str(throttled[0]["reason"])
     assert results[0].outcome == "finished" and counts(database_url) == (ROWS, 0, 0)

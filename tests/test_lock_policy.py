@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -68,6 +69,18 @@ class Blocker:
         self.release()
 
 
+def releasing_after(blocker: Blocker, attempts: int,
+                    lines: list[dict[str, object]]) -> Callable[[dict[str, object]], None]:
+    """A run's log that keeps every line and ends `blocker` once the run has logged `attempts`
+    lock waits: what the test sees does not hang on how long the run takes to reach its first
+    attempt (a busy CI machine took over 1.3 s, and a timed blocker was gone after one)."""
+    def log(line: dict[str, object]) -> None:
+        lines.append(line)
+        if line["event"] == "lock_wait" and line["attempt"] == attempts:
+            blocker.release()
+    return log
+
+
 def test_a_blocker_released_after_some_attempts_is_ridden_out_once(
         tmp_path: Path, database_url: str) -> None:
     root = project(tmp_path)
@@ -75,13 +88,14 @@ def test_a_blocker_released_after_some_attempts_is_ridden_out_once(
     add(root, "2026-01-02T0000", "ALTER TABLE items ADD COLUMN price int;\n"
         "INSERT INTO items (name) VALUES ('added by the revision');\n")
     lines: list[dict[str, object]] = []
-    blocker = Blocker(database_url, "SELECT count(*) FROM shop.items", hold_seconds=1.5)
+    blocker = Blocker(database_url, "SELECT count(*) FROM shop.items", hold_seconds=60)
     try:
-        result = migrate(database_url, root, settings=RunSettings(lock=QUICK), log=lines.append)
+        result = migrate(database_url, root, settings=RunSettings(lock=QUICK),
+                         log=releasing_after(blocker, 4, lines))
     finally:
         blocker.stop()
     waits = [line for line in lines if line["event"] == "lock_wait"]
-    assert len(waits) >= 3  # 1.5 s of 100–200 ms attempts with pauses
+    assert len(waits) == 4  # the blocker ended after the fourth attempt gave up
     assert [line["attempt"] for line in waits] == list(range(1, len(waits) + 1))
     # what each attempt waited, measured: its timeout (100, 150, 200, 200 …) and a little more
     timeouts = [QUICK.timeout_ms(i) for i in range(len(waits))]
@@ -406,10 +420,10 @@ def test_a_hold_read_from_the_server_counts_from_the_attempt_that_took_it(
     add(root, "2026-01-02T0000", "DO $$ BEGIN LOCK TABLE shop.items IN SHARE MODE; END $$;\n")
     lines: list[dict[str, object]] = []
     blocker = Blocker(database_url, "INSERT INTO shop.items (name) VALUES ('in flight')",
-                      hold_seconds=1.5)
+                      hold_seconds=60)
     try:
         result = migrate(database_url, root, settings=RunSettings(lock=QUICK),
-                         log=lines.append)
+                         log=releasing_after(blocker, 3, lines))
     finally:
         blocker.stop()
     assert [line for line in lines if line["event"] == "lock_wait"]  # it did wait
