@@ -302,6 +302,50 @@ def test_which_holds_are_reported(tmp_path: Path, database_url: str, text: str,
     assert {str(w["kind"]) for w in result.hold_warnings} == expected
 
 
+# A Python revision's statements, by the way they reach the server: through Alembic's `op`
+# (SQLAlchemy's hook parses each, as for a SQL revision), with bound parameters (not parseable
+# alone) or through the raw driver connection (no hook): the last two are read from pg_locks.
+PYTHON_HOLDS = {
+    "op-catalog-only": (python_revision(
+        "    op.add_column('items', sa.Column('price', sa.Integer))"), set(), None),
+    "op-then-whole-table-update": (python_revision(
+        "    op.add_column('items', sa.Column('price', sa.Integer))\n"
+        "    op.execute('UPDATE items SET price = 1')"), {"lock_held_across_statements"}, 9),
+    "driver-sql-lock-then-sleep-with-parameters": (python_revision(
+        "    bind = op.get_bind()\n"
+        "    bind.exec_driver_sql('LOCK TABLE items IN SHARE MODE')\n"
+        "    bind.exec_driver_sql('SELECT pg_sleep(%(s)s)', {'s': 1})"), {"long_lock_hold"}, 10),
+    "raw-connection-lock-then-sleep": (python_revision(
+        "    raw = op.get_bind().connection.driver_connection\n"
+        "    raw.execute('LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE')\n"
+        "    raw.execute('SELECT pg_sleep(1)')"), {"long_lock_hold"}, None),
+    "raw-cursor-lock-then-op": (python_revision(
+        "    raw = op.get_bind().connection.driver_connection\n"
+        "    raw.cursor().execute('LOCK TABLE shop.items IN SHARE MODE')\n"
+        "    op.execute('SELECT pg_sleep(1)')"), {"long_lock_hold"}, None),
+}
+
+
+@pytest.mark.parametrize(("text", "expected", "line"), PYTHON_HOLDS.values(),
+                         ids=PYTHON_HOLDS.keys())
+def test_a_python_revisions_holds_are_found_however_its_statements_are_sent(
+        tmp_path: Path, database_url: str, text: str, expected: set[str],
+        line: int | None) -> None:
+    """The kind: a strong lock a Python revision holds is reported whether its statement went
+    through `op` (parsed, at the revision's line that sent it), with bound parameters, or past
+    SQLAlchemy through the raw connection (both read from pg_locks, the whole attempt long)."""
+    root = project(tmp_path)
+    migrate(database_url, root, log=lambda _: None)
+    add(root, "2026-01-02T0000", text)
+    result = migrate(database_url, root, settings=RunSettings(long_hold_ms=500),
+                     log=lambda _: None)
+    assert {str(w["kind"]) for w in result.hold_warnings} == expected
+    path = root / "services/shop/migrations/2026-01-02T0000__shop__step.py"
+    for warning in result.hold_warnings:
+        where = str(warning["message"]).split(": revision")[0]
+        assert where == (f"{path}:{line}" if line else str(path)), warning
+
+
 def test_check_and_strict_migrate_report_a_backfill_in_the_same_transaction(
         tmp_path: Path, database_url: str, server_url: str) -> None:
     root = project(tmp_path)

@@ -266,7 +266,7 @@ class Runner:
             if statements is None:  # watched as a whole: its raw connection passes no hook
                 self._waiting(conn, True)
                 try:
-                    self._python_for(revision.service, conn).run(revision, upgrade)
+                    self._python_for(revision.service, conn).run(revision, upgrade, holds)
                 finally:
                     self._watch.done()
             return 0
@@ -609,8 +609,6 @@ class Runner:
             attempt_started = time.monotonic()
             conn = self._session(revision)
             holds = HoldTracker(self._existing, service_of(revision).schema)
-            if statements is None:
-                holds.ask_server = True
             xid: int | None = None  # a Python revision's transaction, which it could end
             try:
                 with self._failure_as(revision):
