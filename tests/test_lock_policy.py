@@ -16,7 +16,7 @@ import pytest
 
 from migrations_runtime.engine.apply import RunSettings, migrate
 from migrations_runtime.engine.errors import MigrationFailed
-from migrations_runtime.engine.lockwait import LockPolicy
+from migrations_runtime.engine.lockwait import BlockerWatch, LockPolicy
 from tests.conftest import query, run_cli, write_project
 
 QUICK = LockPolicy(first_timeout_ms=100, max_timeout_ms=200, pause_ms=50, budget_seconds=20)
@@ -205,6 +205,31 @@ def old_snapshot(url: str, seconds: float) -> threading.Timer:
     timer = threading.Timer(seconds, lambda: (old.rollback(), old.close()))
     timer.start()
     return timer
+
+
+def test_a_short_attempt_after_a_long_one_is_watched_in_its_own_time(
+        tmp_path: Path, database_url: str) -> None:
+    """The watch thread is woken only when an attempt must be looked at sooner than it will
+    look anyway: after a 60 s attempt (first look at 36 s), a 400 ms attempt still has its
+    blocker named before it times out."""
+    root = project(tmp_path)
+    migrate(database_url, root, log=lambda _: None)
+    blocker = Blocker(database_url, "SELECT count(*) FROM shop.items", hold_seconds=60)
+    with psycopg.connect(database_url, autocommit=True) as watcher_conn, \
+            psycopg.connect(database_url, autocommit=True) as waiter:
+        watch = BlockerWatch(watcher_conn)
+        try:
+            pid = waiter.info.backend_pid
+            watch.watch(pid, 60_000)
+            waiter.execute("SELECT 1")
+            assert watch.done() == []
+            watch.watch(pid, 400)
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                waiter.execute("SET lock_timeout = 400; LOCK TABLE shop.items")
+            assert {b.pid for b in watch.done()} == {blocker.pid}
+        finally:
+            watch.close()
+            blocker.stop()
 
 
 def test_a_concurrent_index_build_waits_out_an_old_transaction_in_one_attempt(

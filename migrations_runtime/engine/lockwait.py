@@ -167,15 +167,21 @@ class BlockerWatch:
         self._found: list[Blocker] = []
         self.cancelled = False
         self._closed = False
+        self._wakes_at: float | None = None  # when the sleeping thread looks next, if it sleeps
         self._thread = threading.Thread(target=self._run, name="svcmig-blockers", daemon=True)
         self._thread.start()
 
     def watch(self, pid: int, timeout_ms: int) -> None:
+        """Watch session `pid`'s attempt. The thread is woken only when it must look sooner
+        than it will anyway (a wake-up per statement cost 6–20 µs): asleep until an earlier
+        attempt's first look, it finds this one then, and starts on it at its own time."""
+        first_look = time.monotonic() + timeout_ms * 0.6 / 1000
         with self._cond:
-            self._target = (pid, timeout_ms, time.monotonic() + timeout_ms * 0.6 / 1000)
+            self._target = (pid, timeout_ms, first_look)
             self._found = []
             self.cancelled = False
-            self._cond.notify()
+            if self._wakes_at is None or first_look < self._wakes_at:
+                self._cond.notify()
 
     def done(self) -> list[Blocker]:
         """Stop watching; the blockers seen while the attempt waited (empty if none)."""
@@ -187,7 +193,9 @@ class BlockerWatch:
         """Wait (holding the condition) until `at`; False when the attempt ended first."""
         delay = at - time.monotonic()
         while delay > 0 and self._target == target and not self._closed:
+            self._wakes_at = at
             self._cond.wait(delay)
+            self._wakes_at = None
             delay = at - time.monotonic()
         return self._target == target and not self._closed
 
