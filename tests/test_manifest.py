@@ -27,7 +27,7 @@ def test_migrate_from_manifest(project: Path, database_url: str) -> None:
     done = run_cli(project, "manifest")
     assert done.returncode == 0, done.stderr
     manifest = project / "migrations.manifest.json"
-    chains = json.loads(manifest.read_text())["chains"]
+    chains = json.loads(json.loads(manifest.read_text())["chains"])
     assert sum(len(chain) for chain in chains.values()) == revision_count(project)
     applied = run_cli(project, "migrate", "--json", "--manifest", str(manifest),
                       database_url=database_url)
@@ -51,6 +51,28 @@ def test_unreadable_manifest(project: Path, tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text("{not json")
     with pytest.raises(ProjectError, match="rebuild it with `svcmig manifest`"):
         load_manifest(tmp_path / "m.json", project)
+
+
+@pytest.mark.parametrize("change", ["version 3 (no summaries)", "no summaries", "chains as a list",
+                                    "chains cut short"])
+def test_a_manifest_of_another_shape_is_refused(project: Path, tmp_path: Path,
+                                                change: str) -> None:
+    """The kind: a manifest an older svcmig wrote, or one edited or cut short, is refused with
+    the command that rebuilds it, not read as "no revisions" (which would plan nothing)."""
+    write_manifest(project, tmp_path / "m.json")
+    data = json.loads((tmp_path / "m.json").read_text())
+    if change == "version 3 (no summaries)":
+        data.update(version=3, chains=json.loads(data["chains"]))
+        del data["summaries"]
+    elif change == "no summaries":
+        del data["summaries"]
+    elif change == "chains as a list":
+        data["chains"] = json.loads(data["chains"])
+    else:
+        data["chains"] = data["chains"][:-40]
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    with pytest.raises(ProjectError, match="rebuild it with `svcmig manifest`"):
+        assert load_manifest(tmp_path / "m.json", project).chains is None  # raises first
 
 
 # Kind: a deploy with nothing to do answers from each service's summary (count, digest of ids
