@@ -3,14 +3,17 @@
 
     .venv/bin/python bench/bench_lint.py [--services 50] [--revisions 200]
 
-Prints a markdown table row: files, seconds and files/s for each tool. Both runs include
-process start-up, as in CI.
+Prints a markdown table row: files, seconds and files/s for each tool, then the CPU time
+(user + system) of each, which counts every process and thread of the tool (svcmig lints
+services in one process per CPU: `--jobs`), and the load average when the run began. Both runs
+include process start-up, as in CI. `--jobs N` is passed to `svcmig lint`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -63,35 +66,50 @@ def generate(root: Path, services: int, revisions: int) -> int:
     return services * revisions
 
 
-def timed(command: list[str], cwd: Path) -> tuple[float, int]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str], cwd: Path) -> tuple[float, int, float]:
+    """Wall seconds, exit code and CPU seconds of `command` (with the processes it waited for:
+    svcmig's workers)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "SVCMIG_PROJECT_ROOT": str(cwd)}
+    cpu = _children_cpu()
     start = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
                           check=False)
-    return time.perf_counter() - start, done.returncode
+    return time.perf_counter() - start, done.returncode, _children_cpu() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=50)
     parser.add_argument("--revisions", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="passed to svcmig lint (default: its own, one process per CPU)")
     args = parser.parse_args()
+    jobs = [] if args.jobs is None else ["--jobs", str(args.jobs)]
     with tempfile.TemporaryDirectory(prefix="svcmig-bench-") as tmp:
         root = Path(tmp)
         files = generate(root, args.services, args.revisions)
-        svcmig_s, svcmig_rc = timed(
-            [sys.executable, "-m", "migrations_runtime.cli", "lint", "--all", "--format", "json"],
-            cwd=root)
+        load = os.getloadavg()[0]
+        svcmig_s, svcmig_rc, svcmig_cpu = timed(
+            [sys.executable, "-m", "migrations_runtime.cli", "lint", "--all", "--format", "json",
+             *jobs], cwd=root)
         if svcmig_rc not in (0, 1):
             sys.exit(f"svcmig lint failed with exit code {svcmig_rc}")
         squawk = shutil.which("squawk")
-        squawk_cell = "n/a | n/a"
+        squawk_cell, squawk_cpu_cell = "n/a | n/a", "n/a"
         if squawk:
-            squawk_s, _ = timed([squawk, "services/*/migrations/*.sql"], cwd=root)
+            squawk_s, _, squawk_cpu = timed([squawk, "services/*/migrations/*.sql"], cwd=root)
             squawk_cell = f"{squawk_s:.2f} | {files / squawk_s:,.0f}"
-    print("| files | svcmig lint s | svcmig files/s | squawk s | squawk files/s |")
-    print("|---|---|---|---|---|")
-    print(f"| {files:,} | {svcmig_s:.2f} | {files / svcmig_s:,.0f} | {squawk_cell} |")
+            squawk_cpu_cell = f"{squawk_cpu:.2f}"
+    print("| files | svcmig lint s | svcmig files/s | squawk s | squawk files/s "
+          "| svcmig CPU s | squawk CPU s | load avg (1 min) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {files:,} | {svcmig_s:.2f} | {files / svcmig_s:,.0f} | {squawk_cell} "
+          f"| {svcmig_cpu:.2f} | {squawk_cpu_cell} | {load:.2f} |")
 
 
 if __name__ == "__main__":

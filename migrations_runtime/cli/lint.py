@@ -73,6 +73,9 @@ def exit_code(findings: list[Finding], strict: bool) -> int:
 @click.option("--pg-version", type=click.IntRange(10, 99), default=DEFAULT_PG_VERSION,
               show_default=True, help="PostgreSQL major version the migrations run on.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on warnings too.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Lint services in up to N processes (1: in this one). Default: one per CPU "
+              "once there are 500 revision files to read, else 1.")
 @click.option("--trace", is_flag=True,
               help="Also run the linted revisions on a throwaway Postgres and report the locks, "
               "rewrites and scans observed (docs/guard.md, trace mode).")
@@ -81,7 +84,8 @@ def exit_code(findings: list[Finding], strict: bool) -> int:
               "throwaway database is created there and dropped. Default: the project's "
               "embedded Postgres. $DATABASE_URL is never used.")
 def lint(paths: tuple[Path, ...], base: str | None, lint_all: bool, output_format: str,
-         pg_version: int, strict: bool, trace: bool, database_url: str | None) -> None:
+         pg_version: int, strict: bool, jobs: int | None, trace: bool,
+         database_url: str | None) -> None:
     """Check migration files for locking, rewriting, destructive or cross-service SQL.
 
     With no PATHS and no --base, every revision and backfill is linted (same as --all).
@@ -106,7 +110,7 @@ def lint(paths: tuple[Path, ...], base: str | None, lint_all: bool, output_forma
             targets = _expand(paths, services)
         else:
             targets = _all_revision_files(services)
-        findings.extend(Linter(services, pg_version).lint_paths(targets))
+        findings.extend(Linter(services, pg_version, workers=jobs).lint_paths(targets))
         if trace and not any(f.rule is rules.PARSE_ERROR for f in findings):
             from ..tools.trace import trace as run_trace
 

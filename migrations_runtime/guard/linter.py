@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import os
+import pickle
+import signal
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
 from pathlib import Path
 
 from pglast import ast, parse_plpgsql, parser
 
 from ..engine import load
 from ..engine.discover import Service
-from ..engine.errors import MigrationFileError
+from ..engine.errors import MigrationFileError, SvcmigError
 from . import rules
 from .backfills import (
     BACKFILLS_FOLDER,
@@ -43,7 +50,8 @@ from .sqltree import RevisionContext, SchemaModel, Statement
 
 EXAMPLE_SEPARATOR = "-- next revision"
 PARALLEL_FILES = 500
-"""From this many files, services are linted in parallel processes (one per CPU)."""
+"""By default, services are linted in parallel processes (one per CPU) from this many revision
+files to read, linted or replayed: below it, starting the processes costs more than it saves."""
 _MIGRATIONS_DIR = "migrations"
 
 
@@ -324,7 +332,12 @@ class Linter:
     services: Sequence[Service]
     pg_version: int = 16
     workers: int | None = None
-    """Processes for services linted in parallel; None: one per CPU once there is enough work."""
+    """Processes that lint services in parallel (at most one per service); 1: this process
+    only, no pool; None: one per CPU once there are PARALLEL_FILES files to read."""
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be 1 or more, not {self.workers}")
 
     @functools.cached_property
     def service_names(self) -> frozenset[str]:
@@ -337,32 +350,85 @@ class Linter:
 
     def lint_paths(self, paths: Iterable[Path]) -> list[Finding]:
         """Lint `paths` (revision and backfill files); each service's earlier revisions are
-        replayed."""
-        selected = {_resolve(path) for path in paths}
-        backfills = {path for path in selected if is_backfill_path(path)}
-        selected -= backfills
-        by_folder: dict[Path, set[Path]] = {}
-        for path in selected:
-            by_folder.setdefault(path.parent, set()).add(path)
-        jobs: list[tuple[Service, set[Path]]] = []
+        replayed. Services are independent (each one's history builds its own schema model),
+        so with more than one they may be linted in parallel processes (`workers`); the
+        findings are the same, in the same order, either way."""
+        by_folder: dict[Path, set[str]] = {}
+        for path in paths:  # by resolved folder: resolving each file costs several stat calls
+            by_folder.setdefault(_resolve_folder(path.parent), set()).add(path.name)
+        backfills: set[Path] = set()
+        for folder, names in by_folder.items():
+            if folder.name == BACKFILLS_FOLDER:  # the only folder is_backfill_path accepts
+                found = {folder / name for name in names if is_backfill_path(folder / name)}
+                backfills |= found
+                names -= {path.name for path in found}
+        jobs: list[_Job] = []
+        placed: set[Path] = set()
         for service in self.services:
-            mine = by_folder.get(_resolve_folder(service.migrations_dir), set())
-            if mine:
-                jobs.append((service, mine))
-        workers = self.workers or (os.cpu_count() or 1 if len(selected) >= PARALLEL_FILES else 1)
+            folder = _resolve_folder(service.migrations_dir)
+            if by_folder.get(folder):
+                jobs.append(_Job(service, frozenset(by_folder[folder])))
+                placed.add(folder)
+        strays = sorted(folder / name for folder, names in by_folder.items()
+                        if folder not in placed for name in names)
         findings: list[Finding] = []
-        if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-                for found in pool.map(self._lint_service, *zip(*jobs, strict=True)):
-                    findings.extend(found)
+        processes = self._processes(jobs)
+        if processes > 1:
+            for service_findings in self._lint_in_processes(jobs, processes):
+                findings.extend(service_findings)
         else:
-            for service, mine in jobs:
-                findings.extend(self._lint_service(service, mine))
-        placed = set().union(*(mine for _, mine in jobs))
-        for path in sorted(selected - placed):
+            for job in jobs:
+                findings.extend(self._lint_service(job.service, job.names))
+        for path in strays:
             findings.extend(self._lint_stray(path))
         findings.extend(self._lint_backfills(backfills))
         return sorted(findings, key=Finding.sort_key)
+
+    def _processes(self, jobs: Sequence[_Job]) -> int:
+        """How many processes lint `jobs`: `workers` (capped by the number of services), or by
+        default one per CPU once there are PARALLEL_FILES revision files to read (linted or
+        replayed); 1 (this process, no pool) for a single service."""
+        if len(jobs) < 2:
+            return 1
+        if self.workers is not None:
+            return min(self.workers, len(jobs))
+        cpus = default_jobs()
+        if cpus < 2:
+            return 1
+        if sum(len(job.names) for job in jobs) < PARALLEL_FILES and sum(
+                job.files_to_read() for job in jobs) < PARALLEL_FILES:
+            return 1
+        return min(cpus, len(jobs))
+
+    def _lint_in_processes(self, jobs: Sequence[_Job], processes: int,
+                           ) -> list[list[Finding]]:
+        """Each job's findings, in the order of `jobs`, linted by a pool of `processes`. The
+        biggest services are started first, so that none is left to run alone at the end. A
+        svcmig error in a worker is raised here as it was raised there (the first in the order
+        of `jobs`, as the serial path would meet it), without the worker's traceback."""
+        sizes = [job.files_to_read() for job in jobs]
+        pool = ProcessPoolExecutor(max_workers=processes, mp_context=_pool_context(),
+                                   initializer=_start_worker, initargs=(self, tuple(jobs)))
+        try:
+            futures: dict[int, Future[list[Finding] | _WorkerError]] = {
+                index: pool.submit(_lint_job, index)
+                for index in sorted(range(len(jobs)), key=lambda i: -sizes[i])}
+            results: list[list[Finding]] = []
+            for index in range(len(jobs)):
+                outcome = futures[index].result()
+                if isinstance(outcome, _WorkerError):
+                    raise outcome.error()
+                results.append(outcome)
+        except BaseException as err:  # Ctrl-C included: the services not started never are
+            pool.shutdown(wait=False, cancel_futures=True)
+            if isinstance(err, BrokenProcessPool):
+                raise SvcmigError(
+                    "a lint process ended abruptly (killed, out of memory, or a revision that "
+                    "ends its process); run `svcmig lint --jobs 1` to lint in one process"
+                ) from None
+            raise
+        pool.shutdown()
+        return results
 
     def _lint_backfills(self, paths: set[Path]) -> list[Finding]:
         """Backfill files: loaded as the runner loads them, their statement linted
@@ -381,16 +447,17 @@ class Linter:
                 findings.extend(linter.lint(path, service, siblings.get(path.parent, [])))
         return findings
 
-    def _lint_service(self, service: Service, selected: set[Path]) -> list[Finding]:
+    def _lint_service(self, service: Service, chosen: frozenset[str]) -> list[Finding]:
+        """Lint the files of the service's migrations folder named in `chosen` (names compare
+        faster than paths), replaying the ones before them."""
         with unchecked_nodes():
-            return self._lint_service_files(service, selected)
+            return self._lint_service_files(service, chosen)
 
-    def _lint_service_files(self, service: Service, selected: set[Path]) -> list[Finding]:
+    def _lint_service_files(self, service: Service, chosen: frozenset[str]) -> list[Finding]:
         findings: list[Finding] = []
         folder = _resolve(service.migrations_dir)
         files = sorted((folder / p.name for p in folder.iterdir() if is_revision_file(p)),
                        key=lambda p: p.name)
-        chosen = {p.name for p in selected}  # one folder: names compare faster than paths
         last = max(chosen)
         model = SchemaModel()
         for path in files:
@@ -412,6 +479,9 @@ class Linter:
                     lint_python_text(text, ctx, path, replay=True)
                 else:
                     replay_sql_text(text, ctx, path)
+        # the selected files, as the paths they were given as: under the resolved folder
+        selected = ({path for path in files if path.name in chosen}
+                    if folder == _resolve_folder(service.migrations_dir) else set())
         findings.extend(check_one_head(files, selected))
         return findings
 
@@ -447,6 +517,90 @@ class Linter:
             lint = lint_python_text if path.suffix == ".py" else lint_sql_text
             findings.extend(lint(text, ctx, path))
         return findings
+
+
+def default_jobs() -> int:
+    """Processes a parallel lint uses by default: one per CPU this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One service's share of a lint run: the names of its files to lint."""
+
+    service: Service
+    names: frozenset[str]
+
+    def files_to_read(self) -> int:
+        """Entries of the migrations folder up to the last one linted (the earlier ones are
+        replayed): the job's size."""
+        last = max(self.names)
+        try:
+            return sum(name <= last for name in os.listdir(self.service.migrations_dir))
+        except OSError:
+            return len(self.names)
+
+
+def _pool_context() -> BaseContext:
+    """fork on Linux when this process runs one thread (the CLI does): the workers start at
+    once, with the rules and pglast already imported. Otherwise the platform's default
+    (forkserver or spawn), which imports this module in each worker."""
+    if sys.platform == "linux" and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context()
+
+
+# In a worker process: the linter and the jobs of the run, set once when the worker starts
+# (never pickled under fork); tasks name a job by its index.
+_worker: tuple[Linter, tuple[_Job, ...]] | None = None
+
+
+def _start_worker(linter: Linter, jobs: tuple[_Job, ...]) -> None:
+    global _worker
+    # Ctrl-C reaches the whole process group: the parent stops the run and reports it once;
+    # a worker finishes its service and exits instead of printing a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker = (linter, jobs)
+
+
+def _lint_job(index: int) -> list[Finding] | _WorkerError:
+    assert _worker is not None, "called outside a lint worker"
+    linter, jobs = _worker
+    job = jobs[index]
+    try:
+        return linter._lint_service(job.service, job.names)
+    except SvcmigError as err:
+        return _WorkerError.of(err)
+
+
+@dataclass(frozen=True)
+class _WorkerError:
+    """A svcmig error raised in a worker, on its way back to the parent process: its class,
+    args and attributes. (Pickling the error itself would rebuild it by calling its class with
+    its args, which an error with its own __init__, like MigrationFileError, does not take.)"""
+
+    kind: type[SvcmigError]
+    args: tuple[object, ...]
+    state: dict[str, object]
+
+    @classmethod
+    def of(cls, err: SvcmigError) -> _WorkerError:
+        failure = cls(type(err), err.args, dict(vars(err)))
+        try:
+            pickle.dumps(failure)
+        except Exception:  # an attribute (or the class) does not pickle: the message does
+            failure = cls(SvcmigError, (str(err),), {})
+        return failure
+
+    def error(self) -> SvcmigError:
+        """The error as the worker raised it: same class, same message, same attributes."""
+        err = self.kind.__new__(self.kind)
+        err.args = self.args
+        err.__dict__.update(self.state)
+        return err
 
 
 @functools.cache

@@ -207,3 +207,24 @@ def test_parallel_run_matches_serial_run(project: Project) -> None:
     parallel = Linter(services, workers=2).lint_paths(files)
     assert parallel == serial and len(serial) == 4
     assert {f.rule for f in parallel} == {rules.BY_NAME["truncate"], rules.MISSING_DOWN}
+
+
+def test_paths_are_shown_as_display_path_shows_them(project: Project, tmp_path_factory:
+                                                    pytest.TempPathFactory) -> None:
+    """The formatters resolve each folder once; every kind of path reads as display_path
+    (which resolves each path whole) reads it."""
+    from migrations_runtime.guard.formatters import _Shown, display_path
+
+    real = project.revision("users", "2026-11-25T1400", "real", "SELECT 1;")
+    outside = tmp_path_factory.mktemp("elsewhere") / "2026-11-25T1401__users__out.sql"
+    outside.write_text("SELECT 1;\n", encoding="utf-8")
+    linked = real.with_name("2026-11-25T1402__users__linked.sql")
+    linked.symlink_to(outside)
+    back = real.with_name("2026-11-25T1403__users__back.sql")
+    back.symlink_to(real)
+    (project.root / "services/link").symlink_to(project.root / "services/users")
+    paths = [real, outside, linked, back, Path("alembic.ini"), Path("services/users/../x.sql"),
+             Path("services/link/migrations") / real.name, project.root, Path("."),
+             Path("services/users/migrations/missing.sql"), outside.parent / "missing.sql"]
+    shown = _Shown(project.root)
+    assert [shown(p) for p in paths] == [display_path(p, project.root) for p in paths]

@@ -1,0 +1,243 @@
+"""`svcmig lint --jobs N`: services linted in a process pool report exactly what one process
+reports (same findings, same order, same bytes in every format, same exit code), a svcmig error
+or a dead process in a worker is one `error:` line, and small runs start no pool at all."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+
+from migrations_runtime.cli.lint import _all_revision_files
+from migrations_runtime.engine.discover import Service, discover_services
+from migrations_runtime.engine.errors import MigrationFileError, SvcmigError
+from migrations_runtime.guard import linter as linter_module
+from migrations_runtime.guard.formatters import FORMATTERS
+from migrations_runtime.guard.linter import Linter
+
+from .conftest import Project, RunLint, findings_of
+from .test_backfills import backfill
+from .test_cli import PY_REVISION
+
+SERVICES = ("billing", "orders", "users")
+
+forked = pytest.mark.skipif(
+    linter_module._pool_context().get_start_method() != "fork",
+    reason="the worker sees this test's monkeypatch only when it is forked")
+
+
+STRAY = "sql/2026-11-25T1400__billing__stray.sql"
+EVERYTHING = ("services", STRAY)
+"""Every revision and backfill, and a file outside every service folder (not in --all)."""
+
+
+def many_services(project: Project) -> None:
+    """Three services with history and findings of several kinds in each: SQL rules that need
+    the earlier revisions (a table created in the same revision is new), a Python revision
+    rendered with Alembic, two heads, a missing down, a suppression without a reason, a file
+    outside every service folder and a backfill."""
+    for service in SERVICES:
+        project.revision(service, "2026-11-25T1400", "create",
+                         f"CREATE TABLE {service} (id int, email text);", down=None)
+        project.revision(service, "2026-11-25T1401", "retype",
+                         f"ALTER TABLE {service} ALTER COLUMN id TYPE bigint;\n"
+                         f"CREATE TABLE {service}_new (id int);\n"
+                         f"CREATE INDEX {service}_new_idx ON {service}_new (id);")
+        project.revision(service, "2026-11-25T1402", "wipe",
+                         f"TRUNCATE {service};\n-- svcmig:ignore truncate\n"
+                         f"DELETE FROM {service};")
+    project.revision("orders", "2026-11-25T1403", "cross", "UPDATE users.users SET id = 1;")
+    project.write("services/users/migrations/2026-11-25T1500__users__add_email.py",
+                  PY_REVISION.format(down=None, extra=""))  # a second head
+    project.write(STRAY, "-- migrate:up\nTRUNCATE x;\n")
+    backfill(project, "users", "UPDATE users SET email = lower(email);")
+
+
+def lint_twice(run_lint: RunLint, *args: str) -> tuple[Result, Result]:
+    return run_lint(*args, "--jobs", "1"), run_lint(*args, "--jobs", "2")
+
+
+@pytest.fixture
+def pools(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of processes of each pool the linter starts."""
+    started: list[int] = []
+    real = Linter._lint_in_processes
+
+    def spy(self: Linter, jobs: list[object], processes: int) -> object:
+        started.append(processes)
+        return real(self, jobs, processes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Linter, "_lint_in_processes", spy)
+    return started
+
+
+@pytest.mark.parametrize("output_format", sorted(FORMATTERS))
+def test_every_format_is_byte_identical(project: Project, run_lint: RunLint,
+                                        output_format: str, pools: list[int]) -> None:
+    many_services(project)
+    args = ("--format", output_format, *EVERYTHING)
+    serial, parallel = lint_twice(run_lint, *args)
+    assert pools == [2]  # --jobs 1 started none
+    assert parallel.exit_code == serial.exit_code == 1, serial.output
+    assert parallel.stdout == serial.stdout
+    assert parallel.stderr == serial.stderr == ""
+    assert run_lint(*args).stdout == serial.stdout  # the default: a small run, one process
+    assert pools == [2]
+
+
+def test_findings_come_from_every_service(project: Project, run_lint: RunLint) -> None:
+    many_services(project)
+    serial, parallel = lint_twice(run_lint, "--format", "json", *EVERYTHING)
+    found = findings_of(parallel)
+    assert found == findings_of(serial)
+    by_service = {str(f["path"]).split("/")[1] for f in found if str(f["path"]).startswith(
+        "services/")}
+    assert by_service == set(SERVICES)
+    rules = {f["rule"] for f in found}
+    assert {"column-type-change", "truncate", "dml-without-where", "invalid-suppression",
+            "cross-service-write", "one-head-per-service", "missing-down",
+            "wrong-service-folder", "create-index-non-concurrently",
+            "backfill-outside-range"} <= rules, rules
+
+
+def test_selected_files_and_replayed_history(project: Project, run_lint: RunLint,
+                                             pools: list[int]) -> None:
+    """Linting a few files replays each service's earlier revisions in its worker."""
+    many_services(project)
+    picked = [str(p) for s in SERVICES for p in project.root.glob(
+        f"services/{s}/migrations/*__retype.sql")]
+    serial, parallel = lint_twice(run_lint, "--format", "json", *picked)
+    assert pools == [2]
+    assert parallel.stdout == serial.stdout
+    # the index is on a table created in the same revision: not reported, in every service
+    assert {f["rule"] for f in findings_of(parallel)} == {"column-type-change"}
+
+
+def test_services_that_fail_to_parse_read_the_same(project: Project, run_lint: RunLint) -> None:
+    many_services(project)
+    project.revision("orders", "2026-11-25T1404", "broken", "SELECT 1;\nCREAT TABLE x (id int);")
+    project.write("services/billing/migrations/2026-11-25T1500__billing__boom.py",
+                  'revision = "billing_202611251500"\ndown_revision = None\n\n'
+                  'def upgrade():\n    raise RuntimeError("boom")\n')
+    (project.root / "services/users/migrations/2026-11-25T1600__users__latin1.sql").write_bytes(
+        b"-- migrate:up\nSELECT '\xe9';\n")
+    (project.root / "services/users/migrations/2026-11-25T1601__users__folder.sql").mkdir()
+    for output_format in ("text", "json"):
+        serial, parallel = lint_twice(run_lint, "--format", output_format, *EVERYTHING)
+        assert parallel.exit_code == serial.exit_code == 2
+        assert (parallel.stdout, parallel.stderr) == (serial.stdout, serial.stderr)
+    parse_errors = [f for f in findings_of(parallel) if f["rule"] == "parse-error"]
+    assert [str(f["path"]).split("/")[1] for f in parse_errors] == [
+        "billing", "orders", "users", "users"]
+
+
+@forked
+def test_a_svcmig_error_in_a_worker_is_the_same_one_line(
+        project: Project, run_lint: RunLint, monkeypatch: pytest.MonkeyPatch) -> None:
+    many_services(project)
+    real = Linter._lint_service_files
+
+    def failing(self: Linter, service: Service, chosen: frozenset[str]) -> object:
+        if service.name in ("orders", "users"):  # the first in service order is reported
+            raise MigrationFileError(service.migrations_dir / "x.sql",
+                                     f"cannot load {service.name}", 3)
+        return real(self, service, chosen)
+
+    monkeypatch.setattr(Linter, "_lint_service_files", failing)
+    serial, parallel = lint_twice(run_lint, "--all")
+    assert parallel.exit_code == serial.exit_code == 2
+    assert parallel.stdout == serial.stdout == ""
+    assert parallel.stderr == serial.stderr == (
+        f"error: {project.root / 'services/orders/migrations/x.sql'}:3: cannot load orders\n")
+
+
+def test_a_worker_error_crosses_back_as_it_was_raised() -> None:
+    """An error whose __init__ does not take its args back (pickle calls it with them) keeps
+    its class, message and attributes on the way back from a worker."""
+    err = MigrationFileError(Path("services/users/migrations/a.sql"), "bad header", 2, "parse")
+    back = pickle.loads(pickle.dumps(linter_module._WorkerError.of(err))).error()
+    assert type(back) is MigrationFileError
+    assert (str(back), back.path, back.line, back.message, back.kind) == (
+        str(err), err.path, 2, "bad header", "parse")
+
+    class Local(SvcmigError):  # not importable by name: only its message travels
+        pass
+
+    back = pickle.loads(pickle.dumps(linter_module._WorkerError.of(Local("it broke")))).error()
+    assert (type(back), str(back)) == (SvcmigError, "it broke")
+
+
+@forked
+def test_a_worker_that_dies_is_one_error_line(project: Project, run_lint: RunLint,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    many_services(project)
+    real = Linter._lint_service_files
+
+    def dying(self: Linter, service: Service, chosen: frozenset[str]) -> object:
+        if service.name == "orders":
+            os._exit(3)  # as a revision that ends its process, or the OOM killer
+        return real(self, service, chosen)
+
+    monkeypatch.setattr(Linter, "_lint_service_files", dying)
+    result = run_lint("--all", "--jobs", "2")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: a lint process ended abruptly")
+    assert "--jobs 1" in result.stderr
+
+
+def test_no_pool_for_one_service_or_a_small_run(project: Project, run_lint: RunLint,
+                                                pools: list[int],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(linter_module, "default_jobs", lambda: 8)
+    project.revision("users", "2026-11-25T1400", "create", "CREATE TABLE users (id int);")
+    project.revision("users", "2026-11-25T1401", "wipe", "TRUNCATE users;")
+    assert run_lint("--all", "--jobs", "2").exit_code == 1  # one service: nothing to share
+    project.revision("orders", "2026-11-25T1400", "wipe", "TRUNCATE orders;")
+    assert run_lint("--all").exit_code == 1  # by default, 3 files are not worth a pool
+    assert pools == []
+    assert run_lint("--all", "--jobs", "8").exit_code == 1  # asked for: capped by services
+    assert pools == [2]
+
+
+def test_the_default_counts_the_history_to_replay(project: Project,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  pools: list[int]) -> None:
+    """Two changed files on top of a long history are a big run: the history is replayed."""
+    monkeypatch.setattr(linter_module, "default_jobs", lambda: 2)
+    monkeypatch.setattr(linter_module, "PARALLEL_FILES", 10)
+    for service in ("users", "orders"):
+        for minute in range(6):
+            project.revision(service, f"2026-11-25T14{minute:02d}", f"step{minute}",
+                             f"CREATE TABLE {service}_{minute} (id int);")
+    services = discover_services(project.root)
+    newest = [sorted(s.migrations_dir.iterdir())[-1] for s in services]
+    assert Linter(services).lint_paths(newest[:1]) == []  # one service
+    assert Linter(services).lint_paths(newest) == []
+    assert pools == [2]
+    files = _all_revision_files(services)
+    assert Linter(services, workers=2).lint_paths(files) == Linter(
+        services, workers=1).lint_paths(files)
+
+
+def test_workers_below_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="workers must be 1 or more"):
+        Linter([], workers=0)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_jobs_below_one_is_a_usage_error(project: Project, value: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "migrations_runtime.cli", "lint", "--jobs",
+                           value], capture_output=True, text=True, cwd=project.root,
+                          check=False,
+                          env={"PYTHONPATH": str(Path(__file__).parents[2]), "PATH": ""})
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: ") and "'--jobs'" in line, line
