@@ -261,6 +261,3 @@ def graph_command(fmt: str | None, output: Path | None, database_url: str | None
         write_output(output, content)
         click.echo(f"wrote {output} ({chosen}, {len(graph.revisions)} revisions, "
                    f"{len(graph.services)} services)", err=True)
-
-
-COMMANDS = (new_service_command, revision_command, plan_command, check_command, graph_command)

@@ -227,5 +227,3 @@ def repair_command(revision: str, action: str | None, database_url: str | None,
         click.echo(done)
 
 
-COMMANDS = (migrate_command, status_command, manifest_command, baseline_command,
-            repair_command)

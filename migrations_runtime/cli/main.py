@@ -1,6 +1,6 @@
-"""`svcmig`: the command group. The deploy-path commands are registered here; every other family
-is imported only when one of its commands runs (or `--help` lists them), so `svcmig migrate`
-pays neither for the guard's parser nor for the dev server.
+"""`svcmig`: the command group. Every command family is imported only when one of its commands
+runs (or `--help` lists them), so `svcmig migrate` pays neither for the guard's parser nor for
+the dev server, and `svcmig lint` not for the database driver (80 ms of its start-up).
 
 Exit codes: 0 ok, 1 a problem was found, 2 usage error.
 """
@@ -13,11 +13,15 @@ import sys
 import click
 from click.exceptions import NoArgsIsHelpError
 
-from . import deploy
 from .common import EXIT_INTERRUPTED, EXIT_USAGE, fail
 
-# One line per command defined in another module, imported on use.
+# One line per command, imported on use.
 LAZY_COMMANDS = {
+    "migrate": "migrations_runtime.cli.deploy:migrate_command",
+    "status": "migrations_runtime.cli.deploy:status_command",
+    "manifest": "migrations_runtime.cli.deploy:manifest_command",
+    "baseline": "migrations_runtime.cli.deploy:baseline_command",
+    "repair": "migrations_runtime.cli.deploy:repair_command",
     "lint": "migrations_runtime.cli.lint:lint",
     "dev": "migrations_runtime.cli.dev:dev",
     "new-service": "migrations_runtime.cli.authoring:new_service_command",
@@ -50,10 +54,6 @@ def cli() -> None:
     lock with a checksummed ledger.
 
     Exit codes: 0 ok, 1 a problem was found, 2 usage error, 130 interrupted."""
-
-
-for _command in deploy.COMMANDS:
-    cli.add_command(_command)
 
 
 def main() -> None:
