@@ -17,6 +17,7 @@ import pytest
 from migrations_runtime.engine.apply import RunSettings, migrate
 from migrations_runtime.engine.errors import MigrationFailed
 from migrations_runtime.engine.lockwait import BlockerWatch, LockPolicy
+from migrations_runtime.engine.report import RunResult
 from tests.conftest import query, run_cli, write_project
 
 QUICK = LockPolicy(first_timeout_ms=100, max_timeout_ms=200, pause_ms=50, budget_seconds=20)
@@ -316,15 +317,20 @@ def test_which_holds_are_reported(tmp_path: Path, database_url: str, text: str,
     """Catalog-only changes and new tables are quiet; a strong lock followed by work on rows
     is reported whatever the table's size; a lock taken where the text cannot tell (DO) is
     found in pg_locks."""
+    result = applied_with_holds(tmp_path, database_url, text)
+    assert {str(w["kind"]) for w in result.hold_warnings} == expected
+
+
+def applied_with_holds(tmp_path: Path, database_url: str, text: str) -> RunResult:
+    """The project migrated, then `text` as the next revision, held to a 500 ms long hold:
+    far above what catalog-only statements hold even on a loaded CI machine (two ADD COLUMNs
+    held their lock over 30 ms with 4 test workers on 2 cores), far below the 1 s sleeps under
+    a lock of the revisions that must be reported."""
     root = project(tmp_path)
     migrate(database_url, root, log=lambda _: None)
     add(root, "2026-01-02T0000", text)
-    # 500 ms: far above what catalog-only statements hold even on a loaded CI machine (two ADD
-    # COLUMNs held their lock over 30 ms with 4 test workers on 2 cores), far below the DO
-    # block's 1 s sleep under its lock
-    result = migrate(database_url, root, settings=RunSettings(long_hold_ms=500),
-                     log=lambda _: None)
-    assert {str(w["kind"]) for w in result.hold_warnings} == expected
+    return migrate(database_url, root, settings=RunSettings(long_hold_ms=500),
+                   log=lambda _: None)
 
 
 # A Python revision's statements, by the way they reach the server: through Alembic's `op`
@@ -359,13 +365,9 @@ def test_a_python_revisions_holds_are_found_however_its_statements_are_sent(
     """The kind: a strong lock a Python revision holds is reported whether its statement went
     through `op` (parsed, at the revision's line that sent it), with bound parameters, or past
     SQLAlchemy through the raw connection (both read from pg_locks, the whole attempt long)."""
-    root = project(tmp_path)
-    migrate(database_url, root, log=lambda _: None)
-    add(root, "2026-01-02T0000", text)
-    result = migrate(database_url, root, settings=RunSettings(long_hold_ms=500),
-                     log=lambda _: None)
+    result = applied_with_holds(tmp_path, database_url, text)
     assert {str(w["kind"]) for w in result.hold_warnings} == expected
-    path = root / "services/shop/migrations/2026-01-02T0000__shop__step.py"
+    path = tmp_path / "p/services/shop/migrations/2026-01-02T0000__shop__step.py"
     for warning in result.hold_warnings:
         where = str(warning["message"]).split(": revision")[0]
         assert where == (f"{path}:{line}" if line else str(path)), warning
