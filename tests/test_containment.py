@@ -844,16 +844,23 @@ def test_the_ledger_row_records_the_last_statements_time(
 
 @pytest.mark.parametrize("idle_ms", [2000, RunSettings().idle_timeout_ms])
 @pytest.mark.parametrize("ext", ["sql", "py"])
+@pytest.mark.parametrize("earlier", [False, True], ids=["first-of-its-session", "after-another"])
 def test_a_revision_does_not_commit_once_the_migrator_lost_its_lock(
-        tmp_path: Path, database_url: str, ext: str, idle_ms: int) -> None:
+        tmp_path: Path, database_url: str, ext: str, idle_ms: int, earlier: bool) -> None:
     """The migrator's session (which holds the lock) ends while a revision runs, however
     short the run: another migrator could be running now, so the revision's COMMIT must not
-    happen."""
+    happen. Also when the revision session already checked the lock for an earlier revision
+    (a check through the session's catalog cache saw the migrator's marker table still there:
+    a breaker's finding)."""
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
+    parent = "users_202601010000"
+    if earlier:
+        add(root, "users", "2026-01-31T0000", "CREATE TABLE users.early (id int);")
+        parent = "users_202601310000"
     sql = "CREATE TABLE users.late AS SELECT pg_sleep(1.5) IS NULL AS slept"
     add(root, "users", "2026-02-01T0000", sql if ext == "sql" else python_revision(
-        "users", "2026-02-01T0000", "users_202601010000", f"    op.execute({sql!r})"), ext=ext)
+        "users", "2026-02-01T0000", parent, f"    op.execute({sql!r})"), ext=ext)
 
     def end_the_migrators_session() -> None:
         deadline = time.monotonic() + 30
