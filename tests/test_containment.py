@@ -888,6 +888,25 @@ def test_a_revision_does_not_commit_once_the_migrator_lost_its_lock(
     assert ledger(database_url)["users_202602010000"] == "applied"
 
 
+@pytest.mark.parametrize("refused", ["SET ROLE postgres", "VACUUM users.users", "COMMIT"])
+def test_a_python_revision_that_catches_a_refusal_still_fails(
+        tmp_path: Path, database_url: str, refused: str) -> None:
+    """A breaker's finding: a revision that caught the runner's refusal of a statement and
+    went on was applied. The refusal stands: the revision fails and nothing of it stays."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000",
+        # built at run time: the preflight refuses a literal before anything runs
+        f"    try:\n        op.execute(' '.join({refused.split()!r}))\n"
+        "    except Exception:\n        pass\n"
+        "    op.execute('CREATE TABLE users.after_refusal (id int)')"), ext="py")
+    with pytest.raises(MigrationFailed, match="not allowed in a revision"):
+        migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT to_regclass('users.after_refusal')") == [(None,)]
+    assert "users_202602010000" not in ledger(database_url)
+
+
 def test_a_deferred_trigger_cannot_rewrite_the_revisions_ledger_row(
         tmp_path: Path, database_url: str) -> None:
     """Deferred triggers run before the ledger row is written (SET CONSTRAINTS ALL

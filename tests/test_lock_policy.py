@@ -354,6 +354,27 @@ PYTHON_HOLDS = {
         "    raw = op.get_bind().connection.driver_connection\n"
         "    raw.cursor().execute('LOCK TABLE shop.items IN SHARE MODE')\n"
         "    op.execute('SELECT pg_sleep(1)')"), {"long_lock_hold"}, None),
+    # from a breaker: past every psycopg cursor, and locks no parse tree shows
+    "libpq-connection-lock": (python_revision(
+        "    raw = op.get_bind().connection.driver_connection\n"
+        "    raw.pgconn.exec_(b'LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE')\n"
+        "    op.execute('SELECT pg_sleep(1)')"), {"long_lock_hold"}, None),
+    "cursor-built-by-hand": (python_revision(
+        "    import psycopg\n"
+        "    raw = op.get_bind().connection.driver_connection\n"
+        "    psycopg.ClientCursor(raw).execute('LOCK TABLE shop.items IN SHARE MODE')\n"
+        "    op.execute('SELECT pg_sleep(1)')"), {"long_lock_hold"}, None),
+    "a-trigger-that-locks": (python_revision(
+        "    op.execute('CREATE TABLE audit (x int)')\n"
+        "    op.execute('CREATE FUNCTION lock_items() RETURNS trigger LANGUAGE plpgsql AS '\n"
+        "               '$$ BEGIN LOCK TABLE shop.items IN SHARE MODE; RETURN NEW; END $$')\n"
+        "    op.execute('CREATE TRIGGER t BEFORE INSERT ON audit FOR EACH ROW '\n"
+        "               'EXECUTE FUNCTION lock_items()')\n"
+        "    op.execute('INSERT INTO audit VALUES (1)')\n"
+        "    op.execute('SELECT pg_sleep(1)')"), {"long_lock_hold"}, None),
+    "reindex": (python_revision(
+        "    op.execute('REINDEX TABLE items')\n"
+        "    op.execute('SELECT pg_sleep(1)')"), {"long_lock_hold"}, None),
 }
 
 
@@ -362,9 +383,10 @@ PYTHON_HOLDS = {
 def test_a_python_revisions_holds_are_found_however_its_statements_are_sent(
         tmp_path: Path, database_url: str, text: str, expected: set[str],
         line: int | None) -> None:
-    """The kind: a strong lock a Python revision holds is reported whether its statement went
-    through `op` (parsed, at the revision's line that sent it), with bound parameters, or past
-    SQLAlchemy through the raw connection (both read from pg_locks, the whole attempt long)."""
+    """The kind: a strong lock a Python revision holds is reported however it was taken:
+    through `op` (parsed, at the revision's line that sent it), with bound parameters, past
+    SQLAlchemy through the raw connection or libpq, by a trigger or a statement whose parse
+    tree does not show it (read from pg_locks, counted from the attempt's start)."""
     result = applied_with_holds(tmp_path, database_url, text)
     assert {str(w["kind"]) for w in result.hold_warnings} == expected
     path = tmp_path / "p/services/shop/migrations/2026-01-02T0000__shop__step.py"

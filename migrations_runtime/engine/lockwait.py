@@ -336,9 +336,10 @@ class HoldTracker:
     """Which tables that existed before it one transactional revision locks in SHARE mode or
     stronger, and from when (the start of the statement that takes each lock; the lock is held
     until COMMIT). Read from the statements' parse trees (`statements.strong_locks`), a Python
-    revision's as SQLAlchemy sends them; where the text cannot tell (DO, CALL, a function, a
-    statement with bound parameters or sent through the raw driver connection), from
-    `pg_locks` just before COMMIT, counted from the attempt's start.
+    revision's as SQLAlchemy sends them; where the text cannot tell (DO, CALL, a function, and
+    always for a Python revision, whose triggers, functions, bound parameters and raw driver
+    connection no parse tree shows), also from `pg_locks` just before COMMIT, counted from the
+    attempt's start.
 
     `existing` maps (schema, relation or index name) to its table, for every relation there
     before this revision: those of the run's start, plus what earlier revisions of the run

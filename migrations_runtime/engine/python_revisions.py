@@ -39,7 +39,7 @@ class PythonRevisions:
         self._transactional = True
         self._path = Path(".")
         self._holds: HoldTracker | None = None
-        self._seen = 0  # statements the hook saw in the running revision
+        self._refused: MigrationFileError | None = None  # the running revision's first refusal
 
     def prepare(self) -> None:
         """Bind SQLAlchemy and an Alembic migration context to the raw connection while it is
@@ -56,29 +56,32 @@ class PythonRevisions:
             self._context = MigrationContext.configure(connection=self._connection)
 
     def _refuse_forbidden(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        """SQLAlchemy's hook before each statement: refuse what a revision may not send, and
-        tell the hold tracker which strong locks the statement takes, from its parse tree as
-        for a SQL revision (at the revision's line that sent it)."""
-        self._seen += 1
+        """SQLAlchemy's hook before each statement: refuse what a revision may not send (the
+        refusal stands even if the revision catches it), and tell the hold tracker which
+        strong locks the statement takes and when, from its parse tree as for a SQL revision
+        (at the revision's line that sent it)."""
         changed = lexing_changed(self.conn)
         if changed:
-            raise MigrationFileError(self._path, f"{changed}; leave the setting alone "
-                                     f"(statement: {statement.strip()[:200]})")
+            self._refuse(f"{changed}; leave the setting alone "
+                         f"(statement: {statement.strip()[:200]})")
         try:
             parsed = split_statements(statement, 1, self._path)
-        except MigrationFileError:  # not parseable on its own (bound parameters): the server
-            if self._holds is not None:  # decides, and says which locks it took
-                self._holds.ask_server = True
-            return
+        except MigrationFileError:
+            return  # not parseable on its own (bound parameters): the server decides
         for found in parsed:
             reason = forbidden_reason(found, self._transactional)
             if reason:
-                raise MigrationFileError(self._path, f"not allowed in a revision: {reason} "
-                                         f"(statement: {statement.strip()[:200]})")
+                self._refuse(f"not allowed in a revision: {reason} "
+                             f"(statement: {statement.strip()[:200]})")
         if self._holds is not None:
             started, line = time.monotonic(), self._calling_line()
             for found in parsed:
                 self._holds.statement(replace(found, line=line), started)
+
+    def _refuse(self, message: str) -> None:
+        refused = MigrationFileError(self._path, message)
+        self._refused = self._refused or refused
+        raise refused
 
     def _calling_line(self) -> int:
         """The line of the running revision's file that sent the statement (0 if none did)."""
@@ -89,16 +92,19 @@ class PythonRevisions:
         return frame.f_lineno if frame is not None else 0
 
     def run(self, revision: Revision, upgrade: bool, holds: HoldTracker | None = None) -> None:
-        """Run the revision's `upgrade` (or `downgrade`). With `holds`, the strong locks its
-        statements take are tracked as they are sent; when a statement passed no hook (the raw
-        driver connection) or could not be parsed, `holds.ask_server` is set, so the runner
-        reads them from `pg_locks` instead."""
+        """Run the revision's `upgrade` (or `downgrade`). With `holds`, the strong locks of the
+        statements SQLAlchemy sends are tracked as they are sent (when each was taken, and what
+        ran after it), and `holds.ask_server` is set: what the parse trees cannot tell (a
+        trigger or function that locks, the raw driver connection, bound parameters) is read
+        from `pg_locks` before COMMIT."""
         from alembic.operations import Operations
 
         context = self._context
         context.autocommit_block = _autocommit_block(revision)
         self._transactional, self._path = revision.transactional, revision.path
-        self._holds, self._seen, sent = holds, 0, self.conn.sent
+        self._holds, self._refused = holds, None
+        if holds is not None:
+            holds.ask_server = True
         self.conn.guarded = True
         try:
             # stdout is the CLI's (`--json` prints one object there); what a revision prints is
@@ -106,8 +112,8 @@ class PythonRevisions:
             with Operations.context(context), _stdout_to_stderr():
                 module = _import_revision(revision)
                 (module.upgrade if upgrade else module.downgrade)()
-            if holds is not None and self.conn.sent - sent != self._seen:
-                holds.ask_server = True  # something bypassed the hook: ask the server
+            if self._refused is not None:  # caught by the revision: it still fails
+                raise self._refused
         except SystemExit as err:  # sys.exit() ends the revision, not the migrator
             raise MigrationFileError(revision.path, f"the revision called sys.exit({err.code!r}); "
                                      "raise an exception to fail it") from err

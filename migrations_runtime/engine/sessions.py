@@ -24,7 +24,6 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 from psycopg import pq
@@ -67,54 +66,11 @@ def scram_verifier(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-class _CountedCursor(psycopg.Cursor):  # type: ignore[type-arg]
-    """A cursor that counts what it sends on its `GuardedConnection` (`sent`)."""
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        _count(self.connection)
-        return super().execute(*args, **kwargs)
-
-    def executemany(self, *args: Any, **kwargs: Any) -> None:
-        _count(self.connection)
-        super().executemany(*args, **kwargs)
-
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        _count(self.connection)
-        return super().copy(*args, **kwargs)
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        _count(self.connection)
-        return super().stream(*args, **kwargs)
-
-
-class _CountedServerCursor(psycopg.ServerCursor):  # type: ignore[type-arg]
-    """A named cursor that counts what it declares (`GuardedConnection.sent`)."""
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        _count(self.connection)
-        return super().execute(*args, **kwargs)
-
-
-def _count(conn: object) -> None:
-    if isinstance(conn, GuardedConnection):
-        conn.sent += 1
-
-
 class GuardedConnection(psycopg.Connection):  # type: ignore[type-arg]
     """A revision session. While a Python revision runs (`guarded`), `commit()` refuses: a
-    commit from inside a revision would end the runner's transaction before its ledger row.
-
-    `sent` counts the statements sent through its cursors (every `execute`, `executemany`,
-    `copy` and `stream`, SQLAlchemy's and the raw connection's alike): a Python revision's
-    runner compares it with what SQLAlchemy's hook saw, to know whether it saw everything."""
+    commit from inside a revision would end the runner's transaction before its ledger row."""
 
     guarded = False
-    sent = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.cursor_factory = _CountedCursor
-        self.server_cursor_factory = _CountedServerCursor
 
     def commit(self) -> None:
         if self.guarded:
