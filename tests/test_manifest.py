@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -53,23 +54,46 @@ def test_unreadable_manifest(project: Path, tmp_path: Path) -> None:
         load_manifest(tmp_path / "m.json", project)
 
 
-@pytest.mark.parametrize("change", ["version 3 (no summaries)", "no summaries", "chains as a list",
-                                    "chains cut short"])
-def test_a_manifest_of_another_shape_is_refused(project: Path, tmp_path: Path,
-                                                change: str) -> None:
-    """The kind: a manifest an older svcmig wrote, or one edited or cut short, is refused with
-    the command that rebuilds it, not read as "no revisions" (which would plan nothing)."""
-    write_manifest(project, tmp_path / "m.json")
-    data = json.loads((tmp_path / "m.json").read_text())
+def edited(data: dict[str, Any], change: str, older: dict[str, Any]) -> Any:
+    """`data`, a manifest, with one `change` a hand, a merge or an older svcmig could make."""
     if change == "version 3 (no summaries)":
         data.update(version=3, chains=json.loads(data["chains"]))
         del data["summaries"]
     elif change == "no summaries":
         del data["summaries"]
+    elif change == "summaries from an older build":  # they would hide the new revision
+        data["summaries"] = older["summaries"]
+    elif change == "a summary of the wrong shape":
+        data["summaries"]["users"] = [1, 2]
     elif change == "chains as a list":
         data["chains"] = json.loads(data["chains"])
-    else:
+    elif change == "chains cut short":
         data["chains"] = data["chains"][:-40]
+    elif change == "fields edited":
+        data["fields"] = data["fields"][:-1]
+    elif change == "not an object":
+        return [data]
+    return data
+
+
+@pytest.mark.parametrize("change", [
+    "version 3 (no summaries)", "no summaries", "summaries from an older build",
+    "a summary of the wrong shape", "chains as a list", "chains cut short", "fields edited",
+    "not an object"])
+def test_a_manifest_of_another_shape_is_refused(project: Path, tmp_path: Path,
+                                                change: str) -> None:
+    """The kind: a manifest an older svcmig wrote, or one edited, put together from two
+    builds or cut short, is refused in one line with the command that rebuilds it, not read
+    as something else (summaries not their chains' would plan nothing for a pending revision;
+    a breaker's finding)."""
+    write_manifest(project, tmp_path / "old.json")
+    older = json.loads((tmp_path / "old.json").read_text())
+    chain = sorted((project / "services/users/migrations").glob("*.sql"))
+    chain[-1].with_name("2099-01-01T0000__users__later.sql").write_text(
+        "ALTER TABLE users ADD COLUMN later text;\n-- migrate:down\n"
+        "ALTER TABLE users DROP COLUMN later;\n")
+    write_manifest(project, tmp_path / "m.json")
+    data = edited(json.loads((tmp_path / "m.json").read_text()), change, older)
     (tmp_path / "m.json").write_text(json.dumps(data))
     with pytest.raises(ProjectError, match="rebuild it with `svcmig manifest`"):
         assert load_manifest(tmp_path / "m.json", project).chains is None  # raises first

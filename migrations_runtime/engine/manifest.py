@@ -7,6 +7,7 @@ instead of trusted."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,22 @@ def manifest_data(graph: Graph) -> dict[str, Any]:
                 revision.phase, revision.transactional, revision.reversible,
                 list(revision.requires_backfill), revision.checksum]
 
-    return {"version": MANIFEST_VERSION, "fields": list(FIELDS),
-            "services": [s.name for s in graph.services],
-            "chains": json.dumps({name: [entry(r) for r in chain]
-                                  for name, chain in graph.chains.items()},
-                                 separators=(",", ":"), sort_keys=True),
-            "summaries": {name: list(summary) for name in graph.chains
-                          if (summary := graph.summary(name)) is not None}}
+    services = [s.name for s in graph.services]
+    chains = json.dumps({name: [entry(r) for r in chain] for name, chain in graph.chains.items()},
+                        separators=(",", ":"), sort_keys=True)
+    summaries = {name: list(summary) for name in graph.chains
+                 if (summary := graph.summary(name)) is not None}
+    return {"version": MANIFEST_VERSION, "fields": list(FIELDS), "services": services,
+            "chains": chains, "summaries": summaries,
+            "digest": _digest(services, chains, summaries)}
+
+
+def _digest(services: Any, chains: str, summaries: Any) -> str:
+    """md5 of what the manifest says (for equality, not secrecy): a no-op trusts the summaries,
+    so summaries that are not their chains' (a manifest edited, or put together from two
+    builds) would hide pending revisions; a changed digest refuses the manifest instead."""
+    said = json.dumps([services, summaries], separators=(",", ":"), sort_keys=True) + chains
+    return hashlib.md5(said.encode(), usedforsecurity=False).hexdigest()
 
 
 def write_manifest(root: Path, path: Path) -> Graph:
@@ -69,12 +79,22 @@ def load_manifest(path: Path, root: Path) -> Graph:
     except (OSError, ValueError) as err:
         raise ProjectError(f"{path}: cannot read the migrations manifest ({err}); rebuild it "
                            "with `svcmig manifest`") from err
-    if data.get("version") != MANIFEST_VERSION or data.get("fields") != list(FIELDS) or \
-            not isinstance(data.get("summaries"), dict) or not isinstance(data.get("chains"), str):
-        raise ProjectError(f"{path}: manifest version {data.get('version')!r}, expected "
+    version = data.get("version") if isinstance(data, dict) else None
+    if version != MANIFEST_VERSION:
+        raise ProjectError(f"{path}: manifest version {version!r}, expected "
                            f"{MANIFEST_VERSION}; rebuild it with `svcmig manifest`")
-    services = tuple(Service(name, root / "services" / name) for name in data["services"])
-    return ManifestGraph(root, services, data["chains"], data["summaries"])
+    names, chains, summaries = data.get("services"), data.get("chains"), data.get("summaries")
+    if data.get("fields") != list(FIELDS) or not isinstance(chains, str) or \
+            not isinstance(names, list) or not all(isinstance(n, str) for n in names) or \
+            not isinstance(summaries, dict) or not all(
+                isinstance(v, list) and len(v) == 3 and isinstance(v[0], int)
+                and all(isinstance(x, str) for x in v[1:]) for v in summaries.values()) or \
+            data.get("digest") != _digest(names, chains, summaries):
+        raise ProjectError(f"{path}: the migrations manifest was changed or is incomplete "
+                           "(its contents do not match its digest); rebuild it with "
+                           "`svcmig manifest`")
+    services = tuple(Service(name, root / "services" / name) for name in names)
+    return ManifestGraph(root, services, chains, summaries)
 
 
 class ManifestGraph(Graph):
@@ -95,10 +115,10 @@ class ManifestGraph(Graph):
     def chains(self) -> dict[str, tuple[Revision, ...]]:  # type: ignore[override]
         try:
             entries: dict[str, list[list[Any]]] = json.loads(self._chains_json)
-        except ValueError as err:
+            return {service: self._chain(service, chain) for service, chain in entries.items()}
+        except (ValueError, TypeError, AttributeError) as err:
             raise ProjectError(f"the migrations manifest's chains cannot be read ({err}); "
                                "rebuild it with `svcmig manifest`") from err
-        return {service: self._chain(service, chain) for service, chain in entries.items()}
 
     @functools.cached_property
     def revisions(self) -> dict[str, Revision]:  # type: ignore[override]
