@@ -342,10 +342,15 @@ PYTHON_HOLDS = {
     "op-then-whole-table-update": (python_revision(
         "    op.add_column('items', sa.Column('price', sa.Integer))\n"
         "    op.execute('UPDATE items SET price = 1')"), {"lock_held_across_statements"}, 9),
+    "op-then-update-with-parameters": (python_revision(
+        "    op.add_column('items', sa.Column('price', sa.Integer))\n"
+        "    op.execute(sa.text(\"UPDATE items SET price = :p WHERE name NOT LIKE 'x%'\")"
+        ".bindparams(p=1))"), {"lock_held_across_statements"}, 9),
     "driver-sql-lock-then-sleep-with-parameters": (python_revision(
         "    bind = op.get_bind()\n"
         "    bind.exec_driver_sql('LOCK TABLE items IN SHARE MODE')\n"
-        "    bind.exec_driver_sql('SELECT pg_sleep(%(s)s)', {'s': 1})"), {"long_lock_hold"}, 10),
+        "    bind.exec_driver_sql('SELECT pg_sleep(%(s)s)', {'s': 1})"),
+        {"long_lock_hold", "lock_held_across_statements"}, 10),
     "raw-connection-lock-then-sleep": (python_revision(
         "    raw = op.get_bind().connection.driver_connection\n"
         "    raw.execute('LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE')\n"

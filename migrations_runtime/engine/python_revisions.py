@@ -7,6 +7,7 @@ SQLAlchemy and Alembic are imported only when the first Python revision runs.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -55,7 +56,8 @@ class PythonRevisions:
             self._connection = engine.connect()
             self._context = MigrationContext.configure(connection=self._connection)
 
-    def _refuse_forbidden(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def _refuse_forbidden(self, _conn: Any, _cursor: Any, statement: str, parameters: Any,
+                          *_args: Any) -> None:
         """SQLAlchemy's hook before each statement: refuse what a revision may not send (the
         refusal stands even if the revision catches it), and tell the hold tracker which
         strong locks the statement takes and when, from its parse tree as for a SQL revision
@@ -65,9 +67,10 @@ class PythonRevisions:
             self._refuse(f"{changed}; leave the setting alone "
                          f"(statement: {statement.strip()[:200]})")
         try:
-            parsed = split_statements(statement, 1, self._path)
+            parsed = split_statements(_as_server_parameters(statement, parameters), 1,
+                                      self._path)
         except MigrationFileError:
-            return  # not parseable on its own (bound parameters): the server decides
+            return  # not SQL on its own: the server decides (and says why)
         for found in parsed:
             reason = forbidden_reason(found, self._transactional)
             if reason:
@@ -130,6 +133,19 @@ class PythonRevisions:
     def close(self) -> None:
         if self._connection is not None and not self.conn.closed:
             self._connection.close()
+
+
+# psycopg's client-side placeholders, as SQLAlchemy writes them: %(name)s, %s, and %% for %
+_PLACEHOLDER = re.compile(r"%\(\w+\)s|%s|%%")
+
+
+def _as_server_parameters(statement: str, parameters: Any) -> str:
+    """`statement` with its bound parameters as `$1`, which PostgreSQL's parser reads as
+    values, so a statement with parameters is checked and tracked like any other (psycopg
+    doubles a literal `%` only when there are parameters)."""
+    if not parameters:
+        return statement
+    return _PLACEHOLDER.sub(lambda m: "%" if m.group() == "%%" else "$1", statement)
 
 
 @contextmanager
