@@ -409,6 +409,11 @@ class Linter:
         sizes = [job.files_to_read() for job in jobs]
         pool = ProcessPoolExecutor(max_workers=processes, mp_context=_pool_context(),
                                    initializer=_start_worker, initargs=(self, tuple(jobs)))
+        # SIGTERM to this process alone ends the run as Ctrl-C does: the workers go with it
+        # (they ignore signals meant for the run; left alone they outlived it, holding its
+        # output open)
+        on_term = signal.signal(signal.SIGTERM, signal.default_int_handler) \
+            if threading.current_thread() is threading.main_thread() else None
         try:
             futures: dict[int, Future[list[Finding] | _WorkerError]] = {
                 index: pool.submit(_lint_job, index)
@@ -420,13 +425,18 @@ class Linter:
                     raise outcome.error()
                 results.append(outcome)
         except BaseException as err:  # Ctrl-C included: the services not started never are
+            _stop_workers(pool)  # nor are those running waited for (a second Ctrl-C hung)
             pool.shutdown(wait=False, cancel_futures=True)
             if isinstance(err, BrokenProcessPool):
                 raise SvcmigError(
-                    "a lint process ended abruptly (killed, out of memory, or a revision that "
-                    "ends its process); run `svcmig lint --jobs 1` to lint in one process"
+                    "a lint process ended abruptly, so nothing is reported: it was killed or ran "
+                    "out of memory, or a Python revision ended its process (os._exit, a signal "
+                    "to itself); find that revision and change it, then lint again"
                 ) from None
             raise
+        finally:
+            if on_term is not None:
+                signal.signal(signal.SIGTERM, on_term)
         pool.shutdown()
         return results
 
@@ -519,6 +529,19 @@ class Linter:
         return findings
 
 
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers now: they ignore Ctrl-C, and waiting for the services they are
+    linting kept an interrupted run alive for as long as those took (for ever, after a second
+    Ctrl-C, in the interpreter's exit handler). `terminate_workers` is Python 3.14's; before,
+    the pool's own table of its processes."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+
+
 def default_jobs() -> int:
     """Processes a parallel lint uses by default: one per CPU this process may run on."""
     try:
@@ -563,6 +586,7 @@ def _start_worker(linter: Linter, jobs: tuple[_Job, ...]) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the run and reports it once;
     # a worker finishes its service and exits instead of printing a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's way of stopping it, at once
     _worker = (linter, jobs)
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,7 +191,53 @@ def test_a_worker_that_dies_is_one_error_line(project: Project, run_lint: RunLin
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: a lint process ended abruptly")
-    assert "--jobs 1" in result.stderr
+    assert "--jobs 1" not in result.stderr  # where a revision's os._exit passes silently
+
+
+SLOW_REVISION = """import time
+
+revision = "{service}_202611251400"
+down_revision = None
+
+
+def upgrade():
+    time.sleep(60)
+
+
+def downgrade():
+    pass
+"""
+
+
+@pytest.mark.parametrize("stop", ["two Ctrl-C to the group", "SIGTERM to svcmig alone"])
+def test_an_interrupted_parallel_lint_ends_at_once_and_leaves_no_worker(
+        project: Project, stop: str) -> None:
+    """From a breaker: the workers ignore Ctrl-C, and the run waited for the services they were
+    linting (a minute here), for ever after a second Ctrl-C; SIGTERM to svcmig alone left them
+    running, holding the output pipe open. The run ends within seconds, workers included (the
+    pipe closes: nothing holds it)."""
+    for service in ("users", "orders", "billing"):
+        project.write(f"services/{service}/migrations/2026-11-25T1400__{service}__slow.py",
+                      SLOW_REVISION.format(service=service))
+    lint = subprocess.Popen(
+        [sys.executable, "-m", "migrations_runtime.cli", "lint", "--all", "--jobs", "2"],
+        cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    time.sleep(3)  # the workers are inside the revisions' sleeps
+    if stop == "SIGTERM to svcmig alone":
+        lint.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(lint.pid, signal.SIGINT)
+        time.sleep(0.2)
+        os.killpg(lint.pid, signal.SIGINT)
+    try:
+        stdout, stderr = lint.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(lint.pid, signal.SIGKILL)
+        lint.communicate()
+        pytest.fail(f"svcmig lint did not end after {stop}")
+    assert lint.returncode == 130, stderr
+    assert stdout == "" and stderr.strip() == "error: interrupted", stderr
 
 
 def test_no_pool_for_one_service_or_a_small_run(project: Project, run_lint: RunLint,
