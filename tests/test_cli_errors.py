@@ -15,7 +15,7 @@ import click
 import pytest
 
 from migrations_runtime.cli.main import cli, main
-from tests.conftest import copy_project
+from tests.conftest import copy_project, run_cli
 
 # Plausible arguments per command, so the case reaches the part under test (the database URL,
 # the project root) instead of stopping at a missing argument.
@@ -267,3 +267,16 @@ def test_an_entry_the_runner_refuses_is_a_lint_error(kind: str, in_project: Path
         entry.symlink_to(in_project / "nowhere")
     code, out, _ = svcmig(capsys, "lint", "--all")
     assert code == 2 and "not a regular file" in out, out
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("migrat", "migrate"), ("stauts", "status"),
+                                              ("lnit", "lint"), ("backfil", "backfill")])
+def test_a_mistyped_command_is_told_the_one_meant(tmp_path: Path, typed: str,
+                                                  meant: str) -> None:
+    """Every command is imported on use, so click holds none of them: the suggestion is drawn
+    from the full list (a breaker found it gone for the deploy commands)."""
+    done = run_cli(tmp_path, typed)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: No such command '{typed}'. Did you mean "
+                                  f"'{meant}'?; see `")  # the program as it was run: --help
+    assert done.stderr.count("\n") == 1
