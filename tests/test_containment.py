@@ -907,6 +907,27 @@ def test_a_python_revision_that_catches_a_refusal_still_fails(
     assert "users_202602010000" not in ledger(database_url)
 
 
+@pytest.mark.parametrize("second", [False, True], ids=["first-of-its-session", "after-another"])
+def test_batch_alter_table_as_a_revisions_first_operation(
+        tmp_path: Path, database_url: str, second: bool) -> None:
+    """A breaker's finding: Alembic wraps DDL in a transaction of its own when SQLAlchemy has
+    none open, and commits it; as a revision's first operation that commit was refused."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    parent = "users_202601010000"
+    if second:
+        add(root, "users", "2026-01-31T0000", "CREATE TABLE users.early (id int);")
+        parent = "users_202601310000"
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", parent,
+        "    with op.batch_alter_table('users') as batch:\n"
+        "        batch.add_column(sa.Column('nickname', sa.Text()))"), ext="py")
+    migrate(database_url, root, **QUIET)
+    assert ledger(database_url)["users_202602010000"] == "applied"
+    assert query(database_url, "SELECT count(*) FROM information_schema.columns WHERE "
+                               "table_schema = 'users' AND column_name = 'nickname'") == [(1,)]
+
+
 def test_a_deferred_trigger_cannot_rewrite_the_revisions_ledger_row(
         tmp_path: Path, database_url: str) -> None:
     """Deferred triggers run before the ledger row is written (SET CONSTRAINTS ALL

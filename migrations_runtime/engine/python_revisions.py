@@ -54,6 +54,12 @@ class PythonRevisions:
                                    poolclass=StaticPool, pool_reset_on_return=None)
             event.listen(engine, "before_cursor_execute", self._refuse_forbidden)
             self._connection = engine.connect()
+            # SQLAlchemy's transaction stands for the runner's, which the runner begins and
+            # ends on the raw connection: begun here (nothing is sent) and never ended by
+            # SQLAlchemy, so Alembic never opens and commits a transaction of its own around
+            # DDL (`op.batch_alter_table` as a revision's first operation did, and the commit
+            # was refused: a breaker's finding)
+            self._connection.begin()
             self._context = MigrationContext.configure(connection=self._connection)
 
     def _refuse_forbidden(self, _conn: Any, _cursor: Any, statement: str, parameters: Any,
