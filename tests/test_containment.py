@@ -842,6 +842,18 @@ def test_the_ledger_row_records_the_last_statements_time(
     assert rows[0][0] >= 400
 
 
+def migrated_base(tmp_path: Path, database_url: str, earlier: bool) -> tuple[Path, str]:
+    """The base project migrated; with `earlier`, a SQL revision is pending before the one the
+    test adds (so that one is not the first of its session). Returns the root and the id the
+    test's revision follows."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    if not earlier:
+        return root, "users_202601010000"
+    add(root, "users", "2026-01-31T0000", "CREATE TABLE users.early (id int);")
+    return root, "users_202601310000"
+
+
 @pytest.mark.parametrize("idle_ms", [2000, RunSettings().idle_timeout_ms])
 @pytest.mark.parametrize("ext", ["sql", "py"])
 @pytest.mark.parametrize("earlier", [False, True], ids=["first-of-its-session", "after-another"])
@@ -852,12 +864,7 @@ def test_a_revision_does_not_commit_once_the_migrator_lost_its_lock(
     happen. Also when the revision session already checked the lock for an earlier revision
     (a check through the session's catalog cache saw the migrator's marker table still there:
     a breaker's finding)."""
-    root = base_project(tmp_path)
-    migrate(database_url, root, **QUIET)
-    parent = "users_202601010000"
-    if earlier:
-        add(root, "users", "2026-01-31T0000", "CREATE TABLE users.early (id int);")
-        parent = "users_202601310000"
+    root, parent = migrated_base(tmp_path, database_url, earlier)
     sql = "CREATE TABLE users.late AS SELECT pg_sleep(1.5) IS NULL AS slept"
     add(root, "users", "2026-02-01T0000", sql if ext == "sql" else python_revision(
         "users", "2026-02-01T0000", parent, f"    op.execute({sql!r})"), ext=ext)
@@ -912,12 +919,7 @@ def test_batch_alter_table_as_a_revisions_first_operation(
         tmp_path: Path, database_url: str, second: bool) -> None:
     """A breaker's finding: Alembic wraps DDL in a transaction of its own when SQLAlchemy has
     none open, and commits it; as a revision's first operation that commit was refused."""
-    root = base_project(tmp_path)
-    migrate(database_url, root, **QUIET)
-    parent = "users_202601010000"
-    if second:
-        add(root, "users", "2026-01-31T0000", "CREATE TABLE users.early (id int);")
-        parent = "users_202601310000"
+    root, parent = migrated_base(tmp_path, database_url, second)
     add(root, "users", "2026-02-01T0000", python_revision(
         "users", "2026-02-01T0000", parent,
         "    with op.batch_alter_table('users') as batch:\n"
