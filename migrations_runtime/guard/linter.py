@@ -396,7 +396,7 @@ class Linter:
         if cpus < 2:
             return 1
         if sum(len(job.names) for job in jobs) < PARALLEL_FILES and sum(
-                job.files_to_read() for job in jobs) < PARALLEL_FILES:
+                job.files_to_read for job in jobs) < PARALLEL_FILES:
             return 1
         return min(cpus, len(jobs))
 
@@ -406,7 +406,7 @@ class Linter:
         biggest services are started first, so that none is left to run alone at the end. A
         svcmig error in a worker is raised here as it was raised there (the first in the order
         of `jobs`, as the serial path would meet it), without the worker's traceback."""
-        sizes = [job.files_to_read() for job in jobs]
+        sizes = [job.files_to_read for job in jobs]
         pool = ProcessPoolExecutor(max_workers=processes, mp_context=_pool_context(),
                                    initializer=_start_worker, initargs=(self, tuple(jobs)))
         # SIGTERM to this process alone ends the run as Ctrl-C does: the workers go with it
@@ -557,9 +557,11 @@ class _Job:
     service: Service
     names: frozenset[str]
 
+    @functools.cached_property
     def files_to_read(self) -> int:
         """Entries of the migrations folder up to the last one linted (the earlier ones are
-        replayed): the job's size."""
+        replayed): the job's size, listed once (the default's choice and the pool's order both
+        ask)."""
         last = max(self.names)
         try:
             return sum(name <= last for name in os.listdir(self.service.migrations_dir))
