@@ -585,8 +585,8 @@ _worker: tuple[Linter, tuple[_Job, ...]] | None = None
 
 def _start_worker(linter: Linter, jobs: tuple[_Job, ...]) -> None:
     global _worker
-    # Ctrl-C reaches the whole process group: the parent stops the run and reports it once;
-    # a worker finishes its service and exits instead of printing a traceback of its own.
+    # Ctrl-C reaches the whole process group: the parent stops the run, reports it once and
+    # terminates the workers, which print no traceback of their own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's way of stopping it, at once
     _worker = (linter, jobs)
