@@ -26,7 +26,10 @@ SCRIPT_LOCK_TIMEOUT_MS = 2000
 # What `DISCARD ALL` does (source: PostgreSQL documentation, DISCARD), as statements that may
 # share one simple-protocol query (DISCARD ALL may not: it refuses any transaction block, and
 # several statements in one query form an implicit one). RESET ALL first, so a statement_timeout
-# the last revision left cannot stop the rest.
+# the last revision left cannot stop the rest. All but DISCARD PLANS: cached plans are no state
+# a revision can see or set (each is checked against the catalog and search path before use,
+# and each service has its own session), and the ledger's policy functions keep theirs
+# (`ledger.MAY_INSERT`), which saves planning them with every revision.
 SESSION_RESET_SQL = (
     "RESET ALL",
     "CLOSE ALL",
@@ -34,7 +37,6 @@ SESSION_RESET_SQL = (
     "DEALLOCATE ALL",
     "UNLISTEN *",
     "SELECT pg_advisory_unlock_all()",
-    "DISCARD PLANS",
     "DISCARD TEMP",
     "DISCARD SEQUENCES",
 )
