@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -115,6 +116,30 @@ def test_syntax_error_in_third_of_five_refuses_the_whole_plan(
     status = read_plan(database_url, root)
     assert [(a.kind, a.revision) for a in status.errors] == [
         ("invalid_revision", "shop_202601030000")]
+
+
+@pytest.mark.parametrize("third", ["CREATE TABLE three (id int);\n",
+                                   "CREATE TABEL broken (id int);\n",
+                                   "INSERT INTO missing VALUES (1);\n"],
+                         ids=["applied", "refused plan", "failed revision"])
+@pytest.mark.parametrize("collecting", [True, False], ids=["gc on", "gc off"])
+def test_a_run_leaves_the_garbage_collector_as_it_found_it(
+        tmp_path: Path, database_url: str, third: str, collecting: bool) -> None:
+    """The run pauses collection while it reads the plan and freezes what it read until it
+    ends (`apply._collection_paused`): afterwards collection is on or off as before and
+    nothing stays frozen, whether the run applied, refused or failed."""
+    root = write_project(tmp_path, {"shop": five_revisions(third)})
+    frozen_before = gc.get_freeze_count()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        try:
+            migrate(database_url, root, log=lambda _: None)
+        except (PlanError, MigrationFailed):
+            pass
+        assert gc.isenabled() is collecting
+        assert gc.get_freeze_count() == frozen_before
+    finally:
+        gc.enable()
 
 
 def test_runtime_error_rolls_back_the_whole_revision(tmp_path: Path, database_url: str) -> None:

@@ -574,9 +574,9 @@ def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | None
     """Insert or update the ledger row of `revision`, as one statement with its values inlined
     (so it can share a round trip with other statements). With `replace_state`, an existing
     row is updated only when it is in that state; with `new_row`, there must be none."""
-    values = ", ".join(_literal(v) for v in (
-        revision.id, revision.service, revision.file, revision.checksum, revision.phase, state,
-        duration_ms, applied_by()))
+    values = ", ".join((*map(sql_literal, (revision.id, revision.service, revision.file,
+                                           revision.checksum, revision.phase, state)),
+                        _literal(duration_ms), sql_literal(applied_by())))
     insert = (f"INSERT INTO {LEDGER_TABLE} (revision, service, file, checksum, phase, state, "
               f"duration_ms, applied_by) VALUES ({values})")
     if new_row:

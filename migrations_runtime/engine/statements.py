@@ -9,6 +9,7 @@ whichever tool applies it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -316,7 +317,13 @@ def leave_service_sql() -> list[str]:
 
 
 def service_of(revision: Revision) -> Service:
-    return Service(revision.service, revision.root / "services" / revision.service)
+    return _service(revision.service, revision.root)
+
+
+@functools.cache
+def _service(name: str, root: Path) -> Service:
+    """One `Service` per service and project: the runner asks three times a revision."""
+    return Service(name, root / "services" / name)
 
 
 # --- which tables a statement locks strongly ---------------------------------------------------
