@@ -307,6 +307,57 @@ def test_owner_roles_cannot_log_in_between_runs(tmp_path: Path, database_url: st
         ("orders_owner", False, False), ("users_owner", False, False)]
 
 
+def owner_sessions(url: str) -> list[tuple[str]]:
+    return query(url, "SELECT usename FROM pg_stat_activity WHERE usename LIKE '%%\\_owner' "
+                      "AND datname = current_database()")
+
+
+def test_a_session_logged_in_ahead_ends_with_a_run_that_fails_before_it(
+        tmp_path: Path, database_url: str) -> None:
+    """The kind: the next service's session, logged in while the current service's revisions
+    run (`RevisionSessions.prefetch`), in a run that never gets to that service. It ends with
+    the run and its owner goes back to NOLOGIN; its service is left as it was."""
+    root = write_project(tmp_path / "p", {
+        "behindok": {"2026-01-01T0000__behindok__create.sql": "CREATE TABLE a (id int);\n",
+                     "2026-01-01T0001__behindok__fail.sql": "SELECT 1 / 0;\n"},
+        "behindnx": {"2026-01-01T0100__behindnx__create.sql": "CREATE TABLE b (id int);\n"}})
+    with pytest.raises(MigrationFailed, match="division by zero"):
+        migrate(database_url, root, **QUIET)
+    assert ledger(database_url) == {"behindok_202601010000": "applied"}
+    # a login grants 120 s (sessions.LOGIN_WINDOW_SECONDS): both owners logged in just now
+    roles = query(database_url, "SELECT rolname, rolcanlogin, rolvaliduntil > now() + "
+                                "interval '60 seconds' FROM pg_roles WHERE rolname IN "
+                                "('behindok_owner', 'behindnx_owner') ORDER BY 1")
+    assert roles == [("behindnx_owner", False, True), ("behindok_owner", False, True)]
+    assert owner_sessions(database_url) == []
+    assert lock_is_free(database_url)
+
+
+def test_a_login_ahead_that_fails_is_reported_when_its_service_runs(
+        tmp_path: Path, database_url: str, server_url: str) -> None:
+    """A service whose session, logged in ahead, cannot be used (here its owner was made a
+    superuser, which the runner refuses): the services before it are applied, and it fails
+    with the reason, as it would without logging in ahead."""
+    root = write_project(tmp_path / "p", {
+        "aheadok": {"2026-01-01T0000__aheadok__create.sql": "CREATE TABLE a (id int);\n"},
+        "aheadsu": {"2026-01-01T0100__aheadsu__create.sql": "CREATE TABLE b (id int);\n"}})
+    migrate(database_url, root, **QUIET)
+    add(root, "aheadok", "2026-02-01T0000", "CREATE TABLE a2 (id int);\n")
+    add(root, "aheadsu", "2026-02-01T0100", "CREATE TABLE b2 (id int);\n")
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute("ALTER ROLE aheadsu_owner SUPERUSER")
+    try:
+        with pytest.raises(MigrationFailed, match="must be an ordinary role"):
+            migrate(database_url, root, **QUIET)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute("ALTER ROLE aheadsu_owner NOSUPERUSER")
+    assert ledger(database_url)["aheadok_202602010000"] == "applied"
+    assert "aheadsu_202602010100" not in ledger(database_url)
+    assert owner_sessions(database_url) == []
+    assert lock_is_free(database_url)
+
+
 # --- escaping the transaction ------------------------------------------------------------------
 
 TRANSACTION_CONTROL = ["BEGIN;", "START TRANSACTION;", "COMMIT;", "END;", "ROLLBACK;", "ABORT;",

@@ -37,6 +37,7 @@ from psycopg import generators, pq, sql
 
 from . import ledger
 from .database import DEFAULT_IDLE_IN_TRANSACTION_MS, connect, refuse_pooler
+from .discover import Service
 from .errors import MigrationFailed, MigrationFileError, PlanError, RunStopped
 from .load import Revision, checksum, read_text
 from .lock import alive_marker, migrator_lock, session_alive_sql
@@ -880,6 +881,17 @@ def _collection_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _next_services(steps: tuple[Revision, ...]) -> list[Service | None]:
+    """For each step, the service whose revisions come next after its own run of revisions
+    (its session is logged in meanwhile, `RevisionSessions.prefetch`); None for the last."""
+    found: list[Service | None] = [None] * len(steps)
+    for index in range(len(steps) - 2, -1, -1):
+        after = steps[index + 1]
+        found[index] = service_of(after) if after.service != steps[index].service \
+            else found[index + 1]
+    return found
+
+
 def _connect_migrator(url: str, settings: RunSettings) -> psycopg.Connection:
     conn = connect(url, idle_in_transaction_ms=settings.idle_timeout_ms)
     try:
@@ -944,8 +956,12 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             runner = Runner(conn, url, settings, log, prepared, schemas)
             runner.issue_tokens(plan.steps)
             last = {revision.service: index for index, revision in enumerate(plan.steps)}
+            upcoming = _next_services(plan.steps)
             try:
                 for index, revision in enumerate(plan.steps):
+                    following = upcoming[index]
+                    if following is not None:
+                        runner.sessions.prefetch(following)
                     running = revision
                     results.append(runner.apply(revision))
                     running = None
