@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -185,3 +187,41 @@ def revision_count(root: Path) -> int:
     from migrations_runtime.engine.validate import build_graph
 
     return len(build_graph(root).revisions)
+
+
+def postmaster_pid(root: Path) -> int | None:
+    """The pid of the project's embedded server while it runs (its `postmaster.pid`), else None."""
+    pid_file = root / ".svcmig" / "pgdata" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, 0)
+    except PermissionError:  # another user's process: the server's, when run as root
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+@pytest.fixture
+def local_project() -> Iterator[Path]:
+    """A copied project whose commands use its own embedded server (no `DATABASE_URL`), in its
+    own `.svcmig/`, stopped at the end whatever happened. Not under pytest's tmp_path: as root
+    the server runs as another system user, and a pytest session starting meanwhile (CI runs
+    Alembic's suite and pytest-alembic beside the tests) re-tightens that folder to 0700, which
+    locked the server out of its data mid-command (a CI run's `svcmig check` lost its
+    connection)."""
+    folder = Path(tempfile.mkdtemp(prefix="svcmig-localdb-"))
+    folder.chmod(0o755)
+    root = copy_project(folder / "project")
+    try:
+        yield root
+    finally:
+        if postmaster_pid(root) is not None:
+            run_cli(root, "db", "stop", timeout=60)
+        pid = postmaster_pid(root)
+        if pid is not None:  # `db stop` failed: a fast shutdown by signal
+            os.kill(pid, signal.SIGINT)
+            deadline = time.monotonic() + 30
+            while postmaster_pid(root) == pid and time.monotonic() < deadline:
+                time.sleep(0.1)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -280,3 +280,34 @@ def test_a_mistyped_command_is_told_the_one_meant(tmp_path: Path, typed: str,
     assert done.stderr.startswith(f"error: No such command '{typed}'. Did you mean "
                                   f"'{meant}'?; see `")  # the program as it was run: --help
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("message", [
+    "consuming input failed: server closed the connection unexpectedly\n\tThis probably means "
+    "the server terminated abnormally\n\tbefore or while processing the request.",
+    "terminating connection due to administrator command", ""])
+def test_a_connection_lost_midway_is_one_line_exit_1(message: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The kind: the database goes away in the middle of a command, where no svcmig code made
+    the driver's error one of its own (a CI run's `svcmig check` printed a traceback when its
+    embedded server lost its data folder mid-trace). Every command's work runs through
+    `common.run`; a driver error that is a bug (not a lost connection) still raises."""
+    import psycopg
+
+    from migrations_runtime.cli.common import run
+
+    def lost() -> None:
+        raise psycopg.OperationalError(message)
+
+    with pytest.raises(SystemExit) as exited:
+        run(lost)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: lost the connection to the database: ") and \
+        err.count("\n") == 1, err
+
+    def bug() -> None:
+        raise psycopg.ProgrammingError("the last operation didn't produce records")
+
+    with pytest.raises(psycopg.ProgrammingError):
+        run(bug)

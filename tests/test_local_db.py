@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,16 +16,7 @@ import pytest
 
 from migrations_runtime.engine.database import redact
 from tests.authoring.helpers import assert_one_line_error
-from tests.conftest import copy_project, query, revision_count, run_cli
-
-
-def _postmaster_pid(root: Path) -> int | None:
-    pid_file = root / ".svcmig" / "pgdata" / "postmaster.pid"
-    try:
-        pid = int(pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if psutil.pid_exists(pid) else None
+from tests.conftest import copy_project, postmaster_pid, query, revision_count, run_cli
 
 
 def gone(pid: int) -> bool:
@@ -44,29 +31,6 @@ def gone(pid: int) -> bool:
             return True
         time.sleep(0.1)
     return False
-
-
-@pytest.fixture
-def local_project() -> Iterator[Path]:
-    """A copied project with its own embedded server in its own `.svcmig/`, stopped at the end
-    whatever happened. Not under pytest's tmp_path: as root the server runs as another system
-    user, and a pytest session starting meanwhile re-tightens that folder to 0700."""
-    folder = Path(tempfile.mkdtemp(prefix="svcmig-localdb-"))
-    folder.chmod(0o755)
-    root = copy_project(folder / "project")
-    try:
-        yield root
-    finally:
-        if _postmaster_pid(root) is not None:
-            run_cli(root, "db", "stop", timeout=60)
-        pid = _postmaster_pid(root)
-        if pid is not None:  # `db stop` failed: a fast shutdown by signal
-            os.kill(pid, signal.SIGINT)
-            try:
-                psutil.Process(pid).wait(30)
-            except psutil.Error:
-                pass
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:
@@ -91,7 +55,7 @@ def test_status_start_url_psql_migrate_stop_reset(local_project: Path) -> None:
     assert started[0].startswith("started PostgreSQL 18 (pid ") and "new and empty" in started[0]
     url = started[1]
     assert url.startswith("postgresql://postgres@/postgres?host=") and len(started) == 2
-    pid = _postmaster_pid(root)
+    pid = postmaster_pid(root)
     assert pid is not None and f"pid {pid}," in started[0]
     assert ok(run_cli(root, "db", "start")).splitlines() == [
         f"already running (pid {pid}, .svcmig/pgdata)", url]
@@ -128,10 +92,10 @@ def test_status_start_url_psql_migrate_stop_reset(local_project: Path) -> None:
     assert ok(run_cli(root, "status")).splitlines()[0] == migrated[0]
     as_json = json.loads(ok(run_cli(root, "status", "--json")))
     assert as_json["database"] == {"source": "embedded", "url": url}
-    assert _postmaster_pid(root) == pid  # every command reused the one server
+    assert postmaster_pid(root) == pid  # every command reused the one server
 
     assert ok(run_cli(root, "db", "stop")) == f"stopped (pid {pid}, .svcmig/pgdata)\n"
-    assert _postmaster_pid(root) is None and gone(pid)
+    assert postmaster_pid(root) is None and gone(pid)
     assert ok(run_cli(root, "db", "stop")) == "not running (.svcmig/pgdata)\n"
     stopped = ok(run_cli(root, "db", "status"))
     assert stopped.splitlines()[0] == "embedded PostgreSQL: not running"

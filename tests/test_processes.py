@@ -44,20 +44,15 @@ def test_cli_refused_plan_exits_1_with_the_reason(project: Path, database_url: s
     assert run_cli(project, "migrate", "--phase", "sideways").returncode == 2
 
 
-def test_cli_defaults_to_embedded_postgres(project: Path) -> None:
+def test_cli_defaults_to_embedded_postgres(local_project: Path) -> None:
     """No URL and no DATABASE_URL: an embedded Postgres under .svcmig/, reused by the next run."""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    try:
-        first = run_cli(project, "migrate", env=env, timeout=180)
-        assert first.returncode == 0, first.stderr
-        assert f"applied {revision_count(project)} revision(s)" in first.stdout
-        assert (project / ".svcmig" / "pgdata" / "PG_VERSION").exists()
-        second = run_cli(project, "status", env=env)
-        assert second.returncode == 0 and code_heads(project)["users"] in second.stdout
-    finally:
-        pid_file = project / ".svcmig" / "pgdata" / "postmaster.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+    project = local_project
+    first = run_cli(project, "migrate", timeout=180)
+    assert first.returncode == 0, first.stderr
+    assert f"applied {revision_count(project)} revision(s)" in first.stdout
+    assert (project / ".svcmig" / "pgdata" / "PG_VERSION").exists()
+    second = run_cli(project, "status")
+    assert second.returncode == 0 and code_heads(project)["users"] in second.stdout
 
 
 def test_stock_alembic_commands(project: Path, database_url: str) -> None:

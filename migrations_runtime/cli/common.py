@@ -48,13 +48,27 @@ def exit_code(err: SvcmigError) -> int:
 
 
 def run(action: Callable[[], Any]) -> Any:
-    """Run `action`, turning svcmig errors into a one-line message and the right exit code."""
+    """Run `action`, turning svcmig errors into a one-line message and the right exit code; so
+    too a connection to the database lost midway (the server stopped or restarted, a network
+    cut), which no svcmig code turned into one of its own errors."""
     try:
         return action()
     except SvcmigError as err:
         fail(str(err), exit_code(err))
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as err:
+        if not _lost_connection(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        fail(f"lost the connection to the database: {first}; check that the server is up "
+             "(`svcmig db status` for the embedded one), then run the command again")
+
+
+def _lost_connection(err: BaseException) -> bool:
+    """A psycopg OperationalError (psycopg is imported only by commands that connect)."""
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(err, psycopg.OperationalError)
 
 
 def write_output(path: Path, content: bytes) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -166,21 +164,16 @@ def test_in_place_on_an_empty_database(project: Path, database_url: str) -> None
     assert applied == [(revision_count(project),)]  # left at heads
 
 
-def test_defaults_to_embedded_postgres(project: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    try:
-        done = run_cli(project, "check", "--quiet", env=env, timeout=240)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "throwaway database svcmig_check_" in done.stdout
-        assert (project / ".svcmig" / "pgdata" / "PG_VERSION").exists()
-        # the trace applies each revision's parents on its throwaway database: a contract
-        # revision that requires a backfill is not held there (users_202611300911 was traced
-        # without users_202611300910 before: "traced-error")
-        assert "traced-error" not in done.stdout + done.stderr
-    finally:
-        pid_file = project / ".svcmig" / "pgdata" / "postmaster.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+def test_defaults_to_embedded_postgres(local_project: Path) -> None:
+    project = local_project
+    done = run_cli(project, "check", "--quiet", timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "throwaway database svcmig_check_" in done.stdout
+    assert (project / ".svcmig" / "pgdata" / "PG_VERSION").exists()
+    # the trace applies each revision's parents on its throwaway database: a contract
+    # revision that requires a backfill is not held there (users_202611300911 was traced
+    # without users_202611300910 before: "traced-error")
+    assert "traced-error" not in done.stdout + done.stderr
 
 
 @pytest.fixture
