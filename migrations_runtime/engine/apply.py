@@ -42,6 +42,7 @@ from .errors import MigrationFailed, MigrationFileError, PlanError, RunStopped
 from .load import Revision, checksum, read_text
 from .lock import alive_marker, migrator_lock, session_alive_sql
 from .lockwait import (
+    HELD_LOCKS_SQL,
     Blocker,
     BlockerWatch,
     HoldTracker,
@@ -475,8 +476,8 @@ class Runner:
         if xid is not None:
             checks.append(fail_unless(f"pg_catalog.txid_current() = {int(xid)}", ESCAPED))
         return "; ".join([
-            CATALOG_ONLY, *([ledger.HELD_LOCKS_SQL] if probe else []),
-            "SET CONSTRAINTS ALL IMMEDIATE", "CLOSE ALL", *checks,
+            CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []), "SET CONSTRAINTS ALL IMMEDIATE",
+            "CLOSE ALL", *checks,
             ledger.present_token_sql(self._token(revision, upgrade, pid)),
             self._ledger_sql(revision, upgrade, duration), "COMMIT", *SESSION_RESET_SQL])
 

@@ -19,7 +19,6 @@ from typing import Any, NamedTuple, Protocol
 
 from .discover import FRAMEWORK_SCHEMA, Service
 from .load import Revision
-from .lockwait import HELD_LOCKS_QUERY
 from .statements import fail_unless, quote_ident, sql_literal
 from .validate import ChainSummary, Graph
 
@@ -39,13 +38,6 @@ BACKFILLS_TABLE = f"{FRAMEWORK_SCHEMA}.backfills"
 # What a backfill's batch may write (the rest of its row is the migrator's).
 BACKFILL_PROGRESS_COLUMNS = ("next_key", "batch_size", "batches", "rows_done", "updated_at")
 _PRESENTED = f"sha256(convert_to(current_setting('{TOKEN_SETTING}', true), 'UTF8'))"
-# The ledger policies' token checks, and the migrator-alive check (FRAMEWORK_DDL).
-MAY_INSERT = f"{FRAMEWORK_SCHEMA}.revision_may_insert"
-MAY_DELETE = f"{FRAMEWORK_SCHEMA}.revision_may_delete"
-SESSION_ALIVE = f"{FRAMEWORK_SCHEMA}.migrator_session_alive"
-HELD_LOCKS_FUNCTION = f"{FRAMEWORK_SCHEMA}.held_strong_locks"
-# What a Python revision's transaction holds, read before its COMMIT (`lockwait.HoldTracker`).
-HELD_LOCKS_SQL = f"SELECT * FROM {HELD_LOCKS_FUNCTION}()"
 
 FRAMEWORK_DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {FRAMEWORK_SCHEMA}",
@@ -103,53 +95,27 @@ FRAMEWORK_DDL = [
         direction text NOT NULL CHECK (direction IN ('up', 'down'))
     )""",
     f"REVOKE ALL ON {TOKENS_TABLE} FROM PUBLIC",
-    # The policies' token checks as functions rather than subqueries in the policies: a
-    # function's query is planned once per session and its plan kept (the reset after each
-    # revision leaves cached plans alone), where a subquery in a policy is planned with every
-    # ledger row: 40–50 µs of server time a revision (bench/, 2026-12-01). Not SECURITY
-    # DEFINER: they run as the owner that inserts or deletes the row, with the search path
-    # pinned so a revision's own operators or functions cannot stand in for the built-in ones.
-    f"""CREATE OR REPLACE FUNCTION {MAY_INSERT}(p_revision text, p_service text,
-                                              p_checksum text)
-        RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $f$
-        BEGIN
-            RETURN EXISTS (SELECT FROM {TOKENS_TABLE} t
-                           WHERE t.digest = {_PRESENTED} AND t.pid = pg_backend_pid()
-                             AND t.revision = p_revision AND t.service = p_service
-                             AND t.checksum = p_checksum AND t.direction = 'up');
-        END $f$""",
-    f"""CREATE OR REPLACE FUNCTION {MAY_DELETE}(p_revision text)
-        RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $f$
-        BEGIN
-            RETURN EXISTS (SELECT FROM {TOKENS_TABLE} t
-                           WHERE t.digest = {_PRESENTED} AND t.pid = pg_backend_pid()
-                             AND t.revision = p_revision AND t.direction = 'down');
-        END $f$""",
-    # The same for the strong locks a Python revision holds (planning the join of pg_locks
-    # with the catalog took 120 µs a Python revision).
-    f"""CREATE OR REPLACE FUNCTION {HELD_LOCKS_FUNCTION}()
-        RETURNS TABLE (schema_name text, table_name text, mode text)
-        LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $f$
-        BEGIN
-            RETURN QUERY SELECT q.nspname::text, q.relname::text, q.mode::text
-                         FROM ({HELD_LOCKS_QUERY}) q;
-        END $f$""",
-    # `lock.session_alive_sql`'s check, for the same reason: a scan of pg_class (not the
-    # catalog cache, which inside a transaction can still hold a dropped table), planned once.
-    f"""CREATE OR REPLACE FUNCTION {SESSION_ALIVE}(p_marker oid)
-        RETURNS boolean LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $f$
-        BEGIN
-            RETURN EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = p_marker);
-        END $f$""",
     f"""DO $$ BEGIN
         CREATE POLICY {POLICY}_read ON {LEDGER_TABLE} FOR SELECT
             USING (current_user = service || '_owner');
         CREATE POLICY {POLICY}_insert ON {LEDGER_TABLE} FOR INSERT
             WITH CHECK (current_user = service || '_owner' AND session_user = current_user
-                        AND state = 'applied' AND {MAY_INSERT}(revision, service, checksum));
+                        AND state = 'applied'
+                        AND EXISTS (SELECT FROM {TOKENS_TABLE} t
+                                    WHERE t.digest = {_PRESENTED}
+                                      AND t.pid = pg_backend_pid()
+                                      AND t.revision = schema_migrations.revision
+                                      AND t.service = schema_migrations.service
+                                      AND t.checksum = schema_migrations.checksum
+                                      AND t.direction = 'up'));
         CREATE POLICY {POLICY}_delete ON {LEDGER_TABLE} FOR DELETE
             USING (current_user = service || '_owner' AND session_user = current_user
-                   AND state <> 'dirty' AND {MAY_DELETE}(revision));
+                   AND state <> 'dirty'
+                   AND EXISTS (SELECT FROM {TOKENS_TABLE} t
+                               WHERE t.digest = {_PRESENTED}
+                                 AND t.pid = pg_backend_pid()
+                                 AND t.revision = schema_migrations.revision
+                                 AND t.direction = 'down'));
     EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
     # Alembic's version table, derived: a service's head is its newest applied (or baselined)
     # revision; ids `<service>_<YYYYMMDDhhmm>` sort by time within a service. An older svcmig
@@ -211,9 +177,7 @@ FRAMEWORK_READY_SQL = f"""
        AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{TOKENS_TABLE}')
                    AND attname = 'pid')
        AND EXISTS (SELECT FROM pg_policy WHERE polrelid = to_regclass('{BACKFILLS_TABLE}')
-                   AND polname = 'backfill_progress_of_runner')
-       -- created after the ledger's old policies are dropped and before its new ones
-       AND to_regprocedure('{SESSION_ALIVE}(oid)') IS NOT NULL"""
+                   AND polname = 'backfill_progress_of_runner')"""
 
 
 class Executes(Protocol):

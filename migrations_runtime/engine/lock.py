@@ -16,7 +16,6 @@ from contextlib import contextmanager
 import psycopg
 
 from .errors import LockTimeout
-from .ledger import SESSION_ALIVE
 
 # "svcmig" in ASCII: one key for the whole framework in each database.
 LOCK_KEY = int.from_bytes(b"svcmig", "big")
@@ -55,15 +54,13 @@ def session_alive_sql(marker: int) -> str:
     """SQL, for another session, that is true while the migrator's session (whose
     `alive_marker` is `marker`) still exists, so still holds the lock: a session-level advisory
     lock ends only with its session, or when the runner releases it at the end. One index
-    lookup in pg_class, in a function whose plan the session keeps (`ledger.SESSION_ALIVE`:
-    planning the lookup as a subquery in every revision's batch cost 25 µs; reading the
-    session's entry in pg_stat_activity costs 45 µs, as it copies every backend's; a scan of
-    pg_locks 90 µs; an advisory key of the migrator's own can be queued on, and then held, by
-    any login). A scan of pg_class, not a lookup through the session's catalog cache
-    (`pg_relation_filenode(marker)`): inside a transaction the cache may still hold the
-    dropped table's entry, and a revision committed after the migrator's session ended (a
-    breaker's finding)."""
-    return f"{SESSION_ALIVE}({int(marker)})"
+    lookup in pg_class (reading the session's entry in pg_stat_activity costs 45 µs, as it
+    copies every backend's; a scan of pg_locks 90 µs; an advisory key of the migrator's own
+    can be queued on, and then held, by any login). A scan of pg_class, not a lookup through the
+    session's catalog cache (`pg_relation_filenode(marker)`, half the cost): inside a
+    transaction the cache may still hold the dropped table's entry, and a revision committed
+    after the migrator's session ended (a breaker's finding)."""
+    return f"EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = {int(marker)})"
 
 
 def holders_text(conn: psycopg.Connection) -> str:

@@ -27,9 +27,8 @@ from .statements import UNKNOWN_LOCKS, Relation, Statement, strong_locks
 # Locks that stop readers or writers of a table for as long as they are held.
 STRONG_MODES = ("AccessExclusiveLock", "ExclusiveLock", "ShareRowExclusiveLock", "ShareLock")
 
-# The strong locks this session holds on tables and materialized views, schema-qualified (run
-# through `ledger.HELD_LOCKS_SQL`, a function that keeps its plan).
-HELD_LOCKS_QUERY = (
+# The strong locks this session holds on tables and materialized views, schema-qualified.
+HELD_LOCKS_SQL = (
     "SELECT n.nspname, c.relname, l.mode FROM pg_locks l "
     "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE l.pid = pg_backend_pid() AND l.granted AND l.locktype = 'relation' "

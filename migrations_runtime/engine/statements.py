@@ -27,10 +27,10 @@ SCRIPT_LOCK_TIMEOUT_MS = 2000
 # What `DISCARD ALL` does (source: PostgreSQL documentation, DISCARD), as statements that may
 # share one simple-protocol query (DISCARD ALL may not: it refuses any transaction block, and
 # several statements in one query form an implicit one). RESET ALL first, so a statement_timeout
-# the last revision left cannot stop the rest. All but DISCARD PLANS: cached plans are no state
-# a revision can see or set (each is checked against the catalog and search path before use,
-# and each service has its own session), and the ledger's policy functions keep theirs
-# (`ledger.MAY_INSERT`), which saves planning them with every revision.
+# the last revision left cannot stop the rest. DISCARD PLANS too: Postgres does not invalidate a
+# cached plan when a better-matching overload of a function it calls appears, so a plan an
+# earlier revision cached (in a function it called) could change what a later one computes (a
+# breaker's finding, when the reset kept plans to spare replanning svcmig's own checks).
 SESSION_RESET_SQL = (
     "RESET ALL",
     "CLOSE ALL",
@@ -38,6 +38,7 @@ SESSION_RESET_SQL = (
     "DEALLOCATE ALL",
     "UNLISTEN *",
     "SELECT pg_advisory_unlock_all()",
+    "DISCARD PLANS",
     "DISCARD TEMP",
     "DISCARD SEQUENCES",
 )
