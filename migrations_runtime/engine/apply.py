@@ -864,22 +864,34 @@ class Runner:
         self.sessions.close()
 
 
-@contextmanager
-def _collection_paused() -> Iterator[None]:
+class _CollectionPause:
     """No garbage collection while the preflight reads every pending revision, then what it
-    read is frozen (`gc.freeze`) until `gc.unfreeze` at the end of the run. The preflight
-    builds the revisions' parse trees (a million objects at 10,000 revisions, none in a
-    reference cycle), which live until the run ends: the collector's full passes, started
-    again and again as that heap grew, scanned all of it each time (0.2–0.3 s of a 7 s apply
-    at 50x200, `bench/bench_migrate.py`), and so would later passes."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()  # before collecting again: the first pass would scan all of it
-        if enabled:
+    read frozen (`gc.freeze`) until `thaw` at the end of the run. The preflight builds the
+    revisions' parse trees (a million objects at 10,000 revisions, none in a reference cycle),
+    which live until the run ends: the collector's full passes, started again and again as
+    that heap grew, scanned all of it each time (0.2–0.3 s of a 7 s apply at 50x200,
+    `bench/bench_migrate.py`), and so would later passes. A caller that froze objects of its
+    own (a pre-forking server) is left as it was: unfreezing cannot tell theirs from ours, so
+    nothing is frozen then."""
+
+    def __init__(self) -> None:
+        self.enabled = gc.isenabled()
+        self.froze = False
+
+    def __enter__(self) -> None:
+        gc.disable()
+
+    def __exit__(self, *_exc: object) -> None:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()  # before collecting again: the first pass would scan all of it
+            self.froze = True
+        if self.enabled:
             gc.enable()
+
+    def thaw(self) -> None:
+        if self.froze:
+            gc.unfreeze()
+            self.froze = False
 
 
 def _next_services(steps: tuple[Revision, ...]) -> list[Service | None]:
@@ -933,7 +945,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     schemas = [s.schema for s in graph.services]
     results: list[RevisionResult] = []
     running: Revision | None = None  # the revision being applied, for an interruption's message
-    frozen = False  # what the run read is frozen for the garbage collector (_collection_paused)
+    collection = _CollectionPause()
     try:
         def waiting(seconds: float, holders: str) -> None:
             log({"event": "migrator_lock_wait", "waited_s": round(seconds, 1),
@@ -943,8 +955,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                            waiting):
             ledger.bootstrap(conn, graph.services)
             plan = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
-            frozen = True
-            with _collection_paused():
+            with collection:
                 plan, prepared = preflight(graph, plan)
             for warning in plan.warnings:
                 log({"event": "warning", "kind": warning.kind, "revision": warning.revision,
@@ -987,8 +998,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                          f"revision(s): {_describe(err)}; {STOPPED}", tuple(results),
                          interrupted=False) from err
     finally:
-        if frozen:
-            gc.unfreeze()
+        collection.thaw()
         conn.close()
     return RunResult(plan=after, results=tuple(results), locks=runner.stats,
                      hold_warnings=tuple(runner.warnings))
