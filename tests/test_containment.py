@@ -430,6 +430,36 @@ def test_nothing_a_revision_sets_reaches_the_next_one(
         (f"{next_service}.probe",)]
 
 
+ISOLATION_CHANGES = ["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;",
+                     "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
+                     "SET TRANSACTION SNAPSHOT '00000003-00000002-1';"]
+
+
+@pytest.mark.parametrize("kind", ["sql", "py"])
+@pytest.mark.parametrize("statement", ISOLATION_CHANGES)
+def test_a_revision_cannot_change_its_transactions_isolation(
+        tmp_path: Path, database_url: str, statement: str, kind: str) -> None:
+    """The kind: a revision taking its transaction out of READ COMMITTED. Under REPEATABLE
+    READ the check before COMMIT that the migrator still holds its lock read the catalog as
+    of the transaction's start, so a revision committed after a frozen migrator had lost its
+    lock (a breaker's finding). Postgres refuses the change: the runner's transaction has run
+    a query before the revision's first statement."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    if kind == "sql":
+        add(root, "orders", "2026-02-01T0000", f"{statement}\nCREATE TABLE second (id int);\n")
+    else:
+        add(root, "orders", "2026-02-01T0000", python_revision(
+            "orders", "2026-02-01T0000", "orders_202601010100",
+            f"    op.execute({statement.rstrip(';')!r})\n"
+            "    op.create_table('second', sa.Column('id', sa.Integer))"), ext="py")
+    with pytest.raises(MigrationFailed, match="must be called before any query"):
+        migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT to_regclass('orders.second')") == [(None,)]
+    assert "orders_202602010000" not in ledger(database_url)
+    assert lock_is_free(database_url)
+
+
 def test_a_plan_an_earlier_revision_cached_does_not_reach_the_next_one(
         tmp_path: Path, database_url: str) -> None:
     """The kind: a cached plan. Postgres keeps a plan a function cached until what it depends on

@@ -146,6 +146,12 @@ def _own_error(err: psycopg.Error) -> str | None:
 
 # Whatever defaults a revision left on the session, the runner's transactions are these.
 BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
+# A query before the revision's first statement: from then on Postgres refuses `SET TRANSACTION
+# ISOLATION LEVEL` and `SET TRANSACTION SNAPSHOT` ("must be called before any query"). Under
+# REPEATABLE READ the finish's check that the migrator still holds its lock read pg_class as
+# of the transaction's start, and a revision committed after a frozen migrator lost its lock
+# (a breaker's finding).
+SNAPSHOT_TAKEN = "SELECT"
 
 EXISTING_RELATIONS_SQL = """
     SELECT n.nspname, c.relname, n.nspname || '.' || coalesce(t.relname, c.relname)
@@ -418,7 +424,8 @@ class Runner:
                 self.sessions.migrator.info.server_version >= 170000:
             whole = [f"SET LOCAL transaction_timeout = {timeout}"]
         return "; ".join([*([BEGIN] if transactional else []), *enter_service_sql(
-            service_of(revision), transactional, self._timeout_ms, timeout), *whole])
+            service_of(revision), transactional, self._timeout_ms, timeout), *whole,
+            *([SNAPSHOT_TAKEN] if transactional else [])])
 
     def _finish(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                 started: float, transactional: bool,
