@@ -16,8 +16,9 @@ import pytest
 
 from migrations_runtime.engine.apply import RunSettings, migrate
 from migrations_runtime.engine.errors import MigrationFailed
-from migrations_runtime.engine.lockwait import BlockerWatch, LockPolicy
+from migrations_runtime.engine.lockwait import BlockerWatch, LockPolicy, split_qualified
 from migrations_runtime.engine.report import RunResult
+from migrations_runtime.engine.statements import quote_ident
 from tests.conftest import query, run_cli, write_project
 
 QUICK = LockPolicy(first_timeout_ms=100, max_timeout_ms=200, pause_ms=50, budget_seconds=20)
@@ -380,6 +381,13 @@ PYTHON_HOLDS = {
     "reindex": (python_revision(
         "    op.execute('REINDEX TABLE items')\n"
         "    op.execute('SELECT pg_sleep(1)')"), {"long_lock_hold"}, None),
+    # from a breaker: the probe must read the catalog's pg_locks, not the revision's
+    "a-temporary-view-named-pg_locks": (python_revision(
+        "    op.execute('CREATE TEMP VIEW pg_locks AS SELECT * FROM pg_catalog.pg_locks "
+        "WHERE false')\n"
+        "    raw = op.get_bind().connection.driver_connection\n"
+        "    raw.execute('LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE')\n"
+        "    raw.execute('SELECT pg_sleep(1)')"), {"long_lock_hold"}, None),
 }
 
 
@@ -531,3 +539,21 @@ def test_a_hold_read_from_the_server_counts_from_the_attempt_that_took_it(
     assert [line for line in lines if line["event"] == "lock_wait"]  # it did wait
     assert result.hold_warnings == ()
     assert result.locks.longest_hold_ms < 1000
+
+
+# Kind: relation names as `regclass` prints them, which the pg_locks probe reads back.
+ODD_NAMES = [("shop", "plain"), ("My Schema", "UPPER"), ("My Schema", "dotted.name"),
+             ("we\"ird", "quo\"te"), ("shop", "select"), ("shop", "ünïcode")]
+
+
+def test_the_probes_relation_names_are_read_back_as_postgres_prints_them(
+        database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SET search_path = pg_catalog, pg_temp")  # as the runner's finish does
+        for schema, name in ODD_NAMES:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+            conn.execute(f"CREATE TABLE {quote_ident(schema)}.{quote_ident(name)} ()")
+            printed = conn.execute("SELECT %s::regclass::text", (
+                f"{quote_ident(schema)}.{quote_ident(name)}",)).fetchone()
+            assert printed is not None
+            assert split_qualified(printed[0]) == (schema, name), printed[0]
