@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 import psycopg
@@ -200,6 +201,9 @@ class Runner:
         self.stats = LockStats()
         self.warnings: list[dict[str, object]] = []
         self._python: dict[str, PythonRevisions] = {}
+        # (revision, upgrade) → the Python revision's code the preflight compiled, while the
+        # file is as the preflight read it (`_statements`)
+        self._code: dict[tuple[str, bool], CodeType] = {}
         self._tokens: dict[tuple[str, bool], str] = {}  # (revision, upgrade) → its token
         # service → its revisions to run, (revision, upgrade) → revision; and the session (pid)
         # their tokens are bound to
@@ -242,6 +246,20 @@ class Runner:
         self._tokens.update({(r.id, up): token for token, (r, up) in fresh.items()})
         self._bound[service] = pid
 
+    def prefetch(self, service: Service, python: bool) -> None:
+        """Log in as `service`'s owner, issue its tokens and, when it has `python` revisions
+        to run, bind SQLAlchemy and Alembic to its session, in the background while the
+        current service's revisions run (tokens for 200 revisions: 2 ms; the binding: 2.7 ms,
+        plus Alembic's import, 0.22 s, the first time)."""
+        def ready(conn: GuardedConnection) -> None:
+            self._bind(service.name, conn.info.backend_pid)
+            if python:
+                runner = PythonRevisions(conn)
+                runner.prepare()
+                self._python[service.name] = runner
+
+        self.sessions.prefetch(service, ready)
+
     def _python_for(self, service: str, conn: psycopg.Connection) -> PythonRevisions:
         runner = self._python.get(service)
         if runner is None or runner.conn is not conn:
@@ -273,7 +291,8 @@ class Runner:
             if statements is None:  # watched as a whole: its raw connection passes no hook
                 self._waiting(conn, True)
                 try:
-                    self._python_for(revision.service, conn).run(revision, upgrade, holds)
+                    self._python_for(revision.service, conn).run(
+                        revision, upgrade, holds, self._code.get((revision.id, upgrade)))
                 finally:
                     self._watch.done()
             return 0
@@ -357,6 +376,7 @@ class Runner:
             self.log(json_log(revision, upgrade, started, "failed", error=str(err)))
             raise
         self._tokens.pop((revision.id, upgrade), None)  # used: its transaction committed
+        self._code.pop((revision.id, upgrade), None)
         self._planned.get(revision.service, {}).pop((revision.id, upgrade), None)
         result = RevisionResult.of(revision, started, "applied" if upgrade else "reverted")
         self.log(json_log(revision, upgrade, started, result.outcome))
@@ -369,6 +389,8 @@ class Runner:
         try:
             prepared = self.prepared.get(revision.id) if upgrade else None
             if prepared is not None and file_stat(revision.path) == prepared.stat:
+                if prepared.code is not None:
+                    self._code[(revision.id, upgrade)] = prepared.code
                 return prepared.statements
             text = read_text(revision.path)
             if checksum(text) != revision.checksum:
@@ -860,6 +882,7 @@ class Runner:
     def close(self) -> None:
         """End the run's sessions; the run's token digests go (no later session, even one that
         happens to get a pid a revision session had, can present one)."""
+        self.sessions.settle()  # a login under way may still add its Python binding
         for python in self._python.values():
             python.close()
         self._watch.close()
@@ -976,11 +999,12 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             runner.issue_tokens(plan.steps)
             last = {revision.service: index for index, revision in enumerate(plan.steps)}
             upcoming = _next_services(plan.steps)
+            python = {revision.service for revision in plan.steps if revision.kind == "python"}
             try:
                 for index, revision in enumerate(plan.steps):
                     following = upcoming[index]
                     if following is not None:
-                        runner.sessions.prefetch(following)
+                        runner.prefetch(following, following.name in python)
                     running = revision
                     results.append(runner.apply(revision))
                     running = None

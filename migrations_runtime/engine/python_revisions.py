@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Any
 
 from .errors import MigrationFileError
@@ -100,7 +100,8 @@ class PythonRevisions:
             frame = frame.f_back  # type: ignore[assignment]
         return frame.f_lineno if frame is not None else 0
 
-    def run(self, revision: Revision, upgrade: bool, holds: HoldTracker | None = None) -> None:
+    def run(self, revision: Revision, upgrade: bool, holds: HoldTracker | None = None,
+            code: CodeType | None = None) -> None:
         """Run the revision's `upgrade` (or `downgrade`). With `holds`, the strong locks of the
         statements SQLAlchemy sends are tracked as they are sent (when each was taken, and what
         ran after it), and `holds.ask_server` is set: what the parse trees cannot tell (a
@@ -119,7 +120,7 @@ class PythonRevisions:
             # stdout is the CLI's (`--json` prints one object there); what a revision prints is
             # a log line, so it goes to stderr with the rest of the log
             with Operations.context(context), _stdout_to_stderr():
-                module = _import_revision(revision)
+                module = _import_revision(revision, code)
                 (module.upgrade if upgrade else module.downgrade)()
             if self._refused is not None:  # caught by the revision: it still fails
                 raise self._refused
@@ -179,12 +180,15 @@ def _autocommit_block(revision: Revision) -> Callable[[], Any]:
     return (lambda: nullcontext()) if not revision.transactional else refuse
 
 
-def _import_revision(revision: Revision) -> ModuleType:
-    """Execute a Python revision as a fresh module. Compiled here rather than imported: a
-    revision runs once per database, so writing its bytecode beside it would only cost a file
-    per revision (and litter the migrations folder)."""
+def _import_revision(revision: Revision, code: CodeType | None = None) -> ModuleType:
+    """Execute a Python revision as a fresh module: `code` (what the preflight compiled), else
+    the file compiled now. Not imported: a revision runs once per database, so writing its
+    bytecode beside it would only cost a file per revision (and litter the migrations
+    folder)."""
     module = ModuleType(f"svcmig_revision_{revision.id}")
     module.__file__ = str(revision.path)
-    code = compile(read_text(revision.path).removeprefix("\ufeff"), str(revision.path), "exec")
+    if code is None:
+        code = compile(read_text(revision.path).removeprefix("\ufeff"), str(revision.path),
+                       "exec")
     exec(code, module.__dict__)
     return module

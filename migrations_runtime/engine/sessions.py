@@ -106,17 +106,42 @@ class RevisionSessions:
         self._open[service.name] = conn
         return conn
 
-    def prefetch(self, service: Service) -> None:
+    def prefetch(self, service: Service,
+                 ready: Callable[[GuardedConnection], None] | None = None) -> None:
         """Log in as `service`'s owner in the background, while the current service's
         revisions run, so its session is ready when its first revision is: a login (the
         migrator's ALTER ROLE, a new backend, SCRAM) costs 2–3 ms, 0.13 s of a run of 50
-        services (`bench/bench_migrate.py`). The migrator's session is shared with the main
-        thread; psycopg serialises its use."""
+        services (`bench/bench_migrate.py`). `ready(session)` runs next, in the background
+        too (the runner issues the service's tokens there). The migrator's session is shared
+        with the main thread; psycopg serialises its use."""
         if service.name in self._pending or service.name in self._open:
             return
         if self._logins is None:
             self._logins = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svcmig-login")
-        self._pending[service.name] = self._logins.submit(self._log_in, service)
+        self._pending[service.name] = self._logins.submit(self._log_in_ready, service, ready)
+
+    def _log_in_ready(self, service: Service,
+                      ready: Callable[[GuardedConnection], None] | None) -> GuardedConnection:
+        conn = self._log_in(service)
+        if ready is not None:
+            try:
+                ready(conn)
+            except BaseException:
+                conn.close()  # the service's first revision logs in again, and says why
+                raise
+        return conn
+
+    def settle(self) -> None:
+        """Wait for the logins still under way (`prefetch`): their sessions count as open, to
+        be closed with the others."""
+        for name, pending in self._pending.items():  # a session logged in for nothing
+            conn = self._prefetched(pending)
+            if conn is not None:
+                self._open[name] = conn
+        self._pending.clear()
+        if self._logins is not None:
+            self._logins.shutdown()
+            self._logins = None
 
     @staticmethod
     def _prefetched(pending: Future[GuardedConnection]) -> GuardedConnection | None:
@@ -177,14 +202,7 @@ class RevisionSessions:
         refused in a revision's text, but dynamic SQL can still reach it). Another run on the
         same cluster that is using the role keeps its open session and logs in again if it
         needs another (`_log_in` retries)."""
-        for name, pending in self._pending.items():  # a session logged in for nothing
-            conn = self._prefetched(pending)
-            if conn is not None:
-                self._open[name] = conn
-        self._pending.clear()
-        if self._logins is not None:
-            self._logins.shutdown()
-            self._logins = None
+        self.settle()
         for name in list(self._open):
             self.release(name)
         if self.migrator.closed:
