@@ -55,15 +55,15 @@ def session_alive_sql(marker: int) -> str:
     `alive_marker` is `marker`) still exists, so still holds the lock: a session-level advisory
     lock ends only with its session, or when the runner releases it at the end.
 
-    `pg_relation_size` opens the marker under an ACCESS SHARE lock. Taking a lock the
-    transaction does not hold yet makes the session read the catalog's invalidations first, so
-    a marker dropped by then is seen gone (NULL), not found in a stale catalog cache (as
-    `pg_relation_filenode`, which takes no lock, was: a breaker's finding); and while the lock
-    is held, an exiting migrator cannot drop its marker, so it keeps its advisory lock until
-    the revision has committed. No subquery to plan: 3–5 µs of server time against 15–20 µs
-    for an index scan of pg_class in an EXISTS (reading the session's entry in
-    pg_stat_activity costs 45 µs, a scan of pg_locks 90 µs; an advisory key of the migrator's
-    own can be queued on, and then held, by any login)."""
+    `pg_relation_size` opens the marker under an ACCESS SHARE lock (released again when it
+    returns). Taking a lock makes the session read the catalog's invalidations first, so a
+    marker dropped by then is seen gone (NULL), not found in a stale catalog cache (as
+    `pg_relation_filenode`, which takes no lock, was: a breaker's finding). The check is as of
+    that statement, like the scan of pg_class it replaced: the few statements after it in
+    the same batch (the token, the ledger row, COMMIT) are not covered. No subquery to plan:
+    3–5 µs of server time against 15–20 µs for an index scan of pg_class in an EXISTS
+    (reading the session's entry in pg_stat_activity costs 45 µs, a scan of pg_locks 90 µs;
+    an advisory key of the migrator's own can be queued on, and then held, by any login)."""
     return f"pg_catalog.pg_relation_size({int(marker)}::pg_catalog.oid) IS NOT NULL"
 
 
