@@ -16,7 +16,7 @@ import pytest
 
 from migrations_runtime.engine.apply import RunSettings, migrate
 from migrations_runtime.engine.errors import MigrationFailed
-from migrations_runtime.engine.lockwait import HELD_LOCKS_SQL, BlockerWatch, LockPolicy
+from migrations_runtime.engine.lockwait import BlockerWatch, LockPolicy, split_qualified
 from migrations_runtime.engine.report import RunResult
 from migrations_runtime.engine.statements import quote_ident
 from tests.conftest import query, run_cli, write_project
@@ -548,11 +548,12 @@ ODD_NAMES = [("shop", "plain"), ("My Schema", "UPPER"), ("My Schema", "dotted.na
 
 def test_the_probes_relation_names_are_read_back_as_postgres_prints_them(
         database_url: str) -> None:
-    with psycopg.connect(database_url) as conn:
-        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")  # as the runner's finish
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SET search_path = pg_catalog, pg_temp")  # as the runner's finish does
         for schema, name in ODD_NAMES:
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
             conn.execute(f"CREATE TABLE {quote_ident(schema)}.{quote_ident(name)} ()")
-            conn.execute(f"LOCK TABLE {quote_ident(schema)}.{quote_ident(name)} IN SHARE MODE")
-        held = {tuple(parts) for parts, mode in conn.execute(HELD_LOCKS_SQL).fetchall()}
-        assert held == set(ODD_NAMES)
+            printed = conn.execute("SELECT %s::regclass::text", (
+                f"{quote_ident(schema)}.{quote_ident(name)}",)).fetchone()
+            assert printed is not None
+            assert split_qualified(printed[0]) == (schema, name), printed[0]

@@ -27,14 +27,12 @@ from .statements import UNKNOWN_LOCKS, Relation, Statement, strong_locks
 # Locks that stop readers or writers of a table for as long as they are held.
 STRONG_MODES = ("AccessExclusiveLock", "ExclusiveLock", "ShareRowExclusiveLock", "ShareLock")
 
-# The strong locks this session holds on relations: each relation's name as Postgres's own
-# `parse_ident` splits what `regclass` prints (schema-qualified under the runner's
-# pg_catalog-first search path) and the mode. No join with the catalog to plan: 90 µs of server
-# time against 165 µs; indexes and sequences are told from tables by the caller
-# (`HoldTracker.from_server`).
+# The strong locks this session holds on relations: each relation's name as `regclass` prints it
+# (schema-qualified, quoted where needed, under the runner's pg_catalog-first search path) and
+# the mode. No join with the catalog to plan: 90 µs of server time against 165 µs; indexes and
+# sequences are told from tables by the caller (`HoldTracker.from_server`).
 HELD_LOCKS_SQL = (
-    "SELECT pg_catalog.parse_ident(l.relation::pg_catalog.regclass::pg_catalog.text), l.mode "
-    "FROM pg_catalog.pg_locks l "
+    "SELECT l.relation::pg_catalog.regclass::pg_catalog.text, l.mode FROM pg_catalog.pg_locks l "
     "WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.granted "
     "AND l.locktype OPERATOR(pg_catalog.=) 'relation' "
     f"AND l.mode OPERATOR(pg_catalog.=) ANY (ARRAY[{', '.join(repr(m) for m in STRONG_MODES)}])")
@@ -371,14 +369,36 @@ class HoldTracker:
             key = (schema or self.schema, name)
             self.created[key] = f"{key[0]}.{table}"
 
-    def from_server(self, rows: list[tuple[list[str], str]], started: float) -> None:
-        """`rows`: (the relation's name parts, mode) of the strong locks the transaction holds
-        (`HELD_LOCKS_SQL`)."""
-        for parts, mode in rows:
-            schema, name = (parts[-2], parts[-1]) if len(parts) > 1 else (None, parts[-1])
+    def from_server(self, rows: list[tuple[str, str]], started: float) -> None:
+        """`rows`: (relation as `regclass` prints it, mode) of the strong locks the transaction
+        holds (`HELD_LOCKS_SQL`)."""
+        for relation, mode in rows:
+            schema, name = split_qualified(relation)
             table = self.existing.get((schema, name)) if schema else None
             if table == f"{schema}.{name}":  # a table that was there before the revision
                 self.holds.setdefault(table, Hold(table, mode, started, None))
+
+
+def split_qualified(text: str) -> tuple[str | None, str]:
+    """`schema.name` as PostgreSQL prints a qualified name (each part quoted with `"` and `""`
+    inside when it needs to be) → (schema, name); (None, name) when unqualified."""
+    parts: list[str] = []
+    current, quoted, index = "", False, 0
+    while index < len(text):
+        char = text[index]
+        if quoted and char == '"' and text[index + 1:index + 2] == '"':
+            current, index = current + '"', index + 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == "." and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+        index += 1
+    parts.append(current)
+    return (parts[-2], parts[-1]) if len(parts) > 1 else (None, parts[-1])
 
 
 def created_relations(statement: Statement) -> list[tuple[Relation, str]]:
