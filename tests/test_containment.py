@@ -1120,11 +1120,12 @@ LEDGER_REACHES = {
         OWN_TOKEN + "EXECUTE format('" + INSERT_ROW.replace("'", "''")
         + "SELECT %L, service, file, checksum, phase, state, applied_by "
         "FROM svcmig.schema_migrations LIMIT 1', 'users_209901010000'); END $$;"),
+    # its planned checksum, like its token, is in its own query text (the runner's ledger row)
     "write-its-own-row-early-with-its-own-token": (
         OWN_TOKEN + "EXECUTE format('" + INSERT_ROW.replace("'", "''")
-        + "SELECT %L, ''users'', ''x'', checksum, ''expand'', ''applied'', ''x'' "
-        "FROM svcmig.revision_tokens WHERE revision = %L', 'users_202602010000', "
-        "'users_202602010000'); END $$;"),
+        + "VALUES (%L, ''users'', ''x'', %L, ''expand'', ''applied'', ''x'')', "
+        "'users_202602010000', substring(current_query() FROM "
+        "'''users_202602010000'', ''users'', ''[^'']*'', ''([0-9a-f]+)''')); END $$;"),
     "delete-own-row-at-commit": at_commit(
         "DELETE FROM svcmig.schema_migrations WHERE revision = 'users_202602010000'; "
         "RETURN NULL;"),
@@ -1185,13 +1186,14 @@ def test_a_revision_cannot_record_the_next_revision_of_its_run(
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
     before = ledger(database_url)
+    following = "CREATE TABLE users.second (id int);\n"  # its checksum given away, too
     add(root, "users", "2026-02-01T0000",
         f"DO $$ BEGIN PERFORM set_config('svcmig.revision_token', {token}, true); END $$;\n"
         "INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, state, "
-        "applied_by) SELECT revision, 'users', 'x', checksum, 'expand', 'applied', 'x' "
-        "FROM svcmig.revision_tokens WHERE revision = 'users_202602020000';\n")
+        f"applied_by) VALUES ('users_202602020000', 'users', 'x', '{checksum(following)}', "
+        "'expand', 'applied', 'x');\n")
     (root / "services" / "users" / "migrations" / "2026-02-02T0000__users__next.sql").write_text(
-        "CREATE TABLE users.second (id int);\n")
+        following)
     with pytest.raises(MigrationFailed, match="row-level security"):
         migrate(database_url, root, **QUIET)
     assert ledger(database_url) == before
@@ -1258,7 +1260,113 @@ def test_a_run_leaves_no_token_digests_behind(tmp_path: Path, database_url: str)
         "CREATE TABLE users.nope (id int REFERENCES users.missing);\n")
     with pytest.raises(MigrationFailed):
         migrate(database_url, root, **QUIET)
-    assert query(database_url, "SELECT count(*) FROM svcmig.revision_tokens") == [(0,)]
+    objects = query(database_url, "SELECT count(*), coalesce(sum(length(lo_get(object))), 0) "
+                    "FROM svcmig.token_objects WHERE service = 'users'")
+    assert objects == [(1, 0)]
+
+
+# Kind: reaching the digests themselves instead of a token. The ledger's policies look for the
+# presented token's digest in the service's token object (a large object): the owner may read
+# it, never write it, and an object that is not the migrator's is replaced before anything runs.
+def forge_digest(lookup: str) -> str:
+    """A revision that adds the digest of a token of its own choosing for another revision
+    (`users_209901010000`) to the object `lookup` (SQL) finds, after the digests there,
+    presents that token and writes the row."""
+    return (
+        "DO $$ DECLARE o oid := (" + lookup + "); "
+        "d bytea := sha256(convert_to('0123456789abcdef0123456789abcdef/' || pg_backend_pid() "
+        "|| '/up/users_209901010000/users/x', 'UTF8')); BEGIN "
+        "PERFORM lo_put(o, length(lo_get(o)), d); "
+        "PERFORM set_config('svcmig.revision_token', '0123456789abcdef0123456789abcdef', true); "
+        + INSERT_ROW + "VALUES ('users_209901010000', 'users', 'x', 'x', 'expand', "
+        "'applied', 'x'); END $$;\n")
+
+
+USERS_OBJECT = ("SELECT oid FROM pg_largeobject_metadata "
+                "WHERE lomacl::text LIKE '%users_owner=r%' OR lomowner = 'users_owner'::regrole")
+
+
+def test_a_revision_cannot_write_its_services_token_digests(
+        tmp_path: Path, database_url: str) -> None:
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = ledger(database_url)
+    add(root, "users", "2026-02-01T0000", forge_digest(USERS_OBJECT))
+    with pytest.raises(MigrationFailed, match="permission denied for large object"):
+        migrate(database_url, root, **QUIET)
+    assert ledger(database_url) == before
+    assert lock_is_free(database_url)
+
+
+@pytest.mark.parametrize("takeover", [
+    "ALTER LARGE OBJECT {oid} OWNER TO users_owner",
+    "GRANT UPDATE ON LARGE OBJECT {oid} TO users_owner",
+    "SELECT lo_unlink({oid})"], ids=["given-to-the-owner", "owner-may-write", "unlinked"])
+def test_a_token_object_that_is_not_the_migrators_alone_is_replaced(
+        tmp_path: Path, database_url: str, takeover: str) -> None:
+    """Someone with the rights to (an administrator) hands the service's token object to its
+    owner, lets the owner write it, or drops it: the next run makes the service a new one of
+    the migrator's before any revision runs (dropping the old one when it is the migrator's),
+    so digests the owner adds to the old one open nothing."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    [(old,)] = query(database_url,
+                     "SELECT object FROM svcmig.token_objects WHERE service = 'users'")
+    query(database_url, takeover.format(oid=old))
+    if "unlink" not in takeover:  # the owner may write the old object: it does
+        add(root, "users", "2026-02-01T0000", forge_digest(str(old)))
+        # refused by the ledger's policy, or the old object was the migrator's and is gone
+        with pytest.raises(MigrationFailed, match="row-level security|does not exist"):
+            migrate(database_url, root, **QUIET)
+        assert "users_209901010000" not in ledger(database_url)
+        (root / "services/users/migrations/2026-02-01T0000__users__step.sql").unlink()
+    add(root, "users", "2026-02-02T0000", "CREATE TABLE users.later (id int);\n")
+    migrate(database_url, root, **QUIET)
+    [(new, owner)] = query(
+        database_url, "SELECT t.object, pg_get_userbyid(m.lomowner) FROM svcmig.token_objects t "
+        "JOIN pg_largeobject_metadata m ON m.oid = t.object WHERE t.service = 'users'")
+    assert new != old and owner == query(database_url, "SELECT current_user")[0][0]
+    assert ledger(database_url)["users_202602020000"] == "applied"
+
+
+def test_lo_compat_privileges_on_refuses_the_run(tmp_path: Path, database_url: str) -> None:
+    """With `lo_compat_privileges` on, any role may write any large object, the token objects
+    included: the run refuses to apply anything and says what to change."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = ledger(database_url)
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE users.later (id int);\n")
+    database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    query(database_url, f'ALTER DATABASE "{database}" SET lo_compat_privileges = on')
+    try:
+        with pytest.raises(MigrationFailed, match="lo_compat_privileges is on"):
+            migrate(database_url, root, **QUIET)
+    finally:
+        query(database_url, f'ALTER DATABASE "{database}" RESET lo_compat_privileges')
+    assert ledger(database_url) == before
+    assert lock_is_free(database_url)
+
+
+def test_a_database_of_the_earlier_layout_loses_its_token_table_and_policies(
+        tmp_path: Path, database_url: str) -> None:
+    """Before 2026-12 the digests were rows of svcmig.revision_tokens, looked up by two
+    table-wide policies: the next run drops both (a left-over permissive policy would open
+    the ledger) and the services get their token objects."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    query(database_url, "CREATE TABLE svcmig.revision_tokens (digest bytea PRIMARY KEY)")
+    query(database_url, "CREATE POLICY revision_token_insert ON svcmig.schema_migrations "
+          "FOR INSERT WITH CHECK (true)")
+    query(database_url, "DELETE FROM svcmig.token_objects")
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE users.later (id int);\n")
+    migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT to_regclass('svcmig.revision_tokens')") == [(None,)]
+    policies = {name for (name,) in query(
+        database_url, "SELECT polname FROM pg_policy "
+        "WHERE polrelid = 'svcmig.schema_migrations'::regclass")}
+    assert "revision_token_insert" not in policies
+    assert {"revision_up_users", "revision_down_users", "revision_up_orders"} <= policies
+    assert ledger(database_url)["users_202602010000"] == "applied"
 
 
 def test_an_owner_row_held_by_another_session_does_not_hold_the_migrator(
@@ -1304,19 +1412,24 @@ FORGE_IN_OWN_TRANSACTIONS = (
     FORGE_IN_OWN_TRANSACTIONS,
     FORGE_IN_OWN_TRANSACTIONS.replace(
         "'0123456789abcdef0123456789abcdef'",
-        "(SELECT encode(digest, 'hex') FROM svcmig.revision_tokens LIMIT 1)")],
+        "(SELECT encode(substring(lo_get(oid) FROM 1 FOR 32), 'hex') "
+        "FROM pg_largeobject_metadata WHERE lomacl::text LIKE '%users_owner=r%')")],
     ids=["guess-a-token", "present-a-digest"])
 def test_a_no_transaction_revision_cannot_name_a_revision_for_its_own_transactions(
         tmp_path: Path, database_url: str, text: str) -> None:
     """Outside the runner's transactions (its own BEGIN … COMMIT), a revision cannot present a
     revision's token: the database keeps only digests of the tokens the migrator issued, so a
-    guess or a digest opens no row (the DELETE finds nothing)."""
+    guess or a digest opens no row (the DELETE finds nothing). A transactional revision after
+    it in the same run has its digest in the service's token object by then."""
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
     before = ledger(database_url)
     add(root, "users", "2026-02-01T0000", text)
+    (root / "services" / "users" / "migrations" / "2026-02-02T0000__users__next.sql").write_text(
+        "CREATE TABLE users.second (id int);\n")
     migrate(database_url, root, **QUIET)
-    assert ledger(database_url) == {**before, "users_202602010000": "applied"}
+    assert ledger(database_url) == {**before, "users_202602010000": "applied",
+                                    "users_202602020000": "applied"}
 
 
 def test_a_token_kept_by_one_revision_opens_nothing_for_the_next(
@@ -1353,16 +1466,16 @@ def test_an_escaped_python_revision_is_dirty_whatever_it_wrote(
     migrate(database_url, root, **QUIET)
     raw = "    raw = op.get_bind().connection.driver_connection.pgconn\n"
     # the strongest case: it finds its token in the runner's memory (a Python revision runs in
-    # the migrator's process) and its checksum in the digests' table
+    # the migrator's process), and its planned checksum
     steal = ("    import gc\n    from migrations_runtime.engine.apply import Runner\n"
              "    runner = next(o for o in gc.get_objects() if isinstance(o, Runner))\n"
-             "    token = runner._tokens[('users_202602010000', True)]\n")
+             "    token = runner._tokens[('users_202602010000', True)]\n"
+             "    planned = runner._planned['users'][('users_202602010000', True)].checksum\n")
     steps = ["CREATE TABLE users.half_done (id int)", "COMMIT", "BEGIN",
              "SET LOCAL svcmig.revision_token = '{token}'",
              "INSERT INTO svcmig.schema_migrations (revision, service, file, checksum, phase, "
-             "state, applied_by) SELECT 'users_202602010000', 'users', 'x', checksum, 'expand', "
-             "'applied', 'x' FROM svcmig.revision_tokens WHERE revision = 'users_202602010000' "
-             "AND direction = 'up'", "COMMIT", "BEGIN"]
+             "state, applied_by) VALUES ('users_202602010000', 'users', 'x', '{planned}', "
+             "'expand', 'applied', 'x')", "COMMIT", "BEGIN"]
     body = raw + steal + "".join(f"    raw.exec_(f{step!r}.encode())\n" for step in steps)
     add(root, "users", "2026-02-01T0000", python_revision(
         "users", "2026-02-01T0000", "users_202601010000", body), ext="py")

@@ -29,15 +29,36 @@ QUALIFIED_VERSION_TABLE = f"{FRAMEWORK_SCHEMA}.{VERSION_TABLE}"
 STOCK_VERSION_TABLE = "public.alembic_version"
 STATES = ("applied", "dirty", "baselined")
 POLICY = "revision_token"
-# Digests of the one-time tokens the migrator issues for the transactional revisions it is about
-# to run (see FRAMEWORK_DDL); read by the ledger's policies.
-TOKENS_TABLE = f"{FRAMEWORK_SCHEMA}.revision_tokens"
+# Each service's large object holding the SHA-256 digests of the one-time tokens the migrator
+# issued for the revisions of that service it is about to run (see FRAMEWORK_DDL); service →
+# object, the migrator's alone.
+TOKEN_OBJECTS_TABLE = f"{FRAMEWORK_SCHEMA}.token_objects"
+# Where svcmig before 2026-12 kept the digests, as rows its policies looked up (dropped).
+OLD_TOKENS_TABLE = f"{FRAMEWORK_SCHEMA}.revision_tokens"
 # The setting through which a revision's transaction presents its token, just before its row.
 TOKEN_SETTING = "svcmig.revision_token"
+DIGEST_BYTES = 32  # SHA-256
+INV_WRITE = 0x20000  # lo_open's write mode (libpq-fs.h)
 BACKFILLS_TABLE = f"{FRAMEWORK_SCHEMA}.backfills"
 # What a backfill's batch may write (the rest of its row is the migrator's).
 BACKFILL_PROGRESS_COLUMNS = ("next_key", "batch_size", "batches", "rows_done", "updated_at")
-_PRESENTED = f"sha256(convert_to(current_setting('{TOKEN_SETTING}', true), 'UTF8'))"
+
+
+def _token_fields(direction: str, *columns: str) -> list[str]:
+    """What a token's digest covers, in order: the token, the backend pid of the session it is
+    for, the direction, and the ledger row's revision (going up also its service and planned
+    checksum). `token_digest` computes it in Python; the policies in SQL (`_presented_sql`)."""
+    return [f"pg_catalog.current_setting('{TOKEN_SETTING}', true)",
+            "pg_catalog.pg_backend_pid()::pg_catalog.text", f"'{direction}'", *columns]
+
+
+def _presented_sql(direction: str, *columns: str) -> str:
+    """SQL: the digest of the token the transaction presents, for the row's `columns` (NULL
+    when it presents none: a policy then refuses)."""
+    text = " OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) ".join(
+        _token_fields(direction, *columns))
+    return f"pg_catalog.sha256(pg_catalog.convert_to({text}, 'UTF8'))"
+
 
 FRAMEWORK_DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {FRAMEWORK_SCHEMA}",
@@ -59,10 +80,15 @@ FRAMEWORK_DDL = [
     # (as `applied`, with the checksum the runner planned) or delete only the row of a revision
     # whose token the transaction presents, in the direction the token was issued for, from the
     # session it was issued to. The migrator issues a random token per revision and direction,
-    # bound to the backend pid of the service's session, and keeps only its SHA-256 digest in
-    # TOKENS_TABLE (which owners may read: a digest gives nothing away); the runner presents the
-    # token (TOKEN_SETTING, a transaction-local setting) in the statement just before the row,
-    # after every statement of the revision. A revision's own SQL cannot know another
+    # bound to the backend pid of the service's session, and keeps only SHA-256 digests of
+    # token, pid, direction and row (`token_digest`), in a large object of the service's
+    # (`TOKEN_OBJECTS_TABLE`), owned by the migrator, which the owner may read (a digest gives
+    # nothing away) and not write. Each service's two policies (`service_bootstrap_sql`) look
+    # for the digest of the presented token and the row at a digest boundary of that object:
+    # function calls only, so nothing is planned per row (a subquery over a table of digests
+    # was planned with every ledger row: a sixth of a revision's cost). The runner presents
+    # the token (TOKEN_SETTING, a transaction-local setting) in the statement just before the
+    # row, after every statement of the revision. A revision's own SQL cannot know another
     # revision's token, and the one it could read from its own query text only writes or
     # deletes its own row, which the runner's statement then finds done and fails (rolling
     # everything back); another session that reads the token (a login as the same owner sees
@@ -70,8 +96,9 @@ FRAMEWORK_DDL = [
     # key) and deleted once, and every run clears the digests. Never an update, never a dirty
     # row (the migrator writes those of non-transactional revisions). So neither a revision
     # (whatever settings or dynamic SQL it uses, whatever it defers to COMMIT) nor another
-    # service's function it happens to call can forge or drop a row. The migrator owns both
-    # tables and so bypasses it.
+    # service's function it happens to call can forge or drop a row. The migrator owns the
+    # ledger and the objects, and so bypasses the policies. With `lo_compat_privileges` on,
+    # any role could write any large object: revision sessions refuse to run then.
     f"ALTER TABLE {LEDGER_TABLE} ENABLE ROW LEVEL SECURITY",
     *(f"DROP POLICY IF EXISTS {old} ON {LEDGER_TABLE}"  # earlier svcmig versions, and ours
       for old in ("own_service_rows", "service_rows_read", "service_rows_insert",
@@ -81,41 +108,15 @@ FRAMEWORK_DDL = [
                   f"{POLICY}_delete")),
     f"DROP FUNCTION IF EXISTS {FRAMEWORK_SCHEMA}.begin_revision(text)",  # earlier versions
     f"DROP TABLE IF EXISTS {FRAMEWORK_SCHEMA}.running_revisions",
-    # earlier versions kept the tokens themselves, or digests not bound to a session
-    f"""DO $$ BEGIN
-        IF to_regclass('{TOKENS_TABLE}') IS NOT NULL AND NOT EXISTS (
-                SELECT FROM pg_attribute WHERE attrelid = to_regclass('{TOKENS_TABLE}')
-                AND attname = 'pid') THEN DROP TABLE {TOKENS_TABLE}; END IF; END $$""",
-    f"""CREATE TABLE IF NOT EXISTS {TOKENS_TABLE} (
-        digest bytea PRIMARY KEY,
-        pid integer NOT NULL,
-        revision varchar(32) NOT NULL,
-        service text NOT NULL,
-        checksum text NOT NULL,
-        direction text NOT NULL CHECK (direction IN ('up', 'down'))
+    f"DROP TABLE IF EXISTS {OLD_TOKENS_TABLE}",
+    f"""CREATE TABLE IF NOT EXISTS {TOKEN_OBJECTS_TABLE} (
+        service text PRIMARY KEY,
+        object oid NOT NULL
     )""",
-    f"REVOKE ALL ON {TOKENS_TABLE} FROM PUBLIC",
+    f"REVOKE ALL ON {TOKEN_OBJECTS_TABLE} FROM PUBLIC",
     f"""DO $$ BEGIN
         CREATE POLICY {POLICY}_read ON {LEDGER_TABLE} FOR SELECT
             USING (current_user = service || '_owner');
-        CREATE POLICY {POLICY}_insert ON {LEDGER_TABLE} FOR INSERT
-            WITH CHECK (current_user = service || '_owner' AND session_user = current_user
-                        AND state = 'applied'
-                        AND EXISTS (SELECT FROM {TOKENS_TABLE} t
-                                    WHERE t.digest = {_PRESENTED}
-                                      AND t.pid = pg_backend_pid()
-                                      AND t.revision = schema_migrations.revision
-                                      AND t.service = schema_migrations.service
-                                      AND t.checksum = schema_migrations.checksum
-                                      AND t.direction = 'up'));
-        CREATE POLICY {POLICY}_delete ON {LEDGER_TABLE} FOR DELETE
-            USING (current_user = service || '_owner' AND session_user = current_user
-                   AND state <> 'dirty'
-                   AND EXISTS (SELECT FROM {TOKENS_TABLE} t
-                               WHERE t.digest = {_PRESENTED}
-                                 AND t.pid = pg_backend_pid()
-                                 AND t.revision = schema_migrations.revision
-                                 AND t.direction = 'down'));
     EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
     # Alembic's version table, derived: a service's head is its newest applied (or baselined)
     # revision; ids `<service>_<YYYYMMDDhhmm>` sort by time within a service. An older svcmig
@@ -171,11 +172,11 @@ FRAMEWORK_DDL = [
 FRAMEWORK_READY_SQL = f"""
     SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid
                    WHERE c.oid = to_regclass('{LEDGER_TABLE}') AND c.relrowsecurity
-                     AND p.polname = '{POLICY}_delete')
+                     AND p.polname = '{POLICY}_read')
        AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('{QUALIFIED_VERSION_TABLE}')
                      AND relkind = 'v')
-       AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{TOKENS_TABLE}')
-                   AND attname = 'pid')
+       AND to_regclass('{TOKEN_OBJECTS_TABLE}') IS NOT NULL
+       AND to_regclass('{OLD_TOKENS_TABLE}') IS NULL
        AND EXISTS (SELECT FROM pg_policy WHERE polrelid = to_regclass('{BACKFILLS_TABLE}')
                    AND polname = 'backfill_progress_of_runner')"""
 
@@ -212,7 +213,7 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         f"GRANT USAGE ON SCHEMA {FRAMEWORK_SCHEMA} TO {owner}",
         f"REVOKE ALL ON {LEDGER_TABLE} FROM {owner}",
         f"GRANT SELECT, INSERT, DELETE ON {LEDGER_TABLE} TO {owner}",
-        f"GRANT SELECT ON {TOKENS_TABLE} TO {owner}",
+        _token_policies_sql(service),
         f"GRANT SELECT, UPDATE ({', '.join(BACKFILL_PROGRESS_COLUMNS)}) ON {BACKFILLS_TABLE} "
         f"TO {owner}",
         f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}",
@@ -232,6 +233,61 @@ def service_bootstrap_sql(service: Service) -> list[str]:
     ]
 
 
+# SQL over pg_largeobject_metadata `m`: the object is the migrator's alone to write (it owns it;
+# any other role was granted at most SELECT).
+_MIGRATORS_OBJECT = (
+    "pg_catalog.pg_get_userbyid(m.lomowner) = current_user AND NOT EXISTS ("
+    "SELECT FROM pg_catalog.aclexplode(m.lomacl) a WHERE a.grantee <> m.lomowner "
+    "AND a.privilege_type <> 'SELECT')")
+
+
+def _token_policies_sql(service: Service) -> str:
+    """The service's token object (a large object the migrator owns and the owner may only
+    read; a new one when the recorded one is gone or another role may write it, the old one
+    dropped when the migrator owns it) and the two
+    policies that look up a presented token's digest in it: inserting an `applied` row going
+    up, deleting a row going down (see FRAMEWORK_DDL)."""
+    name, owner = sql_literal(service.name), sql_literal(service.owner_role)
+    up = _presented_sql("up", "revision", "service", "checksum")
+    down = _presented_sql("down", "revision")
+    own_row = ("service = %L AND current_user = service || '_owner' "
+               "AND session_user = current_user")
+
+    def found(digest: str) -> str:  # at a digest boundary: position is 1-based, 0 if absent
+        return (f"pg_catalog.position(pg_catalog.lo_get(%s), {digest}) "
+                f"OPERATOR(pg_catalog.%%) {DIGEST_BYTES} OPERATOR(pg_catalog.=) 1")
+
+    return f"""DO $svcmig$ DECLARE o oid; BEGIN
+        SELECT t.object INTO o FROM {TOKEN_OBJECTS_TABLE} t
+            JOIN pg_catalog.pg_largeobject_metadata m ON m.oid = t.object
+            WHERE t.service = {name} AND {_MIGRATORS_OBJECT};
+        IF o IS NULL THEN
+            PERFORM pg_catalog.lo_unlink(t.object) FROM {TOKEN_OBJECTS_TABLE} t
+                JOIN pg_catalog.pg_largeobject_metadata m ON m.oid = t.object
+                WHERE t.service = {name} AND pg_catalog.pg_get_userbyid(m.lomowner) = current_user;
+            o := pg_catalog.lo_create(0);
+            INSERT INTO {TOKEN_OBJECTS_TABLE} (service, object) VALUES ({name}, o)
+                ON CONFLICT (service) DO UPDATE SET object = EXCLUDED.object;
+        END IF;
+        EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %I', o, {owner});
+        EXECUTE format('DROP POLICY IF EXISTS %I ON {LEDGER_TABLE}', 'revision_up_' || {name});
+        EXECUTE format('DROP POLICY IF EXISTS %I ON {LEDGER_TABLE}', 'revision_down_' || {name});
+        EXECUTE format($p$CREATE POLICY %I ON {LEDGER_TABLE} FOR INSERT TO %I WITH CHECK (
+            {own_row} AND state = 'applied' AND {found(up)})$p$,
+            'revision_up_' || {name}, {owner}, {name}, o);
+        EXECUTE format($p$CREATE POLICY %I ON {LEDGER_TABLE} FOR DELETE TO %I USING (
+            {own_row} AND state <> 'dirty' AND {found(down)})$p$,
+            'revision_down_' || {name}, {owner}, {name}, o);
+    END $svcmig$"""
+
+
+# The digests of finished or abandoned runs go: every token object the migrator owns is emptied.
+CLEAR_TOKENS_SQL = f"""
+    SELECT pg_catalog.lo_truncate(pg_catalog.lo_open(t.object, {INV_WRITE}), 0)
+    FROM {TOKEN_OBJECTS_TABLE} t JOIN pg_catalog.pg_largeobject_metadata m ON m.oid = t.object
+    WHERE pg_catalog.pg_get_userbyid(m.lomowner) = current_user"""
+
+
 def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
     """Create what is missing: the framework schema and tables, and each service's schema and
     roles. Skips services that are already set up, so a no-op run stays cheap. Must run under
@@ -241,7 +297,6 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
     if not conn.execute(FRAMEWORK_READY_SQL).fetchone()[0]:
         for sql in FRAMEWORK_DDL:
             conn.execute(sql)
-    conn.execute(f"DELETE FROM {TOKENS_TABLE}")  # earlier runs' tokens
     # roles by oid and name through the catalog's cache, not the pg_roles view (which joins
     # pg_db_role_setting): 1.0 against 1.7 ms in a new session with 50 services
     present = conn.execute(
@@ -251,7 +306,15 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
              AND pg_catalog.to_regrole(n.nspname || '_app') IS NOT NULL
              AND pg_has_role(current_user, n.nspowner, 'USAGE')
              AND has_table_privilege(n.nspowner, '{LEDGER_TABLE}', 'INSERT')
-             AND has_table_privilege(n.nspowner, '{TOKENS_TABLE}', 'SELECT')
+             AND EXISTS (SELECT FROM {TOKEN_OBJECTS_TABLE} t
+                         JOIN pg_catalog.pg_largeobject_metadata m ON m.oid = t.object
+                         WHERE t.service = n.nspname AND {_MIGRATORS_OBJECT}
+                           AND EXISTS (SELECT FROM pg_catalog.aclexplode(m.lomacl) a
+                                       WHERE a.grantee = n.nspowner
+                                         AND a.privilege_type = 'SELECT'))
+             AND (SELECT count(*) FROM pg_catalog.pg_policy p
+                  WHERE p.polrelid = '{LEDGER_TABLE}'::regclass AND p.polname IN (
+                      'revision_up_' || n.nspname, 'revision_down_' || n.nspname)) = 2
              AND has_table_privilege(n.nspowner, '{BACKFILLS_TABLE}', 'SELECT')
              AND NOT has_table_privilege(n.nspowner, '{LEDGER_TABLE}', 'UPDATE')""",
         (names,),
@@ -264,6 +327,7 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
         for sql in service_bootstrap_sql(service):
             conn.execute(sql)
         created.append(service.name)
+    conn.execute(CLEAR_TOKENS_SQL)  # earlier runs' tokens (a run that was killed)
     return created
 
 
@@ -552,18 +616,24 @@ def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | None
             f"applied_by = EXCLUDED.applied_by, file = EXCLUDED.file{only}")
 
 
+def token_digest(token: str, pid: int, upgrade: bool, revision: Revision) -> bytes:
+    """What the policies look for (`_token_fields`): SHA-256 of token, pid, direction and the
+    row, joined by '/' (which no id, service name, checksum or token contains)."""
+    row = [revision.id, revision.service, revision.checksum] if upgrade else [revision.id]
+    fields = [token, str(int(pid)), "up" if upgrade else "down", *row]
+    return hashlib.sha256("/".join(fields).encode()).digest()
+
+
 def issue_tokens_sql(service: str, tokens: Mapping[str, tuple[Revision, bool]],
                      pid: int) -> str:
     """The migrator issues `service`'s tokens for the run (token → (revision, upgrade)), bound
-    to the session (backend `pid`) that will run those revisions, keeping only their SHA-256
-    digests; they replace the service's earlier ones (an earlier session's)."""
-    rows = ", ".join(f"('\\x{hashlib.sha256(token.encode()).hexdigest()}'::bytea, {int(pid)}, "
-                     f"{_literal(revision.id)}, {_literal(revision.service)}, "
-                     f"{_literal(revision.checksum)}, {_literal('up' if up else 'down')})"
-                     for token, (revision, up) in tokens.items())
-    return (f"DELETE FROM {TOKENS_TABLE} WHERE service = {_literal(service)}; "
-            f"INSERT INTO {TOKENS_TABLE} (digest, pid, revision, service, checksum, direction) "
-            f"VALUES {rows}")
+    to the session (backend `pid`) that will run those revisions: their digests replace the
+    service's earlier ones (an earlier session's) in its token object, in one transaction."""
+    digests = b"".join(token_digest(token, pid, up, revision)
+                       for token, (revision, up) in tokens.items())
+    found = f"(SELECT object FROM {TOKEN_OBJECTS_TABLE} WHERE service = {_literal(service)})"
+    return (f"SELECT pg_catalog.lo_truncate(pg_catalog.lo_open({found}, {INV_WRITE}), 0); "
+            f"SELECT pg_catalog.lo_put({found}, 0, '\\x{digests.hex()}'::pg_catalog.bytea)")
 
 
 def present_token_sql(token: str) -> str:

@@ -182,13 +182,22 @@ class RevisionSessions:
 
     @staticmethod
     def _refuse_privileged(conn: psycopg.Connection, role: str) -> None:
-        row = conn.execute("SELECT session_user, current_setting('is_superuser')").fetchone()
+        """The session must be `role`, an ordinary role, unable to write large objects it was
+        not granted (where the ledger's policies find the run's token digests)."""
+        row = conn.execute("SELECT session_user, current_setting('is_superuser'), "
+                           "current_setting('lo_compat_privileges')").fetchone()
         if row is None or row[0] != role or row[1] != "off":
             conn.close()
             raise SvcmigError(
                 f"the session for {role} is {row[0] if row else '?'} with superuser "
                 f"{row[1] if row else '?'}: a service's owner must be an ordinary role; "
                 f"ALTER ROLE {role} NOSUPERUSER")
+        if row[2] != "off":
+            conn.close()
+            raise SvcmigError(
+                f"lo_compat_privileges is on in {role}'s sessions: any role could then write "
+                "the large objects that hold svcmig's revision token digests; turn it off "
+                "(ALTER SYSTEM, ALTER DATABASE or ALTER ROLE ... SET lo_compat_privileges = off)")
 
     def release(self, service: str) -> None:
         """Close the service's session now; the owner goes back to NOLOGIN at `close`."""
