@@ -28,7 +28,12 @@ import psycopg
 import pytest
 
 from migrations_runtime.engine.apply import RunSettings, migrate, read_plan
-from migrations_runtime.engine.errors import MigrationFailed, MigrationFileError, PlanError
+from migrations_runtime.engine.errors import (
+    MigrationFailed,
+    MigrationFileError,
+    PlanError,
+    SvcmigError,
+)
 from migrations_runtime.engine.ledger import issue_tokens_sql
 from migrations_runtime.engine.load import checksum, parse_sql_source, read_text
 from migrations_runtime.engine.lock import LOCK_KEY
@@ -1343,6 +1348,82 @@ def test_lo_compat_privileges_on_refuses_the_run(tmp_path: Path, database_url: s
             migrate(database_url, root, **QUIET)
     finally:
         query(database_url, f'ALTER DATABASE "{database}" RESET lo_compat_privileges')
+    assert ledger(database_url) == before
+    assert lock_is_free(database_url)
+
+
+def test_a_role_that_may_set_lo_compat_privileges_is_refused(
+        tmp_path: Path, database_url: str) -> None:
+    """PostgreSQL 15 and later can grant an ordinary role SET on a superuser-only parameter:
+    an owner that may turn lo_compat_privileges on could write its token object, so its
+    session is refused (a service of this test's own: parameter grants are cluster-wide)."""
+    root = write_project(tmp_path / "p", {"lcpgrant": {
+        "2026-01-01T0000__lcpgrant__create.sql": "CREATE TABLE lcpgrant.t (id int);\n"}})
+    query(database_url, "DO $$ BEGIN CREATE ROLE lcpgrant_owner NOLOGIN; "
+          "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    query(database_url, "GRANT SET ON PARAMETER lo_compat_privileges TO lcpgrant_owner")
+    try:
+        with pytest.raises(MigrationFailed, match="lcpgrant_owner may turn lo_compat_privileges"):
+            migrate(database_url, root, **QUIET)
+    finally:
+        query(database_url, "REVOKE SET ON PARAMETER lo_compat_privileges FROM lcpgrant_owner")
+    assert ledger(database_url) == {}
+    assert lock_is_free(database_url)
+
+
+def test_a_large_object_named_as_a_token_object_by_hand_is_left_alone(
+        tmp_path: Path, database_url: str) -> None:
+    """svcmig.token_objects edited to name another large object of the migrator's, or one
+    service's object for another's: the run makes the service a token object of its own and
+    neither reads, empties nor drops the object named."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    [(data,)] = query(database_url, "SELECT lo_from_bytea(0, 'precious')")
+    [(orders,)] = query(database_url,
+                        "SELECT object FROM svcmig.token_objects WHERE service = 'orders'")
+    query(database_url, f"UPDATE svcmig.token_objects SET object = {data} WHERE service = 'users'")
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE users.later (id int);\n")
+    migrate(database_url, root, **QUIET)
+    query(database_url, f"UPDATE svcmig.token_objects SET object = {orders} "
+          "WHERE service = 'users'")
+    add(root, "users", "2026-02-02T0000", "CREATE TABLE users.later2 (id int);\n")
+    migrate(database_url, root, **QUIET)
+    assert query(database_url, f"SELECT convert_from(lo_get({data}), 'UTF8')") == [("precious",)]
+    objects = dict(query(database_url, "SELECT service, object FROM svcmig.token_objects"))
+    assert objects["orders"] == orders and objects["users"] not in (data, orders)
+    assert ledger(database_url)["users_202602020000"] == "applied"
+
+
+def test_a_revision_cannot_repoint_token_objects_even_when_granted(
+        tmp_path: Path, database_url: str) -> None:
+    """An administrator granted svcmig.token_objects to PUBLIC: the next run takes the grant
+    back before any revision runs, so a revision cannot point another service at its own
+    object (which would break that service's runs)."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = dict(query(database_url, "SELECT service, object FROM svcmig.token_objects"))
+    query(database_url, "GRANT ALL ON svcmig.token_objects TO PUBLIC")
+    add(root, "users", "2026-02-01T0000",
+        "UPDATE svcmig.token_objects SET object = (SELECT object FROM svcmig.token_objects "
+        "WHERE service = 'users') WHERE service = 'orders';\n")
+    with pytest.raises(MigrationFailed, match="permission denied for table token_objects"):
+        migrate(database_url, root, **QUIET)
+    assert dict(query(database_url,
+                      "SELECT service, object FROM svcmig.token_objects")) == before
+
+
+def test_a_policy_svcmig_did_not_make_on_the_ledger_stops_the_run(
+        tmp_path: Path, database_url: str) -> None:
+    """A permissive policy added by hand (a DBA's quick fix) would let any revision of the
+    service write any ledger row: the run refuses before anything runs and names it."""
+    root = base_project(tmp_path)
+    migrate(database_url, root, **QUIET)
+    before = ledger(database_url)
+    query(database_url, "CREATE POLICY dba_fix ON svcmig.schema_migrations FOR INSERT "
+          "TO users_owner WITH CHECK (true)")
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE users.later (id int);\n")
+    with pytest.raises(SvcmigError, match=r"policies svcmig did not make \(dba_fix\)"):
+        migrate(database_url, root, **QUIET)
     assert ledger(database_url) == before
     assert lock_is_free(database_url)
 

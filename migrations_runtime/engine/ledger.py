@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from .discover import FRAMEWORK_SCHEMA, Service
+from .errors import SvcmigError
 from .load import Revision
 from .statements import fail_unless, quote_ident, sql_literal
 from .validate import ChainSummary, Graph
@@ -213,6 +214,7 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         f"GRANT USAGE ON SCHEMA {FRAMEWORK_SCHEMA} TO {owner}",
         f"REVOKE ALL ON {LEDGER_TABLE} FROM {owner}",
         f"GRANT SELECT, INSERT, DELETE ON {LEDGER_TABLE} TO {owner}",
+        f"REVOKE ALL ON {TOKEN_OBJECTS_TABLE} FROM PUBLIC, {owner}",
         _token_policies_sql(service),
         f"GRANT SELECT, UPDATE ({', '.join(BACKFILL_PROGRESS_COLUMNS)}) ON {BACKFILLS_TABLE} "
         f"TO {owner}",
@@ -233,18 +235,27 @@ def service_bootstrap_sql(service: Service) -> list[str]:
     ]
 
 
-# SQL over pg_largeobject_metadata `m`: the object is the migrator's alone to write (it owns it;
-# any other role was granted at most SELECT).
+# A token object says whose it is in its comment, so the migrator never takes another large
+# object of its own for one (an edited TOKEN_OBJECTS_TABLE), nor one service's for another's.
+TOKEN_OBJECT_COMMENT = "svcmig: revision token digests of service "
+# SQL over TOKEN_OBJECTS_TABLE `t` and pg_largeobject_metadata `m`: the migrator made the object
+# for `t.service`, owns it, and granted any other role at most SELECT on it.
 _MIGRATORS_OBJECT = (
-    "pg_catalog.pg_get_userbyid(m.lomowner) = current_user AND NOT EXISTS ("
+    "pg_catalog.pg_get_userbyid(m.lomowner) = current_user "
+    "AND pg_catalog.obj_description(m.oid, 'pg_largeobject') "
+    f"= '{TOKEN_OBJECT_COMMENT}' || t.service AND NOT EXISTS ("
     "SELECT FROM pg_catalog.aclexplode(m.lomacl) a WHERE a.grantee <> m.lomowner "
     "AND a.privilege_type <> 'SELECT')")
+# The policies on the ledger svcmig makes (FRAMEWORK_DDL, `_token_policies_sql`): any other
+# would widen what an owner may write, so a run refuses to start while one exists.
+OWN_POLICY_RE = r"^(revision_token_read|revision_(up|down)_[a-z][a-z0-9_]*)$"
 
 
 def _token_policies_sql(service: Service) -> str:
     """The service's token object (a large object the migrator owns and the owner may only
-    read; a new one when the recorded one is gone or another role may write it, the old one
-    dropped when the migrator owns it) and the two
+    read; a new one when the recorded one is gone, is not one the migrator made for the
+    service, or another role may write it; the old one dropped when it is the migrator's
+    token object) and the two
     policies that look up a presented token's digest in it: inserting an `applied` row going
     up, deleting a row going down (see FRAMEWORK_DDL)."""
     name, owner = sql_literal(service.name), sql_literal(service.owner_role)
@@ -264,8 +275,12 @@ def _token_policies_sql(service: Service) -> str:
         IF o IS NULL THEN
             PERFORM pg_catalog.lo_unlink(t.object) FROM {TOKEN_OBJECTS_TABLE} t
                 JOIN pg_catalog.pg_largeobject_metadata m ON m.oid = t.object
-                WHERE t.service = {name} AND pg_catalog.pg_get_userbyid(m.lomowner) = current_user;
+                WHERE t.service = {name} AND pg_catalog.pg_get_userbyid(m.lomowner) = current_user
+                  AND pg_catalog.obj_description(m.oid, 'pg_largeobject')
+                      = '{TOKEN_OBJECT_COMMENT}' || t.service;
             o := pg_catalog.lo_create(0);
+            EXECUTE format('COMMENT ON LARGE OBJECT %s IS %L', o,
+                           '{TOKEN_OBJECT_COMMENT}' || {name});
             INSERT INTO {TOKEN_OBJECTS_TABLE} (service, object) VALUES ({name}, o)
                 ON CONFLICT (service) DO UPDATE SET object = EXCLUDED.object;
         END IF;
@@ -315,6 +330,10 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
              AND (SELECT count(*) FROM pg_catalog.pg_policy p
                   WHERE p.polrelid = '{LEDGER_TABLE}'::regclass AND p.polname IN (
                       'revision_up_' || n.nspname, 'revision_down_' || n.nspname)) = 2
+             AND NOT has_any_column_privilege(n.nspowner, '{TOKEN_OBJECTS_TABLE}',
+                                              'SELECT, INSERT, UPDATE, REFERENCES')
+             AND NOT has_table_privilege(n.nspowner, '{TOKEN_OBJECTS_TABLE}',
+                                         'DELETE, TRUNCATE, TRIGGER')
              AND has_table_privilege(n.nspowner, '{BACKFILLS_TABLE}', 'SELECT')
              AND NOT has_table_privilege(n.nspowner, '{LEDGER_TABLE}', 'UPDATE')""",
         (names,),
@@ -328,6 +347,14 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
             conn.execute(sql)
         created.append(service.name)
     conn.execute(CLEAR_TOKENS_SQL)  # earlier runs' tokens (a run that was killed)
+    foreign = [row[0] for row in conn.execute(
+        f"SELECT polname FROM pg_catalog.pg_policy WHERE polrelid = '{LEDGER_TABLE}'::regclass "
+        "AND polname !~ %s ORDER BY polname", (OWN_POLICY_RE,))]
+    if foreign:
+        raise SvcmigError(
+            f"{LEDGER_TABLE} has policies svcmig did not make ({', '.join(foreign)}): they "
+            "could let a revision write ledger rows of other revisions; drop them (DROP "
+            f"POLICY <name> ON {LEDGER_TABLE}) and run again")
     return created
 
 

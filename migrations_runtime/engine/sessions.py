@@ -184,8 +184,11 @@ class RevisionSessions:
     def _refuse_privileged(conn: psycopg.Connection, role: str) -> None:
         """The session must be `role`, an ordinary role, unable to write large objects it was
         not granted (where the ledger's policies find the run's token digests)."""
+        # PostgreSQL 15 and later can let an ordinary role SET a superuser-only parameter
+        may_set = ("has_parameter_privilege('lo_compat_privileges', 'SET')"
+                   if conn.info.server_version >= 150000 else "false")
         row = conn.execute("SELECT session_user, current_setting('is_superuser'), "
-                           "current_setting('lo_compat_privileges')").fetchone()
+                           f"current_setting('lo_compat_privileges'), {may_set}").fetchone()
         if row is None or row[0] != role or row[1] != "off":
             conn.close()
             raise SvcmigError(
@@ -198,6 +201,12 @@ class RevisionSessions:
                 f"lo_compat_privileges is on in {role}'s sessions: any role could then write "
                 "the large objects that hold svcmig's revision token digests; turn it off "
                 "(ALTER SYSTEM, ALTER DATABASE or ALTER ROLE ... SET lo_compat_privileges = off)")
+        if row[3]:
+            conn.close()
+            raise SvcmigError(
+                f"{role} may turn lo_compat_privileges on (and then write any large object, "
+                "svcmig's revision token digests included): REVOKE SET ON PARAMETER "
+                f"lo_compat_privileges FROM {role} (and from PUBLIC)")
 
     def release(self, service: str) -> None:
         """Close the service's session now; the owner goes back to NOLOGIN at `close`."""
