@@ -1265,9 +1265,7 @@ def test_a_run_leaves_no_token_digests_behind(tmp_path: Path, database_url: str)
         "CREATE TABLE users.nope (id int REFERENCES users.missing);\n")
     with pytest.raises(MigrationFailed):
         migrate(database_url, root, **QUIET)
-    objects = query(database_url, "SELECT count(*), coalesce(sum(length(lo_get(object))), 0) "
-                    "FROM svcmig.token_objects WHERE service = 'users'")
-    assert objects == [(1, 0)]
+    assert query(database_url, "SELECT length(lo_get('users_owner'::regrole::oid))") == [(0,)]
 
 
 # Kind: reaching the digests themselves instead of a token. The ledger's policies look for the
@@ -1287,8 +1285,7 @@ def forge_digest(lookup: str) -> str:
         "'applied', 'x'); END $$;\n")
 
 
-USERS_OBJECT = ("SELECT oid FROM pg_largeobject_metadata "
-                "WHERE lomacl::text LIKE '%users_owner=r%' OR lomowner = 'users_owner'::regrole")
+USERS_OBJECT = "'users_owner'::regrole::oid"  # a token object has its owner role's oid
 
 
 def test_a_revision_cannot_write_its_services_token_digests(
@@ -1307,30 +1304,25 @@ def test_a_revision_cannot_write_its_services_token_digests(
     "ALTER LARGE OBJECT {oid} OWNER TO users_owner",
     "GRANT UPDATE ON LARGE OBJECT {oid} TO users_owner",
     "SELECT lo_unlink({oid})"], ids=["given-to-the-owner", "owner-may-write", "unlinked"])
-def test_a_token_object_that_is_not_the_migrators_alone_is_replaced(
+def test_a_token_object_that_is_not_the_migrators_alone_is_made_again(
         tmp_path: Path, database_url: str, takeover: str) -> None:
     """Someone with the rights to (an administrator) hands the service's token object to its
-    owner, lets the owner write it, or drops it: the next run makes the service a new one of
-    the migrator's before any revision runs (dropping the old one when it is the migrator's),
-    so digests the owner adds to the old one open nothing."""
+    owner, lets the owner write it, or drops it: the next run makes it again, the migrator's
+    alone, before any revision runs, so the owner cannot add a digest to it."""
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
-    [(old,)] = query(database_url,
-                     "SELECT object FROM svcmig.token_objects WHERE service = 'users'")
-    query(database_url, takeover.format(oid=old))
-    if "unlink" not in takeover:  # the owner may write the old object: it does
-        add(root, "users", "2026-02-01T0000", forge_digest(str(old)))
-        # refused by the ledger's policy, or the old object was the migrator's and is gone
-        with pytest.raises(MigrationFailed, match="row-level security|does not exist"):
-            migrate(database_url, root, **QUIET)
-        assert "users_209901010000" not in ledger(database_url)
-        (root / "services/users/migrations/2026-02-01T0000__users__step.sql").unlink()
+    [(oid,)] = query(database_url, f"SELECT {USERS_OBJECT}")
+    query(database_url, takeover.format(oid=oid))
+    add(root, "users", "2026-02-01T0000", forge_digest(USERS_OBJECT))
+    with pytest.raises(MigrationFailed, match="permission denied for large object"):
+        migrate(database_url, root, **QUIET)
+    assert "users_209901010000" not in ledger(database_url)
+    (root / "services/users/migrations/2026-02-01T0000__users__step.sql").unlink()
     add(root, "users", "2026-02-02T0000", "CREATE TABLE users.later (id int);\n")
     migrate(database_url, root, **QUIET)
-    [(new, owner)] = query(
-        database_url, "SELECT t.object, pg_get_userbyid(m.lomowner) FROM svcmig.token_objects t "
-        "JOIN pg_largeobject_metadata m ON m.oid = t.object WHERE t.service = 'users'")
-    assert new != old and owner == query(database_url, "SELECT current_user")[0][0]
+    assert query(database_url, "SELECT pg_get_userbyid(lomowner) = current_user, lomacl::text "
+                 f"FROM pg_largeobject_metadata WHERE oid = {oid}") == [
+        (True, "{postgres=rw/postgres,users_owner=r/postgres}")]
     assert ledger(database_url)["users_202602020000"] == "applied"
 
 
@@ -1371,45 +1363,23 @@ def test_a_role_that_may_set_lo_compat_privileges_is_refused(
     assert lock_is_free(database_url)
 
 
-def test_a_large_object_named_as_a_token_object_by_hand_is_left_alone(
+def test_another_large_object_where_a_token_object_goes_stops_the_run_untouched(
         tmp_path: Path, database_url: str) -> None:
-    """svcmig.token_objects edited to name another large object of the migrator's, or one
-    service's object for another's: the run makes the service a token object of its own and
-    neither reads, empties nor drops the object named."""
+    """A large object that is not a token object at the oid of a service's owner role (put
+    there by hand: the server never reuses an oid it gave a role): the run stops before any
+    revision runs, names it, and leaves its data alone."""
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
-    [(data,)] = query(database_url, "SELECT lo_from_bytea(0, 'precious')")
-    [(orders,)] = query(database_url,
-                        "SELECT object FROM svcmig.token_objects WHERE service = 'orders'")
-    query(database_url, f"UPDATE svcmig.token_objects SET object = {data} WHERE service = 'users'")
+    before = ledger(database_url)
+    oid = query(database_url, f"SELECT lo_unlink({USERS_OBJECT}), {USERS_OBJECT}")[0][1]
+    query(database_url, f"SELECT lo_from_bytea({oid}, 'precious')")
     add(root, "users", "2026-02-01T0000", "CREATE TABLE users.later (id int);\n")
-    migrate(database_url, root, **QUIET)
-    query(database_url, f"UPDATE svcmig.token_objects SET object = {orders} "
-          "WHERE service = 'users'")
-    add(root, "users", "2026-02-02T0000", "CREATE TABLE users.later2 (id int);\n")
-    migrate(database_url, root, **QUIET)
-    assert query(database_url, f"SELECT convert_from(lo_get({data}), 'UTF8')") == [("precious",)]
-    objects = dict(query(database_url, "SELECT service, object FROM svcmig.token_objects"))
-    assert objects["orders"] == orders and objects["users"] not in (data, orders)
-    assert ledger(database_url)["users_202602020000"] == "applied"
-
-
-def test_a_revision_cannot_repoint_token_objects_even_when_granted(
-        tmp_path: Path, database_url: str) -> None:
-    """An administrator granted svcmig.token_objects to PUBLIC: the next run takes the grant
-    back before any revision runs, so a revision cannot point another service at its own
-    object (which would break that service's runs)."""
-    root = base_project(tmp_path)
-    migrate(database_url, root, **QUIET)
-    before = dict(query(database_url, "SELECT service, object FROM svcmig.token_objects"))
-    query(database_url, "GRANT ALL ON svcmig.token_objects TO PUBLIC")
-    add(root, "users", "2026-02-01T0000",
-        "UPDATE svcmig.token_objects SET object = (SELECT object FROM svcmig.token_objects "
-        "WHERE service = 'users') WHERE service = 'orders';\n")
-    with pytest.raises(MigrationFailed, match="permission denied for table token_objects"):
+    with pytest.raises(SvcmigError, match=f"large object {oid} is in the way of the token "
+                       "object of users_owner"):
         migrate(database_url, root, **QUIET)
-    assert dict(query(database_url,
-                      "SELECT service, object FROM svcmig.token_objects")) == before
+    assert query(database_url, f"SELECT convert_from(lo_get({oid}), 'UTF8')") == [("precious",)]
+    assert ledger(database_url) == before
+    assert lock_is_free(database_url)
 
 
 def test_a_policy_svcmig_did_not_make_on_the_ledger_stops_the_run(
@@ -1431,14 +1401,13 @@ def test_a_policy_svcmig_did_not_make_on_the_ledger_stops_the_run(
 def test_a_database_of_the_earlier_layout_loses_its_token_table_and_policies(
         tmp_path: Path, database_url: str) -> None:
     """Before 2026-12 the digests were rows of svcmig.revision_tokens, looked up by two
-    table-wide policies: the next run drops both (a left-over permissive policy would open
-    the ledger) and the services get their token objects."""
+    policies: the next run drops both (a left-over permissive policy would open the ledger),
+    and the services get their token objects."""
     root = base_project(tmp_path)
     migrate(database_url, root, **QUIET)
     query(database_url, "CREATE TABLE svcmig.revision_tokens (digest bytea PRIMARY KEY)")
     query(database_url, "CREATE POLICY revision_token_insert ON svcmig.schema_migrations "
           "FOR INSERT WITH CHECK (true)")
-    query(database_url, "DELETE FROM svcmig.token_objects")
     add(root, "users", "2026-02-01T0000", "CREATE TABLE users.later (id int);\n")
     migrate(database_url, root, **QUIET)
     assert query(database_url, "SELECT to_regclass('svcmig.revision_tokens')") == [(None,)]
@@ -1446,7 +1415,7 @@ def test_a_database_of_the_earlier_layout_loses_its_token_table_and_policies(
         database_url, "SELECT polname FROM pg_policy "
         "WHERE polrelid = 'svcmig.schema_migrations'::regclass")}
     assert "revision_token_insert" not in policies
-    assert {"revision_up_users", "revision_down_users", "revision_up_orders"} <= policies
+    assert policies == {"revision_token_read", "revision_token_up", "revision_token_down"}
     assert ledger(database_url)["users_202602010000"] == "applied"
 
 
@@ -1493,8 +1462,7 @@ FORGE_IN_OWN_TRANSACTIONS = (
     FORGE_IN_OWN_TRANSACTIONS,
     FORGE_IN_OWN_TRANSACTIONS.replace(
         "'0123456789abcdef0123456789abcdef'",
-        "(SELECT encode(substring(lo_get(oid) FROM 1 FOR 32), 'hex') "
-        "FROM pg_largeobject_metadata WHERE lomacl::text LIKE '%users_owner=r%')")],
+        "encode(substring(lo_get('users_owner'::regrole::oid) FROM 1 FOR 32), 'hex')")],
     ids=["guess-a-token", "present-a-digest"])
 def test_a_no_transaction_revision_cannot_name_a_revision_for_its_own_transactions(
         tmp_path: Path, database_url: str, text: str) -> None:

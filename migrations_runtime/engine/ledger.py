@@ -30,10 +30,6 @@ QUALIFIED_VERSION_TABLE = f"{FRAMEWORK_SCHEMA}.{VERSION_TABLE}"
 STOCK_VERSION_TABLE = "public.alembic_version"
 STATES = ("applied", "dirty", "baselined")
 POLICY = "revision_token"
-# Each service's large object holding the SHA-256 digests of the one-time tokens the migrator
-# issued for the revisions of that service it is about to run (see FRAMEWORK_DDL); service →
-# object, the migrator's alone.
-TOKEN_OBJECTS_TABLE = f"{FRAMEWORK_SCHEMA}.token_objects"
 # Where svcmig before 2026-12 kept the digests, as rows its policies looked up (dropped).
 OLD_TOKENS_TABLE = f"{FRAMEWORK_SCHEMA}.revision_tokens"
 # The setting through which a revision's transaction presents its token, just before its row.
@@ -61,6 +57,14 @@ def _presented_sql(direction: str, *columns: str) -> str:
     return f"pg_catalog.sha256(pg_catalog.convert_to({text}, 'UTF8'))"
 
 
+def _found(digest: str) -> str:
+    """SQL: `digest` is in the current user's token object, at a digest boundary (position is
+    1-based, 0 when absent)."""
+    return (f"pg_catalog.position(pg_catalog.lo_get(pg_catalog.to_regrole(current_user::"
+            f"pg_catalog.text)::pg_catalog.oid), {digest}) OPERATOR(pg_catalog.%) "
+            f"{DIGEST_BYTES} OPERATOR(pg_catalog.=) 1")
+
+
 FRAMEWORK_DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {FRAMEWORK_SCHEMA}",
     f"REVOKE ALL ON SCHEMA {FRAMEWORK_SCHEMA} FROM PUBLIC",
@@ -82,12 +86,13 @@ FRAMEWORK_DDL = [
     # whose token the transaction presents, in the direction the token was issued for, from the
     # session it was issued to. The migrator issues a random token per revision and direction,
     # bound to the backend pid of the service's session, and keeps only SHA-256 digests of
-    # token, pid, direction and row (`token_digest`), in a large object of the service's
-    # (`TOKEN_OBJECTS_TABLE`), owned by the migrator, which the owner may read (a digest gives
-    # nothing away) and not write. Each service's two policies (`service_bootstrap_sql`) look
-    # for the digest of the presented token and the row at a digest boundary of that object:
-    # function calls only, so nothing is planned per row (a subquery over a table of digests
-    # was planned with every ledger row: a sixth of a revision's cost). The runner presents
+    # token, pid, direction and row (`token_digest`), in the service's token object: a large
+    # object whose oid is the owner role's (`_token_object_sql`), owned by the migrator, which
+    # the owner may read (a digest gives nothing away) and not write. The policies look for
+    # the digest of the presented token and the row at a digest boundary of the current
+    # user's object: function calls only (the role's oid from the catalog cache), so nothing
+    # is planned per row (a subquery over a table of digests was planned with every ledger
+    # row: a sixth of a revision's cost). The runner presents
     # the token (TOKEN_SETTING, a transaction-local setting) in the statement just before the
     # row, after every statement of the revision. A revision's own SQL cannot know another
     # revision's token, and the one it could read from its own query text only writes or
@@ -106,18 +111,20 @@ FRAMEWORK_DDL = [
                   "service_rows_delete", "revision_rows_read", "revision_rows_insert",
                   "revision_rows_delete", "running_revision_read", "running_revision_insert",
                   "running_revision_delete", f"{POLICY}_read", f"{POLICY}_insert",
-                  f"{POLICY}_delete")),
+                  f"{POLICY}_delete", f"{POLICY}_up", f"{POLICY}_down")),
     f"DROP FUNCTION IF EXISTS {FRAMEWORK_SCHEMA}.begin_revision(text)",  # earlier versions
     f"DROP TABLE IF EXISTS {FRAMEWORK_SCHEMA}.running_revisions",
     f"DROP TABLE IF EXISTS {OLD_TOKENS_TABLE}",
-    f"""CREATE TABLE IF NOT EXISTS {TOKEN_OBJECTS_TABLE} (
-        service text PRIMARY KEY,
-        object oid NOT NULL
-    )""",
-    f"REVOKE ALL ON {TOKEN_OBJECTS_TABLE} FROM PUBLIC",
     f"""DO $$ BEGIN
         CREATE POLICY {POLICY}_read ON {LEDGER_TABLE} FOR SELECT
             USING (current_user = service || '_owner');
+        CREATE POLICY {POLICY}_up ON {LEDGER_TABLE} FOR INSERT
+            WITH CHECK (current_user = service || '_owner' AND session_user = current_user
+                        AND state = 'applied'
+                        AND {_found(_presented_sql("up", "revision", "service", "checksum"))});
+        CREATE POLICY {POLICY}_down ON {LEDGER_TABLE} FOR DELETE
+            USING (current_user = service || '_owner' AND session_user = current_user
+                   AND state <> 'dirty' AND {_found(_presented_sql("down", "revision"))});
     EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
     # Alembic's version table, derived: a service's head is its newest applied (or baselined)
     # revision; ids `<service>_<YYYYMMDDhhmm>` sort by time within a service. An older svcmig
@@ -176,7 +183,8 @@ FRAMEWORK_READY_SQL = f"""
                      AND p.polname = '{POLICY}_read')
        AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('{QUALIFIED_VERSION_TABLE}')
                      AND relkind = 'v')
-       AND to_regclass('{TOKEN_OBJECTS_TABLE}') IS NOT NULL
+       AND EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = to_regclass('{LEDGER_TABLE}')
+                     AND polname = '{POLICY}_up')
        AND to_regclass('{OLD_TOKENS_TABLE}') IS NULL
        AND EXISTS (SELECT FROM pg_policy WHERE polrelid = to_regclass('{BACKFILLS_TABLE}')
                    AND polname = 'backfill_progress_of_runner')"""
@@ -214,8 +222,7 @@ def service_bootstrap_sql(service: Service) -> list[str]:
         f"GRANT USAGE ON SCHEMA {FRAMEWORK_SCHEMA} TO {owner}",
         f"REVOKE ALL ON {LEDGER_TABLE} FROM {owner}",
         f"GRANT SELECT, INSERT, DELETE ON {LEDGER_TABLE} TO {owner}",
-        f"REVOKE ALL ON {TOKEN_OBJECTS_TABLE} FROM PUBLIC, {owner}",
-        _token_policies_sql(service),
+        _token_object_sql(service),
         f"GRANT SELECT, UPDATE ({', '.join(BACKFILL_PROGRESS_COLUMNS)}) ON {BACKFILLS_TABLE} "
         f"TO {owner}",
         f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}",
@@ -236,71 +243,52 @@ def service_bootstrap_sql(service: Service) -> list[str]:
 
 
 # A token object says whose it is in its comment, so the migrator never takes another large
-# object of its own for one (an edited TOKEN_OBJECTS_TABLE), nor one service's for another's.
-TOKEN_OBJECT_COMMENT = "svcmig: revision token digests of service "
-# SQL over TOKEN_OBJECTS_TABLE `t` and pg_largeobject_metadata `m`: the migrator made the object
-# for `t.service`, owns it, and granted any other role at most SELECT on it.
+# object of its own for one.
+TOKEN_OBJECT_COMMENT = "svcmig: revision token digests of "
+# SQL over pg_largeobject_metadata `m`: a token object the migrator made for the role whose oid
+# it has, owns, and granted any other role at most SELECT on.
 _MIGRATORS_OBJECT = (
     "pg_catalog.pg_get_userbyid(m.lomowner) = current_user "
     "AND pg_catalog.obj_description(m.oid, 'pg_largeobject') "
-    f"= '{TOKEN_OBJECT_COMMENT}' || t.service AND NOT EXISTS ("
+    f"= '{TOKEN_OBJECT_COMMENT}' || pg_catalog.pg_get_userbyid(m.oid) AND NOT EXISTS ("
     "SELECT FROM pg_catalog.aclexplode(m.lomacl) a WHERE a.grantee <> m.lomowner "
     "AND a.privilege_type <> 'SELECT')")
-# The policies on the ledger svcmig makes (FRAMEWORK_DDL, `_token_policies_sql`): any other
-# would widen what an owner may write, so a run refuses to start while one exists.
-OWN_POLICY_RE = r"^(revision_token_read|revision_(up|down)_[a-z][a-z0-9_]*)$"
+# The policies svcmig makes on the ledger (FRAMEWORK_DDL): any other would widen what an owner
+# may write, so a run refuses to start while one exists.
+OWN_POLICIES = (f"{POLICY}_read", f"{POLICY}_up", f"{POLICY}_down")
 
 
-def _token_policies_sql(service: Service) -> str:
-    """The service's token object (a large object the migrator owns and the owner may only
-    read; a new one when the recorded one is gone, is not one the migrator made for the
-    service, or another role may write it; the old one dropped when it is the migrator's
-    token object) and the two
-    policies that look up a presented token's digest in it: inserting an `applied` row going
-    up, deleting a row going down (see FRAMEWORK_DDL)."""
-    name, owner = sql_literal(service.name), sql_literal(service.owner_role)
-    up = _presented_sql("up", "revision", "service", "checksum")
-    down = _presented_sql("down", "revision")
-    own_row = ("service = %L AND current_user = service || '_owner' "
-               "AND session_user = current_user")
-
-    def found(digest: str) -> str:  # at a digest boundary: position is 1-based, 0 if absent
-        return (f"pg_catalog.position(pg_catalog.lo_get(%s), {digest}) "
-                f"OPERATOR(pg_catalog.%%) {DIGEST_BYTES} OPERATOR(pg_catalog.=) 1")
-
-    return f"""DO $svcmig$ DECLARE o oid; BEGIN
-        SELECT t.object INTO o FROM {TOKEN_OBJECTS_TABLE} t
-            JOIN pg_catalog.pg_largeobject_metadata m ON m.oid = t.object
-            WHERE t.service = {name} AND {_MIGRATORS_OBJECT};
-        IF o IS NULL THEN
-            PERFORM pg_catalog.lo_unlink(t.object) FROM {TOKEN_OBJECTS_TABLE} t
-                JOIN pg_catalog.pg_largeobject_metadata m ON m.oid = t.object
-                WHERE t.service = {name} AND pg_catalog.pg_get_userbyid(m.lomowner) = current_user
-                  AND pg_catalog.obj_description(m.oid, 'pg_largeobject')
-                      = '{TOKEN_OBJECT_COMMENT}' || t.service;
-            o := pg_catalog.lo_create(0);
+def _token_object_sql(service: Service) -> str:
+    """The service's token object: a large object of the migrator's whose oid is the owner
+    role's (so the policies find it from `current_user` alone), commented with whose it is,
+    which the owner may only read. A token object that is not that any more (given to another
+    role, or another role may write it) is dropped and made again; any other large object with
+    that oid stops the run, named, untouched."""
+    owner = sql_literal(service.owner_role)
+    return f"""DO $svcmig$ DECLARE o oid := pg_catalog.to_regrole({owner}); BEGIN
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata m
+                       WHERE m.oid = o AND {_MIGRATORS_OBJECT}) THEN
+            IF EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata WHERE oid = o) THEN
+                IF pg_catalog.obj_description(o, 'pg_largeobject') IS DISTINCT FROM
+                        '{TOKEN_OBJECT_COMMENT}' || {owner} THEN
+                    RAISE EXCEPTION 'large object % is in the way of the token object of % '
+                        '(which has the role''s oid): it is not one svcmig made; move its data '
+                        'and drop it (SELECT lo_unlink(%)), then run again', o, {owner}, o;
+                END IF;
+                PERFORM pg_catalog.lo_unlink(o);
+            END IF;
+            PERFORM pg_catalog.lo_create(o);
             EXECUTE format('COMMENT ON LARGE OBJECT %s IS %L', o,
-                           '{TOKEN_OBJECT_COMMENT}' || {name});
-            INSERT INTO {TOKEN_OBJECTS_TABLE} (service, object) VALUES ({name}, o)
-                ON CONFLICT (service) DO UPDATE SET object = EXCLUDED.object;
+                           '{TOKEN_OBJECT_COMMENT}' || {owner});
         END IF;
         EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %I', o, {owner});
-        EXECUTE format('DROP POLICY IF EXISTS %I ON {LEDGER_TABLE}', 'revision_up_' || {name});
-        EXECUTE format('DROP POLICY IF EXISTS %I ON {LEDGER_TABLE}', 'revision_down_' || {name});
-        EXECUTE format($p$CREATE POLICY %I ON {LEDGER_TABLE} FOR INSERT TO %I WITH CHECK (
-            {own_row} AND state = 'applied' AND {found(up)})$p$,
-            'revision_up_' || {name}, {owner}, {name}, o);
-        EXECUTE format($p$CREATE POLICY %I ON {LEDGER_TABLE} FOR DELETE TO %I USING (
-            {own_row} AND state <> 'dirty' AND {found(down)})$p$,
-            'revision_down_' || {name}, {owner}, {name}, o);
     END $svcmig$"""
 
 
 # The digests of finished or abandoned runs go: every token object the migrator owns is emptied.
 CLEAR_TOKENS_SQL = f"""
-    SELECT pg_catalog.lo_truncate(pg_catalog.lo_open(t.object, {INV_WRITE}), 0)
-    FROM {TOKEN_OBJECTS_TABLE} t JOIN pg_catalog.pg_largeobject_metadata m ON m.oid = t.object
-    WHERE pg_catalog.pg_get_userbyid(m.lomowner) = current_user"""
+    SELECT pg_catalog.lo_truncate(pg_catalog.lo_open(m.oid, {INV_WRITE}), 0)
+    FROM pg_catalog.pg_largeobject_metadata m WHERE {_MIGRATORS_OBJECT}"""
 
 
 def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
@@ -321,19 +309,11 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
              AND pg_catalog.to_regrole(n.nspname || '_app') IS NOT NULL
              AND pg_has_role(current_user, n.nspowner, 'USAGE')
              AND has_table_privilege(n.nspowner, '{LEDGER_TABLE}', 'INSERT')
-             AND EXISTS (SELECT FROM {TOKEN_OBJECTS_TABLE} t
-                         JOIN pg_catalog.pg_largeobject_metadata m ON m.oid = t.object
-                         WHERE t.service = n.nspname AND {_MIGRATORS_OBJECT}
+             AND EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata m
+                         WHERE m.oid = n.nspowner AND {_MIGRATORS_OBJECT}
                            AND EXISTS (SELECT FROM pg_catalog.aclexplode(m.lomacl) a
                                        WHERE a.grantee = n.nspowner
                                          AND a.privilege_type = 'SELECT'))
-             AND (SELECT count(*) FROM pg_catalog.pg_policy p
-                  WHERE p.polrelid = '{LEDGER_TABLE}'::regclass AND p.polname IN (
-                      'revision_up_' || n.nspname, 'revision_down_' || n.nspname)) = 2
-             AND NOT has_any_column_privilege(n.nspowner, '{TOKEN_OBJECTS_TABLE}',
-                                              'SELECT, INSERT, UPDATE, REFERENCES')
-             AND NOT has_table_privilege(n.nspowner, '{TOKEN_OBJECTS_TABLE}',
-                                         'DELETE, TRUNCATE, TRIGGER')
              AND has_table_privilege(n.nspowner, '{BACKFILLS_TABLE}', 'SELECT')
              AND NOT has_table_privilege(n.nspowner, '{LEDGER_TABLE}', 'UPDATE')""",
         (names,),
@@ -349,7 +329,7 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
     conn.execute(CLEAR_TOKENS_SQL)  # earlier runs' tokens (a run that was killed)
     foreign = [row[0] for row in conn.execute(
         f"SELECT polname FROM pg_catalog.pg_policy WHERE polrelid = '{LEDGER_TABLE}'::regclass "
-        "AND polname !~ %s ORDER BY polname", (OWN_POLICY_RE,))]
+        "AND polname <> ALL(%s) ORDER BY polname", (list(OWN_POLICIES),))]
     if foreign:
         raise SvcmigError(
             f"{LEDGER_TABLE} has policies svcmig did not make ({', '.join(foreign)}): they "
@@ -658,7 +638,7 @@ def issue_tokens_sql(service: str, tokens: Mapping[str, tuple[Revision, bool]],
     service's earlier ones (an earlier session's) in its token object, in one transaction."""
     digests = b"".join(token_digest(token, pid, up, revision)
                        for token, (revision, up) in tokens.items())
-    found = f"(SELECT object FROM {TOKEN_OBJECTS_TABLE} WHERE service = {_literal(service)})"
+    found = f"pg_catalog.to_regrole({_literal(f'{service}_owner')})"
     return (f"SELECT pg_catalog.lo_truncate(pg_catalog.lo_open({found}, {INV_WRITE}), 0); "
             f"SELECT pg_catalog.lo_put({found}, 0, '\\x{digests.hex()}'::pg_catalog.bytea)")
 
