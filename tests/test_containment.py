@@ -2011,3 +2011,27 @@ def test_characters_shown_as_line_breaks_are_refused(separator: str) -> None:
 def test_two_phase_directives_are_refused() -> None:
     with pytest.raises(MigrationFileError, match="second '-- phase:'"):
         parse_sql_source("-- phase: contract\n-- phase: expand\nSELECT 1;\n", Path("x.sql"))
+
+
+def test_default_privileges_on_large_objects_do_not_open_a_new_token_object(
+        tmp_path: Path, database_url: str) -> None:
+    """PostgreSQL 18 applies default privileges to new large objects: a database where every
+    role gets UPDATE on the migrator's new large objects still gets token objects only the
+    migrator may write, so a revision cannot add a digest in the very run that made them.
+    Before 18 there are no such default privileges: the statement is refused."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        version = conn.info.server_version
+    grant = "ALTER DEFAULT PRIVILEGES GRANT UPDATE ON LARGE OBJECTS TO PUBLIC"
+    if version < 180000:
+        with pytest.raises(psycopg.errors.SyntaxError):
+            query(database_url, grant)
+        return
+    query(database_url, grant)
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000", forge_digest(USERS_OBJECT))
+    with pytest.raises(MigrationFailed, match="permission denied for large object"):
+        migrate(database_url, root, **QUIET)
+    assert "users_209901010000" not in ledger(database_url)
+    acl = query(database_url, f"SELECT lomacl::text FROM pg_largeobject_metadata "
+                f"WHERE oid = {USERS_OBJECT}")
+    assert acl == [("{postgres=rw/postgres,users_owner=r/postgres}",)]

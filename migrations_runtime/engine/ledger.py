@@ -261,11 +261,12 @@ OWN_POLICIES = (f"{POLICY}_read", f"{POLICY}_up", f"{POLICY}_down")
 def _token_object_sql(service: Service) -> str:
     """The service's token object: a large object of the migrator's whose oid is the owner
     role's (so the policies find it from `current_user` alone), commented with whose it is,
-    which the owner may only read. A token object that is not that any more (given to another
+    which the owner may only read (whatever default privileges on large objects granted). A
+    token object that is not that any more (given to another
     role, or another role may write it) is dropped and made again; any other large object with
     that oid stops the run, named, untouched."""
     owner = sql_literal(service.owner_role)
-    return f"""DO $svcmig$ DECLARE o oid := pg_catalog.to_regrole({owner}); BEGIN
+    return f"""DO $svcmig$ DECLARE o oid := pg_catalog.to_regrole({owner}); r record; BEGIN
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata m
                        WHERE m.oid = o AND {_MIGRATORS_OBJECT}) THEN
             IF EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata WHERE oid = o) THEN
@@ -280,6 +281,13 @@ def _token_object_sql(service: Service) -> str:
             PERFORM pg_catalog.lo_create(o);
             EXECUTE format('COMMENT ON LARGE OBJECT %s IS %L', o,
                            '{TOKEN_OBJECT_COMMENT}' || {owner});
+            -- PostgreSQL 18's default privileges on large objects may have granted more
+            FOR r IN SELECT DISTINCT a.grantee FROM pg_catalog.pg_largeobject_metadata m,
+                         pg_catalog.aclexplode(m.lomacl) a
+                     WHERE m.oid = o AND a.grantee <> m.lomowner LOOP
+                EXECUTE format('REVOKE ALL ON LARGE OBJECT %s FROM %s', o, CASE r.grantee
+                    WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
+            END LOOP;
         END IF;
         EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %I', o, {owner});
     END $svcmig$"""
