@@ -888,7 +888,7 @@ class Runner:
         self._watch.close()
         if self._bound and not self.sessions.migrator.closed:
             try:
-                self.sessions.migrator.execute(ledger.CLEAR_TOKENS_SQL)
+                self.sessions.migrator.execute(ledger.clear_tokens_sql(self._bound))
             except psycopg.Error:
                 pass  # the next run's bootstrap deletes them
         self.sessions.close()

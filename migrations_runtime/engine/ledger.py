@@ -262,9 +262,9 @@ def _token_object_sql(service: Service) -> str:
     """The service's token object: a large object of the migrator's whose oid is the owner
     role's (so the policies find it from `current_user` alone), commented with whose it is,
     which the owner may only read (whatever default privileges on large objects granted). A
-    token object that is not that any more (given to another
-    role, or another role may write it) is dropped and made again; any other large object with
-    that oid stops the run, named, untouched."""
+    token object that is not that any more (given to another role, or another role may write
+    it) is dropped and made again; any other large object with that oid stops the run, named,
+    untouched."""
     owner = sql_literal(service.owner_role)
     return f"""DO $svcmig$ DECLARE o oid := pg_catalog.to_regrole({owner}); r record; BEGIN
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata m
@@ -293,10 +293,19 @@ def _token_object_sql(service: Service) -> str:
     END $svcmig$"""
 
 
-# The digests of finished or abandoned runs go: every token object the migrator owns is emptied.
-CLEAR_TOKENS_SQL = f"""
-    SELECT pg_catalog.lo_truncate(pg_catalog.lo_open(m.oid, {INV_WRITE}), 0)
-    FROM pg_catalog.pg_largeobject_metadata m WHERE {_MIGRATORS_OBJECT}"""
+def _token_object(service: str) -> str:
+    """SQL: the oid of `service`'s token object (its owner role's)."""
+    return f"pg_catalog.to_regrole({_literal(f'{service}_owner')})::pg_catalog.oid"
+
+
+def clear_tokens_sql(services: Iterable[str]) -> str:
+    """Empty the token objects of `services` (at least one) that are the migrator's: the
+    digests of a finished or abandoned run go. Looked up by oid, so a database full of other
+    large objects costs nothing more."""
+    oids = ", ".join(_token_object(service) for service in services)
+    return (f"SELECT pg_catalog.lo_truncate(pg_catalog.lo_open(m.oid, {INV_WRITE}), 0) "
+            f"FROM pg_catalog.pg_largeobject_metadata m WHERE m.oid IN ({oids}) "
+            f"AND {_MIGRATORS_OBJECT}")
 
 
 def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
@@ -334,7 +343,8 @@ def bootstrap(conn: Executes, services: Iterable[Service]) -> list[str]:
         for sql in service_bootstrap_sql(service):
             conn.execute(sql)
         created.append(service.name)
-    conn.execute(CLEAR_TOKENS_SQL)  # earlier runs' tokens (a run that was killed)
+    if names:
+        conn.execute(clear_tokens_sql(names))  # earlier runs' tokens (a run that was killed)
     foreign = [row[0] for row in conn.execute(
         f"SELECT polname FROM pg_catalog.pg_policy WHERE polrelid = '{LEDGER_TABLE}'::regclass "
         "AND polname <> ALL(%s) ORDER BY polname", (list(OWN_POLICIES),))]
@@ -646,7 +656,7 @@ def issue_tokens_sql(service: str, tokens: Mapping[str, tuple[Revision, bool]],
     service's earlier ones (an earlier session's) in its token object, in one transaction."""
     digests = b"".join(token_digest(token, pid, up, revision)
                        for token, (revision, up) in tokens.items())
-    found = f"pg_catalog.to_regrole({_literal(f'{service}_owner')})"
+    found = _token_object(service)
     return (f"SELECT pg_catalog.lo_truncate(pg_catalog.lo_open({found}, {INV_WRITE}), 0); "
             f"SELECT pg_catalog.lo_put({found}, 0, '\\x{digests.hex()}'::pg_catalog.bytea)")
 
