@@ -988,11 +988,14 @@ def test_a_revision_does_not_commit_once_the_migrator_lost_its_lock(
     def end_the_migrators_session() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            # a revision batched after another: pg_stat_activity shows the batch's start, and
+            # names the revision running in application_name
             ended = query(database_url, "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
                                         "JOIN pg_stat_activity a ON a.pid <> l.pid "
                                         "WHERE l.locktype = 'advisory' AND l.granted "
-                                        "AND a.query LIKE %s AND a.state = 'active'",
-                          ("%pg_sleep(1.5)%",))
+                                        "AND (a.query LIKE %s OR a.application_name = %s) "
+                                        "AND a.state = 'active'",
+                          ("%pg_sleep(1.5)%", "svcmig-revision users_202602010000"))
             if ended:
                 return
             time.sleep(0.05)

@@ -25,7 +25,7 @@ import secrets
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +54,7 @@ from .plan import PhaseChoice, Plan, make_plan
 from .preflight import Prepared, file_stat, preflight
 from .python_revisions import PythonRevisions
 from .report import RevisionResult, RunResult, json_log
-from .sessions import GuardedConnection, RevisionSessions
+from .sessions import REVISION_SESSION_NAME, GuardedConnection, RevisionSessions
 from .statements import (
     OWN_ERROR_PREFIX,
     SESSION_RESET_SQL,
@@ -68,12 +68,18 @@ from .statements import (
     quote_ident,
     revision_statements,
     service_of,
+    sql_literal,
 )
 from .validate import Graph, build_graph
 
 # Before the runner's own statements in a revision's session: the revision may have put its
 # schema (and functions or operators named like built-in ones) first on the search path.
 CATALOG_ONLY = "SET LOCAL search_path = pg_catalog, pg_temp"
+
+
+# By default at most this many revisions share a round trip (`Runner.batch`): what is left of a
+# batch after a failure is not lost, but runs in the next.
+BATCH_LIMIT = 32
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ class RunSettings:
     idle_timeout_ms: int = DEFAULT_IDLE_IN_TRANSACTION_MS
     # A strong lock on a pre-existing table held longer than this is a `long_lock_hold` warning.
     long_hold_ms: int = 1000
+    # At most this many revisions share a round trip (`Runner.batch`); 1: each its own, and
+    # each one's log line comes as it commits (a batch's come after all of it committed).
+    batch_limit: int = BATCH_LIMIT
 
     def statement_timeout_now(self) -> int | None:
         """`statement_timeout` (ms) for a revision starting now: `statement_timeout_ms`,
@@ -99,6 +108,14 @@ class RunSettings:
             return self.statement_timeout_ms
         left = max(1000, int((self.deadline - time.monotonic()) * 1000))
         return left if self.statement_timeout_ms is None else min(left, self.statement_timeout_ms)
+
+
+def _unchanged(revision: Revision, prepared: Prepared) -> bool:
+    """The revision's file is as the preflight read it."""
+    try:
+        return file_stat(revision.path) == prepared.stat
+    except OSError:
+        return False
 
 
 def _python_error_line(err: BaseException, path: Path) -> int | None:
@@ -153,6 +170,7 @@ BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
 # of the transaction's start, and a revision committed after a frozen migrator lost its lock
 # (a breaker's finding).
 SNAPSHOT_TAKEN = "SELECT"
+COMMIT = "COMMIT"
 
 EXISTING_RELATIONS_SQL = """
     SELECT n.nspname, c.relname, n.nspname || '.' || coalesce(t.relname, c.relname)
@@ -164,16 +182,26 @@ EXISTING_RELATIONS_SQL = """
 _DONE = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY)
 
 
-def run_batch(conn: psycopg.Connection, sql: str) -> None:
-    """Run statements whose results nobody reads, in one round trip, through psycopg's own
-    generators but without building a cursor result for each of the 20-odd statements of a
-    revision's batch (25–60 µs a revision, `bench/`). An error raises the exception psycopg
-    would."""
+def batch_results(conn: psycopg.Connection, sql: str) -> list[pq.abc.PGresult]:
+    """Send statements in one round trip; the server's result of each, in order, up to and
+    including the first that failed (the server skips the rest). Through psycopg's own
+    generators, but without building a cursor result for each of the 20-odd statements of a
+    revision's batch (25–60 µs a revision, `bench/`)."""
     conn.pgconn.send_query(sql.encode(conn.info.encoding))
     # psycopg's own wait: Ctrl-C cancels the statement on the server, as in `execute`
-    for result in conn.wait(generators.execute(conn.pgconn)):
+    return conn.wait(generators.execute(conn.pgconn))
+
+
+def _error(conn: psycopg.Connection, result: pq.abc.PGresult) -> psycopg.Error:
+    return psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+
+
+def run_batch(conn: psycopg.Connection, sql: str) -> None:
+    """Run statements whose results nobody reads, in one round trip (`batch_results`). An
+    error raises the exception psycopg would."""
+    for result in batch_results(conn, sql):
         if result.status not in _DONE:
-            raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+            raise _error(conn, result)
 
 
 class LockTimedOut(Exception):
@@ -363,24 +391,161 @@ class Runner:
             raise MigrationFailed(revision.id, revision.path, f"{type(err).__name__}: {err}",
                                   line) from err
 
-    def apply(self, revision: Revision, upgrade: bool = True) -> RevisionResult:
-        """Run one revision in one direction and record it; raises `MigrationFailed`."""
-        started = time.monotonic()
+    def apply(self, revision: Revision, upgrade: bool = True,
+              timed_out: tuple[float, LockTimedOut] | None = None) -> RevisionResult:
+        """Run one revision in one direction and record it; raises `MigrationFailed`.
+        `timed_out`: (when, how) the revision's first lock attempt timed out in a batch
+        (`apply_batch`); this goes on from its second."""
+        started = time.monotonic() if timed_out is None else timed_out[0]
         try:
             statements = self._statements(revision, upgrade)
             if revision.transactional:
-                self._apply_transactional(revision, upgrade, statements, started)
+                self._apply_transactional(revision, upgrade, statements, started,
+                                          timed_out[1] if timed_out else None)
             else:
                 self._apply_autocommit(revision, upgrade, statements, started)
         except MigrationFailed as err:
             self.log(json_log(revision, upgrade, started, "failed", error=str(err)))
             raise
-        self._tokens.pop((revision.id, upgrade), None)  # used: its transaction committed
+        return self._applied(revision, upgrade, started)
+
+    def _applied(self, revision: Revision, upgrade: bool, started: float) -> RevisionResult:
+        """The revision committed (it began at `started`): its token and code are spent."""
+        self._tokens.pop((revision.id, upgrade), None)
         self._code.pop((revision.id, upgrade), None)
         self._planned.get(revision.service, {}).pop((revision.id, upgrade), None)
         result = RevisionResult.of(revision, started, "applied" if upgrade else "reverted")
         self.log(json_log(revision, upgrade, started, result.outcome))
         return result
+
+    def batch(self, steps: Sequence[Revision], start: int) -> list[tuple[Revision, Statement]]:
+        """The revisions from `steps[start]` on that can share one round trip (`apply_batch`),
+        with their statements: consecutive transactional SQL revisions of one service, each a
+        single statement whose locks its parse tree tells, read by the preflight and unchanged
+        since, all with the same lock attempts (all of them `queues_traffic` or none: the
+        blocker watch holds the batch to one attempt's timeout), at most
+        `RunSettings.batch_limit`; empty when fewer than two. None under a
+        deadline: each revision's statement_timeout is then the time left when it starts,
+        which is not known when the batch is sent."""
+        if self.settings.deadline is not None:
+            return []
+        found: list[tuple[Revision, Statement]] = []
+        for revision in steps[start:start + self.settings.batch_limit]:
+            prepared = self.prepared.get(revision.id)
+            if revision.service != steps[start].service or not revision.transactional or \
+                    prepared is None or prepared.statements is None or \
+                    len(prepared.statements) != 1 or \
+                    prepared.statements[0].kind in UNKNOWN_LOCKS or \
+                    (found and queues_traffic(prepared.statements[0]) !=
+                     queues_traffic(found[0][1])) or not _unchanged(revision, prepared):
+                break
+            found.append((revision, prepared.statements[0]))
+        return found if len(found) > 1 else []
+
+    def apply_batch(self, batch: list[tuple[Revision, Statement]]) -> Iterator[RevisionResult]:
+        """Apply a `batch` in one round trip: each revision in its own transaction with its
+        ledger row, then the session's reset, as `apply` runs them one by one, but without a
+        round trip per revision (60–70 µs each on a local server, `bench/bench_migrate.py`).
+        Yields each revision's result as it committed, in order. The server runs the
+        statements in order and skips the rest after an error, so the results say how far it
+        got: the failed revision is rolled back and fails as `apply` would fail it, or, after
+        a lock timeout, goes to `apply` for its next lock attempt. The revisions after it are
+        left to the caller. A revision's duration is the server's, from its transaction's
+        start to its ledger row (`ledger.SinceBegan`), which the row's INSERT returns."""
+        started = time.monotonic()
+        first = batch[0][0]
+        try:
+            conn = self._session(first)
+        except MigrationFailed as err:
+            self.log(json_log(first, True, started, "failed", error=str(err)))
+            raise
+        if lexing_changed(conn):  # `apply` says what changed
+            yield self.apply(first)
+            return
+        pid = conn.info.backend_pid
+        parts: list[str] = []
+        spans: list[tuple[int, int, int, int]] = []  # statement, COMMIT, end; statement's offset
+        offset = 0  # of the next part in the batch's text
+        queues = queues_traffic(batch[0][1])
+        timeout = self._timeout_ms = next(iter(self.settings.lock.attempts(started, queues)))[1]
+        for revision, statement in batch:
+            # pg_stat_activity shows the batch's first kilobyte (track_activity_query_size):
+            # its application_name says which revision runs
+            enter = self._enter_statements(revision, True, ledger.BEGAN_SQL)
+            enter.insert(1, "SET LOCAL application_name = "
+                         f"{sql_literal(f'{REVISION_SESSION_NAME} {revision.id}')}")
+            at, begins = len(parts) + len(enter), offset + sum(len(p) + 2 for p in enter)
+            # a newline after the statement: it may end in a -- comment
+            added = [*enter, statement.sql + "\n", *self._finish_statements(
+                revision, True, ledger.SinceBegan(), pid, returning=True)]
+            parts += added
+            spans.append((at, parts.index(COMMIT, at), len(parts), begins))
+            offset += sum(len(part) + 2 for part in added)
+        self._watch.watch(pid, timeout)
+        try:
+            results = batch_results(conn, "; ".join(parts))
+        except psycopg.Error as err:  # the session failed: the ledger says how far it got
+            self._watch.done()
+            conn.close()
+            yield from self._batch_cut_short(batch, started, _describe(err))
+            return
+        except KeyboardInterrupt:
+            self._watch.done()
+            yield from self._batch_cut_short(batch, started, None)
+            raise
+        blockers = self._watch.done()
+        failed = next((i for i, r in enumerate(results) if r.status not in _DONE), None)
+        if failed is None and len(results) != len(parts):  # not a result per statement
+            conn.close()
+            yield from self._batch_cut_short(batch, started, f"{len(results)} results for "
+                                             f"{len(parts)} statements")
+            return
+        ended = time.monotonic()
+        for (revision, statement), (at, commit, end, offset) in zip(batch, spans, strict=True):
+            if failed is None or failed > commit:
+                took = int(results[commit - 1].get_value(0, 0) or 0) / 1000
+                holds = HoldTracker(self._existing, service_of(revision).schema)
+                holds.statement(statement, ended - took)
+                self._recorded(revision, holds)
+                yield self._applied(revision, True, ended - took)
+                if failed is not None and failed < end:  # in the reset after its COMMIT
+                    conn.close()  # the next revision logs in again
+                    return
+                continue
+            error = _error(conn, results[failed])
+            self._rollback(conn)
+            if failed == at and self._lock_timed_out(error):
+                yield self.apply(revision, timed_out=(started, LockTimedOut(timeout, blockers)))
+                return
+            # as `apply` says it: the runner's own check's message, or the error and the line
+            # of the statement (whose position the server counts from the batch's start)
+            own = _own_error(error) if failed != at else None
+            position = error.diag.statement_position if failed == at else None
+            into = int(position) - 1 - offset if position else 0
+            line = statement.line + (statement.sql[:into].count("\n") if into > 0 else 0)
+            failure = MigrationFailed(revision.id, revision.path, own or _describe(error),
+                                      None if own else line)
+            self.log(json_log(revision, True, started, "failed", error=str(failure)))
+            raise failure from error
+
+    def _batch_cut_short(self, batch: list[tuple[Revision, Statement]], started: float,
+                         why: str | None) -> Iterator[RevisionResult]:
+        """A `batch` that did not run to its end (its session failed, or the run was
+        interrupted): the revisions that committed, as the ledger says (a pending
+        transactional revision has no row); the first that did not fails `why` (None: the
+        caller raises)."""
+        rows: dict[str, int | None] = dict(self.sessions.migrator.execute(
+            f"SELECT revision, duration_ms FROM {ledger.LEDGER_TABLE} WHERE revision = ANY(%s)",
+            ([revision.id for revision, _ in batch],)).fetchall())
+        for revision, _ in batch:
+            if revision.id not in rows:
+                if why is None:
+                    return
+                failure = MigrationFailed(revision.id, revision.path, why)
+                self.log(json_log(revision, True, started, "failed", error=str(failure)))
+                raise failure
+            took = (rows[revision.id] or 0) / 1000
+            yield self._applied(revision, True, time.monotonic() - took)
 
     def _statements(self, revision: Revision, upgrade: bool) -> list[Statement] | None:
         """A SQL revision's statements, checked before anything runs (None for Python). What
@@ -417,7 +582,8 @@ class Runner:
             raise MigrationFailed(revision.id, revision.path, str(err)) from err
 
     @staticmethod
-    def _ledger_sql(revision: Revision, upgrade: bool, duration_ms: int | ledger.Elapsed) -> str:
+    def _ledger_sql(revision: Revision, upgrade: bool,
+                    duration_ms: int | ledger.Elapsed | ledger.SinceBegan) -> str:
         """The ledger row says the revision is applied (or, going down, that it is not); the
         version view follows."""
         if upgrade:  # a pending transactional revision has no row; a dirty one has one
@@ -440,14 +606,20 @@ class Runner:
     def _enter_sql(self, revision: Revision, transactional: bool, upgrade: bool = True) -> str:
         """Put the (clean) session inside the service: search_path, the attempt's lock_timeout
         and, when set, statement_timeout; a transactional revision's transaction starts here."""
+        return "; ".join(self._enter_statements(revision, transactional))
+
+    def _enter_statements(self, revision: Revision, transactional: bool,
+                          snapshot: str = SNAPSHOT_TAKEN) -> list[str]:
+        """`_enter_sql`'s statements; `snapshot` is a transaction's last (it takes the
+        snapshot)."""
         timeout = self.settings.statement_timeout_now()
         whole = []  # PostgreSQL 17+: the whole transaction too, not each statement alone
         if transactional and self.settings.deadline is not None and timeout is not None and \
                 self.sessions.migrator.info.server_version >= 170000:
             whole = [f"SET LOCAL transaction_timeout = {timeout}"]
-        return "; ".join([*([BEGIN] if transactional else []), *enter_service_sql(
+        return [*([BEGIN] if transactional else []), *enter_service_sql(
             service_of(revision), transactional, self._timeout_ms, timeout), *whole,
-            *([SNAPSHOT_TAKEN] if transactional else [])])
+            *([snapshot] if transactional else [])]
 
     def _finish(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                 started: float, transactional: bool,
@@ -491,6 +663,12 @@ class Runner:
 
     def _finish_sql(self, revision: Revision, upgrade: bool, duration: int | ledger.Elapsed,
                     pid: int, probe: bool = False, xid: int | None = None) -> str:
+        return "; ".join(self._finish_statements(revision, upgrade, duration, pid, probe, xid))
+
+    def _finish_statements(self, revision: Revision, upgrade: bool,
+                           duration: int | ledger.Elapsed | ledger.SinceBegan, pid: int,
+                           probe: bool = False, xid: int | None = None,
+                           returning: bool = False) -> list[str]:
         """The round trip that ends a transactional revision (see `_finish`): the runner's
         search path, the strong locks held (with `probe`), the deferred constraints and
         triggers (run now, so none runs after the ledger row and the duration counts them),
@@ -504,11 +682,14 @@ class Runner:
                               self._lost_lock_message("the revision was not committed"))]
         if xid is not None:
             checks.append(fail_unless(f"pg_catalog.txid_current() = {int(xid)}", ESCAPED))
-        return "; ".join([
+        row = ledger.record_sql(revision, "applied", duration, new_row=True,
+                                returning=True) if returning else \
+            self._ledger_sql(revision, upgrade, duration)
+        return [
             CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []), "SET CONSTRAINTS ALL IMMEDIATE",
             "CLOSE ALL", *checks,
-            ledger.present_token_sql(self._token(revision, upgrade, pid)),
-            self._ledger_sql(revision, upgrade, duration), "COMMIT", *SESSION_RESET_SQL])
+            ledger.present_token_sql(self._token(revision, upgrade, pid)), row, COMMIT,
+            *SESSION_RESET_SQL]
 
     def _finish_failed(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                        err: psycopg.Error, xid: int | None = None) -> None:
@@ -622,10 +803,15 @@ class Runner:
             line)
 
     def _apply_transactional(self, revision: Revision, upgrade: bool,
-                             statements: list[Statement] | None, started: float) -> None:
-        last: LockTimedOut | None = None
-        attempts = 0
+                             statements: list[Statement] | None, started: float,
+                             timed_out: LockTimedOut | None = None) -> None:
+        """`timed_out`: the first attempt, made in a batch, timed out so."""
+        last = timed_out
+        attempts = 0 if timed_out is None else 1
         queues = statements is None or any(queues_traffic(s) for s in statements)
+        if timed_out is not None and not self._lock_wait(revision, 0, timed_out, started,
+                                                         queues):
+            raise self._out_of_budget(revision, attempts, started, last)
         # the ledger row shares the last statement's round trip unless the statements cannot
         # tell which locks they take (then the finish asks the server, in a round trip of its own)
         merged = bool(statements) and not any(s.kind in UNKNOWN_LOCKS for s in statements or [])
@@ -634,6 +820,8 @@ class Runner:
             elapsed = ledger.Elapsed(int((time.monotonic() - started) * 1000))
             return self._finish_sql(revision, upgrade, elapsed, conn.info.backend_pid)
         for attempt, timeout_ms in self.settings.lock.attempts(started, queues):
+            if attempt < attempts:  # made in the batch
+                continue
             self._timeout_ms = timeout_ms
             attempts = attempt + 1
             attempt_started = time.monotonic()
@@ -1000,16 +1188,24 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             last = {revision.service: index for index, revision in enumerate(plan.steps)}
             upcoming = _next_services(plan.steps)
             python = {revision.service for revision in plan.steps if revision.kind == "python"}
+            steps = plan.steps
             try:
-                for index, revision in enumerate(plan.steps):
+                index = 0
+                while index < len(steps):
                     following = upcoming[index]
                     if following is not None:
                         runner.prefetch(following, following.name in python)
-                    running = revision
-                    results.append(runner.apply(revision))
+                    batch = runner.batch(steps, index)
+                    end = index + max(1, len(batch))
+                    running = steps[index]
+                    for result in runner.apply_batch(batch) if batch else \
+                            [runner.apply(steps[index])]:
+                        results.append(result)
+                        if last[result.service] == index:
+                            runner.release(result.service)
+                        index += 1
+                        running = steps[index] if index < end else None
                     running = None
-                    if last[revision.service] == index:
-                        runner.release(revision.service)
             except MigrationFailed as err:
                 err.applied, err.locks = tuple(results), runner.stats
                 raise

@@ -609,31 +609,56 @@ class Elapsed:
                 "pg_catalog.statement_timestamp()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4")
 
 
-def _literal(value: str | int | Elapsed | None) -> str:
+# When a batched revision's transaction began (`SINCE_BEGAN`), in microseconds since the epoch
+# as an integer's text (no DateStyle, TimeZone or extra_float_digits reads it differently).
+BEGAN_SETTING = "svcmig.began"
+# Sets it, and takes the transaction's snapshot as `apply.SNAPSHOT_TAKEN` does: the first
+# statement of a revision's transaction when several revisions share a round trip, in which
+# `statement_timestamp()` is when the server received the whole batch.
+BEGAN_SQL = (f"SELECT pg_catalog.set_config('{BEGAN_SETTING}', ((pg_catalog.date_part('epoch', "
+             "pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)"
+             "::pg_catalog.text, true)")
+
+
+@dataclass(frozen=True)
+class SinceBegan:
+    """The duration of a revision whose transaction began with `BEGAN_SQL`: from then until
+    the ledger row is written, in milliseconds."""
+
+    def sql(self) -> str:
+        return ("(((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) "
+                "OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8 OPERATOR(pg_catalog.-) "
+                f"pg_catalog.current_setting('{BEGAN_SETTING}')::pg_catalog.int8) "
+                "OPERATOR(pg_catalog./) 1000)::pg_catalog.int4")
+
+
+def _literal(value: str | int | Elapsed | SinceBegan | None) -> str:
     """A SQL literal for the ledger's own values (ids, names, paths, checksums, counts). Every
     svcmig session sets `standard_conforming_strings = on` (`database.session_options`), so
     doubling quotes is the whole of string quoting."""
     if value is None:
         return "NULL"
-    if isinstance(value, Elapsed):
+    if isinstance(value, (Elapsed, SinceBegan)):
         return value.sql()
     if isinstance(value, int):
         return str(value)
     return sql_literal(value)
 
 
-def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | None,
-               replace_state: str | None = None, new_row: bool = False) -> str:
+def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | SinceBegan | None,
+               replace_state: str | None = None, new_row: bool = False,
+               returning: bool = False) -> str:
     """Insert or update the ledger row of `revision`, as one statement with its values inlined
     (so it can share a round trip with other statements). With `replace_state`, an existing
-    row is updated only when it is in that state; with `new_row`, there must be none."""
+    row is updated only when it is in that state; with `new_row`, there must be none; with
+    `returning`, the statement returns the row's `duration_ms`."""
     values = ", ".join((*map(sql_literal, (revision.id, revision.service, revision.file,
                                            revision.checksum, revision.phase, state)),
                         _literal(duration_ms), sql_literal(applied_by())))
     insert = (f"INSERT INTO {LEDGER_TABLE} (revision, service, file, checksum, phase, state, "
               f"duration_ms, applied_by) VALUES ({values})")
     if new_row:
-        return insert
+        return f"{insert} RETURNING duration_ms" if returning else insert
     only = f" WHERE {LEDGER_TABLE}.state = {_literal(replace_state)}" if replace_state else ""
     return (f"{insert} ON CONFLICT (revision) DO UPDATE SET "
             "checksum = EXCLUDED.checksum, state = EXCLUDED.state, "

@@ -1,0 +1,292 @@
+"""Revisions that share a round trip (`Runner.apply_batch`, build point 8 of issue 10).
+
+The kind: consecutive single-statement SQL revisions of one service go to the server in one
+batch, each still in its own transaction with its own ledger row and session reset. Whatever
+the runner promises for a revision run alone must hold for one in a batch, wherever in the
+batch it sits: its own duration, its own failure (with its file and line, the revisions
+before it kept, none after it run), its lock attempts, its lock-hold warnings, a lost session,
+an interrupt. Each test fails if the batch path loses one of those (checked against the same
+revision run alone, `batch_limit=1`, where that is the promise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from migrations_runtime.engine import apply as apply_module
+from migrations_runtime.engine.apply import RunSettings, migrate
+from migrations_runtime.engine.errors import MigrationFailed
+from migrations_runtime.engine.lockwait import LockPolicy
+from tests.conftest import query
+from tests.test_containment import QUIET, add, base_project, ledger, lock_is_free
+from tests.test_lock_policy import Blocker, releasing_after
+
+QUICK = LockPolicy(first_timeout_ms=100, max_timeout_ms=200, pause_ms=50, budget_seconds=20)
+
+
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
+    """The revision ids of each batch the runner sends (the real runner, only watched)."""
+    seen: list[list[str]] = []
+    real = apply_module.Runner.apply_batch
+
+    def watched(self: apply_module.Runner, batch: list) -> Iterator:  # type: ignore[type-arg]
+        seen.append([revision.id for revision, _ in batch])
+        return real(self, batch)
+
+    monkeypatch.setattr(apply_module.Runner, "apply_batch", watched)
+    yield seen
+
+
+def migrated(tmp_path: Path, url: str) -> Path:
+    root = base_project(tmp_path)
+    migrate(url, root, **QUIET)
+    return root
+
+
+def table(name: str) -> str:
+    """A revision whose statement would queue traffic while it waited (CREATE TABLE AS), as
+    the other test revisions' do: a batch holds revisions of one lock policy."""
+    return f"CREATE TABLE users.{name} AS SELECT 1 AS id;"
+
+
+def revisions(root: Path, *texts: str) -> list[str]:
+    """`texts` as users revisions, one a day from 2026-02-01; their ids."""
+    ids = []
+    for day, text in enumerate(texts, start=1):
+        stamp = f"2026-02-{day:02d}T0000"
+        add(root, "users", stamp, text)
+        ids.append(f"users_202602{day:02d}0000")
+    return ids
+
+
+def test_a_batch_gives_each_revision_its_own_transaction_and_duration(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """A duration counted from the batch's start (the server's `statement_timestamp()`) would
+    give the revisions after the slow one its 400 ms too."""
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, table("a"),
+                    "CREATE TABLE users.slow AS SELECT pg_sleep(0.4) IS NULL AS slept;",
+                    table("b"), "ALTER TABLE users.b ADD COLUMN x int;")
+    result = migrate(database_url, root, **QUIET)
+    assert batches == [ids]
+    assert [r.revision for r in result.results] == ids
+    rows = dict(query(database_url, "SELECT revision, duration_ms FROM "
+                                    "svcmig.schema_migrations WHERE revision = ANY(%s)", (ids,)))
+    assert rows[ids[1]] >= 400
+    assert all(rows[i] < 400 for i in (ids[0], ids[2], ids[3])), rows
+    assert {r.revision: r.duration_ms >= 400 for r in result.results} == {
+        ids[0]: False, ids[1]: True, ids[2]: False, ids[3]: False}
+    assert query(database_url, "SELECT count(DISTINCT xmin::text) FROM svcmig.schema_migrations "
+                               "WHERE revision = ANY(%s)", (ids,)) == [(4,)]
+
+
+FAILING = {
+    # the statement fails: the error and its line (the server counts from the batch's start)
+    "statement-line-3": "CREATE TABLE users.broken AS SELECT\n  1 AS id,\n  nosuchcolumn AS x;",
+    "statement-constraint": "INSERT INTO users.users (id, email) OVERRIDING SYSTEM VALUE "
+                            "VALUES (1, 'again@example.com');",
+    # the runner's own statements fail: a deferred constraint checked before the ledger row
+    "runner-deferred-check": "INSERT INTO users.child VALUES (42);",
+}
+
+
+@pytest.mark.parametrize("place", ["first", "middle", "last"])
+@pytest.mark.parametrize("failing", FAILING.values(), ids=FAILING.keys())
+def test_a_failure_in_a_batch_keeps_what_came_before_and_runs_nothing_after(
+        tmp_path: Path, database_url: str, batches: list[list[str]], failing: str,
+        place: str) -> None:
+    root = migrated(tmp_path, database_url)
+    revisions(root, "CREATE TABLE users.parent (id int PRIMARY KEY);\n",
+              "CREATE TABLE users.child (p int REFERENCES users.parent "
+              "DEFERRABLE INITIALLY DEFERRED);")
+    migrate(database_url, root, **QUIET)
+    before = {"first": [], "middle": ["a"], "last": ["a", "b"]}[place]
+    after = {"first": ["c"], "middle": ["c"], "last": []}[place]
+    texts = [*map(table, before), failing, *map(table, after)]
+    for day, text in enumerate(texts, start=3):  # days 1 and 2 are applied
+        add(root, "users", f"2026-02-{day:02d}T0000", text)
+    ids = [f"users_202602{day:02d}0000" for day in range(3, 3 + len(texts))]
+
+    with pytest.raises(MigrationFailed) as batched:
+        migrate(database_url, root, **QUIET)
+    assert batches == [ids]
+    assert batched.value.revision == ids[len(before)]
+    assert [r.revision for r in batched.value.applied] == ids[:len(before)]
+    assert set(ledger(database_url)) & set(ids) == set(ids[:len(before)])
+    for name in ("a", "b", "c", "broken"):
+        exists = query(database_url, "SELECT to_regclass(%s) IS NOT NULL", (f"users.{name}",))
+        assert exists == [(name in before,)], name
+    assert lock_is_free(database_url)
+
+    # the same revision alone says the same, at the same line
+    for revision in ids[:len(before)]:
+        query(database_url, "DELETE FROM svcmig.schema_migrations WHERE revision = %s",
+              (revision,))
+    for name in ("a", "b"):
+        query(database_url, f"DROP TABLE IF EXISTS users.{name}")
+    with pytest.raises(MigrationFailed) as alone:
+        migrate(database_url, root, settings=RunSettings(batch_limit=1), **QUIET)
+    assert (alone.value.revision, alone.value.line, alone.value.message) == \
+        (batched.value.revision, batched.value.line, batched.value.message)
+
+
+def test_a_lock_timeout_in_a_batch_goes_on_with_the_next_attempt(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """The attempts of the revision that waits count on from the batch's (1, 2, 3, …, never
+    two firsts), the revisions before it stay applied, and the ones after it run once it
+    got its locks."""
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, table("a"), "ALTER TABLE users.users ADD COLUMN nickname text;",
+                    table("c"))
+    lines: list[dict[str, object]] = []
+    blocker = Blocker(database_url, "SELECT count(*) FROM users.users", hold_seconds=60)
+    try:
+        result = migrate(database_url, root, settings=RunSettings(lock=QUICK),
+                         log=releasing_after(blocker, 3, lines))
+    finally:
+        blocker.stop()
+    assert batches[0] == ids
+    waits = [line for line in lines if line["event"] == "lock_wait"]
+    assert [line["attempt"] for line in waits] == [1, 2, 3]
+    assert {line["revision"] for line in waits} == {ids[1]}
+    assert [b["pid"] for b in waits[0]["blockers"]] == [blocker.pid]  # type: ignore[index]
+    assert [r.revision for r in result.results] == ids
+    assert result.locks.attempts == 3
+    assert all(ledger(database_url)[i] == "applied" for i in ids)
+
+
+def test_a_long_lock_hold_in_a_batch_is_reported_for_its_revision(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, "CREATE FUNCTION users.slow() RETURNS boolean LANGUAGE plpgsql "
+                          "AS $$ BEGIN PERFORM pg_sleep(0.4); RETURN true; END $$;",
+                    "ALTER TABLE users.users ADD CONSTRAINT slow CHECK (users.slow());",
+                    table("c"))
+    result = migrate(database_url, root, settings=RunSettings(long_hold_ms=300), **QUIET)
+    assert batches == [ids]
+    assert [(w["kind"], w["revision"], w["table"]) for w in result.hold_warnings] == [
+        ("long_lock_hold", ids[1], "users.users")]
+    assert 400 <= int(result.hold_warnings[0]["held_ms"]) < 2000  # type: ignore[call-overload]
+
+
+def test_a_batch_whose_session_ends_keeps_what_committed(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """The session is terminated while the second revision of the batch runs: the ledger
+    says the first committed, the second fails, nothing after it ran; a rerun goes on."""
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, table("a"),
+                    "CREATE TABLE users.slow AS SELECT pg_sleep(5) IS NULL AS slept;",
+                    table("c"))
+
+    def end_the_session() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if query(database_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE application_name = %s AND state = 'active'",
+                     (f"svcmig-revision {ids[1]}",)):
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=end_the_session)
+    killer.start()
+    try:
+        with pytest.raises(MigrationFailed) as failed:
+            migrate(database_url, root, **QUIET)
+    finally:
+        killer.join()
+    assert batches[0] == ids
+    assert failed.value.revision == ids[1]
+    assert "terminat" in failed.value.message
+    assert [r.revision for r in failed.value.applied] == ids[:1]
+    assert set(ledger(database_url)) & set(ids) == {ids[0]}
+    assert query(database_url, "SELECT to_regclass('users.slow'), to_regclass('users.c')") == [
+        (None, None)]
+    assert lock_is_free(database_url)
+    add(root, "users", "2026-02-02T0000", "CREATE TABLE users.slow (slept boolean);")
+    migrate(database_url, root, **QUIET)
+    assert all(ledger(database_url)[i] == "applied" for i in ids)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_an_interrupted_batch_reports_what_committed(
+        tmp_path: Path, database_url: str, signal_number: int) -> None:
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, table("a"),
+                    "CREATE TABLE users.slow AS SELECT pg_sleep(60) IS NULL AS slept;",
+                    table("c"))
+    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "DATABASE_URL": database_url}
+    run = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate", "--json"],
+                           cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not query(database_url, "SELECT 1 FROM pg_stat_activity WHERE application_name "
+                                      "= %s AND state = 'active'", (f"svcmig-revision {ids[1]}",)):
+            assert time.monotonic() < deadline and run.poll() is None, run.communicate()
+            time.sleep(0.1)
+        run.send_signal(signal_number)
+        stdout, stderr = run.communicate(timeout=30)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr
+    result = json.loads(stdout)
+    assert result["outcome"] == "interrupted"
+    assert [r["revision"] for r in result["applied"]] == ids[:1]
+    assert f"interrupted during {ids[1]} after 1 revision(s)" in stderr
+    assert "Traceback" not in stderr
+    assert set(ledger(database_url)) & set(ids) == {ids[0]}
+    assert query(database_url, "SELECT to_regclass('users.slow')") == [(None,)]
+    assert lock_is_free(database_url)
+
+
+@pytest.mark.parametrize("settings", [
+    RunSettings(batch_limit=1), RunSettings(deadline=time.monotonic() + 3600)],
+    ids=["batch-limit-1", "under-a-deadline"])
+def test_no_batch_when_the_settings_say_each_revision_alone(
+        tmp_path: Path, database_url: str, batches: list[list[str]],
+        settings: RunSettings) -> None:
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, "CREATE TABLE users.a (id int);", "CREATE TABLE users.b (id int);")
+    result = migrate(database_url, root, settings=settings, **QUIET)
+    assert batches == []
+    assert [r.revision for r in result.results] == ids
+
+
+def test_only_single_statement_sql_revisions_whose_locks_are_known_share_a_batch(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, "CREATE TABLE users.a (id int);", "CREATE TABLE users.b (id int);",
+                    "CREATE TABLE users.c (id int);\nCREATE TABLE users.d (id int);",
+                    "CREATE TABLE users.e (id int);", "DO $$ BEGIN NULL; END $$;",
+                    "CREATE TABLE users.f (id int);", "CREATE TABLE users.g (id int);",
+                    "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY g_id ON users.g (id);",
+                    "CREATE TABLE users.h (id int);")
+    add(root, "orders", "2026-02-01T0030", "CREATE TABLE orders.x (id int);")
+    add(root, "orders", "2026-02-01T0040", "CREATE TABLE orders.y (id int);")
+    result = migrate(database_url, root, **QUIET)
+    assert len(result.results) == len(ids) + 2
+    assert sorted(batches) == sorted([ids[0:2], ["orders_202602010030", "orders_202602010040"],
+                                      ids[5:7]])
+
+
+def test_revisions_of_different_lock_policies_go_in_different_batches(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """A new table waits with the whole budget, a statement that queues traffic in short
+    attempts: one batch has one attempt's timeout."""
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, "CREATE TABLE users.a (id int);", "CREATE TABLE users.b (id int);",
+                    "ALTER TABLE users.a ADD COLUMN x int;",
+                    "ALTER TABLE users.b ADD COLUMN x int;")
+    migrate(database_url, root, **QUIET)
+    assert batches == [ids[:2], ids[2:]]
