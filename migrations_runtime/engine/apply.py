@@ -422,9 +422,7 @@ class Runner:
         """The revisions from `steps[start]` on that can share one round trip (`apply_batch`),
         with their statements: consecutive transactional SQL revisions of one service, each a
         single statement whose locks its parse tree tells, read by the preflight and unchanged
-        since, all with the same lock attempts (all of them `queues_traffic` or none: the
-        blocker watch holds the batch to one attempt's timeout), at most
-        `RunSettings.batch_limit`; empty when fewer than two. None under a
+        since, at most `RunSettings.batch_limit`; empty when fewer than two. None under a
         deadline: each revision's statement_timeout is then the time left when it starts,
         which is not known when the batch is sent."""
         if self.settings.deadline is not None:
@@ -436,8 +434,7 @@ class Runner:
                     prepared is None or prepared.statements is None or \
                     len(prepared.statements) != 1 or \
                     prepared.statements[0].kind in UNKNOWN_LOCKS or \
-                    (found and queues_traffic(prepared.statements[0]) !=
-                     queues_traffic(found[0][1])) or not _unchanged(revision, prepared):
+                    not _unchanged(revision, prepared):
                 break
             found.append((revision, prepared.statements[0]))
         return found if len(found) > 1 else []
@@ -449,9 +446,13 @@ class Runner:
         Yields each revision's result as it committed, in order. The server runs the
         statements in order and skips the rest after an error, so the results say how far it
         got: the failed revision is rolled back and fails as `apply` would fail it, or, after
-        a lock timeout, goes to `apply` for its next lock attempt. The revisions after it are
-        left to the caller. A revision's duration is the server's, from its transaction's
-        start to its ledger row (`ledger.SinceBegan`), which the row's INSERT returns."""
+        a lock timeout, goes to `apply` for its next lock attempt. Every revision of the batch
+        waits for a lock as long as the first attempt of a revision that queues traffic (the
+        blocker watch holds a session to one timeout); one that does not queue traffic and
+        timed out goes to `apply` for its own attempt, with the whole budget. The revisions
+        after the failed one are left to the caller. A revision's duration is the server's,
+        from its transaction's start to its ledger row (`ledger.SinceBegan`), which the row's
+        INSERT returns."""
         started = time.monotonic()
         first = batch[0][0]
         try:
@@ -466,8 +467,7 @@ class Runner:
         parts: list[str] = []
         spans: list[tuple[int, int, int, int]] = []  # statement, COMMIT, end; statement's offset
         offset = 0  # of the next part in the batch's text
-        queues = queues_traffic(batch[0][1])
-        timeout = self._timeout_ms = next(iter(self.settings.lock.attempts(started, queues)))[1]
+        timeout = self._timeout_ms = next(iter(self.settings.lock.attempts(started, True)))[1]
         for revision, statement in batch:
             # pg_stat_activity shows the batch's first kilobyte (track_activity_query_size):
             # its application_name says which revision runs
@@ -515,7 +515,8 @@ class Runner:
             error = _error(conn, results[failed])
             self._rollback(conn)
             if failed == at and self._lock_timed_out(error):
-                yield self.apply(revision, timed_out=(started, LockTimedOut(timeout, blockers)))
+                yield self.apply(revision, timed_out=(started, LockTimedOut(
+                    timeout, blockers))) if queues_traffic(statement) else self.apply(revision)
                 return
             # as `apply` says it: the runner's own check's message, or the error and the line
             # of the statement (whose position the server counts from the batch's start)
