@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from migrations_runtime.engine import apply as apply_module
 from migrations_runtime.engine.apply import RunSettings, migrate
 from migrations_runtime.engine.errors import MigrationFailed
 from migrations_runtime.engine.lockwait import LockPolicy
-from tests.conftest import query
+from tests.conftest import query, url_for
 from tests.test_containment import QUIET, add, base_project, ledger, lock_is_free
 from tests.test_lock_policy import Blocker, releasing_after
 
@@ -293,6 +294,7 @@ def test_a_revision_that_does_not_queue_traffic_keeps_its_whole_budget_in_a_batc
     try:
         result = migrate(database_url, root, settings=RunSettings(lock=QUICK), log=lines.append)
     finally:
+        blocker.timer.join()  # its own release, not one racing it from here
         blocker.stop()
     assert batches == [ids]
     assert [r.revision for r in result.results] == ids
@@ -300,3 +302,199 @@ def test_a_revision_that_does_not_queue_traffic_keeps_its_whole_budget_in_a_batc
     assert result.locks.attempts == 0
     assert query(database_url, "SELECT obj_description('users.users'::regclass)") == [
         ("accounts",)]
+
+
+# --- from a breaker: what a batch's text and its shared session give away ---------------------
+
+STEAL = """CREATE FUNCTION users.steal(which int) RETURNS int LANGUAGE plpgsql AS $f$
+DECLARE q text := current_query(); t text[]; i text[];
+BEGIN
+  SELECT array_agg(m[1]) INTO t
+    FROM regexp_matches(q, 'revision_token = ''([0-9a-f]+)''', 'g') m;
+  SELECT array_agg(m[1]) INTO i
+    FROM regexp_matches(q, '(INSERT INTO svcmig\\.schema_migrations [^;]*)', 'g') m;
+  IF coalesce(array_length(t, 1), 0) < which THEN RETURN 0; END IF;
+  PERFORM set_config('svcmig.revision_token', t[which], true);
+  EXECUTE i[which];
+  RETURN 1;
+END $f$;"""
+
+
+@pytest.mark.parametrize("which", [2, 3], ids=["the-next", "the-one-after"])
+def test_a_revision_cannot_write_a_later_revisions_ledger_row_from_the_batchs_text(
+        tmp_path: Path, database_url: str, batches: list[list[str]], which: int) -> None:
+    """The kind: a secret of a later revision in the batch's text. `current_query()` shows
+    the whole batch, the later revisions' tokens and ledger rows with it, and the session is
+    theirs too: a revision that wrote one's row left it `applied` without its work (a
+    breaker's finding). The runner checks, before each revision's row, that no later one's
+    exists: the thief fails and its transaction takes the row with it."""
+    root = migrated(tmp_path, database_url)
+    revisions(root, STEAL)
+    migrate(database_url, root, **QUIET)
+    ids = [f"users_202602{day:02d}0000" for day in (2, 3, 4)]
+    add(root, "users", "2026-02-02T0000",
+        f"CREATE TABLE users.innocent AS SELECT users.steal({which}) AS v;")
+    add(root, "users", "2026-02-03T0000", table("victim"))
+    add(root, "users", "2026-02-04T0000", table("bystander"))
+    with pytest.raises(MigrationFailed, match="wrote the ledger row of a revision after it"):
+        migrate(database_url, root, **QUIET)
+    assert batches[-1] == ids
+    assert set(ledger(database_url)) & set(ids) == set()
+    assert query(database_url, "SELECT to_regclass('users.innocent'), "
+                               "to_regclass('users.victim')") == [(None, None)]
+    assert lock_is_free(database_url)
+
+
+BATCHED_LEAKS = [
+    "SET statement_timeout = '200ms';",
+    "CREATE TABLE users.leak AS SELECT set_config('statement_timeout', '200ms', false) AS x;",
+    "SET search_path = public;",
+    "CREATE TABLE users.leak AS SELECT set_config('svcmig_test.flag', 'leaked', false) AS x;",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY;",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
+    "SET default_transaction_isolation = 'repeatable read';",
+    "SET default_transaction_read_only = on;",
+    "SET default_transaction_deferrable = on;",
+    "PREPARE leaky AS SELECT 1;",
+    "CREATE TEMP TABLE leaky_temp (id int);",
+    "LISTEN leaky;",
+    "CREATE TABLE users.leak AS SELECT users.listen() AS x;",  # LISTEN from a function
+    "CREATE TABLE users.leak AS SELECT 1 AS x FROM pg_advisory_lock(42);",
+]
+NO_LEAKS = """CREATE FUNCTION users.no_leaks() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN
+  IF current_setting('statement_timeout') <> '0' THEN
+    RAISE EXCEPTION 'leaked statement_timeout %', current_setting('statement_timeout'); END IF;
+  IF current_setting('transaction_isolation') <> 'read committed'
+     OR current_setting('transaction_read_only') <> 'off' THEN
+    RAISE EXCEPTION 'leaked transaction characteristics'; END IF;
+  IF coalesce(current_setting('svcmig_test.flag', true), '') <> '' THEN
+    RAISE EXCEPTION 'leaked a custom setting'; END IF;
+  IF EXISTS (SELECT FROM pg_prepared_statements WHERE name = 'leaky') THEN
+    RAISE EXCEPTION 'leaked a prepared statement'; END IF;
+  IF to_regclass('pg_temp.leaky_temp') IS NOT NULL THEN
+    RAISE EXCEPTION 'leaked a temp table'; END IF;
+  IF EXISTS (SELECT FROM pg_listening_channels() c WHERE c = 'leaky') THEN
+    RAISE EXCEPTION 'leaked LISTEN'; END IF;
+  IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) THEN
+    RAISE EXCEPTION 'leaked an advisory lock'; END IF;
+  RETURN true;
+END $$;"""
+
+
+@pytest.mark.parametrize("leak", BATCHED_LEAKS)
+def test_nothing_a_revision_sets_reaches_the_next_one_in_its_batch(
+        tmp_path: Path, database_url: str, batches: list[list[str]], leak: str) -> None:
+    """The kind of `test_nothing_a_revision_sets_reaches_the_next_one`, with the probe in the
+    same batch: between two revisions of a batch the reset runs in a transaction of its own
+    (left to the server's implicit one, it ran into the next revision's BEGIN: a default
+    isolation level failed every batch, a LISTEN waited for the next COMMIT to end)."""
+    root = migrated(tmp_path, database_url)
+    revisions(root, NO_LEAKS, "CREATE FUNCTION users.listen() RETURNS int LANGUAGE plpgsql "
+                              "AS $$ BEGIN LISTEN leaky; RETURN 1; END $$;")
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-03T0000", leak)
+    add(root, "users", "2026-02-04T0000", "CREATE TABLE users.probe AS SELECT users.no_leaks() "
+                                          "AS ok;")
+    migrate(database_url, root, **QUIET)
+    assert batches[-1] == ["users_202602030000", "users_202602040000"]
+    assert query(database_url, "SELECT ok FROM users.probe") == [(True,)]
+
+
+@pytest.mark.parametrize("setting", [
+    "default_transaction_isolation = 'serializable'",
+    "default_transaction_isolation = 'repeatable read'", "default_transaction_deferrable = on"])
+def test_a_batch_runs_under_any_database_default_transaction_characteristics(
+        tmp_path: Path, database_url: str, batches: list[list[str]], setting: str) -> None:
+    """No revision needed: a database whose default isolation is not READ COMMITTED failed
+    every batch after its first revision (a breaker's finding)."""
+    root = migrated(tmp_path, database_url)
+    name = query(database_url, "SELECT current_database()")[0][0]
+    query(database_url, f'ALTER DATABASE "{name}" SET {setting}')
+    ids = revisions(root, table("a"), table("b"), table("c"), table("d"))
+    result = migrate(database_url, root, **QUIET)
+    assert batches == [ids]
+    assert [r.revision for r in result.results] == ids
+
+
+def test_a_lock_timeout_in_a_batched_revisions_deferred_checks_is_retried(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """The kind: a lock wait in the runner's part of a revision (its deferred foreign key,
+    checked before the ledger row) is the revision's lock wait, as it is alone."""
+    root = migrated(tmp_path, database_url)
+    revisions(root, "CREATE TABLE users.parent (id int PRIMARY KEY);",
+              "CREATE TABLE users.child (p int REFERENCES users.parent "
+              "DEFERRABLE INITIALLY DEFERRED);",
+              "INSERT INTO users.parent VALUES (1);")
+    migrate(database_url, root, **QUIET)
+    add(root, "users", "2026-02-04T0000", table("a"))
+    add(root, "users", "2026-02-05T0000", "INSERT INTO users.child VALUES (1);")
+    ids = ["users_202602040000", "users_202602050000"]
+    lines: list[dict[str, object]] = []
+    blocker = Blocker(database_url, "SELECT * FROM users.parent WHERE id = 1 FOR UPDATE",
+                      hold_seconds=60)
+    try:
+        result = migrate(database_url, root, settings=RunSettings(lock=QUICK),
+                         log=releasing_after(blocker, 2, lines))
+    finally:
+        blocker.stop()
+    assert batches[-1] == ids
+    waits = [line for line in lines if line["event"] == "lock_wait"]
+    assert [(line["revision"], line["attempt"]) for line in waits] == [(ids[1], 1), (ids[1], 2)]
+    assert [r.revision for r in result.results] == ids
+
+
+def test_a_revisions_lock_budget_starts_with_it_not_with_its_batch(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """A breaker's finding: the revision before it in the batch took most of the budget."""
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, "CREATE TABLE users.slow AS SELECT pg_sleep(1.5) IS NULL AS slept;",
+                    "ALTER TABLE users.users ADD COLUMN nickname text;")
+    lines: list[dict[str, object]] = []
+    blocker = Blocker(database_url, "SELECT count(*) FROM users.users", hold_seconds=60)
+    policy = LockPolicy(first_timeout_ms=100, max_timeout_ms=200, pause_ms=50,
+                        pause_ratio=0.5, budget_seconds=1.6)
+    try:
+        result = migrate(database_url, root, settings=RunSettings(lock=policy),
+                         log=releasing_after(blocker, 2, lines))
+    finally:
+        blocker.stop()
+    assert batches == [ids]
+    assert [line["attempt"] for line in lines if line["event"] == "lock_wait"] == [1, 2]
+    assert [r.revision for r in result.results] == ids
+
+
+def test_the_error_line_in_a_batch_of_a_sql_ascii_database(
+        tmp_path: Path, server_url: str, batches: list[list[str]]) -> None:
+    """The server counts an error's position in bytes there, and in characters elsewhere
+    (a breaker's finding: multibyte text earlier in the batch moved the line)."""
+    name = f"ascii_{uuid.uuid4().hex[:12]}"
+    query(server_url, f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0 "
+                      "LC_COLLATE 'C' LC_CTYPE 'C'")
+    url = url_for(server_url, name)
+    try:
+        root = migrated(tmp_path, url)
+        ids = revisions(root, "CREATE TABLE users.a AS SELECT 'ééé😀 ünïcødé €€€€' AS t;",
+                        "CREATE TABLE users.broken AS SELECT 'é€😀' AS t,\n  nosuchcolumn AS x,"
+                        "\n  1 AS a;")
+        with pytest.raises(MigrationFailed) as failed:
+            migrate(url, root, **QUIET)
+        assert batches == [ids]
+        assert (failed.value.revision, failed.value.line) == (ids[1], 2)
+    finally:
+        query(server_url, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_a_revision_that_changes_its_duration_setting_is_still_applied(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """As it would be alone; its duration is unknown (NULL)."""
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, "CREATE TABLE users.a AS SELECT "
+                          "set_config(lower('SVCMIG.BEGAN'), 'abc', true) AS x;",
+                    "CREATE TABLE users.b AS SELECT "
+                    "set_config(lower('SVCMIG.BEGAN'), '99999999999999999', true) AS x;",
+                    table("c"))
+    migrate(database_url, root, **QUIET)
+    assert batches == [ids]
+    rows = dict(query(database_url, "SELECT revision, duration_ms FROM "
+                                    "svcmig.schema_migrations WHERE revision = ANY(%s)", (ids,)))
+    assert rows[ids[0]] is None and rows[ids[1]] == 0 and rows[ids[2]] is not None

@@ -118,6 +118,20 @@ def _unchanged(revision: Revision, prepared: Prepared) -> bool:
         return False
 
 
+def _error_line(conn: psycopg.Connection, err: psycopg.Error, statement: Statement,
+                start: str) -> int:
+    """The file line of `err` in `statement`, sent after the text `start` in the same query
+    string: the server counts the error's position from the string's start, in characters,
+    or in bytes in a SQL_ASCII database."""
+    position = err.diag.statement_position
+    if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+        encoding = conn.info.encoding
+        into = int(position) - 1 - len(start.encode(encoding)) if position else 0
+        return statement.line + statement.sql.encode(encoding)[:max(into, 0)].count(b"\n")
+    into = int(position) - 1 - len(start) if position else 0
+    return statement.line + statement.sql[:max(into, 0)].count("\n")
+
+
 def _python_error_line(err: BaseException, path: Path) -> int | None:
     frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == path]
     return frames[-1].lineno if frames else None
@@ -351,10 +365,7 @@ class Runner:
                 if self._lock_timed_out(err):
                     waited = int((time.monotonic() - started) * 1000)
                     raise LockTimedOut(waited, blockers) from err
-                position = err.diag.statement_position
-                offset = int(position) - 1 - len(lead) if position else 0
-                extra = statement.sql[:offset].count("\n") if offset > 0 else 0
-                err.add_note(f"svcmig-line:{statement.line + extra}")
+                err.add_note(f"svcmig-line:{_error_line(conn, err, statement, lead)}")
                 raise
             self._watch.done()
             if holds is not None:
@@ -468,22 +479,20 @@ class Runner:
         spans: list[tuple[int, int, int, int]] = []  # statement, COMMIT, end; statement's offset
         offset = 0  # of the next part in the batch's text
         timeout = self._timeout_ms = next(iter(self.settings.lock.attempts(started, True)))[1]
-        for revision, statement in batch:
-            # pg_stat_activity shows the batch's first kilobyte (track_activity_query_size):
-            # its application_name says which revision runs
+        for index, (revision, statement) in enumerate(batch):
             enter = self._enter_statements(revision, True, ledger.BEGAN_SQL)
-            enter.insert(1, "SET LOCAL application_name = "
-                         f"{sql_literal(f'{REVISION_SESSION_NAME} {revision.id}')}")
             at, begins = len(parts) + len(enter), offset + sum(len(p) + 2 for p in enter)
             # a newline after the statement: it may end in a -- comment
             added = [*enter, statement.sql + "\n", *self._finish_statements(
-                revision, True, ledger.SinceBegan(), pid, returning=True)]
+                revision, True, ledger.SinceBegan(), pid,
+                batch=[later.id for later, _ in batch[index + 1:]])]
             parts += added
             spans.append((at, parts.index(COMMIT, at), len(parts), begins))
             offset += sum(len(part) + 2 for part in added)
+        text = "; ".join(parts)
         self._watch.watch(pid, timeout)
         try:
-            results = batch_results(conn, "; ".join(parts))
+            results = batch_results(conn, text)
         except psycopg.Error as err:  # the session failed: the ledger says how far it got
             self._watch.done()
             conn.close()
@@ -501,7 +510,11 @@ class Runner:
                                              f"{len(parts)} statements")
             return
         ended = time.monotonic()
-        for (revision, statement), (at, commit, end, offset) in zip(batch, spans, strict=True):
+        # when each revision began, on the server's clock (its `ledger.BEGAN_SQL`)
+        began = [int(results[at - 1].get_value(0, 0) or 0) for at, *_ in spans
+                 if at - 1 < len(results) and results[at - 1].status in _DONE]
+        for index, ((revision, statement), (at, commit, end, begins)) in \
+                enumerate(zip(batch, spans, strict=True)):
             if failed is None or failed > commit:
                 took = int(results[commit - 1].get_value(0, 0) or 0) / 1000
                 holds = HoldTracker(self._existing, service_of(revision).schema)
@@ -514,19 +527,20 @@ class Runner:
                 continue
             error = _error(conn, results[failed])
             self._rollback(conn)
-            if failed == at and self._lock_timed_out(error):
-                yield self.apply(revision, timed_out=(started, LockTimedOut(
-                    timeout, blockers))) if queues_traffic(statement) else self.apply(revision)
+            since = started + (began[index] - began[0]) / 1e6 if index < len(began) else started
+            if self._lock_timed_out(error):  # its statement's locks, or its deferred checks'
+                waited = LockTimedOut(int((ended - since) * 1000), blockers)
+                yield self.apply(revision, timed_out=(since, waited)) \
+                    if queues_traffic(statement) else self.apply(revision)
                 return
             # as `apply` says it: the runner's own check's message, or the error and the line
             # of the statement (whose position the server counts from the batch's start)
             own = _own_error(error) if failed != at else None
-            position = error.diag.statement_position if failed == at else None
-            into = int(position) - 1 - offset if position else 0
-            line = statement.line + (statement.sql[:into].count("\n") if into > 0 else 0)
+            line = _error_line(conn, error, statement, text[:begins]) if failed == at else \
+                statement.line
             failure = MigrationFailed(revision.id, revision.path, own or _describe(error),
                                       None if own else line)
-            self.log(json_log(revision, True, started, "failed", error=str(failure)))
+            self.log(json_log(revision, True, since, "failed", error=str(failure)))
             raise failure from error
 
     def _batch_cut_short(self, batch: list[tuple[Revision, Statement]], started: float,
@@ -612,13 +626,16 @@ class Runner:
     def _enter_statements(self, revision: Revision, transactional: bool,
                           snapshot: str = SNAPSHOT_TAKEN) -> list[str]:
         """`_enter_sql`'s statements; `snapshot` is a transaction's last (it takes the
-        snapshot)."""
+        snapshot). A transaction's `application_name` names the revision in pg_stat_activity
+        (whose `query` shows only a batch's first kilobyte, `track_activity_query_size`)."""
         timeout = self.settings.statement_timeout_now()
         whole = []  # PostgreSQL 17+: the whole transaction too, not each statement alone
         if transactional and self.settings.deadline is not None and timeout is not None and \
                 self.sessions.migrator.info.server_version >= 170000:
             whole = [f"SET LOCAL transaction_timeout = {timeout}"]
-        return [*([BEGIN] if transactional else []), *enter_service_sql(
+        named = "SET LOCAL application_name = " + \
+            sql_literal(f"{REVISION_SESSION_NAME} {revision.id}")
+        return [*([BEGIN, named] if transactional else []), *enter_service_sql(
             service_of(revision), transactional, self._timeout_ms, timeout), *whole,
             *([snapshot] if transactional else [])]
 
@@ -669,7 +686,7 @@ class Runner:
     def _finish_statements(self, revision: Revision, upgrade: bool,
                            duration: int | ledger.Elapsed | ledger.SinceBegan, pid: int,
                            probe: bool = False, xid: int | None = None,
-                           returning: bool = False) -> list[str]:
+                           batch: Sequence[str] | None = None) -> list[str]:
         """The round trip that ends a transactional revision (see `_finish`): the runner's
         search path, the strong locks held (with `probe`), the deferred constraints and
         triggers (run now, so none runs after the ledger row and the duration counts them),
@@ -678,19 +695,31 @@ class Runner:
         idle timeout lost its session, and with it the lock, to `idle_session_timeout`;
         another may be running now) and, with `xid`, that the transaction is still the one
         the revision began in, then the revision's token, its ledger row, COMMIT and the
-        reset."""
+        reset.
+
+        In a batch (`batch`: the ids of the revisions after it in its batch, whose tokens the
+        revision could read from the batch's text, `current_query()`): a check that it wrote
+        none of their ledger rows; the row's INSERT returns its duration; the reset runs in a
+        transaction of its own (left implicit, it would run into the next revision's BEGIN: a
+        snapshot taken before `BEGIN ISOLATION LEVEL`, an UNLISTEN that waits for the next
+        revision's COMMIT)."""
         checks = [fail_unless(session_alive_sql(self._alive),
                               self._lost_lock_message("the revision was not committed"))]
         if xid is not None:
             checks.append(fail_unless(f"pg_catalog.txid_current() = {int(xid)}", ESCAPED))
-        row = ledger.record_sql(revision, "applied", duration, new_row=True,
-                                returning=True) if returning else \
-            self._ledger_sql(revision, upgrade, duration)
+        if batch:
+            ids = ", ".join(sql_literal(later) for later in batch)
+            checks.append(fail_unless(
+                f"NOT EXISTS (SELECT FROM {ledger.LEDGER_TABLE} l WHERE l.revision "
+                f"OPERATOR(pg_catalog.=) ANY (ARRAY[{ids}]::pg_catalog.text[]))",
+                "the revision wrote the ledger row of a revision after it"))
+        row = ledger.record_sql(revision, "applied", duration, new_row=True, returning=True) \
+            if batch is not None else self._ledger_sql(revision, upgrade, duration)
+        reset = [*SESSION_RESET_SQL] if batch is None else ["BEGIN", *SESSION_RESET_SQL, COMMIT]
         return [
             CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []), "SET CONSTRAINTS ALL IMMEDIATE",
             "CLOSE ALL", *checks,
-            ledger.present_token_sql(self._token(revision, upgrade, pid)), row, COMMIT,
-            *SESSION_RESET_SQL]
+            ledger.present_token_sql(self._token(revision, upgrade, pid)), row, COMMIT, *reset]
 
     def _finish_failed(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                        err: psycopg.Error, xid: int | None = None) -> None:

@@ -623,13 +623,16 @@ BEGAN_SQL = (f"SELECT pg_catalog.set_config('{BEGAN_SETTING}', ((pg_catalog.date
 @dataclass(frozen=True)
 class SinceBegan:
     """The duration of a revision whose transaction began with `BEGAN_SQL`: from then until
-    the ledger row is written, in milliseconds."""
+    the ledger row is written, in milliseconds; NULL when the revision changed the setting to
+    something that is not such a time (its row is still written, as it would be alone)."""
 
     def sql(self) -> str:
-        return ("(((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) "
+        began = f"pg_catalog.current_setting('{BEGAN_SETTING}', true)"
+        return (f"(CASE WHEN {began} OPERATOR(pg_catalog.~) '^[0-9]{{1,17}}$' THEN LEAST(GREATEST("
+                "((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) "
                 "OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8 OPERATOR(pg_catalog.-) "
-                f"pg_catalog.current_setting('{BEGAN_SETTING}')::pg_catalog.int8) "
-                "OPERATOR(pg_catalog./) 1000)::pg_catalog.int4")
+                f"{began}::pg_catalog.int8) OPERATOR(pg_catalog./) 1000, 0), 2147483647)"
+                "::pg_catalog.int4 END)")
 
 
 def _literal(value: str | int | Elapsed | SinceBegan | None) -> str:
