@@ -97,7 +97,9 @@ FRAMEWORK_DDL = [
     # row, after every statement of the revision. A revision's own SQL cannot know another
     # revision's token, and the one it could read from its own query text only writes or
     # deletes its own row, which the runner's statement then finds done and fails (rolling
-    # everything back); another session that reads the token (a login as the same owner sees
+    # everything back); when revisions share a round trip (`apply.Runner.apply_batch`) the
+    # text also holds the later ones' tokens, and the runner checks before each revision's
+    # row that it wrote none of theirs (`apply.Runner._finish_statements`); another session that reads the token (a login as the same owner sees
     # the batch in pg_stat_activity) cannot present it; a row is written once (the primary
     # key) and deleted once, and every run clears the digests. Never an update, never a dirty
     # row (the migrator writes those of non-transactional revisions). So neither a revision
