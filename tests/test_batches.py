@@ -320,28 +320,64 @@ BEGIN
 END $f$;"""
 
 
-@pytest.mark.parametrize("which", [2, 3], ids=["the-next", "the-one-after"])
-def test_a_revision_cannot_write_a_later_revisions_ledger_row_from_the_batchs_text(
-        tmp_path: Path, database_url: str, batches: list[list[str]], which: int) -> None:
+# Fires at SET CONSTRAINTS ALL IMMEDIATE, defers everything again and queues `forge` for
+# COMMIT, after anything the runner could check before it (a breaker's finding).
+AT_COMMIT = [
+    "CREATE TABLE users.arm_t (id int);",
+    "CREATE TABLE users.fire_t (id int);",
+    r"""CREATE FUNCTION users.forge() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE m text[]; q text := current_query();
+BEGIN
+  FOR m IN SELECT regexp_matches(q, 'SET LOCAL svcmig\.revision_token = ''([0-9a-f]+)''; '
+                                 '(INSERT INTO svcmig\.schema_migrations [^;]*)', 'g') LOOP
+    BEGIN
+      PERFORM set_config('svcmig.revision_token', m[1], true);
+      EXECUTE m[2];
+      EXIT;
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+  END LOOP;
+  RETURN NULL;
+END $f$;""",
+    """CREATE FUNCTION users.arm() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  SET CONSTRAINTS ALL DEFERRED;
+  INSERT INTO users.fire_t VALUES (1);
+  RETURN NULL;
+END $f$;""",
+    "CREATE CONSTRAINT TRIGGER arm AFTER INSERT ON users.arm_t DEFERRABLE INITIALLY DEFERRED "
+    "FOR EACH ROW EXECUTE FUNCTION users.arm();",
+    "CREATE CONSTRAINT TRIGGER forge AFTER INSERT ON users.fire_t DEFERRABLE INITIALLY "
+    "DEFERRED FOR EACH ROW EXECUTE FUNCTION users.forge();",
+]
+
+
+@pytest.mark.parametrize("thief", ["statement-2", "statement-3", "at-commit"])
+def test_a_revision_cannot_leave_a_later_revisions_ledger_row_from_the_batchs_text(
+        tmp_path: Path, database_url: str, batches: list[list[str]], thief: str) -> None:
     """The kind: a secret of a later revision in the batch's text. `current_query()` shows
     the whole batch, the later revisions' tokens and ledger rows with it, and the session is
-    theirs too: a revision that wrote one's row left it `applied` without its work (a
-    breaker's finding). The runner checks, before each revision's row, that no later one's
-    exists: the thief fails and its transaction takes the row with it."""
+    theirs too: a revision that wrote one's row, during its statement or with code run at
+    its COMMIT, left it `applied` without its work (two breakers' findings). After each
+    revision's COMMIT, before the next runs, the runner checks that no later one has a row:
+    the rows the thief wrote are deleted, the thief is marked dirty, nothing after it runs."""
     root = migrated(tmp_path, database_url)
-    revisions(root, STEAL)
+    revisions(root, STEAL, *AT_COMMIT)
     migrate(database_url, root, **QUIET)
-    ids = [f"users_202602{day:02d}0000" for day in (2, 3, 4)]
-    add(root, "users", "2026-02-02T0000",
-        f"CREATE TABLE users.innocent AS SELECT users.steal({which}) AS v;")
-    add(root, "users", "2026-02-03T0000", table("victim"))
-    add(root, "users", "2026-02-04T0000", table("bystander"))
-    with pytest.raises(MigrationFailed, match="wrote the ledger row of a revision after it"):
+    ids = [f"users_202602{day:02d}0000" for day in (10, 11, 12)]
+    add(root, "users", "2026-02-10T0000",
+        "INSERT INTO users.arm_t VALUES (1);" if thief == "at-commit" else
+        f"CREATE TABLE users.innocent AS SELECT users.steal({thief[-1]}) AS v;")
+    add(root, "users", "2026-02-11T0000", table("victim"))
+    add(root, "users", "2026-02-12T0000", table("bystander"))
+    with pytest.raises(MigrationFailed, match="wrote the ledger row of a revision after it") \
+            as failed:
         migrate(database_url, root, **QUIET)
     assert batches[-1] == ids
-    assert set(ledger(database_url)) & set(ids) == set()
-    assert query(database_url, "SELECT to_regclass('users.innocent'), "
-                               "to_regclass('users.victim')") == [(None, None)]
+    assert failed.value.revision == ids[0] and failed.value.dirty
+    assert {k: v for k, v in ledger(database_url).items() if k in ids} == {ids[0]: "dirty"}
+    assert query(database_url, "SELECT to_regclass('users.victim'), "
+                               "to_regclass('users.bystander')") == [(None, None)]
     assert lock_is_free(database_url)
 
 
@@ -498,3 +534,64 @@ def test_a_revision_that_changes_its_duration_setting_is_still_applied(
     rows = dict(query(database_url, "SELECT revision, duration_ms FROM "
                                     "svcmig.schema_migrations WHERE revision = ANY(%s)", (ids,)))
     assert rows[ids[0]] is None and rows[ids[1]] == 0 and rows[ids[2]] is not None
+
+
+def test_what_a_revision_runs_cannot_hide_a_later_revisions_lock_hold(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """A breaker's finding: a function (here an earlier revision's) that moved the setting a
+    batched revision's duration is computed from zeroed its duration and hid its
+    `long_lock_hold`; the runner reads the server's clock in its own statements."""
+    root = migrated(tmp_path, database_url)
+    ids = revisions(root, "CREATE FUNCTION users.slow_check() RETURNS boolean LANGUAGE plpgsql "
+                          "AS $$ BEGIN PERFORM pg_sleep(0.5); PERFORM set_config('svcmig.began', "
+                          "'9999999999999999', true); RETURN true; END $$;",
+                    "ALTER TABLE users.users ADD CONSTRAINT slow CHECK (users.slow_check());")
+    result = migrate(database_url, root, settings=RunSettings(long_hold_ms=300), **QUIET)
+    assert batches == [ids]
+    assert [(w["kind"], w["revision"]) for w in result.hold_warnings] == [
+        ("long_lock_hold", ids[1])]
+    assert result.results[1].duration_ms >= 500
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "UTF8"])
+def test_a_batch_whose_text_the_server_refuses_goes_one_by_one(
+        tmp_path: Path, server_url: str, batches: list[list[str]], encoding: str) -> None:
+    """The server converts and parses a whole query string before it runs any of it: a
+    character the database's encoding lacks (or syntax this server does not know) refused the
+    whole batch, blamed on its first revision (a breaker's finding). The revisions before the
+    bad one are applied and it fails with its own file and line, as alone."""
+    name = f"enc_{uuid.uuid4().hex[:12]}"
+    query(server_url, f"CREATE DATABASE {name} ENCODING '{encoding}' TEMPLATE template0 "
+                      "LC_COLLATE 'C' LC_CTYPE 'C'")
+    url = url_for(server_url, name)
+    bad = "CREATE TABLE users.c AS SELECT\n  1 AS id,\n  'café \U0001f600' AS t;" \
+        if encoding == "LATIN1" else "CREATE TABLE users.c AS SELECT\n  1 AS id,\n  x AS t;"
+    try:
+        root = migrated(tmp_path, url)
+        ids = revisions(root, table("a"), table("b"), bad, table("d"))
+        with pytest.raises(MigrationFailed) as failed:
+            migrate(url, root, **QUIET)
+        assert batches[0] == ids
+        # a conversion error has no position: the statement's first line
+        assert (failed.value.revision, failed.value.line) == (
+            ids[2], 1 if encoding == "LATIN1" else 3)
+        assert set(ledger(url)) & set(ids) == set(ids[:2])
+    finally:
+        query(server_url, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_an_error_in_a_function_body_another_revision_repeats_keeps_its_line(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """The server finds a function body's error in the query string by the body's text, and
+    not when the batch holds it twice (a breaker's finding)."""
+    root = migrated(tmp_path, database_url)
+    body = "$$\n  SELECT\n    nickname\n  FROM users.users\n$$"
+    ids = revisions(root, f"CREATE FUNCTION users.f() RETURNS text LANGUAGE sql AS {body};",
+                    f"CREATE FUNCTION users.g() RETURNS text LANGUAGE sql AS {body};")
+    with pytest.raises(MigrationFailed) as failed:
+        migrate(database_url, root, **QUIET)
+    with pytest.raises(MigrationFailed) as alone:
+        migrate(database_url, root, settings=RunSettings(batch_limit=1), **QUIET)
+    assert batches == [ids]
+    assert (failed.value.revision, failed.value.line) == (alone.value.revision,
+                                                          alone.value.line) == (ids[0], 3)

@@ -165,6 +165,9 @@ def _describe(err: psycopg.Error) -> str:
 # What a `fail_unless` check in the finish says when the transaction is not the one the
 # revision began in.
 ESCAPED = "the revision ended the runner's transaction"
+# What the check after a batched revision's COMMIT says when a later revision of the batch has
+# a ledger row (`Runner._finish_statements`).
+FORGED = "the revision wrote the ledger row of a revision after it in its batch"
 
 
 def _own_error(err: psycopg.Error) -> str | None:
@@ -354,6 +357,7 @@ class Runner:
                                                         else ""))
             except psycopg.Error as err:
                 blockers = self._watch.done()
+                err.add_note(f"svcmig-line:{_error_line(conn, err, statement, lead)}")
                 if last and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                     self._finish_failed(conn, revision, upgrade, err)
                     if holds is not None:
@@ -365,7 +369,6 @@ class Runner:
                 if self._lock_timed_out(err):
                     waited = int((time.monotonic() - started) * 1000)
                     raise LockTimedOut(waited, blockers) from err
-                err.add_note(f"svcmig-line:{_error_line(conn, err, statement, lead)}")
                 raise
             self._watch.done()
             if holds is not None:
@@ -504,6 +507,10 @@ class Runner:
             raise
         blockers = self._watch.done()
         failed = next((i for i, r in enumerate(results) if r.status not in _DONE), None)
+        if failed == 0:  # the server refused the text before running any of it: a character
+            for revision, _ in batch:  # the database's encoding lacks, syntax it does not know
+                yield self.apply(revision)
+            return
         if failed is None and len(results) != len(parts):  # not a result per statement
             conn.close()
             yield from self._batch_cut_short(batch, started, f"{len(results)} results for "
@@ -516,7 +523,13 @@ class Runner:
         for index, ((revision, statement), (at, commit, end, begins)) in \
                 enumerate(zip(batch, spans, strict=True)):
             if failed is None or failed > commit:
-                took = int(results[commit - 1].get_value(0, 0) or 0) / 1000
+                if failed is not None and failed < end and \
+                        _own_error(_error(conn, results[failed])) == FORGED:
+                    self._forged(revision, batch[index + 1:], started)
+                # from the runner's own statements' clock readings (its BEGAN, its row's
+                # INSERT): what the revision ran can change the setting the row's duration
+                # is computed from, not these
+                took = max(0, int(results[commit - 1].get_value(0, 1) or 0) - began[index]) / 1e6
                 holds = HoldTracker(self._existing, service_of(revision).schema)
                 holds.statement(statement, ended - took)
                 self._recorded(revision, holds)
@@ -533,6 +546,12 @@ class Runner:
                 yield self.apply(revision, timed_out=(since, waited)) \
                     if queues_traffic(statement) else self.apply(revision)
                 return
+            if failed == at and error.diag.statement_position is None and \
+                    error.diag.internal_position is not None:
+                # in a function's body, which the server finds in the query string by its
+                # text: not when another revision of the batch has the same body
+                yield self.apply(revision)
+                return
             # as `apply` says it: the runner's own check's message, or the error and the line
             # of the statement (whose position the server counts from the batch's start)
             own = _own_error(error) if failed != at else None
@@ -543,23 +562,41 @@ class Runner:
             self.log(json_log(revision, True, since, "failed", error=str(failure)))
             raise failure from error
 
+    def _forged(self, revision: Revision, after: list[tuple[Revision, Statement]],
+                started: float) -> None:
+        """`revision` committed ledger rows of revisions after it in its batch, which never
+        ran: the migrator deletes them and marks `revision` dirty; raises `MigrationFailed`."""
+        ids = [later.id for later, _ in after]
+        self.sessions.migrator.execute(
+            f"DELETE FROM {ledger.LEDGER_TABLE} WHERE revision = ANY(%s)", (ids,))
+        failure = MigrationFailed(revision.id, revision.path, f"{FORGED} ({', '.join(ids)}), "
+                                  "with code that ran at its COMMIT (a deferred trigger, a "
+                                  "cursor's query); those rows are deleted and were never run")
+        self._mark_dirty(revision, failure, "what it ran is committed")
+        self.log(json_log(revision, True, started, "failed", error=str(failure)))
+        raise failure
+
     def _batch_cut_short(self, batch: list[tuple[Revision, Statement]], started: float,
                          why: str | None) -> Iterator[RevisionResult]:
         """A `batch` that did not run to its end (its session failed, or the run was
         interrupted): the revisions that committed, as the ledger says (a pending
         transactional revision has no row); the first that did not fails `why` (None: the
         caller raises)."""
-        rows: dict[str, int | None] = dict(self.sessions.migrator.execute(
-            f"SELECT revision, duration_ms FROM {ledger.LEDGER_TABLE} WHERE revision = ANY(%s)",
-            ([revision.id for revision, _ in batch],)).fetchall())
-        for revision, _ in batch:
-            if revision.id not in rows:
+        found = {row[0]: row[1:] for row in self.sessions.migrator.execute(
+            f"SELECT revision, duration_ms, xmin::text FROM {ledger.LEDGER_TABLE} "
+            "WHERE revision = ANY(%s)", ([revision.id for revision, _ in batch],)).fetchall()}
+        writers: set[str] = set()  # each revision commits its row in a transaction of its own
+        for index, (revision, _) in enumerate(batch):
+            if revision.id in found and found[revision.id][1] in writers:
+                self._forged(batch[index - 1][0], batch[index:], started)
+            if revision.id not in found:
                 if why is None:
                     return
                 failure = MigrationFailed(revision.id, revision.path, why)
                 self.log(json_log(revision, True, started, "failed", error=str(failure)))
                 raise failure
-            took = (rows[revision.id] or 0) / 1000
+            writers.add(found[revision.id][1])
+            took = (found[revision.id][0] or 0) / 1000
             yield self._applied(revision, True, time.monotonic() - took)
 
     def _statements(self, revision: Revision, upgrade: bool) -> list[Statement] | None:
@@ -697,25 +734,28 @@ class Runner:
         the revision began in, then the revision's token, its ledger row, COMMIT and the
         reset.
 
-        In a batch (`batch`: the ids of the revisions after it in its batch, whose tokens the
-        revision could read from the batch's text, `current_query()`): a check that it wrote
-        none of their ledger rows; the row's INSERT returns its duration; the reset runs in a
-        transaction of its own (left implicit, it would run into the next revision's BEGIN: a
-        snapshot taken before `BEGIN ISOLATION LEVEL`, an UNLISTEN that waits for the next
-        revision's COMMIT)."""
+        In a batch (`batch`: the ids of the revisions after it in its batch): the row's INSERT
+        returns its duration and the server's clock then; the reset runs in a transaction of
+        its own (left implicit, it would run into the next revision's BEGIN: a snapshot taken
+        before `BEGIN ISOLATION LEVEL`, an UNLISTEN that waits for the next revision's COMMIT),
+        which checks that the revision wrote no ledger row of the revisions after it. Their
+        tokens are in the batch's text (`current_query()`), and code run at COMMIT (a deferred
+        trigger that deferred itself again, a WITH HOLD cursor's query) comes after anything
+        the runner could check before it: the check comes after COMMIT, before the next
+        revision runs, and `apply_batch` deletes what it finds (`FORGED`)."""
         checks = [fail_unless(session_alive_sql(self._alive),
                               self._lost_lock_message("the revision was not committed"))]
         if xid is not None:
             checks.append(fail_unless(f"pg_catalog.txid_current() = {int(xid)}", ESCAPED))
-        if batch:
-            ids = ", ".join(sql_literal(later) for later in batch)
-            checks.append(fail_unless(
-                f"NOT EXISTS (SELECT FROM {ledger.LEDGER_TABLE} l WHERE l.revision "
-                f"OPERATOR(pg_catalog.=) ANY (ARRAY[{ids}]::pg_catalog.text[]))",
-                "the revision wrote the ledger row of a revision after it"))
         row = ledger.record_sql(revision, "applied", duration, new_row=True, returning=True) \
             if batch is not None else self._ledger_sql(revision, upgrade, duration)
-        reset = [*SESSION_RESET_SQL] if batch is None else ["BEGIN", *SESSION_RESET_SQL, COMMIT]
+        reset = [*SESSION_RESET_SQL]
+        if batch is not None:
+            ids = ", ".join(sql_literal(later) for later in batch)
+            later = [fail_unless(f"NOT EXISTS (SELECT FROM {ledger.LEDGER_TABLE} l WHERE "
+                                 f"l.revision OPERATOR(pg_catalog.=) ANY (ARRAY[{ids}]"
+                                 "::pg_catalog.text[]))", FORGED)] if batch else []
+            reset = ["BEGIN", *SESSION_RESET_SQL, *later, COMMIT]
         return [
             CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []), "SET CONSTRAINTS ALL IMMEDIATE",
             "CLOSE ALL", *checks,

@@ -98,8 +98,10 @@ FRAMEWORK_DDL = [
     # revision's token, and the one it could read from its own query text only writes or
     # deletes its own row, which the runner's statement then finds done and fails (rolling
     # everything back); when revisions share a round trip (`apply.Runner.apply_batch`) the
-    # text also holds the later ones' tokens, and the runner checks before each revision's
-    # row that it wrote none of theirs (`apply.Runner._finish_statements`); another session that reads the token (a login as the same owner sees
+    # text also holds the later ones' tokens, so after each revision's COMMIT the runner
+    # checks that no later one has a row and deletes what it finds, before that revision
+    # runs (`apply.Runner._finish_statements`); another session that reads the token (a
+    # login as the same owner sees
     # the batch in pg_stat_activity) cannot present it; a row is written once (the primary
     # key) and deleted once, and every run clears the digests. Never an update, never a dirty
     # row (the migrator writes those of non-transactional revisions). So neither a revision
@@ -617,9 +619,9 @@ BEGAN_SETTING = "svcmig.began"
 # Sets it, and takes the transaction's snapshot as `apply.SNAPSHOT_TAKEN` does: the first
 # statement of a revision's transaction when several revisions share a round trip, in which
 # `statement_timestamp()` is when the server received the whole batch.
-BEGAN_SQL = (f"SELECT pg_catalog.set_config('{BEGAN_SETTING}', ((pg_catalog.date_part('epoch', "
-             "pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8)"
-             "::pg_catalog.text, true)")
+NOW_US = ("(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) "
+          "1000000)::pg_catalog.int8")
+BEGAN_SQL = f"SELECT pg_catalog.set_config('{BEGAN_SETTING}', {NOW_US}::pg_catalog.text, true)"
 
 
 @dataclass(frozen=True)
@@ -656,14 +658,15 @@ def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | Sinc
     """Insert or update the ledger row of `revision`, as one statement with its values inlined
     (so it can share a round trip with other statements). With `replace_state`, an existing
     row is updated only when it is in that state; with `new_row`, there must be none; with
-    `returning`, the statement returns the row's `duration_ms`."""
+    `returning` (with `new_row`), the statement returns the row's `duration_ms` and the
+    server's clock then (microseconds since the epoch)."""
     values = ", ".join((*map(sql_literal, (revision.id, revision.service, revision.file,
                                            revision.checksum, revision.phase, state)),
                         _literal(duration_ms), sql_literal(applied_by())))
     insert = (f"INSERT INTO {LEDGER_TABLE} (revision, service, file, checksum, phase, state, "
               f"duration_ms, applied_by) VALUES ({values})")
     if new_row:
-        return f"{insert} RETURNING duration_ms" if returning else insert
+        return f"{insert} RETURNING duration_ms, {NOW_US}" if returning else insert
     only = f" WHERE {LEDGER_TABLE}.state = {_literal(replace_state)}" if replace_state else ""
     return (f"{insert} ON CONFLICT (revision) DO UPDATE SET "
             "checksum = EXCLUDED.checksum, state = EXCLUDED.state, "
