@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from migrations_runtime.engine import apply as apply_module
+from migrations_runtime.engine.apply import COMMIT as COMMIT_SQL
 from migrations_runtime.engine.apply import RunSettings, migrate
 from migrations_runtime.engine.errors import MigrationFailed
 from migrations_runtime.engine.lockwait import LockPolicy
@@ -595,3 +596,98 @@ def test_an_error_in_a_function_body_another_revision_repeats_keeps_its_line(
     assert batches == [ids]
     assert (failed.value.revision, failed.value.line) == (alone.value.revision,
                                                           alone.value.line) == (ids[0], 3)
+
+
+STASH_THEN_FORGE = r"""CREATE FUNCTION users.j_fn() RETURNS int LANGUAGE plpgsql AS $f$
+DECLARE s text; m text[];
+BEGIN
+  IF strpos(current_query(), 'users.victim') > 0 THEN  -- in the batch: a lock timeout of its own
+    RAISE EXCEPTION 'could not obtain lock (made up)' USING ERRCODE = 'lock_not_available';
+  END IF;
+  SELECT q INTO s FROM users.stash;  -- run again alone: the batch's text an earlier one kept
+  FOR m IN SELECT regexp_matches(s, 'SET LOCAL svcmig\.revision_token = ''([0-9a-f]+)''; '
+                                 '(INSERT INTO svcmig\.schema_migrations [^;]*)', 'g') LOOP
+    IF m[2] LIKE '%users_202602140000%' THEN
+      BEGIN
+        PERFORM set_config('svcmig.revision_token', m[1], true);
+        EXECUTE m[2];
+      EXCEPTION WHEN OTHERS THEN NULL;
+      END;
+    END IF;
+  END LOOP;
+  RETURN 1;
+END $f$;"""
+
+
+def test_a_token_kept_from_a_batchs_text_is_worth_nothing_once_the_batch_stopped(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """A breaker's finding: a revision copied the batch's text (and with it the later
+    revisions' tokens) into a table; a later one of the batch timed out on a lock (one it
+    made up) and, run again alone in the same session, wrote a later revision's row from it.
+    Before a revision of a batch goes on alone the service's tokens are issued again."""
+    root = migrated(tmp_path, database_url)
+    revisions(root, STASH_THEN_FORGE)
+    migrate(database_url, root, **QUIET)
+    ids = [f"users_202602{day}0000" for day in (11, 12, 13, 14)]
+    add(root, "users", "2026-02-11T0000", "CREATE TABLE users.stash AS SELECT current_query() "
+                                          "AS q;")
+    add(root, "users", "2026-02-12T0000", "CREATE TABLE users.jt AS SELECT users.j_fn() AS v;")
+    add(root, "users", "2026-02-13T0000", "CREATE TABLE users.victim AS SELECT 1/0 AS id;")
+    add(root, "users", "2026-02-14T0000", table("bystander"))
+    with pytest.raises(MigrationFailed, match="division by zero") as failed:
+        migrate(database_url, root, settings=RunSettings(lock=QUICK), **QUIET)
+    assert batches[0] == ids  # then ids[2:] in a batch of their own, after ids[1] alone
+    assert failed.value.revision == ids[2]
+    assert {k: v for k, v in ledger(database_url).items() if k in ids} == {
+        ids[0]: "applied", ids[1]: "applied"}
+    add(root, "users", "2026-02-13T0000", table("victim"))
+    migrate(database_url, root, **QUIET)
+    assert query(database_url, "SELECT to_regclass('users.bystander')") == [("users.bystander",)]
+
+
+def test_a_batch_cut_short_refuses_rows_that_the_revisions_after_never_wrote(
+        tmp_path: Path, database_url: str, batches: list[list[str]]) -> None:
+    """A breaker's finding: the revision session lost while a revision's reset (and its check
+    of the rows after it) waited, the rows its COMMIT-time trigger wrote for later revisions
+    (in a subtransaction: another xmin) stayed `applied`. The reset no longer waits; a session
+    lost there anyway (a `pg_sleep` put before the check stands for it): none after it ran, so
+    their rows are deleted and the revision whose COMMIT wrote them is marked dirty."""
+    root = migrated(tmp_path, database_url)
+    revisions(root, *AT_COMMIT)
+    migrate(database_url, root, **QUIET)
+    ids = [f"users_202602{day}0000" for day in (11, 12, 13)]
+    # the reset waits (a lock the next session holds), and the session is ended meanwhile
+    add(root, "users", "2026-02-11T0000", "INSERT INTO users.arm_t VALUES (1);")
+    add(root, "users", "2026-02-12T0000", table("victim1"))
+    add(root, "users", "2026-02-13T0000", table("victim2"))
+    real = apply_module.Runner._finish_statements
+
+    def waiting_reset(self: apply_module.Runner, *args: object, **kwargs: object) -> list[str]:
+        found = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        if args[0].id == ids[0]:  # type: ignore[attr-defined]
+            at = found.index(apply_module.BEGIN, found.index(COMMIT_SQL) + 1) + 1
+            found.insert(at, "SELECT pg_sleep(5)")
+        return found
+
+    def end_the_session() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            # pg_stat_activity shows the batch's first kilobyte: the reset is further on
+            if query(database_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE wait_event = 'PgSleep' AND state = 'active' "
+                                   "AND pid <> pg_backend_pid()"):
+                return
+            time.sleep(0.05)
+
+    with pytest.MonkeyPatch.context() as patch:  # the real runner, one statement added
+        patch.setattr(apply_module.Runner, "_finish_statements", waiting_reset)
+        killer = threading.Thread(target=end_the_session)
+        killer.start()
+        try:
+            with pytest.raises(MigrationFailed, match="wrote the ledger row") as failed:
+                migrate(database_url, root, **QUIET)
+        finally:
+            killer.join()
+    assert failed.value.revision == ids[0] and failed.value.dirty
+    assert {k: v for k, v in ledger(database_url).items() if k in ids} == {ids[0]: "dirty"}
+    assert lock_is_free(database_url)

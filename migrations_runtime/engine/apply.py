@@ -508,7 +508,8 @@ class Runner:
         blockers = self._watch.done()
         failed = next((i for i, r in enumerate(results) if r.status not in _DONE), None)
         if failed == 0:  # the server refused the text before running any of it: a character
-            for revision, _ in batch:  # the database's encoding lacks, syntax it does not know
+            self._rotate(first.service)  # the database's encoding lacks, syntax it does not know
+            for revision, _ in batch:
                 yield self.apply(revision)
             return
         if failed is None and len(results) != len(parts):  # not a result per statement
@@ -522,10 +523,19 @@ class Runner:
                  if at - 1 < len(results) and results[at - 1].status in _DONE]
         for index, ((revision, statement), (at, commit, end, begins)) in \
                 enumerate(zip(batch, spans, strict=True)):
+            if failed is not None and commit < failed < end:  # in the reset after its COMMIT
+                conn.close()  # the next revision logs in again
+                # none after it ran, so a row of one is its (the check may not have run)
+                after = [later for later, _ in batch[index + 1:]]
+                written = {row[0] for row in self.sessions.migrator.execute(
+                    f"SELECT revision FROM {ledger.LEDGER_TABLE} WHERE revision = ANY(%s)",
+                    ([later.id for later in after],)).fetchall()}
+                if written:
+                    self._forged(revision, [r for r in after if r.id in written], started)
+                took = max(0, int(results[commit - 1].get_value(0, 1) or 0) - began[index]) / 1e6
+                yield self._applied(revision, True, ended - took)
+                return
             if failed is None or failed > commit:
-                if failed is not None and failed < end and \
-                        _own_error(_error(conn, results[failed])) == FORGED:
-                    self._forged(revision, batch[index + 1:], started)
                 # from the runner's own statements' clock readings (its BEGAN, its row's
                 # INSERT): what the revision ran can change the setting the row's duration
                 # is computed from, not these
@@ -534,13 +544,11 @@ class Runner:
                 holds.statement(statement, ended - took)
                 self._recorded(revision, holds)
                 yield self._applied(revision, True, ended - took)
-                if failed is not None and failed < end:  # in the reset after its COMMIT
-                    conn.close()  # the next revision logs in again
-                    return
                 continue
             error = _error(conn, results[failed])
             self._rollback(conn)
             since = started + (began[index] - began[0]) / 1e6 if index < len(began) else started
+            self._rotate(revision.service)  # it may go on alone, in this session
             if self._lock_timed_out(error):  # its statement's locks, or its deferred checks'
                 waited = LockTimedOut(int((ended - since) * 1000), blockers)
                 yield self.apply(revision, timed_out=(since, waited)) \
@@ -562,11 +570,21 @@ class Runner:
             self.log(json_log(revision, True, since, "failed", error=str(failure)))
             raise failure from error
 
-    def _forged(self, revision: Revision, after: list[tuple[Revision, Statement]],
-                started: float) -> None:
-        """`revision` committed ledger rows of revisions after it in its batch, which never
-        ran: the migrator deletes them and marks `revision` dirty; raises `MigrationFailed`."""
-        ids = [later.id for later, _ in after]
+    def _rotate(self, service: str) -> None:
+        """Issue `service`'s tokens again, new ones, before its session runs a revision of a
+        batch that did not run to its end: the batch's text showed the revisions after the
+        failed one their tokens, and code a revision left behind could keep them (a table it
+        copied `current_query()` into) for a revision run alone, which no later revision's
+        check follows. (Bound to pid 0, which no session has: issued again at the next
+        `_bind`, still cleared at `close`.)"""
+        if service in self._bound:
+            self._bound[service] = 0
+
+    def _forged(self, revision: Revision, after: list[Revision], started: float) -> None:
+        """`revision` committed ledger rows of revisions after it in its batch (`after`),
+        which never ran: the migrator deletes them and marks `revision` dirty; raises
+        `MigrationFailed`."""
+        ids = [later.id for later in after]
         self.sessions.migrator.execute(
             f"DELETE FROM {ledger.LEDGER_TABLE} WHERE revision = ANY(%s)", (ids,))
         failure = MigrationFailed(revision.id, revision.path, f"{FORGED} ({', '.join(ids)}), "
@@ -579,25 +597,38 @@ class Runner:
     def _batch_cut_short(self, batch: list[tuple[Revision, Statement]], started: float,
                          why: str | None) -> Iterator[RevisionResult]:
         """A `batch` that did not run to its end (its session failed, or the run was
-        interrupted): the revisions that committed, as the ledger says (a pending
-        transactional revision has no row); the first that did not fails `why` (None: the
-        caller raises)."""
+        interrupted, and its results are lost): the revisions that committed, as the ledger
+        says (a pending transactional revision has no row); the first that did not fails `why`
+        (None: the caller raises). A row written by the transaction of an earlier revision
+        (its `xmin`) is refused as the check after that revision's COMMIT would have; one
+        written in a subtransaction of it is not told apart, but the check follows the COMMIT
+        at once, in a transaction that cannot wait."""
         found = {row[0]: row[1:] for row in self.sessions.migrator.execute(
             f"SELECT revision, duration_ms, xmin::text FROM {ledger.LEDGER_TABLE} "
             "WHERE revision = ANY(%s)", ([revision.id for revision, _ in batch],)).fetchall()}
-        writers: set[str] = set()  # each revision commits its row in a transaction of its own
-        for index, (revision, _) in enumerate(batch):
-            if revision.id in found and found[revision.id][1] in writers:
-                self._forged(batch[index - 1][0], batch[index:], started)
-            if revision.id not in found:
-                if why is None:
-                    return
-                failure = MigrationFailed(revision.id, revision.path, why)
-                self.log(json_log(revision, True, started, "failed", error=str(failure)))
-                raise failure
-            writers.add(found[revision.id][1])
+        # what committed: a start of the batch, each row in a transaction of its own; a row
+        # after it was written by one of those transactions (the revisions after never ran)
+        writers: dict[str, Revision] = {}
+        for revision, _ in batch:
+            row = found.get(revision.id)
+            if row is None or row[1] in writers:
+                break
+            writers[row[1]] = revision
+        committed = list(writers.values())
+        forged = [r for r, _ in batch[len(committed):] if r.id in found]
+        thief = writers.get(found[forged[0].id][1], batch[0][0]) if forged else None
+        for revision in committed:
+            if revision is thief:
+                self._forged(revision, forged, started)
             took = (found[revision.id][0] or 0) / 1000
             yield self._applied(revision, True, time.monotonic() - took)
+        if thief is not None:
+            self._forged(thief, forged, started)
+        if why is not None and len(committed) < len(batch):
+            revision = batch[len(committed)][0]
+            failure = MigrationFailed(revision.id, revision.path, why)
+            self.log(json_log(revision, True, started, "failed", error=str(failure)))
+            raise failure
 
     def _statements(self, revision: Revision, upgrade: bool) -> list[Statement] | None:
         """A SQL revision's statements, checked before anything runs (None for Python). What
@@ -755,7 +786,10 @@ class Runner:
             later = [fail_unless(f"NOT EXISTS (SELECT FROM {ledger.LEDGER_TABLE} l WHERE "
                                  f"l.revision OPERATOR(pg_catalog.=) ANY (ARRAY[{ids}]"
                                  "::pg_catalog.text[]))", FORGED)] if batch else []
-            reset = ["BEGIN", *SESSION_RESET_SQL, *later, COMMIT]
+            # first, in a transaction that cannot wait (for a safe snapshot, as a SERIALIZABLE
+            # READ ONLY DEFERRABLE default the revision left would): nothing can stretch the
+            # moment between the COMMIT and the check
+            reset = [BEGIN, *later, *SESSION_RESET_SQL, COMMIT]
         return [
             CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []), "SET CONSTRAINTS ALL IMMEDIATE",
             "CLOSE ALL", *checks,
