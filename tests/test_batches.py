@@ -12,10 +12,7 @@ revision run alone, `batch_limit=1`, where that is the promise).
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,7 +27,15 @@ from migrations_runtime.engine.apply import RunSettings, migrate
 from migrations_runtime.engine.errors import MigrationFailed
 from migrations_runtime.engine.lockwait import LockPolicy
 from tests.conftest import query, url_for
-from tests.test_containment import QUIET, add, base_project, ledger, lock_is_free
+from tests.test_containment import (
+    LEAK_CHECKS,
+    QUIET,
+    add,
+    base_project,
+    interrupted_migrate,
+    ledger,
+    lock_is_free,
+)
 from tests.test_lock_policy import Blocker, releasing_after
 
 QUICK = LockPolicy(first_timeout_ms=100, max_timeout_ms=200, pause_ms=50, budget_seconds=20)
@@ -227,21 +232,9 @@ def test_an_interrupted_batch_reports_what_committed(
     ids = revisions(root, table("a"),
                     "CREATE TABLE users.slow AS SELECT pg_sleep(60) IS NULL AS slept;",
                     table("c"))
-    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "DATABASE_URL": database_url}
-    run = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate", "--json"],
-                           cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not query(database_url, "SELECT 1 FROM pg_stat_activity WHERE application_name "
-                                      "= %s AND state = 'active'", (f"svcmig-revision {ids[1]}",)):
-            assert time.monotonic() < deadline and run.poll() is None, run.communicate()
-            time.sleep(0.1)
-        run.send_signal(signal_number)
-        stdout, stderr = run.communicate(timeout=30)
-    finally:
-        run.kill()
-    assert run.returncode == 130, stderr
+    stdout, stderr = interrupted_migrate(root, database_url, signal_number,
+                                         "application_name = %s AND state = 'active'",
+                                         f"svcmig-revision {ids[1]}")
     result = json.loads(stdout)
     assert result["outcome"] == "interrupted"
     assert [r["revision"] for r in result["applied"]] == ids[:1]
@@ -398,22 +391,10 @@ BATCHED_LEAKS = [
     "CREATE TABLE users.leak AS SELECT users.listen() AS x;",  # LISTEN from a function
     "CREATE TABLE users.leak AS SELECT 1 AS x FROM pg_advisory_lock(42);",
 ]
-NO_LEAKS = """CREATE FUNCTION users.no_leaks() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN
-  IF current_setting('statement_timeout') <> '0' THEN
-    RAISE EXCEPTION 'leaked statement_timeout %', current_setting('statement_timeout'); END IF;
+NO_LEAKS = f"""CREATE FUNCTION users.no_leaks() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN
   IF current_setting('transaction_isolation') <> 'read committed'
      OR current_setting('transaction_read_only') <> 'off' THEN
-    RAISE EXCEPTION 'leaked transaction characteristics'; END IF;
-  IF coalesce(current_setting('svcmig_test.flag', true), '') <> '' THEN
-    RAISE EXCEPTION 'leaked a custom setting'; END IF;
-  IF EXISTS (SELECT FROM pg_prepared_statements WHERE name = 'leaky') THEN
-    RAISE EXCEPTION 'leaked a prepared statement'; END IF;
-  IF to_regclass('pg_temp.leaky_temp') IS NOT NULL THEN
-    RAISE EXCEPTION 'leaked a temp table'; END IF;
-  IF EXISTS (SELECT FROM pg_listening_channels() c WHERE c = 'leaky') THEN
-    RAISE EXCEPTION 'leaked LISTEN'; END IF;
-  IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) THEN
-    RAISE EXCEPTION 'leaked an advisory lock'; END IF;
+    RAISE EXCEPTION 'leaked transaction characteristics'; END IF;{LEAK_CHECKS}
   RETURN true;
 END $$;"""
 

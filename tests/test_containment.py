@@ -398,9 +398,8 @@ LEAKS = [
     "LISTEN leaky;",
     "SELECT pg_advisory_lock(42);",
 ]
-PROBE = """SELECT pg_sleep(0.3);
-CREATE TABLE probe (id int);
-DO $$ BEGIN
+# plpgsql: raise when anything of LEAKS reached the session
+LEAK_CHECKS = """
   IF current_setting('statement_timeout') <> '0' THEN
     RAISE EXCEPTION 'leaked statement_timeout %', current_setting('statement_timeout'); END IF;
   IF coalesce(current_setting('svcmig_test.flag', true), '') <> '' THEN
@@ -415,7 +414,10 @@ DO $$ BEGIN
     RAISE EXCEPTION 'leaked a cursor'; END IF;
   IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) THEN
     RAISE EXCEPTION 'leaked an advisory lock'; END IF;
-END $$;
+"""
+PROBE = f"""SELECT pg_sleep(0.3);
+CREATE TABLE probe (id int);
+DO $$ BEGIN{LEAK_CHECKS}END $$;
 """
 
 
@@ -1596,19 +1598,19 @@ def test_sys_exit_in_a_revision_fails_the_revision_not_the_run(
     assert lock_is_free(database_url)
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
-def test_an_interrupted_migrate_reports_and_releases(tmp_path: Path, database_url: str,
-                                                     signal_number: int) -> None:
-    root = base_project(tmp_path)
-    add(root, "users", "2026-02-01T0000", "CREATE TABLE t (id int);\nSELECT pg_sleep(60);\n")
-    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "DATABASE_URL": database_url}
+def interrupted_migrate(root: Path, url: str, signal_number: int, running: str,
+                        *params: object) -> tuple[str, str]:
+    """`svcmig migrate --json` in its own process, sent `signal_number` once a session of
+    the database matches `running` (SQL over pg_stat_activity); its stdout and stderr, after
+    it exited with 130."""
+    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "DATABASE_URL": url}
     run = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate", "--json"],
                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     try:
         deadline = time.monotonic() + 60
-        while not query(database_url, "SELECT 1 FROM pg_stat_activity WHERE query LIKE "
-                                      "'%%pg_sleep(60)%%' AND pid <> pg_backend_pid()"):
+        while not query(url, "SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                             f"AND {running}", params):
             assert time.monotonic() < deadline and run.poll() is None, run.communicate()
             time.sleep(0.1)
         run.send_signal(signal_number)
@@ -1616,6 +1618,16 @@ def test_an_interrupted_migrate_reports_and_releases(tmp_path: Path, database_ur
     finally:
         run.kill()
     assert run.returncode == 130, stderr
+    return stdout, stderr
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_an_interrupted_migrate_reports_and_releases(tmp_path: Path, database_url: str,
+                                                     signal_number: int) -> None:
+    root = base_project(tmp_path)
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE t (id int);\nSELECT pg_sleep(60);\n")
+    stdout, stderr = interrupted_migrate(root, database_url, signal_number,
+                                         "query LIKE '%%pg_sleep(60)%%'")
     result = json.loads(stdout)
     assert result["outcome"] == "interrupted"
     assert [r["revision"] for r in result["applied"]] == ["users_202601010000"]
