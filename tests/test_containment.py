@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -39,7 +40,7 @@ from migrations_runtime.engine.load import checksum, parse_sql_source, read_text
 from migrations_runtime.engine.lock import LOCK_KEY
 from migrations_runtime.engine.lockwait import LockPolicy
 from migrations_runtime.engine.validate import build_graph
-from tests.conftest import REPO, query, run_alembic, run_cli, write_project
+from tests.conftest import REPO, query, run_alembic, run_cli, url_for, write_project
 from tests.pgbouncer import pgbouncer, pgbouncer_binary
 
 USERS_ROOT = ("CREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
@@ -990,14 +991,11 @@ def test_a_revision_does_not_commit_once_the_migrator_lost_its_lock(
     def end_the_migrators_session() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            # a revision batched after another: pg_stat_activity shows the batch's start, and
-            # names the revision running in application_name
             ended = query(database_url, "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
                                         "JOIN pg_stat_activity a ON a.pid <> l.pid "
                                         "WHERE l.locktype = 'advisory' AND l.granted "
-                                        "AND (a.query LIKE %s OR a.application_name = %s) "
-                                        "AND a.state = 'active'",
-                          ("%pg_sleep(1.5)%", "svcmig-revision users_202602010000"))
+                                        "AND a.query LIKE %s AND a.state = 'active'",
+                          ("%pg_sleep(1.5)%",))
             if ended:
                 return
             time.sleep(0.05)
@@ -2050,3 +2048,32 @@ def test_default_privileges_on_large_objects_do_not_open_a_new_token_object(
     acl = query(database_url, f"SELECT lomacl::text FROM pg_largeobject_metadata "
                 f"WHERE oid = {USERS_OBJECT}")
     assert acl == [("{postgres=rw/postgres,users_owner=r/postgres}",)]
+
+
+@pytest.mark.parametrize("encoding", ["SQL_ASCII", "LATIN1"])
+def test_an_errors_line_is_counted_as_the_server_counts_it(
+        tmp_path: Path, server_url: str, encoding: str) -> None:
+    """The kind: an error position in the server's own units. In a SQL_ASCII database the
+    server counts it in bytes, so multibyte text before the error moved the line (a
+    breaker's finding); a character a LATIN1 database lacks is refused before anything runs,
+    with the transaction idle, and the line was lost."""
+    name = f"svcmig_t_{uuid.uuid4().hex[:12]}"
+    query(server_url, f"CREATE DATABASE {name} ENCODING '{encoding}' TEMPLATE template0 "
+                      "LC_COLLATE 'C' LC_CTYPE 'C'")
+    url = url_for(server_url, name)
+    try:
+        root = base_project(tmp_path)
+        migrate(url, root, **QUIET)
+        add(root, "users", "2026-02-01T0000",
+            "-- the error is on line 4\nCREATE TABLE users.x AS SELECT\n"
+            f"  '{'é' * 40}' AS a,\n  nosuch AS b,\n  1 AS c,\n  2 AS d,\n  3 AS e;\n"
+            if encoding == "SQL_ASCII" else
+            "-- the statement starts on line 2\nCREATE TABLE users.x AS SELECT\n"
+            "  1 AS a,\n  'caf\u00e9 \U0001f600' AS b;\n")
+        with pytest.raises(MigrationFailed) as failed:
+            migrate(url, root, **QUIET)
+        assert failed.value.line == (4 if encoding == "SQL_ASCII" else 2)
+        assert "users_202602010000" not in ledger(url)
+        assert lock_is_free(url)
+    finally:
+        query(server_url, f'DROP DATABASE "{name}" WITH (FORCE)')

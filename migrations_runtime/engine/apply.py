@@ -25,7 +25,7 @@ import secrets
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +54,7 @@ from .plan import PhaseChoice, Plan, make_plan
 from .preflight import Prepared, file_stat, preflight
 from .python_revisions import PythonRevisions
 from .report import RevisionResult, RunResult, json_log
-from .sessions import REVISION_SESSION_NAME, GuardedConnection, RevisionSessions
+from .sessions import GuardedConnection, RevisionSessions
 from .statements import (
     OWN_ERROR_PREFIX,
     SESSION_RESET_SQL,
@@ -68,18 +68,12 @@ from .statements import (
     quote_ident,
     revision_statements,
     service_of,
-    sql_literal,
 )
 from .validate import Graph, build_graph
 
 # Before the runner's own statements in a revision's session: the revision may have put its
 # schema (and functions or operators named like built-in ones) first on the search path.
 CATALOG_ONLY = "SET LOCAL search_path = pg_catalog, pg_temp"
-
-
-# By default at most this many revisions share a round trip (`Runner.batch`): what is left of a
-# batch after a failure is not lost, but runs in the next.
-BATCH_LIMIT = 32
 
 
 @dataclass(frozen=True)
@@ -96,9 +90,6 @@ class RunSettings:
     idle_timeout_ms: int = DEFAULT_IDLE_IN_TRANSACTION_MS
     # A strong lock on a pre-existing table held longer than this is a `long_lock_hold` warning.
     long_hold_ms: int = 1000
-    # At most this many revisions share a round trip (`Runner.batch`); 1: each its own, and
-    # each one's log line comes as it commits (a batch's come after all of it committed).
-    batch_limit: int = BATCH_LIMIT
 
     def statement_timeout_now(self) -> int | None:
         """`statement_timeout` (ms) for a revision starting now: `statement_timeout_ms`,
@@ -108,14 +99,6 @@ class RunSettings:
             return self.statement_timeout_ms
         left = max(1000, int((self.deadline - time.monotonic()) * 1000))
         return left if self.statement_timeout_ms is None else min(left, self.statement_timeout_ms)
-
-
-def _unchanged(revision: Revision, prepared: Prepared) -> bool:
-    """The revision's file is as the preflight read it."""
-    try:
-        return file_stat(revision.path) == prepared.stat
-    except OSError:
-        return False
 
 
 def _error_line(conn: psycopg.Connection, err: psycopg.Error, statement: Statement,
@@ -165,9 +148,6 @@ def _describe(err: psycopg.Error) -> str:
 # What a `fail_unless` check in the finish says when the transaction is not the one the
 # revision began in.
 ESCAPED = "the revision ended the runner's transaction"
-# What the check after a batched revision's COMMIT says when a later revision of the batch has
-# a ledger row (`Runner._finish_statements`).
-FORGED = "the revision wrote the ledger row of a revision after it in its batch"
 
 
 def _own_error(err: psycopg.Error) -> str | None:
@@ -187,7 +167,6 @@ BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
 # of the transaction's start, and a revision committed after a frozen migrator lost its lock
 # (a breaker's finding).
 SNAPSHOT_TAKEN = "SELECT"
-COMMIT = "COMMIT"
 
 EXISTING_RELATIONS_SQL = """
     SELECT n.nspname, c.relname, n.nspname || '.' || coalesce(t.relname, c.relname)
@@ -199,26 +178,16 @@ EXISTING_RELATIONS_SQL = """
 _DONE = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY)
 
 
-def batch_results(conn: psycopg.Connection, sql: str) -> list[pq.abc.PGresult]:
-    """Send statements in one round trip; the server's result of each, in order, up to and
-    including the first that failed (the server skips the rest). Through psycopg's own
-    generators, but without building a cursor result for each of the 20-odd statements of a
-    revision's batch (25–60 µs a revision, `bench/`)."""
+def run_batch(conn: psycopg.Connection, sql: str) -> None:
+    """Run statements whose results nobody reads, in one round trip, through psycopg's own
+    generators but without building a cursor result for each of the 20-odd statements of a
+    revision's batch (25–60 µs a revision, `bench/`). An error raises the exception psycopg
+    would."""
     conn.pgconn.send_query(sql.encode(conn.info.encoding))
     # psycopg's own wait: Ctrl-C cancels the statement on the server, as in `execute`
-    return conn.wait(generators.execute(conn.pgconn))
-
-
-def _error(conn: psycopg.Connection, result: pq.abc.PGresult) -> psycopg.Error:
-    return psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
-
-
-def run_batch(conn: psycopg.Connection, sql: str) -> None:
-    """Run statements whose results nobody reads, in one round trip (`batch_results`). An
-    error raises the exception psycopg would."""
-    for result in batch_results(conn, sql):
+    for result in conn.wait(generators.execute(conn.pgconn)):
         if result.status not in _DONE:
-            raise _error(conn, result)
+            raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
 
 
 class LockTimedOut(Exception):
@@ -357,6 +326,8 @@ class Runner:
                                                         else ""))
             except psycopg.Error as err:
                 blockers = self._watch.done()
+                # also when the server refused the text before running it (a syntax error, a
+                # character the database's encoding lacks): the transaction is idle then
                 err.add_note(f"svcmig-line:{_error_line(conn, err, statement, lead)}")
                 if last and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                     self._finish_failed(conn, revision, upgrade, err)
@@ -405,230 +376,24 @@ class Runner:
             raise MigrationFailed(revision.id, revision.path, f"{type(err).__name__}: {err}",
                                   line) from err
 
-    def apply(self, revision: Revision, upgrade: bool = True,
-              timed_out: tuple[float, LockTimedOut] | None = None) -> RevisionResult:
-        """Run one revision in one direction and record it; raises `MigrationFailed`.
-        `timed_out`: (when, how) the revision's first lock attempt timed out in a batch
-        (`apply_batch`); this goes on from its second."""
-        started = time.monotonic() if timed_out is None else timed_out[0]
+    def apply(self, revision: Revision, upgrade: bool = True) -> RevisionResult:
+        """Run one revision in one direction and record it; raises `MigrationFailed`."""
+        started = time.monotonic()
         try:
             statements = self._statements(revision, upgrade)
             if revision.transactional:
-                self._apply_transactional(revision, upgrade, statements, started,
-                                          timed_out[1] if timed_out else None)
+                self._apply_transactional(revision, upgrade, statements, started)
             else:
                 self._apply_autocommit(revision, upgrade, statements, started)
         except MigrationFailed as err:
             self.log(json_log(revision, upgrade, started, "failed", error=str(err)))
             raise
-        return self._applied(revision, upgrade, started)
-
-    def _applied(self, revision: Revision, upgrade: bool, started: float) -> RevisionResult:
-        """The revision committed (it began at `started`): its token and code are spent."""
-        self._tokens.pop((revision.id, upgrade), None)
+        self._tokens.pop((revision.id, upgrade), None)  # used: its transaction committed
         self._code.pop((revision.id, upgrade), None)
         self._planned.get(revision.service, {}).pop((revision.id, upgrade), None)
         result = RevisionResult.of(revision, started, "applied" if upgrade else "reverted")
         self.log(json_log(revision, upgrade, started, result.outcome))
         return result
-
-    def batch(self, steps: Sequence[Revision], start: int) -> list[tuple[Revision, Statement]]:
-        """The revisions from `steps[start]` on that can share one round trip (`apply_batch`),
-        with their statements: consecutive transactional SQL revisions of one service, each a
-        single statement whose locks its parse tree tells, read by the preflight and unchanged
-        since, at most `RunSettings.batch_limit`; empty when fewer than two. None under a
-        deadline: each revision's statement_timeout is then the time left when it starts,
-        which is not known when the batch is sent."""
-        if self.settings.deadline is not None:
-            return []
-        found: list[tuple[Revision, Statement]] = []
-        for revision in steps[start:start + self.settings.batch_limit]:
-            prepared = self.prepared.get(revision.id)
-            if revision.service != steps[start].service or not revision.transactional or \
-                    prepared is None or prepared.statements is None or \
-                    len(prepared.statements) != 1 or \
-                    prepared.statements[0].kind in UNKNOWN_LOCKS or \
-                    not _unchanged(revision, prepared):
-                break
-            found.append((revision, prepared.statements[0]))
-        return found if len(found) > 1 else []
-
-    def apply_batch(self, batch: list[tuple[Revision, Statement]]) -> Iterator[RevisionResult]:
-        """Apply a `batch` in one round trip: each revision in its own transaction with its
-        ledger row, then the session's reset, as `apply` runs them one by one, but without a
-        round trip per revision (60–70 µs each on a local server, `bench/bench_migrate.py`).
-        Yields each revision's result as it committed, in order. The server runs the
-        statements in order and skips the rest after an error, so the results say how far it
-        got: the failed revision is rolled back and fails as `apply` would fail it, or, after
-        a lock timeout, goes to `apply` for its next lock attempt. Every revision of the batch
-        waits for a lock as long as the first attempt of a revision that queues traffic (the
-        blocker watch holds a session to one timeout); one that does not queue traffic and
-        timed out goes to `apply` for its own attempt, with the whole budget. The revisions
-        after the failed one are left to the caller. A revision's duration is the server's,
-        from its transaction's start to its ledger row (`ledger.SinceBegan`), which the row's
-        INSERT returns."""
-        started = time.monotonic()
-        first = batch[0][0]
-        try:
-            conn = self._session(first)
-        except MigrationFailed as err:
-            self.log(json_log(first, True, started, "failed", error=str(err)))
-            raise
-        if lexing_changed(conn):  # `apply` says what changed
-            yield self.apply(first)
-            return
-        pid = conn.info.backend_pid
-        parts: list[str] = []
-        spans: list[tuple[int, int, int, int]] = []  # statement, COMMIT, end; statement's offset
-        offset = 0  # of the next part in the batch's text
-        timeout = self._timeout_ms = next(iter(self.settings.lock.attempts(started, True)))[1]
-        for index, (revision, statement) in enumerate(batch):
-            enter = self._enter_statements(revision, True, ledger.BEGAN_SQL)
-            at, begins = len(parts) + len(enter), offset + sum(len(p) + 2 for p in enter)
-            # a newline after the statement: it may end in a -- comment
-            added = [*enter, statement.sql + "\n", *self._finish_statements(
-                revision, True, ledger.SinceBegan(), pid,
-                batch=[later.id for later, _ in batch[index + 1:]])]
-            parts += added
-            spans.append((at, parts.index(COMMIT, at), len(parts), begins))
-            offset += sum(len(part) + 2 for part in added)
-        text = "; ".join(parts)
-        self._watch.watch(pid, timeout)
-        try:
-            results = batch_results(conn, text)
-        except psycopg.Error as err:  # the session failed: the ledger says how far it got
-            self._watch.done()
-            conn.close()
-            yield from self._batch_cut_short(batch, started, _describe(err))
-            return
-        except KeyboardInterrupt:
-            self._watch.done()
-            yield from self._batch_cut_short(batch, started, None)
-            raise
-        blockers = self._watch.done()
-        failed = next((i for i, r in enumerate(results) if r.status not in _DONE), None)
-        if failed == 0:  # the server refused the text before running any of it: a character
-            self._rotate(first.service)  # the database's encoding lacks, syntax it does not know
-            for revision, _ in batch:
-                yield self.apply(revision)
-            return
-        if failed is None and len(results) != len(parts):  # not a result per statement
-            conn.close()
-            yield from self._batch_cut_short(batch, started, f"{len(results)} results for "
-                                             f"{len(parts)} statements")
-            return
-        ended = time.monotonic()
-        # when each revision began, on the server's clock (its `ledger.BEGAN_SQL`)
-        began = [int(results[at - 1].get_value(0, 0) or 0) for at, *_ in spans
-                 if at - 1 < len(results) and results[at - 1].status in _DONE]
-        for index, ((revision, statement), (at, commit, end, begins)) in \
-                enumerate(zip(batch, spans, strict=True)):
-            if failed is not None and commit < failed < end:  # in the reset after its COMMIT
-                conn.close()  # the next revision logs in again
-                # none after it ran, so a row of one is its (the check may not have run)
-                after = [later for later, _ in batch[index + 1:]]
-                written = {row[0] for row in self.sessions.migrator.execute(
-                    f"SELECT revision FROM {ledger.LEDGER_TABLE} WHERE revision = ANY(%s)",
-                    ([later.id for later in after],)).fetchall()}
-                if written:
-                    self._forged(revision, [r for r in after if r.id in written], started)
-                took = max(0, int(results[commit - 1].get_value(0, 1) or 0) - began[index]) / 1e6
-                yield self._applied(revision, True, ended - took)
-                return
-            if failed is None or failed > commit:
-                # from the runner's own statements' clock readings (its BEGAN, its row's
-                # INSERT): what the revision ran can change the setting the row's duration
-                # is computed from, not these
-                took = max(0, int(results[commit - 1].get_value(0, 1) or 0) - began[index]) / 1e6
-                holds = HoldTracker(self._existing, service_of(revision).schema)
-                holds.statement(statement, ended - took)
-                self._recorded(revision, holds)
-                yield self._applied(revision, True, ended - took)
-                continue
-            error = _error(conn, results[failed])
-            self._rollback(conn)
-            since = started + (began[index] - began[0]) / 1e6 if index < len(began) else started
-            self._rotate(revision.service)  # it may go on alone, in this session
-            if self._lock_timed_out(error):  # its statement's locks, or its deferred checks'
-                waited = LockTimedOut(int((ended - since) * 1000), blockers)
-                yield self.apply(revision, timed_out=(since, waited)) \
-                    if queues_traffic(statement) else self.apply(revision)
-                return
-            if failed == at and error.diag.statement_position is None and \
-                    error.diag.internal_position is not None:
-                # in a function's body, which the server finds in the query string by its
-                # text: not when another revision of the batch has the same body
-                yield self.apply(revision)
-                return
-            # as `apply` says it: the runner's own check's message, or the error and the line
-            # of the statement (whose position the server counts from the batch's start)
-            own = _own_error(error) if failed != at else None
-            line = _error_line(conn, error, statement, text[:begins]) if failed == at else \
-                statement.line
-            failure = MigrationFailed(revision.id, revision.path, own or _describe(error),
-                                      None if own else line)
-            self.log(json_log(revision, True, since, "failed", error=str(failure)))
-            raise failure from error
-
-    def _rotate(self, service: str) -> None:
-        """Issue `service`'s tokens again, new ones, before its session runs a revision of a
-        batch that did not run to its end: the batch's text showed the revisions after the
-        failed one their tokens, and code a revision left behind could keep them (a table it
-        copied `current_query()` into) for a revision run alone, which no later revision's
-        check follows. (Bound to pid 0, which no session has: issued again at the next
-        `_bind`, still cleared at `close`.)"""
-        if service in self._bound:
-            self._bound[service] = 0
-
-    def _forged(self, revision: Revision, after: list[Revision], started: float) -> None:
-        """`revision` committed ledger rows of revisions after it in its batch (`after`),
-        which never ran: the migrator deletes them and marks `revision` dirty; raises
-        `MigrationFailed`."""
-        ids = [later.id for later in after]
-        self.sessions.migrator.execute(
-            f"DELETE FROM {ledger.LEDGER_TABLE} WHERE revision = ANY(%s)", (ids,))
-        failure = MigrationFailed(revision.id, revision.path, f"{FORGED} ({', '.join(ids)}), "
-                                  "with code that ran at its COMMIT (a deferred trigger, a "
-                                  "cursor's query); those rows are deleted and were never run")
-        self._mark_dirty(revision, failure, "what it ran is committed")
-        self.log(json_log(revision, True, started, "failed", error=str(failure)))
-        raise failure
-
-    def _batch_cut_short(self, batch: list[tuple[Revision, Statement]], started: float,
-                         why: str | None) -> Iterator[RevisionResult]:
-        """A `batch` that did not run to its end (its session failed, or the run was
-        interrupted, and its results are lost): the revisions that committed, as the ledger
-        says (a pending transactional revision has no row); the first that did not fails `why`
-        (None: the caller raises). A row written by the transaction of an earlier revision
-        (its `xmin`) is refused as the check after that revision's COMMIT would have; one
-        written in a subtransaction of it is not told apart, but the check follows the COMMIT
-        at once, in a transaction that cannot wait."""
-        found = {row[0]: row[1:] for row in self.sessions.migrator.execute(
-            f"SELECT revision, duration_ms, xmin::text FROM {ledger.LEDGER_TABLE} "
-            "WHERE revision = ANY(%s)", ([revision.id for revision, _ in batch],)).fetchall()}
-        # what committed: a start of the batch, each row in a transaction of its own; a row
-        # after it was written by one of those transactions (the revisions after never ran)
-        writers: dict[str, Revision] = {}
-        for revision, _ in batch:
-            row = found.get(revision.id)
-            if row is None or row[1] in writers:
-                break
-            writers[row[1]] = revision
-        committed = list(writers.values())
-        forged = [r for r, _ in batch[len(committed):] if r.id in found]
-        thief = writers.get(found[forged[0].id][1], batch[0][0]) if forged else None
-        for revision in committed:
-            if revision is thief:
-                self._forged(revision, forged, started)
-            took = (found[revision.id][0] or 0) / 1000
-            yield self._applied(revision, True, time.monotonic() - took)
-        if thief is not None:
-            self._forged(thief, forged, started)
-        if why is not None and len(committed) < len(batch):
-            revision = batch[len(committed)][0]
-            failure = MigrationFailed(revision.id, revision.path, why)
-            self.log(json_log(revision, True, started, "failed", error=str(failure)))
-            raise failure
 
     def _statements(self, revision: Revision, upgrade: bool) -> list[Statement] | None:
         """A SQL revision's statements, checked before anything runs (None for Python). What
@@ -665,8 +430,7 @@ class Runner:
             raise MigrationFailed(revision.id, revision.path, str(err)) from err
 
     @staticmethod
-    def _ledger_sql(revision: Revision, upgrade: bool,
-                    duration_ms: int | ledger.Elapsed | ledger.SinceBegan) -> str:
+    def _ledger_sql(revision: Revision, upgrade: bool, duration_ms: int | ledger.Elapsed) -> str:
         """The ledger row says the revision is applied (or, going down, that it is not); the
         version view follows."""
         if upgrade:  # a pending transactional revision has no row; a dirty one has one
@@ -689,23 +453,14 @@ class Runner:
     def _enter_sql(self, revision: Revision, transactional: bool, upgrade: bool = True) -> str:
         """Put the (clean) session inside the service: search_path, the attempt's lock_timeout
         and, when set, statement_timeout; a transactional revision's transaction starts here."""
-        return "; ".join(self._enter_statements(revision, transactional))
-
-    def _enter_statements(self, revision: Revision, transactional: bool,
-                          snapshot: str = SNAPSHOT_TAKEN) -> list[str]:
-        """`_enter_sql`'s statements; `snapshot` is a transaction's last (it takes the
-        snapshot). A transaction's `application_name` names the revision in pg_stat_activity
-        (whose `query` shows only a batch's first kilobyte, `track_activity_query_size`)."""
         timeout = self.settings.statement_timeout_now()
         whole = []  # PostgreSQL 17+: the whole transaction too, not each statement alone
         if transactional and self.settings.deadline is not None and timeout is not None and \
                 self.sessions.migrator.info.server_version >= 170000:
             whole = [f"SET LOCAL transaction_timeout = {timeout}"]
-        named = "SET LOCAL application_name = " + \
-            sql_literal(f"{REVISION_SESSION_NAME} {revision.id}")
-        return [*([BEGIN, named] if transactional else []), *enter_service_sql(
+        return "; ".join([*([BEGIN] if transactional else []), *enter_service_sql(
             service_of(revision), transactional, self._timeout_ms, timeout), *whole,
-            *([snapshot] if transactional else [])]
+            *([SNAPSHOT_TAKEN] if transactional else [])])
 
     def _finish(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                 started: float, transactional: bool,
@@ -749,12 +504,6 @@ class Runner:
 
     def _finish_sql(self, revision: Revision, upgrade: bool, duration: int | ledger.Elapsed,
                     pid: int, probe: bool = False, xid: int | None = None) -> str:
-        return "; ".join(self._finish_statements(revision, upgrade, duration, pid, probe, xid))
-
-    def _finish_statements(self, revision: Revision, upgrade: bool,
-                           duration: int | ledger.Elapsed | ledger.SinceBegan, pid: int,
-                           probe: bool = False, xid: int | None = None,
-                           batch: Sequence[str] | None = None) -> list[str]:
         """The round trip that ends a transactional revision (see `_finish`): the runner's
         search path, the strong locks held (with `probe`), the deferred constraints and
         triggers (run now, so none runs after the ledger row and the duration counts them),
@@ -763,37 +512,16 @@ class Runner:
         idle timeout lost its session, and with it the lock, to `idle_session_timeout`;
         another may be running now) and, with `xid`, that the transaction is still the one
         the revision began in, then the revision's token, its ledger row, COMMIT and the
-        reset.
-
-        In a batch (`batch`: the ids of the revisions after it in its batch): the row's INSERT
-        returns its duration and the server's clock then; the reset runs in a transaction of
-        its own (left implicit, it would run into the next revision's BEGIN: a snapshot taken
-        before `BEGIN ISOLATION LEVEL`, an UNLISTEN that waits for the next revision's COMMIT),
-        which checks that the revision wrote no ledger row of the revisions after it. Their
-        tokens are in the batch's text (`current_query()`), and code run at COMMIT (a deferred
-        trigger that deferred itself again, a WITH HOLD cursor's query) comes after anything
-        the runner could check before it: the check comes after COMMIT, before the next
-        revision runs, and `apply_batch` deletes what it finds (`FORGED`)."""
+        reset."""
         checks = [fail_unless(session_alive_sql(self._alive),
                               self._lost_lock_message("the revision was not committed"))]
         if xid is not None:
             checks.append(fail_unless(f"pg_catalog.txid_current() = {int(xid)}", ESCAPED))
-        row = ledger.record_sql(revision, "applied", duration, new_row=True, returning=True) \
-            if batch is not None else self._ledger_sql(revision, upgrade, duration)
-        reset = [*SESSION_RESET_SQL]
-        if batch is not None:
-            ids = ", ".join(sql_literal(later) for later in batch)
-            later = [fail_unless(f"NOT EXISTS (SELECT FROM {ledger.LEDGER_TABLE} l WHERE "
-                                 f"l.revision OPERATOR(pg_catalog.=) ANY (ARRAY[{ids}]"
-                                 "::pg_catalog.text[]))", FORGED)] if batch else []
-            # first, in a transaction that cannot wait (for a safe snapshot, as a SERIALIZABLE
-            # READ ONLY DEFERRABLE default the revision left would): nothing can stretch the
-            # moment between the COMMIT and the check
-            reset = [BEGIN, *later, *SESSION_RESET_SQL, COMMIT]
-        return [
+        return "; ".join([
             CATALOG_ONLY, *([HELD_LOCKS_SQL] if probe else []), "SET CONSTRAINTS ALL IMMEDIATE",
             "CLOSE ALL", *checks,
-            ledger.present_token_sql(self._token(revision, upgrade, pid)), row, COMMIT, *reset]
+            ledger.present_token_sql(self._token(revision, upgrade, pid)),
+            self._ledger_sql(revision, upgrade, duration), "COMMIT", *SESSION_RESET_SQL])
 
     def _finish_failed(self, conn: psycopg.Connection, revision: Revision, upgrade: bool,
                        err: psycopg.Error, xid: int | None = None) -> None:
@@ -907,15 +635,10 @@ class Runner:
             line)
 
     def _apply_transactional(self, revision: Revision, upgrade: bool,
-                             statements: list[Statement] | None, started: float,
-                             timed_out: LockTimedOut | None = None) -> None:
-        """`timed_out`: the first attempt, made in a batch, timed out so."""
-        last = timed_out
-        attempts = 0 if timed_out is None else 1
+                             statements: list[Statement] | None, started: float) -> None:
+        last: LockTimedOut | None = None
+        attempts = 0
         queues = statements is None or any(queues_traffic(s) for s in statements)
-        if timed_out is not None and not self._lock_wait(revision, 0, timed_out, started,
-                                                         queues):
-            raise self._out_of_budget(revision, attempts, started, last)
         # the ledger row shares the last statement's round trip unless the statements cannot
         # tell which locks they take (then the finish asks the server, in a round trip of its own)
         merged = bool(statements) and not any(s.kind in UNKNOWN_LOCKS for s in statements or [])
@@ -924,8 +647,6 @@ class Runner:
             elapsed = ledger.Elapsed(int((time.monotonic() - started) * 1000))
             return self._finish_sql(revision, upgrade, elapsed, conn.info.backend_pid)
         for attempt, timeout_ms in self.settings.lock.attempts(started, queues):
-            if attempt < attempts:  # made in the batch
-                continue
             self._timeout_ms = timeout_ms
             attempts = attempt + 1
             attempt_started = time.monotonic()
@@ -1292,24 +1013,16 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             last = {revision.service: index for index, revision in enumerate(plan.steps)}
             upcoming = _next_services(plan.steps)
             python = {revision.service for revision in plan.steps if revision.kind == "python"}
-            steps = plan.steps
             try:
-                index = 0
-                while index < len(steps):
+                for index, revision in enumerate(plan.steps):
                     following = upcoming[index]
                     if following is not None:
                         runner.prefetch(following, following.name in python)
-                    batch = runner.batch(steps, index)
-                    end = index + max(1, len(batch))
-                    running = steps[index]
-                    for result in runner.apply_batch(batch) if batch else \
-                            [runner.apply(steps[index])]:
-                        results.append(result)
-                        if last[result.service] == index:
-                            runner.release(result.service)
-                        index += 1
-                        running = steps[index] if index < end else None
+                    running = revision
+                    results.append(runner.apply(revision))
                     running = None
+                    if last[revision.service] == index:
+                        runner.release(revision.service)
             except MigrationFailed as err:
                 err.applied, err.locks = tuple(results), runner.stats
                 raise

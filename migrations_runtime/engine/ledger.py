@@ -97,11 +97,7 @@ FRAMEWORK_DDL = [
     # row, after every statement of the revision. A revision's own SQL cannot know another
     # revision's token, and the one it could read from its own query text only writes or
     # deletes its own row, which the runner's statement then finds done and fails (rolling
-    # everything back); when revisions share a round trip (`apply.Runner.apply_batch`) the
-    # text also holds the later ones' tokens, so after each revision's COMMIT the runner
-    # checks that no later one has a row and deletes what it finds, before that revision
-    # runs (`apply.Runner._finish_statements`); another session that reads the token (a
-    # login as the same owner sees
+    # everything back); another session that reads the token (a login as the same owner sees
     # the batch in pg_stat_activity) cannot present it; a row is written once (the primary
     # key) and deleted once, and every run clears the digests. Never an update, never a dirty
     # row (the migrator writes those of non-transactional revisions). So neither a revision
@@ -613,60 +609,31 @@ class Elapsed:
                 "pg_catalog.statement_timestamp()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4")
 
 
-# When a batched revision's transaction began (`SINCE_BEGAN`), in microseconds since the epoch
-# as an integer's text (no DateStyle, TimeZone or extra_float_digits reads it differently).
-BEGAN_SETTING = "svcmig.began"
-# Sets it, and takes the transaction's snapshot as `apply.SNAPSHOT_TAKEN` does: the first
-# statement of a revision's transaction when several revisions share a round trip, in which
-# `statement_timestamp()` is when the server received the whole batch.
-NOW_US = ("(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) "
-          "1000000)::pg_catalog.int8")
-BEGAN_SQL = f"SELECT pg_catalog.set_config('{BEGAN_SETTING}', {NOW_US}::pg_catalog.text, true)"
-
-
-@dataclass(frozen=True)
-class SinceBegan:
-    """The duration of a revision whose transaction began with `BEGAN_SQL`: from then until
-    the ledger row is written, in milliseconds; NULL when the revision changed the setting to
-    something that is not such a time (its row is still written, as it would be alone)."""
-
-    def sql(self) -> str:
-        began = f"pg_catalog.current_setting('{BEGAN_SETTING}', true)"
-        return (f"(CASE WHEN {began} OPERATOR(pg_catalog.~) '^[0-9]{{1,17}}$' THEN LEAST(GREATEST("
-                "((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) "
-                "OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8 OPERATOR(pg_catalog.-) "
-                f"{began}::pg_catalog.int8) OPERATOR(pg_catalog./) 1000, 0), 2147483647)"
-                "::pg_catalog.int4 END)")
-
-
-def _literal(value: str | int | Elapsed | SinceBegan | None) -> str:
+def _literal(value: str | int | Elapsed | None) -> str:
     """A SQL literal for the ledger's own values (ids, names, paths, checksums, counts). Every
     svcmig session sets `standard_conforming_strings = on` (`database.session_options`), so
     doubling quotes is the whole of string quoting."""
     if value is None:
         return "NULL"
-    if isinstance(value, (Elapsed, SinceBegan)):
+    if isinstance(value, Elapsed):
         return value.sql()
     if isinstance(value, int):
         return str(value)
     return sql_literal(value)
 
 
-def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | SinceBegan | None,
-               replace_state: str | None = None, new_row: bool = False,
-               returning: bool = False) -> str:
+def record_sql(revision: Revision, state: str, duration_ms: int | Elapsed | None,
+               replace_state: str | None = None, new_row: bool = False) -> str:
     """Insert or update the ledger row of `revision`, as one statement with its values inlined
     (so it can share a round trip with other statements). With `replace_state`, an existing
-    row is updated only when it is in that state; with `new_row`, there must be none; with
-    `returning` (with `new_row`), the statement returns the row's `duration_ms` and the
-    server's clock then (microseconds since the epoch)."""
+    row is updated only when it is in that state; with `new_row`, there must be none."""
     values = ", ".join((*map(sql_literal, (revision.id, revision.service, revision.file,
                                            revision.checksum, revision.phase, state)),
                         _literal(duration_ms), sql_literal(applied_by())))
     insert = (f"INSERT INTO {LEDGER_TABLE} (revision, service, file, checksum, phase, state, "
               f"duration_ms, applied_by) VALUES ({values})")
     if new_row:
-        return f"{insert} RETURNING duration_ms, {NOW_US}" if returning else insert
+        return insert
     only = f" WHERE {LEDGER_TABLE}.state = {_literal(replace_state)}" if replace_state else ""
     return (f"{insert} ON CONFLICT (revision) DO UPDATE SET "
             "checksum = EXCLUDED.checksum, state = EXCLUDED.state, "

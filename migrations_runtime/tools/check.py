@@ -29,7 +29,7 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -194,8 +194,7 @@ def _upgrade(url: str, root: Path, run: _Run, report: CheckReport,
 
     run.progress.start("upgrade heads", len(graph.revisions))
     try:
-        # one revision per round trip: each snapshot is taken as its revision's line comes
-        migrate(url, root, "all", replace(settings, batch_limit=1), log=on_line, graph=graph)
+        migrate(url, root, "all", settings, log=on_line, graph=graph)
     except SvcmigError as err:
         run.progress.finish()
         report.problems.append(f"upgrade heads failed: {err}")
