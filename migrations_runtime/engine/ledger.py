@@ -266,7 +266,7 @@ def _token_object_sql(service: Service) -> str:
     it) is dropped and made again; any other large object with that oid stops the run, named,
     untouched."""
     owner = sql_literal(service.owner_role)
-    return f"""DO $svcmig$ DECLARE o oid := pg_catalog.to_regrole({owner}); r record; BEGIN
+    return f"""DO $svcmig$ DECLARE o oid := {_token_object(service.name)}; r record; BEGIN
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata m
                        WHERE m.oid = o AND {_MIGRATORS_OBJECT}) THEN
             IF EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata WHERE oid = o) THEN
