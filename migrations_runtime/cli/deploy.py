@@ -14,6 +14,7 @@ from ..dev.embedded import Database, resolve_database, resolve_url
 from ..engine.apply import STOPPED, RunSettings, migrate, read_plan
 from ..engine.discover import find_project_root
 from ..engine.errors import RunStopped, SvcmigError
+from ..engine.lanes import DEFAULT_JOBS
 from ..engine.lockwait import MAX_BUDGET_SECONDS, MAX_TIMEOUT_MS, LockPolicy
 from ..engine.manifest import MANIFEST_NAME, load_manifest, write_manifest
 from ..engine.plan import PHASE_CHOICES
@@ -66,6 +67,9 @@ from .output import event_log, log_format_option
               "session, kept alive by a heartbeat).")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Plan from this build-time manifest instead of every file.")
+@click.option("--jobs", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
+              help="Apply this many services' revisions at once (each waits for the revisions "
+              "it depends on); 1 applies one revision at a time, in plan order.")
 @click.option("--target", default=None, metavar="REV",
               help="Apply only what leads up to this revision (or service's head), and what "
               "it depends on: move a lagging database forward one release at a time.")
@@ -73,7 +77,7 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, log_for
                     lock_wait: float,
                     lock_timeout_ms: int, lock_timeout_max_ms: int, lock_budget: float,
                     long_hold_ms: int, strict: bool, statement_timeout_ms: int | None,
-                    idle_timeout_ms: int, manifest_path: Path | None,
+                    idle_timeout_ms: int, manifest_path: Path | None, jobs: int,
                     target: str | None) -> None:
     """Apply pending revisions of every service, in dependency order.
 
@@ -91,7 +95,8 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, log_for
         raise click.UsageError(str(err)) from err
     settings = RunSettings(lock_wait_seconds=lock_wait, lock=policy,
                            statement_timeout_ms=statement_timeout_ms,
-                           idle_timeout_ms=idle_timeout_ms, long_hold_ms=long_hold_ms)
+                           idle_timeout_ms=idle_timeout_ms, long_hold_ms=long_hold_ms,
+                           jobs=jobs)
     # a deploy tool stops the migrator with SIGTERM: end it as Ctrl-C does, cleanly
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     database: Database | None = None

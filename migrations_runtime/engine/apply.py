@@ -23,10 +23,11 @@ import gc
 import json
 import secrets
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType
@@ -40,6 +41,7 @@ from . import ledger
 from .database import DEFAULT_IDLE_IN_TRANSACTION_MS, connect, refuse_pooler
 from .discover import Service
 from .errors import MigrationFailed, MigrationFileError, PlanError, RunStopped
+from .lanes import DEFAULT_JOBS, LaneRun, assign_lanes, run_lanes
 from .load import Revision, checksum, read_text
 from .lock import alive_marker, migrator_lock, session_alive_sql
 from .lockwait import (
@@ -52,7 +54,7 @@ from .lockwait import (
 )
 from .plan import PhaseChoice, Plan, make_plan
 from .preflight import Prepared, file_stat, preflight
-from .python_revisions import PythonRevisions
+from .python_revisions import ONE_AT_A_TIME, PythonRevisions
 from .report import RevisionResult, RunResult, json_log
 from .sessions import GuardedConnection, RevisionSessions
 from .statements import (
@@ -90,6 +92,12 @@ class RunSettings:
     idle_timeout_ms: int = DEFAULT_IDLE_IN_TRANSACTION_MS
     # A strong lock on a pre-existing table held longer than this is a `long_lock_hold` warning.
     long_hold_ms: int = 1000
+    # How many services' revisions are applied at once (`lanes.py`); 1: one at a time.
+    jobs: int = DEFAULT_JOBS
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be at least 1, not {self.jobs}")
 
     def statement_timeout_now(self) -> int | None:
         """`statement_timeout` (ms) for a revision starting now: `statement_timeout_ms`,
@@ -225,6 +233,7 @@ class Runner:
         self._bound: dict[str, int] = {}
         self._watch = BlockerWatch(migrator)
         self._timeout_ms = settings.lock.first_timeout_ms  # the current attempt's
+        self._active: psycopg.Connection | None = None  # the session a revision last used
         self._alive = alive_marker(migrator)  # see `_finish_sql`
         rows = migrator.execute(EXISTING_RELATIONS_SQL, (schemas or [],)).fetchall()
         self._existing = {(schema, name): table for schema, name, table in rows}
@@ -381,10 +390,12 @@ class Runner:
         started = time.monotonic()
         try:
             statements = self._statements(revision, upgrade)
-            if revision.transactional:
-                self._apply_transactional(revision, upgrade, statements, started)
-            else:
-                self._apply_autocommit(revision, upgrade, statements, started)
+            # a Python revision (no statements) holds the lock from its BEGIN to its COMMIT
+            with ONE_AT_A_TIME if statements is None else nullcontext():
+                if revision.transactional:
+                    self._apply_transactional(revision, upgrade, statements, started)
+                else:
+                    self._apply_autocommit(revision, upgrade, statements, started)
         except MigrationFailed as err:
             self.log(json_log(revision, upgrade, started, "failed", error=str(err)))
             raise
@@ -425,6 +436,7 @@ class Runner:
         try:
             conn = self.sessions.session(service_of(revision))
             self._bind(revision.service, conn.info.backend_pid)
+            self._active = conn
             return conn
         except Exception as err:
             raise MigrationFailed(revision.id, revision.path, str(err)) from err
@@ -884,6 +896,14 @@ class Runner:
         except psycopg.Error:
             pass  # the row stays dirty; status reports it
 
+    def cancel(self) -> None:
+        """Cancel what the revision session last used is running (from another thread: a run
+        that is stopping now, `lanes.py`); nothing when it is idle."""
+        conn = self._active
+        if conn is not None and not conn.closed:
+            with suppress(psycopg.Error):
+                conn.cancel_safe(timeout=5)
+
     def release(self, service: str) -> None:
         """The run needs no more of `service`: close its session (an idle backend still has
         to process every other session's catalog changes)."""
@@ -937,15 +957,16 @@ class _CollectionPause:
             self.froze = False
 
 
-def _next_services(steps: tuple[Revision, ...]) -> list[Service | None]:
-    """For each step, the service whose revisions come next after its own run of revisions
-    (its session is logged in meanwhile, `RevisionSessions.prefetch`); None for the last."""
-    found: list[Service | None] = [None] * len(steps)
-    for index in range(len(steps) - 2, -1, -1):
-        after = steps[index + 1]
-        found[index] = service_of(after) if after.service != steps[index].service \
-            else found[index + 1]
-    return found
+def _one_line_at_a_time(log: Callable[[dict[str, object]], None],
+                        ) -> Callable[[dict[str, object]], None]:
+    """`log` for lanes that run at once (`lanes.py`): one line at a time, whole."""
+    lock = threading.Lock()
+
+    def locked(line: dict[str, object]) -> None:
+        with lock:
+            log(line)
+
+    return locked
 
 
 def _connect_migrator(url: str, settings: RunSettings) -> psycopg.Connection:
@@ -1008,27 +1029,25 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             if not plan.steps:
                 return RunResult(plan=plan, results=())
             log({"event": "plan", "phase": phase, "steps": len(plan.steps)})
-            runner = Runner(conn, url, settings, log, prepared, schemas)
-            runner.issue_tokens(plan.steps)
-            last = {revision.service: index for index, revision in enumerate(plan.steps)}
-            upcoming = _next_services(plan.steps)
-            python = {revision.service for revision in plan.steps if revision.kind == "python"}
+            lanes = assign_lanes(plan.steps, settings.jobs)
+            runners: list[Runner] = []
+            applying = LaneRun()
             try:
-                for index, revision in enumerate(plan.steps):
-                    following = upcoming[index]
-                    if following is not None:
-                        runner.prefetch(following, following.name in python)
-                    running = revision
-                    results.append(runner.apply(revision))
-                    running = None
-                    if last[revision.service] == index:
-                        runner.release(revision.service)
+                lane_log = _one_line_at_a_time(log)
+                runners.extend(Runner(conn, url, settings, lane_log, prepared, schemas)
+                               for _ in lanes)
+                run_lanes(plan.steps, runners, lanes, applying)
             except MigrationFailed as err:
-                err.applied, err.locks = tuple(results), runner.stats
+                err.applied, err.locks = applying.applied(), LockStats.combined(
+                    [runner.stats for runner in runners])
                 raise
             finally:
-                runner.close()
-                log({"event": "lock_summary", **runner.stats.as_dict()})
+                running = applying.running[0] if applying.running else None
+                results = list(applying.applied())
+                for runner in runners:
+                    runner.close()
+                stats = LockStats.combined([runner.stats for runner in runners])
+                log({"event": "lock_summary", **stats.as_dict()})
             # imported here: a run with nothing to apply never needs the backfill runner (2.4 ms)
             from .backfill_runner import record_waived
 
@@ -1044,8 +1063,8 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     finally:
         collection.thaw()
         conn.close()
-    return RunResult(plan=after, results=tuple(results), locks=runner.stats,
-                     hold_warnings=tuple(runner.warnings))
+    return RunResult(plan=after, results=tuple(results), locks=stats,
+                     hold_warnings=tuple(w for runner in runners for w in runner.warnings))
 
 
 def read_plan(url: str, root: Path, phase: PhaseChoice = "all",

@@ -296,6 +296,20 @@ class LockStats:
             self.longest_hold_table, self.longest_hold_mode = table, mode
             self.longest_hold_revision = revision
 
+    @classmethod
+    def combined(cls, parts: list[LockStats]) -> LockStats:
+        """One run's figures from its lanes' (`lanes.py`)."""
+        total = cls()
+        for part in parts:
+            total.attempts += part.attempts
+            total.waited_ms_total += part.waited_ms_total
+            total.waited_ms_max = max(total.waited_ms_max, part.waited_ms_max)
+            if part.longest_hold_revision is not None:
+                total.held(part.longest_hold_revision, part.longest_hold_table or "",
+                           part.longest_hold_mode or "", part.longest_hold_ms)
+            total.long_holds.extend(part.long_holds)
+        return total
+
     def as_dict(self) -> dict[str, object]:
         return {"lock_timeouts": self.attempts, "lock_wait_ms_total": self.waited_ms_total,
                 "lock_wait_ms_max": self.waited_ms_max,

@@ -1,0 +1,310 @@
+"""Lanes (`engine/lanes.py`): services that do not depend on each other are applied at once
+(`--jobs`, default 2), and a run on lanes keeps every promise a serial run makes.
+
+Kinds, each on real Postgres:
+- concurrency is real: a service blocked on a table lock does not hold back another service
+  (and with `--jobs 1` it does: plan order);
+- order is kept where it is declared: a `depends-on` on another lane's revision waits for that
+  revision's COMMIT, whether the target is blocked or slow;
+- the first failure stops every lane after the revision it is running; the ledger matches
+  what is in the database, the lock is released and a rerun finishes;
+- process-wide state shared by lanes: Python revisions on both lanes (Alembic's `op`, stdout),
+  log lines written whole, `--json` stdout one object;
+- an interrupt (SIGINT, SIGTERM) stops both lanes at once, the other lane's statement too;
+- bad input: `--jobs 0`.
+
+Plan order puts `users` (the earliest revision) first, so it is lane 0, on the calling thread,
+and `orders` lane 1.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migrations_runtime.engine.apply import RunSettings, migrate
+from migrations_runtime.engine.errors import MigrationFailed
+from migrations_runtime.engine.lanes import assign_lanes
+from migrations_runtime.engine.lockwait import LockPolicy
+from migrations_runtime.engine.validate import build_graph
+from tests.conftest import query, run_cli
+from tests.test_containment import (
+    add,
+    base_project,
+    interrupted_migrate,
+    ledger,
+    lock_is_free,
+    python_revision,
+)
+
+PATIENT = LockPolicy(budget_seconds=120)  # a revision blocked by the test waits for it
+
+
+def applied(url: str) -> set[str]:
+    return {rev for rev, state in ledger(url).items() if state == "applied"}
+
+
+def tables(url: str, schema: str) -> set[str]:
+    return {name for (name,) in query(url, "SELECT tablename FROM pg_tables WHERE schemaname "
+                                           "= %s", (schema,))}
+
+
+@contextmanager
+def table_locked(url: str, table: str) -> Iterator[Callable[[], None]]:
+    """ACCESS EXCLUSIVE on `table` until the yielded function (or the block's end) lets go."""
+    conn = psycopg.connect(url)
+    conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+
+    def release() -> None:
+        if not conn.closed:
+            conn.rollback()
+            conn.close()
+
+    try:
+        yield release
+    finally:
+        release()
+
+
+class Background:
+    """`migrate` on a thread of its own: its result or its exception, and its log."""
+
+    def __init__(self, root: Path, url: str, jobs: int) -> None:
+        self.lines: list[dict[str, object]] = []
+        self.result: object = None
+        self.error: BaseException | None = None
+        settings = RunSettings(lock=PATIENT, jobs=jobs)
+
+        def run() -> None:
+            try:
+                self.result = migrate(url, root, settings=settings, log=self.lines.append)
+            except BaseException as err:
+                self.error = err
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(timeout=120)
+        assert not self.thread.is_alive()
+
+    def logged(self, event: str, revision: str) -> bool:
+        """`event` (or, for a revision's line, its outcome) was logged for `revision`."""
+        return any(event in (line.get("event"), line.get("outcome"))
+                   and line.get("revision") == revision for line in self.lines)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def applied_base(tmp_path: Path, url: str) -> Path:
+    root = base_project(tmp_path)
+    migrate(url, root, log=lambda _line: None)
+    return root
+
+
+# Kind: a service blocked on a lock does not hold back the others (with one job it does).
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_blocked_service_holds_back_the_others_only_with_one_job(
+        tmp_path: Path, database_url: str, jobs: int) -> None:
+    root = applied_base(tmp_path, database_url)
+    add(root, "users", "2026-02-01T0000", "ALTER TABLE users ADD COLUMN nick text;\n")
+    orders = [f"orders_20260201{hour:02d}00" for hour in (1, 2, 3)]
+    for number, hour in enumerate((1, 2, 3)):
+        add(root, "orders", f"2026-02-01T{hour:02d}00", f"CREATE TABLE o{number} (id int);\n")
+    with table_locked(database_url, "users.users") as release:
+        run = Background(root, database_url, jobs)
+        wait_until(lambda: run.logged("lock_wait", "users_202602010000"))
+        if jobs == 2:
+            wait_until(lambda: set(orders) <= applied(database_url))
+        else:
+            time.sleep(1.5)
+            assert not set(orders) & applied(database_url)
+        assert "users_202602010000" not in applied(database_url)
+        release()
+        run.join()
+    assert run.error is None
+    assert [r.revision for r in run.result.results] == ["users_202602010000", *orders]  # type: ignore[attr-defined]
+    assert {"users_202602010000", *orders} <= applied(database_url)
+    assert {"o0", "o1", "o2"} <= tables(database_url, "orders")
+    assert lock_is_free(database_url)
+
+
+# Kind: a revision that depends on another lane's revision runs after that one's COMMIT.
+@pytest.mark.parametrize("slow", ["blocked", "sleeping"])
+def test_a_dependency_on_another_lane_waits_for_its_commit(
+        tmp_path: Path, database_url: str, slow: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    target = "users_202602010000"
+    if slow == "blocked":
+        add(root, "users", "2026-02-01T0000", "ALTER TABLE users ADD COLUMN nick text;\n")
+    else:
+        add(root, "users", "2026-02-01T0000",
+            "ALTER TABLE users ADD COLUMN nick text;\nSELECT pg_sleep(2);\n")
+    add(root, "orders", "2026-02-01T0100", "CREATE TABLE early (id int);\n")
+    add(root, "orders", "2026-02-01T0200",
+        f"-- depends-on: {target}\nCREATE TABLE late (id int);\n")
+    with table_locked(database_url, "users.users" if slow == "blocked" else "orders.orders") \
+            as release:
+        run = Background(root, database_url, jobs=2)
+        wait_until(lambda: "orders_202602010100" in applied(database_url))
+        time.sleep(0.5)
+        done = applied(database_url)
+        assert target not in done
+        assert "orders_202602010200" not in done
+        release()
+        run.join()
+    assert run.error is None
+    rows = dict(query(database_url, "SELECT revision, applied_at FROM svcmig.schema_migrations"))
+    assert rows["orders_202602010200"] > rows[target]
+    assert "late" in tables(database_url, "orders")
+
+
+# Kind: the first failure stops every lane once its running revision has ended.
+def test_a_failure_stops_the_other_lane_after_its_running_revision(
+        tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    failing = add(root, "users", "2026-02-01T0000",
+                  "DO $$ BEGIN PERFORM pg_sleep(1); PERFORM 1 / 0; END $$;\n")
+    add(root, "orders", "2026-02-01T0100", "ALTER TABLE orders ADD COLUMN note text;\n")
+    add(root, "orders", "2026-02-01T0200", "CREATE TABLE later (id int);\n")
+    with table_locked(database_url, "orders.orders") as release:
+        run = Background(root, database_url, jobs=2)
+        wait_until(lambda: run.logged("failed", "users_202602010000"))
+        assert "orders_202602010100" not in applied(database_url)  # still waiting: running
+        release()
+        run.join()
+    assert isinstance(run.error, MigrationFailed)
+    assert run.error.revision == "users_202602010000"
+    assert "division by zero" in str(run.error)
+    # the running revision ended (applied); nothing after it started
+    assert [r.revision for r in run.error.applied] == ["orders_202602010100"]
+    state = ledger(database_url)
+    assert state.get("orders_202602010100") == "applied"
+    assert "orders_202602010200" not in state and "users_202602010000" not in state
+    assert "later" not in tables(database_url, "orders")
+    assert "dirty" not in state.values()
+    assert lock_is_free(database_url)
+    failing.write_text("ALTER TABLE users ADD COLUMN nick text;\n")
+    again = migrate(database_url, root, log=lambda _line: None)
+    assert [r.revision for r in again.results] == ["users_202602010000", "orders_202602010200"]
+
+
+# Kind: whatever fails, what each lane committed is in the ledger and nothing else is.
+@pytest.mark.parametrize("failing", ["users", "orders", "both"])
+def test_the_ledger_matches_the_database_after_a_failure_on_either_lane(
+        tmp_path: Path, database_url: str, failing: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    for service in ("users", "orders"):
+        for minute in range(20):
+            bad = minute == 10 and failing in (service, "both")
+            add(root, service, f"2026-02-01T{1 if service == 'orders' else 0:02d}{minute:02d}",
+                "SELECT 1 / 0;\n" if bad else f"CREATE TABLE {service}_t{minute} (id int);\n")
+    with pytest.raises(MigrationFailed) as caught:
+        migrate(database_url, root, settings=RunSettings(jobs=2), log=lambda _line: None)
+    assert caught.value.revision.endswith("0010") or caught.value.revision.endswith("0110")
+    state = ledger(database_url)
+    reported = [r.revision for r in caught.value.applied]
+    assert reported == sorted(reported, key=lambda rev: (not rev.startswith("users"), rev))
+    for service in ("users", "orders"):
+        made = tables(database_url, service)
+        for minute in range(20):
+            revision = f"{service}_20260201{1 if service == 'orders' else 0:02d}{minute:02d}"
+            assert (f"{service}_t{minute}" in made) == (state.get(revision) == "applied") \
+                == (revision in reported), revision
+    assert "dirty" not in state.values()
+    assert lock_is_free(database_url)
+
+
+# Kind: process-wide state the lanes share: Alembic's `op`, stdout, the log.
+def test_python_revisions_on_both_lanes_change_only_their_own_service(
+        tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    for service, table, hour in (("users", "users", 0), ("orders", "orders", 1)):
+        previous = f"{service}_20260101{hour:02d}00"
+        for minute in range(8):
+            stamp = f"2026-02-01T{hour:02d}{minute:02d}"
+            if minute % 2:
+                add(root, service, stamp, f"CREATE TABLE {service}_sql{minute} (id int);\n")
+            else:
+                body = (f"    op.add_column({table!r}, sa.Column('a{minute}', sa.Integer()))\n"
+                        f"    print('printed by {service} {minute}')\n"
+                        "    time.sleep(0.05)\n"
+                        f"    op.add_column({table!r}, sa.Column('b{minute}', sa.Integer()))\n")
+                add(root, service, stamp, python_revision(service, stamp, previous, body), "py")
+            previous = f"{service}_{stamp.replace('-', '').replace('T', '')}"
+    done = run_cli(root, "migrate", "--json", "--log-format", "json",
+                   database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "applied"
+    assert len(result["applied"]) == 16
+    for line in done.stderr.splitlines():
+        if not line.startswith("printed by "):
+            json.loads(line)  # every log line whole
+    assert done.stderr.count("printed by ") == 8
+    for service, table in (("users", "users"), ("orders", "orders")):
+        columns = {name for (name,) in query(
+            database_url, "SELECT column_name FROM information_schema.columns WHERE "
+            "table_schema = %s AND table_name = %s", (service, table))}
+        assert {f"{kind}{minute}" for kind in "ab" for minute in (0, 2, 4, 6)} <= columns
+    assert "dirty" not in ledger(database_url).values()
+
+
+# Kind: an interrupt stops both lanes now: the other lane's statement is cancelled.
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_an_interrupt_stops_both_lanes(tmp_path: Path, database_url: str,
+                                       signal_number: int) -> None:
+    root = applied_base(tmp_path, database_url)
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE u (id int);\nSELECT pg_sleep(60);\n")
+    add(root, "orders", "2026-02-01T0100", "CREATE TABLE o (id int);\nSELECT pg_sleep(61);\n")
+    started = time.monotonic()
+    stdout, stderr = interrupted_migrate(
+        root, database_url, signal_number,
+        "query LIKE '%%pg_sleep(61)%%' AND EXISTS (SELECT FROM pg_stat_activity "
+        "WHERE query LIKE '%%pg_sleep(60)%%')")
+    assert time.monotonic() - started < 30  # not the 60 s the other lane's statement takes
+    assert json.loads(stdout)["outcome"] == "interrupted"
+    assert "Traceback" not in stderr
+    state = ledger(database_url)
+    assert "users_202602010000" not in state and "orders_202602010100" not in state
+    assert "u" not in tables(database_url, "users") and "o" not in tables(database_url, "orders")
+    assert lock_is_free(database_url)
+
+
+# Kind: how services are spread over lanes.
+def test_each_service_is_on_one_lane_and_lanes_are_balanced(tmp_path: Path) -> None:
+    root = base_project(tmp_path)
+    for minute in range(6):
+        add(root, "users", f"2026-02-01T00{minute:02d}", f"CREATE TABLE t{minute} (id int);\n")
+    steps = build_graph(root).ordered()
+    for jobs in (1, 2, 3, 8):
+        lanes = assign_lanes(steps, jobs)
+        assert len(lanes) == min(jobs, 2)
+        assert sorted(i for lane in lanes for i in lane) == list(range(len(steps)))
+        for lane in lanes:
+            assert lane == sorted(lane)
+            assert len({steps[i].service for i in lane}) == (2 if jobs == 1 else 1)
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        assign_lanes(steps, 0)
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        RunSettings(jobs=0)
+
+
+def test_jobs_below_one_is_refused_on_the_command_line(tmp_path: Path) -> None:
+    root = base_project(tmp_path)
+    done = run_cli(root, "migrate", "--jobs", "0", database_url="postgresql://unused/x")
+    assert done.returncode == 2
+    assert "--jobs" in done.stderr and "Traceback" not in done.stderr
