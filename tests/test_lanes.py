@@ -35,7 +35,7 @@ from migrations_runtime.engine.errors import MigrationFailed
 from migrations_runtime.engine.lanes import assign_lanes
 from migrations_runtime.engine.lockwait import LockPolicy
 from migrations_runtime.engine.validate import build_graph
-from tests.conftest import query, run_cli
+from tests.conftest import fresh_database, query, run_cli, write_project
 from tests.test_containment import (
     add,
     base_project,
@@ -142,11 +142,16 @@ def test_a_blocked_service_holds_back_the_others_only_with_one_job(
     assert lock_is_free(database_url)
 
 
-# Kind: a revision that depends on another lane's revision runs after that one's COMMIT.
+# Kind: services linked by a `depends-on` share a lane: they run in plan order, as serially,
+# while an unlinked service runs beside them.
 @pytest.mark.parametrize("slow", ["blocked", "sleeping"])
-def test_a_dependency_on_another_lane_waits_for_its_commit(
+def test_a_dependency_puts_both_services_on_one_lane_in_plan_order(
         tmp_path: Path, database_url: str, slow: str) -> None:
     root = applied_base(tmp_path, database_url)
+    (root / "services" / "billing" / "migrations").mkdir(parents=True)
+    text = (root / "alembic.ini").read_text()
+    (root / "alembic.ini").write_text(text.replace(
+        "/orders/migrations", "/orders/migrations %(here)s/services/billing/migrations"))
     target = "users_202602010000"
     if slow == "blocked":
         add(root, "users", "2026-02-01T0000", "ALTER TABLE users ADD COLUMN nick text;\n")
@@ -156,23 +161,56 @@ def test_a_dependency_on_another_lane_waits_for_its_commit(
     add(root, "orders", "2026-02-01T0100", "CREATE TABLE early (id int);\n")
     add(root, "orders", "2026-02-01T0200",
         f"-- depends-on: {target}\nCREATE TABLE late (id int);\n")
-    with table_locked(database_url, "users.users" if slow == "blocked" else "orders.orders") \
-            as release:
+    add(root, "billing", "2026-02-01T0300", "CREATE TABLE invoices (id int);\n")
+    with table_locked(database_url, "users.users") as release:
+        if slow == "sleeping":
+            release()
         run = Background(root, database_url, jobs=2)
-        wait_until(lambda: "orders_202602010100" in applied(database_url))
-        time.sleep(0.5)
+        wait_until(lambda: "billing_202602010300" in applied(database_url))
         done = applied(database_url)
-        assert target not in done
-        assert "orders_202602010200" not in done
+        assert target not in done  # still blocked, or sleeping
+        assert "orders_202602010100" not in done  # on users' lane, after it
         release()
         run.join()
     assert run.error is None
     rows = dict(query(database_url, "SELECT revision, applied_at FROM svcmig.schema_migrations"))
-    assert rows["orders_202602010200"] > rows[target]
+    assert rows["orders_202602010100"] > rows[target]  # plan order: users first
     assert "late" in tables(database_url, "orders")
 
 
-# Kind: the first failure stops every lane once its running revision has ended.
+# Kind: services that can see each other's schema (a grant, in the database or pending) share
+# a lane, so what one sees of the other is what a serial run shows it (breaker: a view over
+# another service's table missed a column a later revision of that service added).
+@pytest.mark.parametrize("grant", ["pending", "in the database"])
+def test_services_that_share_a_schema_get_the_serial_result(
+        tmp_path: Path, server_url: str, grant: str) -> None:
+    columns = {}
+    for jobs in (1, 2):
+        with fresh_database(server_url) as url:
+            root = write_project(tmp_path / f"p{jobs}", {
+                "users": {"2026-01-01T0000__users__create.sql": "CREATE TABLE t (id int);\n"},
+                "orders": {"2026-01-01T0100__orders__create.sql": "CREATE TABLE o (id int);\n"},
+            })
+            granting = ("GRANT USAGE ON SCHEMA users TO orders_owner;\n"
+                        "GRANT SELECT ON t TO orders_owner;\n")
+            if grant == "in the database":
+                add(root, "users", "2026-01-01T0001", granting)
+                migrate(url, root, settings=RunSettings(jobs=jobs), log=lambda _line: None)
+            else:
+                add(root, "users", "2026-02-01T0000", granting)
+            add(root, "users", "2026-02-01T0001",
+                "SELECT pg_sleep(0.5);\nALTER TABLE t ADD COLUMN extra text;\n")
+            add(root, "orders", "2026-02-01T0100",
+                "CREATE VIEW v AS SELECT * FROM users.t;\n")
+            migrate(url, root, settings=RunSettings(jobs=jobs), log=lambda _line: None)
+            columns[jobs] = query(url, "SELECT column_name FROM information_schema.columns "
+                                       "WHERE table_schema = 'orders' AND table_name = 'v' "
+                                       "ORDER BY ordinal_position")
+    assert columns[2] == columns[1] == [("id",), ("extra",)]
+
+
+# Kind: the first failure stops every lane once its running revision has ended; a revision
+# waiting for its locks stops waiting.
 def test_a_failure_stops_the_other_lane_after_its_running_revision(
         tmp_path: Path, database_url: str) -> None:
     root = applied_base(tmp_path, database_url)
@@ -180,26 +218,25 @@ def test_a_failure_stops_the_other_lane_after_its_running_revision(
                   "DO $$ BEGIN PERFORM pg_sleep(1); PERFORM 1 / 0; END $$;\n")
     add(root, "orders", "2026-02-01T0100", "ALTER TABLE orders ADD COLUMN note text;\n")
     add(root, "orders", "2026-02-01T0200", "CREATE TABLE later (id int);\n")
-    with table_locked(database_url, "orders.orders") as release:
+    with table_locked(database_url, "orders.orders"):
         run = Background(root, database_url, jobs=2)
-        wait_until(lambda: run.logged("failed", "users_202602010000"))
-        assert "orders_202602010100" not in applied(database_url)  # still waiting: running
-        release()
+        # the revision waiting for its lock stops waiting, not applied (its budget is 120 s)
         run.join()
+        assert run.logged("failed", "orders_202602010100")
     assert isinstance(run.error, MigrationFailed)
     assert run.error.revision == "users_202602010000"
     assert "division by zero" in str(run.error)
-    # the running revision ended (applied); nothing after it started
-    assert [r.revision for r in run.error.applied] == ["orders_202602010100"]
+    assert any("the run stopped" in str(line.get("error")) for line in run.lines)
+    assert [r.revision for r in run.error.applied] == []
     state = ledger(database_url)
-    assert state.get("orders_202602010100") == "applied"
-    assert "orders_202602010200" not in state and "users_202602010000" not in state
+    assert not {"orders_202602010100", "orders_202602010200", "users_202602010000"} & set(state)
     assert "later" not in tables(database_url, "orders")
     assert "dirty" not in state.values()
     assert lock_is_free(database_url)
     failing.write_text("ALTER TABLE users ADD COLUMN nick text;\n")
     again = migrate(database_url, root, log=lambda _line: None)
-    assert [r.revision for r in again.results] == ["users_202602010000", "orders_202602010200"]
+    assert [r.revision for r in again.results] == [
+        "users_202602010000", "orders_202602010100", "orders_202602010200"]
 
 
 # Kind: whatever fails, what each lane committed is in the ledger and nothing else is.
@@ -308,3 +345,98 @@ def test_jobs_below_one_is_refused_on_the_command_line(tmp_path: Path) -> None:
     done = run_cli(root, "migrate", "--jobs", "0", database_url="postgresql://unused/x")
     assert done.returncode == 2
     assert "--jobs" in done.stderr and "Traceback" not in done.stderr
+
+
+# Kind: an interrupt stops the run whatever the other lane is doing when it comes, after the
+# calling thread's lane has finished: in SQL, waiting for a lock, in a Python revision (which
+# runs on the calling thread). Breaker: exit 0 with pending revisions, `failed` instead of
+# `interrupted`, and 30 s waits for a sleeping or lock-waiting lane.
+@pytest.mark.parametrize("doing", ["sql", "lock wait", "python"])
+def test_an_interrupt_stops_whatever_the_other_lane_does(
+        tmp_path: Path, database_url: str, doing: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE u (id int);\n")
+    if doing == "sql":
+        add(root, "orders", "2026-02-01T0100", "CREATE TABLE o (id int);\nSELECT pg_sleep(60);\n")
+        running = "query LIKE '%%pg_sleep(60)%%'"
+    elif doing == "lock wait":
+        add(root, "orders", "2026-02-01T0100", "ALTER TABLE orders ADD COLUMN x int;\n")
+        running = "usename = 'orders_owner' AND wait_event_type = 'Lock'"
+    else:
+        body = ("    op.execute('CREATE TABLE o (id int)')\n"
+                "    op.execute(\"SELECT 'lanes-marker'\")\n"
+                "    time.sleep(60)\n")
+        add(root, "orders", "2026-02-01T0100",
+            python_revision("orders", "2026-02-01T0100", "orders_202601010100", body), "py")
+        running = "query LIKE '%%lanes-marker%%' AND usename = 'orders_owner'"
+    with table_locked(database_url, "orders.orders") as release:
+        if doing != "lock wait":
+            release()
+        started = time.monotonic()
+        stdout, stderr = interrupted_migrate(root, database_url, signal.SIGTERM, running)
+        assert time.monotonic() - started < 30
+    result = json.loads(stdout)  # one object, on stdout
+    assert result["outcome"] == "interrupted"
+    assert "Traceback" not in stderr
+    state = ledger(database_url)
+    assert "orders_202602010100" not in state
+    assert "o" not in tables(database_url, "orders")
+    assert [r["revision"] for r in result["applied"]] == [
+        rev for rev in ("users_202602010000",) if state.get(rev) == "applied"]
+    assert lock_is_free(database_url)
+
+
+# Kind: what a Python revision may do on the main thread of a serial run it may do on any lane
+# (breaker: `signal.signal` failed off the main thread).
+def test_a_python_revision_on_another_lane_may_set_a_signal_handler(
+        tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    add(root, "users", "2026-02-01T0000", "SELECT pg_sleep(0.5);\n")
+    body = ("    import signal\n"
+            "    previous = signal.signal(signal.SIGALRM, lambda *_: None)\n"
+            "    signal.alarm(60)\n"
+            "    op.execute('CREATE TABLE o (id int)')\n"
+            "    signal.alarm(0)\n"
+            "    signal.signal(signal.SIGALRM, previous)\n")
+    add(root, "orders", "2026-02-01T0100",
+        python_revision("orders", "2026-02-01T0100", "orders_202601010100", body), "py")
+    done = run_cli(root, "migrate", "--json", "--jobs", "2", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    assert "o" in tables(database_url, "orders")
+
+
+# Kind: a deadlock the server breaks ends the attempt like a lock timeout: tried again (a
+# concurrent index build and another lane's, or live traffic's, transaction can deadlock).
+def test_a_deadlock_is_tried_again(tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    query(database_url, "CREATE TABLE users.a (id int); CREATE TABLE users.b (id int); "
+                        "ALTER TABLE users.a OWNER TO users_owner; "
+                        "ALTER TABLE users.b OWNER TO users_owner")
+    dbname = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    query(database_url, f'ALTER DATABASE "{dbname}" SET deadlock_timeout = \'200ms\'')
+    add(root, "users", "2026-02-01T0000", "LOCK TABLE a IN ACCESS EXCLUSIVE MODE;\n"
+                                           "LOCK TABLE b IN ACCESS EXCLUSIVE MODE;\n")
+    other = psycopg.connect(database_url)
+    other.execute("SET deadlock_timeout = '30s'")
+    other.execute("LOCK TABLE users.b IN ACCESS EXCLUSIVE MODE")
+    settings = RunSettings(lock=LockPolicy(first_timeout_ms=2000, max_timeout_ms=2000,
+                                           budget_seconds=60), jobs=1)
+    lines: list[dict[str, object]] = []
+    done: list[object] = []
+    thread = threading.Thread(target=lambda: done.append(
+        migrate(database_url, root, settings=settings, log=lines.append)))
+    thread.start()
+    try:
+        # the revision holds a and waits for b: ask for a, and the revision's deadlock check
+        # (200 ms) finds the cycle
+        wait_until(lambda: bool(query(
+            database_url, "SELECT 1 FROM pg_stat_activity WHERE usename = 'users_owner' AND "
+                          "wait_event_type = 'Lock'")))
+        other.execute("LOCK TABLE users.a IN ACCESS EXCLUSIVE MODE")
+        other.commit()
+    finally:
+        other.close()
+        thread.join(timeout=60)
+    assert done, lines
+    assert any(line.get("event") == "lock_wait" for line in lines)
+    assert applied(database_url) >= {"users_202602010000"}

@@ -26,8 +26,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType
@@ -41,7 +41,7 @@ from . import ledger
 from .database import DEFAULT_IDLE_IN_TRANSACTION_MS, connect, refuse_pooler
 from .discover import Service
 from .errors import MigrationFailed, MigrationFileError, PlanError, RunStopped
-from .lanes import DEFAULT_JOBS, LaneRun, assign_lanes, run_lanes
+from .lanes import DEFAULT_JOBS, LaneRun, assign_lanes, linked_services, run_lanes
 from .load import Revision, checksum, read_text
 from .lock import alive_marker, migrator_lock, session_alive_sql
 from .lockwait import (
@@ -54,7 +54,7 @@ from .lockwait import (
 )
 from .plan import PhaseChoice, Plan, make_plan
 from .preflight import Prepared, file_stat, preflight
-from .python_revisions import ONE_AT_A_TIME, PythonRevisions
+from .python_revisions import PythonRevisions
 from .report import RevisionResult, RunResult, json_log
 from .sessions import GuardedConnection, RevisionSessions
 from .statements import (
@@ -234,6 +234,7 @@ class Runner:
         self._watch = BlockerWatch(migrator)
         self._timeout_ms = settings.lock.first_timeout_ms  # the current attempt's
         self._active: psycopg.Connection | None = None  # the session a revision last used
+        self.stopping = threading.Event()  # set when the run stops early (`lanes.py`)
         self._alive = alive_marker(migrator)  # see `_finish_sql`
         rows = migrator.execute(EXISTING_RELATIONS_SQL, (schemas or [],)).fetchall()
         self._existing = {(schema, name): table for schema, name, table in rows}
@@ -357,8 +358,11 @@ class Runner:
         return done
 
     def _lock_timed_out(self, err: psycopg.Error) -> bool:
-        """lock_timeout fired, or the blocker watch cancelled a wait that outlived it."""
-        return isinstance(err, pg_errors.LockNotAvailable) or (
+        """lock_timeout fired, the server broke a deadlock (SQLSTATE 40P01: a concurrent
+        index build waiting for an older transaction that waits for the build's table, e.g.
+        another lane's revision or live traffic), or the blocker watch cancelled a wait that
+        outlived its timeout. Each ends the attempt having done nothing: tried again."""
+        return isinstance(err, pg_errors.LockNotAvailable | pg_errors.DeadlockDetected) or (
             isinstance(err, pg_errors.QueryCanceled) and self._watch.cancelled)
 
     @contextmanager
@@ -390,12 +394,10 @@ class Runner:
         started = time.monotonic()
         try:
             statements = self._statements(revision, upgrade)
-            # a Python revision (no statements) holds the lock from its BEGIN to its COMMIT
-            with ONE_AT_A_TIME if statements is None else nullcontext():
-                if revision.transactional:
-                    self._apply_transactional(revision, upgrade, statements, started)
-                else:
-                    self._apply_autocommit(revision, upgrade, statements, started)
+            if revision.transactional:
+                self._apply_transactional(revision, upgrade, statements, started)
+            else:
+                self._apply_autocommit(revision, upgrade, statements, started)
         except MigrationFailed as err:
             self.log(json_log(revision, upgrade, started, "failed", error=str(err)))
             raise
@@ -628,15 +630,20 @@ class Runner:
                   "waited_ms": timed_out.waited_ms, "line": line,
                   "blockers": [b.as_dict() for b in timed_out.blockers],
                   "pause_ms": int(pause * 1000) if more else 0})
-        if more:
-            time.sleep(pause)
-        return more
+        # a run that is stopping (`lanes.py`: another lane failed, or Ctrl-C) waits no longer
+        return more and not self.stopping.wait(pause)
 
     def _out_of_budget(self, revision: Revision, attempts: int, started: float,
                        last: LockTimedOut | None, line: int | None = None) -> MigrationFailed:
         policy = self.settings.lock
         who = "; ".join(b.describe() for b in last.blockers) if last and last.blockers else \
             "a session that had ended by the time it was asked (see pg_stat_activity)"
+        if self.stopping.is_set():
+            return MigrationFailed(
+                revision.id, revision.path, f"the run stopped (a revision on another lane "
+                f"failed, or it was interrupted) while this revision waited for its locks, "
+                f"blocked by {who}. " + ("Nothing of it was applied; " if revision.transactional
+                                         else "") + "run again", line)
         return MigrationFailed(
             revision.id, revision.path,
             f"could not get its locks within the {policy.budget_seconds:g} s lock budget "
@@ -957,6 +964,34 @@ class _CollectionPause:
             self.froze = False
 
 
+# Which service owners may already use which other services' schemas (a grant, a membership,
+# PUBLIC): (schema's service, owner's service) for every pair of the given services.
+SCHEMA_ACCESS_SQL = (
+    "SELECT s.name, o.name FROM unnest(%(services)s::text[]) s(name), "
+    "unnest(%(services)s::text[]) o(name) WHERE s.name <> o.name "
+    "AND pg_catalog.to_regnamespace(s.name) IS NOT NULL "
+    "AND pg_catalog.to_regrole(o.name || '_owner') IS NOT NULL "
+    "AND pg_catalog.has_schema_privilege(o.name || '_owner', s.name, 'USAGE')")
+
+
+def _linked(conn: psycopg.Connection, graph: Graph, plan: Plan,
+            prepared: dict[str, Prepared]) -> list[tuple[str, str]]:
+    """The plan's services that must share a lane (`lanes.linked_services`)."""
+    services = list(dict.fromkeys(revision.service for revision in plan.steps))
+    if len(services) < 2:
+        return []
+    access = conn.execute(SCHEMA_ACCESS_SQL, {"services": services}).fetchall()
+
+    def text_of(revision: Revision) -> str:
+        found = prepared.get(revision.id)
+        if found is not None and found.statements is not None:
+            return "\n".join(statement.sql for statement in found.statements)
+        return read_text(revision.path)
+
+    return linked_services(plan.steps, text_of, graph.revisions,
+                           [(one, other) for one, other in access])
+
+
 def _one_line_at_a_time(log: Callable[[dict[str, object]], None],
                         ) -> Callable[[dict[str, object]], None]:
     """`log` for lanes that run at once (`lanes.py`): one line at a time, whole."""
@@ -983,13 +1018,15 @@ STOPPED = ("the revision running then was rolled back (a non-transactional one i
            "and the lock is released with the session; see `svcmig status`, then run again")
 
 
-def _interrupted(running: Revision | None, applied: int) -> str:
-    if running is None or running.transactional:
-        during = f" during {running.id}" if running else ""
+def _interrupted(running: Sequence[Revision], applied: int) -> str:
+    """What an interruption left: `running`, the revisions that were running (one a lane)."""
+    loose = [revision for revision in running if not revision.transactional]
+    if not loose:
+        during = f" during {', '.join(r.id for r in running)}" if running else ""
         return f"interrupted{during} after {applied} revision(s); {STOPPED}"
-    return (f"interrupted during {running.id}, which runs without a transaction: it is left "
+    return (f"interrupted during {loose[0].id}, which runs without a transaction: it is left "
             f"dirty, after {applied} revision(s); check what it left behind (e.g. an INVALID "
-            f"index), then `svcmig repair {running.id} --applied` or `--rolled-back`; the lock "
+            f"index), then `svcmig repair {loose[0].id} --applied` or `--rolled-back`; the lock "
             "is released with the session")
 
 
@@ -1008,7 +1045,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     conn = _connect_migrator(url, settings)
     schemas = [s.schema for s in graph.services]
     results: list[RevisionResult] = []
-    running: Revision | None = None  # the revision being applied, for an interruption's message
+    running: list[Revision] = []  # the revisions being applied, for an interruption's message
     collection = _CollectionPause()
     try:
         def waiting(seconds: float, holders: str) -> None:
@@ -1029,7 +1066,8 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             if not plan.steps:
                 return RunResult(plan=plan, results=())
             log({"event": "plan", "phase": phase, "steps": len(plan.steps)})
-            lanes = assign_lanes(plan.steps, settings.jobs)
+            lanes = assign_lanes(plan.steps, settings.jobs, _linked(
+                conn, graph, plan, prepared) if settings.jobs > 1 else ())
             runners: list[Runner] = []
             applying = LaneRun()
             try:
@@ -1042,7 +1080,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                     [runner.stats for runner in runners])
                 raise
             finally:
-                running = applying.running[0] if applying.running else None
+                running = list(applying.running.values())
                 results = list(applying.applied())
                 for runner in runners:
                     runner.close()

@@ -3,26 +3,35 @@
 Every revision already runs in its service's own session, and a revision waits only for its
 parents (the previous revision of its service, and its `depends_on`): services that do not
 depend on each other need not wait for each other. A lane is a thread with its own runner
-(its sessions, tokens and blocker watch); all of a service's steps go to one lane (its session
-and tokens are that lane's), services assigned in plan order to the lane with the fewest steps
-so far. A lane runs its steps in plan order, each once every parent in the plan has committed.
-The plan's order honours the same parents, so the earliest step not yet applied can always
-run: no lane waits for ever.
+(its sessions, tokens and blocker watch). All of a service's steps go to one lane (its session
+and tokens are that lane's), and so do the steps of services linked to it (`linked`: one can
+see the other's schema, or depends on it), so linked services run in plan order as in a serial
+run; groups are assigned in plan order to the lane with the fewest steps so far. A lane runs
+its steps in plan order, each once every parent in the plan has committed. The plan's order
+honours the same parents, so the earliest step not yet applied can always run: no lane waits
+for ever.
 
-The first failure stops every lane after the revision it is running (each revision commits or
-rolls back whole, with its ledger row): the run then reports the failure, and every revision
-that committed, in plan order. `jobs = 1` is the serial run, in plan order, on the calling
-thread.
+Python revisions run on the calling thread, which the lanes hand them to: one at a time (
+Alembic's `op` and stdout are the process's), where signals are delivered and `signal.signal`
+works, as in a serial run. The calling thread also takes Ctrl-C and SIGTERM: the run stops
+then, and the lanes' running statements are cancelled.
 
-At 50 services x 200 revisions, two lanes apply the plan in 0.56 of the serial time on a
-2-CPU machine (`bench/bench_migrate.py`, docs/benchmarks.md): one lane waits on the server
+The first failure (in time) stops every lane after the revision it is running, without
+waiting out its lock attempts (each revision commits or rolls back whole, with its ledger
+row): the run then raises that failure, with every revision that committed, in plan order.
+`jobs = 1` is the serial run, in plan order, on the calling thread.
+
+At 50 services x 200 revisions, two lanes apply the plan in about 0.56 of the serial time on
+a 2-CPU machine (`bench/bench_migrate.py`, docs/benchmarks.md): one lane waits on the server
 most of the time.
 """
 
 from __future__ import annotations
 
+import queue
+import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +50,7 @@ class LaneRunner(Protocol):
 
     stats: LockStats
     warnings: list[dict[str, object]]
+    stopping: threading.Event  # set: waits for locks end, the revision is not applied
 
     def issue_tokens(self, revisions: Iterable[Revision], upgrade: bool = True) -> None: ...
     def prefetch(self, service: Service, python: bool) -> None: ...
@@ -49,24 +59,59 @@ class LaneRunner(Protocol):
     def cancel(self) -> None: ...
 
 
-def assign_lanes(steps: Sequence[Revision], jobs: int) -> list[list[int]]:
-    """The steps' indexes, per lane: at most `jobs` lanes (no more than there are services),
-    each service's steps on one lane, in plan order."""
+def assign_lanes(steps: Sequence[Revision], jobs: int,
+                 linked: Iterable[tuple[str, str]] = ()) -> list[list[int]]:
+    """The steps' indexes, per lane: at most `jobs` lanes, each service's steps on one lane
+    with those of the services `linked` to it (pairs of service names), in plan order."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
-    counts: dict[str, int] = {}
+    group = {revision.service: revision.service for revision in steps}
+
+    def root(service: str) -> str:
+        while group[service] != service:
+            service = group[service]
+        return service
+
+    for one, other in linked:
+        if one in group and other in group:
+            group[root(other)] = root(one)
+    sizes: dict[str, int] = {}  # per group, in plan order (a dict keeps insertion order)
     for revision in steps:
-        counts[revision.service] = counts.get(revision.service, 0) + 1
-    loads = [0] * min(jobs, len(counts))
+        sizes[root(revision.service)] = sizes.get(root(revision.service), 0) + 1
+    loads = [0] * min(jobs, len(sizes))
     lane_of: dict[str, int] = {}
-    for service, count in counts.items():  # in plan order: a dict keeps insertion order
-        lane = min(range(len(loads)), key=loads.__getitem__)
-        lane_of[service] = lane
-        loads[lane] += count
+    for name, size in sizes.items():
+        lane_of[name] = min(range(len(loads)), key=loads.__getitem__)
+        loads[lane_of[name]] += size
     lanes: list[list[int]] = [[] for _ in loads]
     for index, revision in enumerate(steps):
-        lanes[lane_of[revision.service]].append(index)
+        lanes[lane_of[root(revision.service)]].append(index)
     return lanes
+
+
+def linked_services(steps: Sequence[Revision], text_of: Callable[[Revision], str],
+                    known: Mapping[str, Revision],
+                    access: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """Pairs of the plan's services that must share a lane (`assign_lanes`), so they run in
+    plan order as in a serial run: one depends on the other (`depends_on`); one's owner may
+    already use the other's schema (`access`, from the database); or a pending revision of
+    one names the other's owner role (a grant, default privileges) or grants to PUBLIC (then
+    every service is linked to it). Erring on the side of linking costs only parallelism."""
+    services = list(dict.fromkeys(revision.service for revision in steps))
+    pairs = [(one, other) for one, other in access if one in services and other in services]
+    owners = re.compile(r"\b(" + "|".join(map(re.escape, services)) + r")_owner\b")
+    for revision in steps:
+        for target in revision.depends_on:
+            if target in known:
+                pairs.append((revision.service, known[target].service))
+        text = text_of(revision)
+        pairs.extend((revision.service, found) for found in owners.findall(text))
+        if _TO_PUBLIC.search(text):
+            pairs.extend((revision.service, other) for other in services)
+    return [(one, other) for one, other in dict.fromkeys(pairs) if one != other]
+
+
+_TO_PUBLIC = re.compile(r"\bto\s+public\b", re.IGNORECASE)
 
 
 def next_services(steps: Sequence[Revision]) -> list[Service | None]:
@@ -80,13 +125,18 @@ def next_services(steps: Sequence[Revision]) -> list[Service | None]:
     return found
 
 
-class _Progress:
-    """Which of the plan's revisions have committed, and whether the run is stopping."""
+class _Stopped(Exception):
+    """The run stopped before a lane's revision began (it is not applied, and not a failure)."""
 
-    def __init__(self, steps: Sequence[Revision]) -> None:
+
+class _Progress:
+    """Which of the plan's revisions have committed, and whether the run is stopping (then
+    `stopping`, each runner's, is set too)."""
+
+    def __init__(self, steps: Sequence[Revision], stopping: threading.Event) -> None:
         self._in_plan = {revision.id for revision in steps}
         self._done: set[str] = set()
-        self._stopping = False
+        self.stopping = stopping
         self._changed = threading.Condition()
 
     def wait_for_parents(self, revision: Revision) -> bool:
@@ -94,92 +144,127 @@ class _Progress:
         is stopping (then the revision must not start)."""
         needed = [p for p in parents(revision) if p in self._in_plan]
         with self._changed:
-            while not self._stopping and not all(p in self._done for p in needed):
+            while not self.stopping.is_set() and not all(p in self._done for p in needed):
                 self._changed.wait()
-            return not self._stopping
+            return not self.stopping.is_set()
 
     def committed(self, revision: Revision) -> None:
         with self._changed:
             self._done.add(revision.id)
             self._changed.notify_all()
 
-    def stop(self, into: LaneRun | None = None, failure: BaseException | None = None) -> None:
-        """Stop every lane after its running revision; `failure` (kept in `into` when it is
-        the first) says why."""
+    def stop(self, into: LaneRun, failure: BaseException) -> None:
+        """Stop every lane after its running revision; `failure` is the run's when first."""
         with self._changed:
-            self._stopping = True
-            if into is not None and into.failure is None:
+            if into.failure is None and not isinstance(failure, _Stopped):
                 into.failure = failure
+            self.stopping.set()
             self._changed.notify_all()
 
 
 @dataclass
 class LaneRun:
     """What the lanes did: `results` by plan index, `running` the revision each lane was
-    applying when it stopped (None when between revisions), `failure` the first exception
-    raised in a lane."""
+    applying when it stopped (by lane; none for a lane that stopped between revisions),
+    `failure` the first exception."""
 
     results: dict[int, RevisionResult] = field(default_factory=dict)
-    running: list[Revision | None] = field(default_factory=list)
+    running: dict[int, Revision] = field(default_factory=dict)
     failure: BaseException | None = None
 
     def applied(self) -> tuple[RevisionResult, ...]:
         return tuple(self.results[index] for index in sorted(self.results))
 
 
+class _Call:
+    """A Python revision a lane hands to the calling thread, and what came of it."""
+
+    def __init__(self, runner: LaneRunner, revision: Revision) -> None:
+        self.runner, self.revision = runner, revision
+        self.result: RevisionResult | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
 def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
               lanes: Sequence[Sequence[int]], into: LaneRun) -> None:
-    """Apply `steps`, lane k's (`lanes[k]`, from `assign_lanes`) with `runners[k]`: lane 0 on
-    this thread (so Ctrl-C and SIGTERM reach a running revision, as in a serial run), the
-    others on threads of their own. Returns once every lane has stopped; raises the first
-    failure (`into` keeps what was applied, and what was running, either way)."""
-    progress = _Progress(steps)
-    into.running = [None] * len(lanes)
+    """Apply `steps`, lane k's (`lanes[k]`, from `assign_lanes`) with `runners[k]`. One lane
+    runs on this thread; more run on threads of their own while this one applies the Python
+    revisions they hand it. Returns once every lane has stopped; raises the first failure
+    (`into` keeps what was applied either way)."""
+    stopping = threading.Event()
+    for runner in runners:
+        runner.stopping = stopping
+    progress = _Progress(steps, stopping)
+    if len(lanes) == 1:
+        _run_lane(steps, runners[0], lanes[0], progress, into, 0, _apply)
+        return
+    calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
 
-    def run(lane: int) -> None:
+    def on_this_thread(runner: LaneRunner, revision: Revision) -> RevisionResult:
+        if revision.kind != "python":
+            return runner.apply(revision)
+        call = _Call(runner, revision)
+        calls.put(call)
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        assert call.result is not None
+        return call.result
+
+    ended = [threading.Event() for _ in lanes]
+
+    def lane(number: int) -> None:
         try:
-            _run_lane(steps, runners[lane], lanes[lane], progress, into, lane)
+            _run_lane(steps, runners[number], lanes[number], progress, into, number,
+                      on_this_thread)
         except BaseException as err:
             progress.stop(into, err)
-            if lane == 0:
-                raise
+        finally:
+            ended[number].set()
 
-    threads = [threading.Thread(target=run, args=(lane,), name=f"svcmig-lane-{lane}")
-               for lane in range(1, len(lanes))]
+    threads = [threading.Thread(target=lane, args=(number,), name=f"svcmig-lane-{number}")
+               for number in range(len(lanes))]
     for thread in threads:
         thread.start()
-    try:
-        run(0)  # on failure, the other lanes end the revision they are running, then stop
-    except KeyboardInterrupt:
-        _cancel(runners[1:])
-        raise
-    finally:
-        for thread in threads:
-            _join(thread, runners[1:])
+    call: _Call | None = None
+    while not all(event.is_set() for event in ended):
+        try:
+            try:
+                call = calls.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if stopping.is_set():
+                call.error = _Stopped()
+            else:
+                try:
+                    call.result = call.runner.apply(call.revision)
+                except KeyboardInterrupt as err:
+                    call.error = err
+                    raise
+                except BaseException as err:  # the lane raises it
+                    call.error = err
+            call.done.set()
+        except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM: stop now, cancel what runs
+            progress.stop(into, err)
+            if call is not None and not call.done.is_set():
+                call.error = call.error or _Stopped()
+                call.done.set()
+            for runner in runners:
+                runner.cancel()
+    for thread in threads:
+        thread.join()
     if into.failure is not None:
         raise into.failure
 
 
-def _join(thread: threading.Thread, others: Sequence[LaneRunner]) -> None:
-    """Wait for a lane (stopped or stopping); a Ctrl-C meanwhile cancels what it runs."""
-    while True:
-        try:
-            thread.join()
-            return
-        except KeyboardInterrupt:
-            _cancel(others)
-
-
-def _cancel(runners: Sequence[LaneRunner]) -> None:
-    """Ctrl-C (or SIGTERM) stops the run now: the other lanes' running statements are
-    cancelled too (their revisions roll back, or a non-transactional one fails as it would
-    alone), not waited for."""
-    for runner in runners:
-        runner.cancel()
+def _apply(runner: LaneRunner, revision: Revision) -> RevisionResult:
+    return runner.apply(revision)
 
 
 def _run_lane(steps: Sequence[Revision], runner: LaneRunner, indexes: Sequence[int],
-              progress: _Progress, into: LaneRun, lane: int) -> None:
+              progress: _Progress, into: LaneRun, lane: int,
+              apply: Callable[[LaneRunner, Revision], RevisionResult]) -> None:
     own = [steps[index] for index in indexes]
     runner.issue_tokens(own)
     last = {revision.service: position for position, revision in enumerate(own)}
@@ -192,8 +277,8 @@ def _run_lane(steps: Sequence[Revision], runner: LaneRunner, indexes: Sequence[i
         if following is not None:
             runner.prefetch(following, following.name in python)
         into.running[lane] = revision
-        into.results[index] = runner.apply(revision)
-        into.running[lane] = None
+        into.results[index] = apply(runner, revision)
+        del into.running[lane]
         progress.committed(revision)
         if last[revision.service] == position:
             runner.release(revision.service)

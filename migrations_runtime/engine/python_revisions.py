@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, redirect_stdout
@@ -23,14 +22,6 @@ from .load import Revision, read_text
 from .lockwait import HoldTracker
 from .sessions import GuardedConnection
 from .statements import forbidden_reason, lexing_changed, split_statements
-
-# Held by the runner while it applies a Python revision, from its BEGIN to its COMMIT: one at a
-# time in a process, whatever lane it is on (`lanes.py`). Alembic's `op` is one proxy per
-# process (`Operations.context` points it at a revision's context), and so are stdout and its
-# file descriptor, which a revision's run sends to stderr. Taken before the transaction
-# begins, so no lane waits for it inside a transaction another lane's revision may wait on
-# (a concurrent index build waits for every older transaction).
-ONE_AT_A_TIME = threading.Lock()
 
 
 class PythonRevisions:
