@@ -181,7 +181,21 @@ def test_a_dependency_puts_both_services_on_one_lane_in_plan_order(
 # Kind: services that can see each other's schema (a grant, in the database or pending) share
 # a lane, so what one sees of the other is what a serial run shows it (breaker: a view over
 # another service's table missed a column a later revision of that service added).
-@pytest.mark.parametrize("grant", ["pending", "in the database"])
+GRANTS = {  # how users lets orders read its table: each must put both on one lane
+    "pending": "GRANT USAGE ON SCHEMA users TO orders_owner;\nGRANT SELECT ON t TO orders_owner;\n",
+    "in the database": "GRANT USAGE ON SCHEMA users TO orders_owner;\n"
+                       "GRANT SELECT ON t TO orders_owner;\n",
+    "upper case": "GRANT USAGE ON SCHEMA users TO ORDERS_OWNER;\n"
+                  "GRANT SELECT ON t TO Orders_Owner;\n",
+    "dynamic": "DO $$ BEGIN EXECUTE format('GRANT USAGE ON SCHEMA users TO %I', 'orders' || "
+               "'_owner'); EXECUTE format('GRANT SELECT ON users.t TO %I', 'orders' || "
+               "'_owner'); END $$;\n",
+    "public in a list": "GRANT USAGE ON SCHEMA users TO users_app, /* all */ PUBLIC;\n"
+                        "GRANT SELECT ON t TO users_app, PUBLIC;\n",
+}
+
+
+@pytest.mark.parametrize("grant", list(GRANTS))
 def test_services_that_share_a_schema_get_the_serial_result(
         tmp_path: Path, server_url: str, grant: str) -> None:
     columns = {}
@@ -191,8 +205,7 @@ def test_services_that_share_a_schema_get_the_serial_result(
                 "users": {"2026-01-01T0000__users__create.sql": "CREATE TABLE t (id int);\n"},
                 "orders": {"2026-01-01T0100__orders__create.sql": "CREATE TABLE o (id int);\n"},
             })
-            granting = ("GRANT USAGE ON SCHEMA users TO orders_owner;\n"
-                        "GRANT SELECT ON t TO orders_owner;\n")
+            granting = GRANTS[grant]
             if grant == "in the database":
                 add(root, "users", "2026-01-01T0001", granting)
                 migrate(url, root, settings=RunSettings(jobs=jobs), log=lambda _line: None)
@@ -440,3 +453,48 @@ def test_a_deadlock_is_tried_again(tmp_path: Path, database_url: str) -> None:
     assert done, lines
     assert any(line.get("event") == "lock_wait" for line in lines)
     assert applied(database_url) >= {"users_202602010000"}
+
+
+# Kind: access through a service outside the plan links the services at both ends (breaker:
+# orders copied a view of billing's over users' table before users' new row was in).
+def test_access_through_a_service_outside_the_plan_links_both_ends(
+        tmp_path: Path, server_url: str) -> None:
+    copied = {}
+    for jobs in (1, 2):
+        with fresh_database(server_url) as url:
+            root = write_project(tmp_path / f"p{jobs}", {
+                "users": {"2026-01-01T0000__users__create.sql":
+                          "CREATE TABLE t (id int);\nINSERT INTO t VALUES (1);\n"
+                          "GRANT USAGE ON SCHEMA users TO billing_owner;\n"
+                          "GRANT SELECT ON t TO billing_owner;\n"},
+                "billing": {"2026-01-01T0100__billing__create.sql":
+                            "CREATE VIEW v AS SELECT id FROM users.t;\n"
+                            "GRANT USAGE ON SCHEMA billing TO orders_owner;\n"
+                            "GRANT SELECT ON v TO orders_owner;\n"},
+                "orders": {"2026-01-01T0200__orders__create.sql": "CREATE TABLE o (id int);\n"},
+            })
+            migrate(url, root, settings=RunSettings(jobs=jobs), log=lambda _line: None)
+            add(root, "users", "2026-02-01T0000",
+                "SELECT pg_sleep(0.5);\nINSERT INTO t VALUES (2);\n")
+            add(root, "orders", "2026-02-01T0100",
+                "CREATE TABLE snap AS SELECT id FROM billing.v;\n")
+            migrate(url, root, settings=RunSettings(jobs=jobs), log=lambda _line: None)
+            copied[jobs] = query(url, "SELECT id FROM orders.snap ORDER BY id")
+    assert copied[2] == copied[1] == [(1,), (2,)]
+
+
+# Kind: every lane's failure is reported, not only the first (breaker: a no-transaction
+# revision left dirty on the other lane appeared only in the log).
+def test_every_lanes_failure_is_reported(tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    add(root, "users", "2026-02-01T0000", "SELECT pg_sleep(0.3);\nSELECT 1 / 0;\n")
+    add(root, "orders", "2026-02-01T0100", "-- migrate:no-transaction\n"
+        "CREATE TABLE r (id int);\nSELECT pg_sleep(0.6);\nSELECT 1 / 0;\n")
+    with pytest.raises(MigrationFailed) as caught:
+        migrate(database_url, root, settings=RunSettings(jobs=2), log=lambda _line: None)
+    message = str(caught.value)
+    assert caught.value.revision == "users_202602010000"
+    assert "meanwhile, on another lane" in message and "orders_202602010100" in message
+    assert "dirty" in message
+    assert ledger(database_url).get("orders_202602010100") == "dirty"
+    assert lock_is_free(database_url)

@@ -977,10 +977,10 @@ SCHEMA_ACCESS_SQL = (
 def _linked(conn: psycopg.Connection, graph: Graph, plan: Plan,
             prepared: dict[str, Prepared]) -> list[tuple[str, str]]:
     """The plan's services that must share a lane (`lanes.linked_services`)."""
-    services = list(dict.fromkeys(revision.service for revision in plan.steps))
-    if len(services) < 2:
+    if len({revision.service for revision in plan.steps}) < 2:
         return []
-    access = conn.execute(SCHEMA_ACCESS_SQL, {"services": services}).fetchall()
+    access = conn.execute(SCHEMA_ACCESS_SQL,
+                          {"services": [s.name for s in graph.services]}).fetchall()
 
     def text_of(revision: Revision) -> str:
         found = prepared.get(revision.id)
@@ -1078,6 +1078,10 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             except MigrationFailed as err:
                 err.applied, err.locks = applying.applied(), LockStats.combined(
                     [runner.stats for runner in runners])
+                for other in applying.failures:
+                    if other is not err and isinstance(other, MigrationFailed):
+                        err.add(f"; meanwhile, on another lane: {other}"
+                                + (" (left dirty)" if other.dirty else ""))
                 raise
             finally:
                 running = list(applying.running.values())

@@ -16,9 +16,10 @@ Alembic's `op` and stdout are the process's), where signals are delivered and `s
 works, as in a serial run. The calling thread also takes Ctrl-C and SIGTERM: the run stops
 then, and the lanes' running statements are cancelled.
 
-The first failure (in time) stops every lane after the revision it is running, without
-waiting out its lock attempts (each revision commits or rolls back whole, with its ledger
-row): the run then raises that failure, with every revision that committed, in plan order.
+The first failure (in time) stops every lane after the revision it is running, which makes no
+further lock attempt (each revision commits or rolls back whole, with its ledger row): the run
+then raises that failure (naming the other lanes' failures), with every revision that
+committed, in plan order.
 `jobs = 1` is the serial run, in plan order, on the calling thread.
 
 At 50 services x 200 revisions, two lanes apply the plan in about 0.56 of the serial time on
@@ -94,24 +95,48 @@ def linked_services(steps: Sequence[Revision], text_of: Callable[[Revision], str
                     access: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     """Pairs of the plan's services that must share a lane (`assign_lanes`), so they run in
     plan order as in a serial run: one depends on the other (`depends_on`); one's owner may
-    already use the other's schema (`access`, from the database); or a pending revision of
-    one names the other's owner role (a grant, default privileges) or grants to PUBLIC (then
-    every service is linked to it). Erring on the side of linking costs only parallelism."""
+    already use the other's schema (`access`: pairs of any services, from the database,
+    followed through services outside the plan); a pending revision of one names the other's
+    owner role (a grant, default privileges); or a pending revision grants in a way the text
+    cannot tell to whom (to PUBLIC, in dynamic SQL, to a role of no service), which links it
+    to every service. Erring on the side of linking costs only parallelism."""
     services = list(dict.fromkeys(revision.service for revision in steps))
-    pairs = [(one, other) for one, other in access if one in services and other in services]
-    owners = re.compile(r"\b(" + "|".join(map(re.escape, services)) + r")_owner\b")
+    group: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while group.setdefault(name, name) != name:
+            name = group[name]
+        return name
+
+    def link(one: str, other: str) -> None:
+        group[root(other)] = root(one)
+
+    for one, other in access:
+        link(one, other)
     for revision in steps:
         for target in revision.depends_on:
             if target in known:
-                pairs.append((revision.service, known[target].service))
+                link(revision.service, known[target].service)
         text = text_of(revision)
-        pairs.extend((revision.service, found) for found in owners.findall(text))
-        if _TO_PUBLIC.search(text):
-            pairs.extend((revision.service, other) for other in services)
-    return [(one, other) for one, other in dict.fromkeys(pairs) if one != other]
+        named = {name.lower() for name in _ROLE.findall(text)}
+        for name in named:
+            link(revision.service, name)
+        if _GRANT.search(text) and (_UNCLEAR_GRANTEE.search(text) or not named <= {
+                revision.service}):
+            for other in services:
+                link(revision.service, other)
+    first: dict[str, str] = {}  # group → its first service in the plan
+    for name in services:
+        first.setdefault(root(name), name)
+    return [(first[root(name)], name) for name in services if first[root(name)] != name]
 
 
-_TO_PUBLIC = re.compile(r"\bto\s+public\b", re.IGNORECASE)
+# a role named in a revision: `<service>_owner` or `<service>_app`, as the server folds it
+_ROLE = re.compile(r"\b([a-z][a-z0-9_]*?)_(?:owner|app)\b", re.IGNORECASE)
+_GRANT = re.compile(r"\bgrant\b", re.IGNORECASE)
+# what makes a grant's grantee unreadable from the text: PUBLIC, or SQL built at run time
+_UNCLEAR_GRANTEE = re.compile(r"\bpublic\b|\bexecute\b|\bformat\s*\(|\|\||[{%]",
+                              re.IGNORECASE)
 
 
 def next_services(steps: Sequence[Revision]) -> list[Service | None]:
@@ -156,6 +181,8 @@ class _Progress:
     def stop(self, into: LaneRun, failure: BaseException) -> None:
         """Stop every lane after its running revision; `failure` is the run's when first."""
         with self._changed:
+            if not isinstance(failure, _Stopped):
+                into.failures.append(failure)
             if into.failure is None and not isinstance(failure, _Stopped):
                 into.failure = failure
             self.stopping.set()
@@ -166,11 +193,12 @@ class _Progress:
 class LaneRun:
     """What the lanes did: `results` by plan index, `running` the revision each lane was
     applying when it stopped (by lane; none for a lane that stopped between revisions),
-    `failure` the first exception."""
+    `failure` the first exception, `failures` all of them."""
 
     results: dict[int, RevisionResult] = field(default_factory=dict)
     running: dict[int, Revision] = field(default_factory=dict)
     failure: BaseException | None = None
+    failures: list[BaseException] = field(default_factory=list)  # every lane's, in time
 
     def applied(self) -> tuple[RevisionResult, ...]:
         return tuple(self.results[index] for index in sorted(self.results))
@@ -228,8 +256,10 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
     for thread in threads:
         thread.start()
     call: _Call | None = None
-    while not all(event.is_set() for event in ended):
-        try:
+    while True:
+        try:  # the whole loop: a signal may land on any of its lines
+            if all(event.is_set() for event in ended):
+                break
             try:
                 call = calls.get(timeout=0.05)
             except queue.Empty:
