@@ -290,8 +290,10 @@ def test_python_revisions_on_both_lanes_change_only_their_own_service(
                 add(root, service, stamp, f"CREATE TABLE {service}_sql{minute} (id int);\n")
             else:
                 body = (f"    op.add_column({table!r}, sa.Column('a{minute}', sa.Integer()))\n"
-                        f"    print('printed by {service} {minute}')\n"
+                        f"    print('printed by {service} {minute}', end='', flush=True)\n"
                         "    time.sleep(0.05)\n"
+                        "    print(' in two parts')\n"
+                        "    print('no newline', end='')\n"
                         f"    op.add_column({table!r}, sa.Column('b{minute}', sa.Integer()))\n")
                 add(root, service, stamp, python_revision(service, stamp, previous, body), "py")
             previous = f"{service}_{stamp.replace('-', '').replace('T', '')}"
@@ -301,10 +303,13 @@ def test_python_revisions_on_both_lanes_change_only_their_own_service(
     result = json.loads(done.stdout)
     assert result["outcome"] == "applied"
     assert len(result["applied"]) == 16
+    printed = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+    assert sorted(printed) == sorted(
+        [f"printed by {service} {minute} in two parts" for service in ("users", "orders")
+         for minute in (0, 2, 4, 6)] + ["no newline"] * 8)  # each whole, on its own line
     for line in done.stderr.splitlines():
-        if not line.startswith("printed by "):
+        if line.startswith("{"):
             json.loads(line)  # every log line whole
-    assert done.stderr.count("printed by ") == 8
     for service, table in (("users", "users"), ("orders", "orders")):
         columns = {name for (name,) in query(
             database_url, "SELECT column_name FROM information_schema.columns WHERE "

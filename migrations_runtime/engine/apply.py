@@ -55,7 +55,7 @@ from .lockwait import (
 from .plan import PhaseChoice, Plan, make_plan
 from .preflight import Prepared, file_stat, preflight
 from .python_revisions import PythonRevisions
-from .report import RevisionResult, RunResult, json_log
+from .report import OUTPUT_LOCK, RevisionResult, RunResult, json_log
 from .sessions import GuardedConnection, RevisionSessions
 from .statements import (
     OWN_ERROR_PREFIX,
@@ -995,10 +995,8 @@ def _linked(conn: psycopg.Connection, graph: Graph, plan: Plan,
 def _one_line_at_a_time(log: Callable[[dict[str, object]], None],
                         ) -> Callable[[dict[str, object]], None]:
     """`log` for lanes that run at once (`lanes.py`): one line at a time, whole."""
-    lock = threading.Lock()
-
     def locked(line: dict[str, object]) -> None:
-        with lock:
+        with OUTPUT_LOCK:
             log(line)
 
     return locked
@@ -1124,4 +1122,6 @@ def read_plan(url: str, root: Path, phase: PhaseChoice = "all",
 
 
 def json_log_to_stderr(line: dict[str, object]) -> None:
-    print(json.dumps(line, default=str), file=sys.stderr, flush=True)
+    with OUTPUT_LOCK:  # one write: text and newline together
+        sys.stderr.write(json.dumps(line, default=str) + "\n")
+        sys.stderr.flush()

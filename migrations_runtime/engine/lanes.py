@@ -278,7 +278,8 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
         except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM: stop now, cancel what runs
             progress.stop(into, err)
             if call is not None and not call.done.is_set():
-                call.error = call.error or _Stopped()
+                if call.result is None:  # a revision that committed is reported as applied
+                    call.error = call.error or _Stopped()
                 call.done.set()
             for runner in runners:
                 runner.cancel()

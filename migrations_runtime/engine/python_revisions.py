@@ -6,6 +6,7 @@ SQLAlchemy and Alembic are imported only when the first Python revision runs.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
@@ -15,11 +16,12 @@ from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 from types import CodeType, ModuleType
-from typing import Any
+from typing import Any, TextIO
 
 from .errors import MigrationFileError
 from .load import Revision, read_text
 from .lockwait import HoldTracker
+from .report import OUTPUT_LOCK
 from .sessions import GuardedConnection
 from .statements import forbidden_reason, lexing_changed, split_statements
 
@@ -161,14 +163,57 @@ def _stdout_to_stderr() -> Iterator[None]:
     (`os.write(1, …)`, a subprocess), restored afterwards."""
     sys.stdout.flush()
     saved = os.dup(1)
+    lines = _WholeLines(sys.stderr)
     try:
         os.dup2(2, 1)
-        with redirect_stdout(sys.stderr):
+        with redirect_stdout(lines):
             yield
     finally:
+        lines.close()
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+class _WholeLines(io.TextIOBase):
+    """What a revision prints, written to `stream` a whole line at a time (under
+    `OUTPUT_LOCK`), so log lines other threads write meanwhile are never cut into; a last
+    line without a newline gets one when the revision ends."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:  # a subprocess given sys.stdout writes to the stream's descriptor
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.stream.encoding
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            whole, self._pending = self._pending.rsplit("\n", 1)
+            self._emit(whole + "\n")
+        return len(text)
+
+    def close(self) -> None:
+        if self._pending:
+            self._emit(self._pending + "\n")
+            self._pending = ""
+        super().close()
+
+    def _emit(self, text: str) -> None:
+        with OUTPUT_LOCK:
+            self.stream.write(text)
+            self.stream.flush()
 
 
 def _autocommit_block(revision: Revision) -> Callable[[], Any]:

@@ -3,6 +3,7 @@ structured log line written per revision."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -10,6 +11,11 @@ from typing import TYPE_CHECKING
 from .errors import MigrationFailed, PlanError, RunStopped
 from .load import Revision
 from .lockwait import LockStats
+
+# Held while a whole line goes to stderr: a log line, or a line a Python revision printed. The
+# lanes (`lanes.py`) log from several threads while the calling thread runs a revision; a line
+# written in pieces would be cut into.
+OUTPUT_LOCK = threading.RLock()
 
 if TYPE_CHECKING:
     from .plan import Plan
