@@ -20,9 +20,13 @@ and `orders` lane 1.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -289,11 +293,14 @@ def test_python_revisions_on_both_lanes_change_only_their_own_service(
             if minute % 2:
                 add(root, service, stamp, f"CREATE TABLE {service}_sql{minute} (id int);\n")
             else:
-                body = (f"    op.add_column({table!r}, sa.Column('a{minute}', sa.Integer()))\n"
+                body = ("    import sys\n"
+                        f"    op.add_column({table!r}, sa.Column('a{minute}', sa.Integer()))\n"
                         f"    print('printed by {service} {minute}', end='', flush=True)\n"
                         "    time.sleep(0.05)\n"
                         "    print(' in two parts')\n"
                         "    print('no newline', end='')\n"
+                        "    print('to stderr', file=sys.stderr)\n"
+                        "    sys.stdout.buffer.write(b'')\n"
                         f"    op.add_column({table!r}, sa.Column('b{minute}', sa.Integer()))\n")
                 add(root, service, stamp, python_revision(service, stamp, previous, body), "py")
             previous = f"{service}_{stamp.replace('-', '').replace('T', '')}"
@@ -306,7 +313,7 @@ def test_python_revisions_on_both_lanes_change_only_their_own_service(
     printed = [line for line in done.stderr.splitlines() if not line.startswith("{")]
     assert sorted(printed) == sorted(
         [f"printed by {service} {minute} in two parts" for service in ("users", "orders")
-         for minute in (0, 2, 4, 6)] + ["no newline"] * 8)  # each whole, on its own line
+         for minute in (0, 2, 4, 6)] + ["no newline", "to stderr"] * 8)  # each whole
     for line in done.stderr.splitlines():
         if line.startswith("{"):
             json.loads(line)  # every log line whole
@@ -488,18 +495,99 @@ def test_access_through_a_service_outside_the_plan_links_both_ends(
     assert copied[2] == copied[1] == [(1,), (2,)]
 
 
-# Kind: every lane's failure is reported, not only the first (breaker: a no-transaction
-# revision left dirty on the other lane appeared only in the log).
+# Kind: every lane's failure is reported, not only the first (breaker: a revision that failed
+# on the other lane appeared only in the log).
 def test_every_lanes_failure_is_reported(tmp_path: Path, database_url: str) -> None:
     root = applied_base(tmp_path, database_url)
     add(root, "users", "2026-02-01T0000", "SELECT pg_sleep(0.3);\nSELECT 1 / 0;\n")
-    add(root, "orders", "2026-02-01T0100", "-- migrate:no-transaction\n"
+    add(root, "orders", "2026-02-01T0100",
         "CREATE TABLE r (id int);\nSELECT pg_sleep(0.6);\nSELECT 1 / 0;\n")
     with pytest.raises(MigrationFailed) as caught:
         migrate(database_url, root, settings=RunSettings(jobs=2), log=lambda _line: None)
     message = str(caught.value)
     assert caught.value.revision == "users_202602010000"
     assert "meanwhile, on another lane" in message and "orders_202602010100" in message
-    assert "dirty" in message
-    assert ledger(database_url).get("orders_202602010100") == "dirty"
+    assert not {"users_202602010000", "orders_202602010100"} & set(ledger(database_url))
+    assert lock_is_free(database_url)
+
+
+# Kind: a revision without a transaction runs alone, so another lane's transaction does not
+# hold up its concurrent index build (breaker: out of lock budget, blocked by its own run).
+def test_a_concurrent_index_build_runs_alone(tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    add(root, "users", "2026-02-01T0000", "SELECT pg_sleep(0.3);\n")
+    add(root, "users", "2026-02-01T0001", "-- migrate:no-transaction\n"
+        "CREATE INDEX CONCURRENTLY users_email ON users (email);\n")
+    add(root, "orders", "2026-02-01T0100", "CREATE TABLE u (id int);\nSELECT pg_sleep(4);\n")
+    settings = RunSettings(lock=LockPolicy(budget_seconds=2), jobs=2)
+    result = migrate(database_url, root, settings=settings, log=lambda _line: None)
+    assert {r.revision for r in result.results} == {
+        "users_202602010000", "users_202602010001", "orders_202602010100"}
+    assert query(database_url, "SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                               "'users.users_email'::regclass") == [(True,)]
+
+
+# Kind: a grant to a role of no service, which another service's owner is a member of.
+def test_a_grant_to_a_role_of_no_service_links_every_service(
+        tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    readers = f"readers_{uuid.uuid4().hex[:8]}"
+    query(database_url, f"CREATE ROLE {readers}; GRANT {readers} TO orders_owner")
+    try:
+        add(root, "users", "2026-02-01T0000", f"SELECT pg_sleep(0.5);\nGRANT USAGE ON SCHEMA "
+            f"users TO {readers};\nGRANT SELECT ON users TO {readers};\n")
+        add(root, "orders", "2026-02-01T0100", "CREATE VIEW v AS SELECT id FROM users.users;\n")
+        migrate(database_url, root, settings=RunSettings(jobs=2), log=lambda _line: None)
+        assert "orders_202602010100" in applied(database_url)
+    finally:
+        query(database_url, f"DROP OWNED BY {readers}; DROP ROLE {readers}")
+
+
+# Kind: an interrupt that lands after a revision's COMMIT, before the runner heard back: the
+# revision is reported applied, as the ledger says (breaker: "rolled back", left out).
+def test_an_interrupt_after_commit_reports_the_revision_applied(
+        tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    add(root, "users", "2026-02-01T0000",  # the reset after COMMIT drops 3000 temp tables
+        "DO $$ BEGIN FOR i IN 1..3000 LOOP EXECUTE format('CREATE TEMP TABLE t%s (id int)', i);"
+        " END LOOP; END $$;\n")
+    add(root, "users", "2026-02-01T0001", "SELECT pg_sleep(30);\n")
+    stdout, stderr = interrupted_migrate(
+        root, database_url, signal.SIGINT,
+        "EXISTS (SELECT FROM svcmig.schema_migrations WHERE revision = 'users_202602010000')")
+    result = json.loads(stdout)
+    state = ledger(database_url)
+    reported = [r["revision"] for r in result["applied"]]
+    assert set(reported) == {rev for rev, value in state.items() if value == "applied"} - {
+        "users_202601010000", "orders_202601010100"}
+    assert "users_202602010000" in reported
+
+
+# Kind: a second signal while the run cleans up after the first one.
+def test_a_second_signal_does_not_cut_the_clean_up_short(
+        tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    add(root, "users", "2026-02-01T0000", "CREATE TABLE u (id int);\nSELECT pg_sleep(60);\n")
+    add(root, "orders", "2026-02-01T0100", "CREATE TABLE o (id int);\nSELECT pg_sleep(61);\n")
+    env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "DATABASE_URL": database_url}
+    run = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate", "--json"],
+                           cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        wait_until(lambda: len(query(database_url, "SELECT 1 FROM pg_stat_activity WHERE "
+                                                   "query LIKE '%%pg_sleep(6%%'")) >= 3)
+        run.send_signal(signal.SIGINT)
+        for _ in range(40):  # more, while it cleans up and reports
+            time.sleep(0.01)
+            if run.poll() is not None:
+                break
+            run.send_signal(signal.SIGTERM)
+        stdout, stderr = run.communicate(timeout=30)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr
+    assert json.loads(stdout)["outcome"] == "interrupted"
+    assert "Traceback" not in stderr
+    assert query(database_url, "SELECT rolname FROM pg_roles WHERE rolname IN "
+                               "('users_owner', 'orders_owner') AND rolcanlogin") == []
     assert lock_is_free(database_url)

@@ -112,12 +112,15 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, log_for
         except KeyboardInterrupt as err:  # before the run began, or after it ended
             raise RunStopped(f"interrupted; {STOPPED}", (), interrupted=True) from err
     except SvcmigError as err:
+        interrupted = isinstance(err, RunStopped) and err.interrupted
+        if interrupted:  # a second signal must not cut the report short or end in -2
+            for number in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(number, signal.SIG_IGN)
         if as_json:
             failure = failure_dict(err, phase)
             if database is not None:
                 failure["database"] = database.as_dict()
             click.echo(json.dumps(failure, indent=2, default=str))
-        interrupted = isinstance(err, RunStopped) and err.interrupted
         fail(str(err), EXIT_INTERRUPTED if interrupted else exit_code(err))
     if as_json:
         click.echo(json.dumps({**result.as_dict(), "outcome": "applied",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import json
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -1016,6 +1017,42 @@ STOPPED = ("the revision running then was rolled back (a non-transactional one i
            "and the lock is released with the session; see `svcmig status`, then run again")
 
 
+class _SignalsHeld:
+    """After the first Ctrl-C (or SIGTERM), further ones are ignored until the run has closed
+    its sessions, put its owners back to NOLOGIN and reported: a second signal used to cut
+    that short (owners left LOGIN, a traceback instead of the report). Only on the main
+    thread, where Python delivers signals; the previous handlers come back at `release`."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._saved: list[Any] = []
+
+    def hold(self) -> None:
+        if not self._saved and threading.current_thread() is threading.main_thread():
+            self._saved = [signal.signal(number, signal.SIG_IGN) for number in self.SIGNALS]
+
+    def release(self) -> None:
+        for number, handler in zip(self.SIGNALS, self._saved, strict=False):
+            signal.signal(number, handler)
+        self._saved = []
+
+
+def _committed_anyway(conn: psycopg.Connection, running: Sequence[Revision]) -> list[Revision]:
+    """Of the revisions running when the run was interrupted, those the ledger says are
+    applied: the interrupt came after their COMMIT, before the runner heard back."""
+    if not running or conn.closed:
+        return []
+    try:
+        rows = conn.execute(f"SELECT revision FROM {ledger.LEDGER_TABLE} WHERE revision = "
+                            "ANY(%s) AND state = 'applied'",
+                            ([revision.id for revision in running],)).fetchall()
+    except psycopg.Error:
+        return []
+    found = {row[0] for row in rows}
+    return [revision for revision in running if revision.id in found]
+
+
 def _interrupted(running: Sequence[Revision], applied: int) -> str:
     """What an interruption left: `running`, the revisions that were running (one a lane)."""
     loose = [revision for revision in running if not revision.transactional]
@@ -1045,6 +1082,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     results: list[RevisionResult] = []
     running: list[Revision] = []  # the revisions being applied, for an interruption's message
     collection = _CollectionPause()
+    signals_held = _SignalsHeld()
     try:
         def waiting(seconds: float, holders: str) -> None:
             log({"event": "migrator_lock_wait", "waited_s": round(seconds, 1),
@@ -1081,6 +1119,9 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                         err.add(f"; meanwhile, on another lane: {other}"
                                 + (" (left dirty)" if other.dirty else ""))
                 raise
+            except KeyboardInterrupt:
+                signals_held.hold()  # a second Ctrl-C must not cut the clean-up short
+                raise
             finally:
                 running = list(applying.running.values())
                 results = list(applying.applied())
@@ -1094,6 +1135,10 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
             record_waived(conn, graph.root, plan.waived_backfills)
             after = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
     except KeyboardInterrupt as err:
+        committed = _committed_anyway(conn, running)  # the interrupt came after COMMIT
+        running = [revision for revision in running if revision not in committed]
+        results.extend(RevisionResult.of(revision, time.monotonic(), "applied")
+                       for revision in committed)
         raise RunStopped(_interrupted(running, len(results)), tuple(results),
                          interrupted=True) from err
     except psycopg.Error as err:
@@ -1103,6 +1148,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     finally:
         collection.thaw()
         conn.close()
+        signals_held.release()
     return RunResult(plan=after, results=tuple(results), locks=stats,
                      hold_warnings=tuple(w for runner in runners for w in runner.warnings))
 

@@ -16,6 +16,9 @@ Alembic's `op` and stdout are the process's), where signals are delivered and `s
 works, as in a serial run. The calling thread also takes Ctrl-C and SIGTERM: the run stops
 then, and the lanes' running statements are cancelled.
 
+A revision without a transaction (a concurrent index build) runs alone: no other lane starts
+one while it waits or runs, as its build waits for every older transaction.
+
 The first failure (in time) stops every lane after the revision it is running, which makes no
 further lock attempt (each revision commits or rolls back whole, with its ledger row): the run
 then raises that failure (naming the other lanes' failures), with every revision that
@@ -97,9 +100,10 @@ def linked_services(steps: Sequence[Revision], text_of: Callable[[Revision], str
     plan order as in a serial run: one depends on the other (`depends_on`); one's owner may
     already use the other's schema (`access`: pairs of any services, from the database,
     followed through services outside the plan); a pending revision of one names the other's
-    owner role (a grant, default privileges); or a pending revision grants in a way the text
-    cannot tell to whom (to PUBLIC, in dynamic SQL, to a role of no service), which links it
-    to every service. Erring on the side of linking costs only parallelism."""
+    owner role (a grant, default privileges); or a pending revision grants to anyone but its
+    own service's roles, or in a way the text cannot tell to whom (PUBLIC, a role of no
+    service, SQL built at run time), which links it to every service. Erring on the side of
+    linking costs only parallelism."""
     services = list(dict.fromkeys(revision.service for revision in steps))
     group: dict[str, str] = {}
 
@@ -118,11 +122,9 @@ def linked_services(steps: Sequence[Revision], text_of: Callable[[Revision], str
             if target in known:
                 link(revision.service, known[target].service)
         text = text_of(revision)
-        named = {name.lower() for name in _ROLE.findall(text)}
-        for name in named:
+        for name in {name.lower() for name in _ROLE.findall(text)}:
             link(revision.service, name)
-        if _GRANT.search(text) and (_UNCLEAR_GRANTEE.search(text) or not named <= {
-                revision.service}):
+        if _GRANT.search(text) and _grants_beyond(text, revision.service):
             for other in services:
                 link(revision.service, other)
     first: dict[str, str] = {}  # group → its first service in the plan
@@ -131,12 +133,25 @@ def linked_services(steps: Sequence[Revision], text_of: Callable[[Revision], str
     return [(first[root(name)], name) for name in services if first[root(name)] != name]
 
 
+def _grants_beyond(text: str, service: str) -> bool:
+    """Whether a revision's text may grant to anyone but `service`'s own roles: a word after
+    any `TO` (up to the statement's end or WITH) that is not one of them (PUBLIC, a role of
+    another service or of none, SQL built at run time), or text built at run time."""
+    own = {f"{service}_owner", f"{service}_app"}
+    if _BUILT.search(text):
+        return True
+    return any(word.lower() not in own for clause in _TO_CLAUSE.findall(text)
+               for word in _WORD.findall(clause))
+
+
 # a role named in a revision: `<service>_owner` or `<service>_app`, as the server folds it
 _ROLE = re.compile(r"\b([a-z][a-z0-9_]*?)_(?:owner|app)\b", re.IGNORECASE)
 _GRANT = re.compile(r"\bgrant\b", re.IGNORECASE)
-# what makes a grant's grantee unreadable from the text: PUBLIC, or SQL built at run time
-_UNCLEAR_GRANTEE = re.compile(r"\bpublic\b|\bexecute\b|\bformat\s*\(|\|\||[{%]",
-                              re.IGNORECASE)
+_TO_CLAUSE = re.compile(r"\bto\b(.*?)(?:;|\bwith\b|\bgranted\b|$)",
+                        re.IGNORECASE | re.DOTALL)
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+# text put together at run time: dynamic SQL, string formatting or concatenation
+_BUILT = re.compile(r"\bexecute\b|\bformat\s*\(|\|\||[{%+]", re.IGNORECASE)
 
 
 def next_services(steps: Sequence[Revision]) -> list[Service | None]:
@@ -163,19 +178,41 @@ class _Progress:
         self._done: set[str] = set()
         self.stopping = stopping
         self._changed = threading.Condition()
+        self._running = 0  # lanes inside a revision
+        self._alone = False  # a revision without a transaction is running
+        self._alone_waiting = 0  # revisions without a transaction waiting to run
 
-    def wait_for_parents(self, revision: Revision) -> bool:
-        """Wait until every parent of `revision` in the plan has committed; False when the run
-        is stopping (then the revision must not start)."""
+    def begin(self, revision: Revision) -> bool:
+        """Wait until `revision` may start: every parent of it in the plan has committed, and
+        a revision without a transaction runs alone (a concurrent index build waits for every
+        older transaction, so another lane's revision would hold it up, or outlast its lock
+        budget, as no serial run does): none starts while one waits or runs. False when the
+        run is stopping (then the revision must not start)."""
         needed = [p for p in parents(revision) if p in self._in_plan]
         with self._changed:
             while not self.stopping.is_set() and not all(p in self._done for p in needed):
                 self._changed.wait()
-            return not self.stopping.is_set()
+            if revision.transactional:
+                while not self.stopping.is_set() and (self._alone or self._alone_waiting):
+                    self._changed.wait()
+            else:
+                self._alone_waiting += 1
+                while not self.stopping.is_set() and (self._alone or self._running):
+                    self._changed.wait()
+                self._alone_waiting -= 1
+                self._changed.notify_all()
+            if self.stopping.is_set():
+                return False
+            self._running += 1
+            self._alone = not revision.transactional
+            return True
 
-    def committed(self, revision: Revision) -> None:
+    def ended(self, revision: Revision, committed: bool) -> None:
         with self._changed:
-            self._done.add(revision.id)
+            self._running -= 1
+            self._alone = False
+            if committed:
+                self._done.add(revision.id)
             self._changed.notify_all()
 
     def stop(self, into: LaneRun, failure: BaseException) -> None:
@@ -302,14 +339,18 @@ def _run_lane(steps: Sequence[Revision], runner: LaneRunner, indexes: Sequence[i
     upcoming = next_services(own)
     python = {revision.service for revision in own if revision.kind == "python"}
     for position, (index, revision) in enumerate(zip(indexes, own, strict=True)):
-        if not progress.wait_for_parents(revision):
+        if not progress.begin(revision):
             return
-        following = upcoming[position]
-        if following is not None:
-            runner.prefetch(following, following.name in python)
-        into.running[lane] = revision
-        into.results[index] = apply(runner, revision)
-        del into.running[lane]
-        progress.committed(revision)
+        committed = False
+        try:
+            following = upcoming[position]
+            if following is not None:
+                runner.prefetch(following, following.name in python)
+            into.running[lane] = revision
+            into.results[index] = apply(runner, revision)
+            del into.running[lane]
+            committed = True
+        finally:
+            progress.ended(revision, committed)
         if last[revision.service] == position:
             runner.release(revision.service)

@@ -12,7 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, redirect_stdout
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 from types import CodeType, ModuleType
@@ -141,7 +141,10 @@ class PythonRevisions:
 
     def close(self) -> None:
         if self._connection is not None and not self.conn.closed:
-            self._connection.close()
+            try:
+                self._connection.close()
+            except Exception:  # a session an interrupt left busy: closed with it by the runner
+                self.conn.close()
 
 
 # psycopg's client-side placeholders, as SQLAlchemy writes them: %(name)s, %s, and %% for %
@@ -160,16 +163,19 @@ def _as_server_parameters(statement: str, parameters: Any) -> str:
 @contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
     """Send whatever writes to stdout to stderr: `print`, and file descriptor 1 itself
-    (`os.write(1, …)`, a subprocess), restored afterwards."""
+    (`os.write(1, …)`, a subprocess), restored afterwards. What goes through `sys.stdout` and
+    `sys.stderr` goes out a whole line at a time (`_WholeLines`); bytes written to a file
+    descriptor or a `.buffer` go out as they come."""
     sys.stdout.flush()
     saved = os.dup(1)
-    lines = _WholeLines(sys.stderr)
+    lines, errors = _WholeLines(sys.stderr), _WholeLines(sys.stderr)
     try:
         os.dup2(2, 1)
-        with redirect_stdout(lines):
+        with redirect_stdout(lines), redirect_stderr(errors):
             yield
     finally:
         lines.close()
+        errors.close()
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
@@ -196,6 +202,10 @@ class _WholeLines(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return self.stream.encoding
+
+    @property
+    def buffer(self) -> Any:  # bytes written there go to the stream's, as they come
+        return self.stream.buffer
 
     def write(self, text: str) -> int:
         self._pending += text
