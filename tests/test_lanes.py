@@ -299,7 +299,9 @@ def test_python_revisions_on_both_lanes_change_only_their_own_service(
                         "    time.sleep(0.05)\n"
                         "    print(' in two parts')\n"
                         "    print('no newline', end='')\n"
-                        "    print('to stderr', file=sys.stderr)\n"
+                        "    print('to stderr', end=' ', file=sys.stderr, flush=True)\n"
+                        "    time.sleep(0.05)\n"
+                        "    print('in two parts', file=sys.stderr)\n"
                         "    sys.stdout.buffer.write(b'')\n"
                         f"    op.add_column({table!r}, sa.Column('b{minute}', sa.Integer()))\n")
                 add(root, service, stamp, python_revision(service, stamp, previous, body), "py")
@@ -313,7 +315,7 @@ def test_python_revisions_on_both_lanes_change_only_their_own_service(
     printed = [line for line in done.stderr.splitlines() if not line.startswith("{")]
     assert sorted(printed) == sorted(
         [f"printed by {service} {minute} in two parts" for service in ("users", "orders")
-         for minute in (0, 2, 4, 6)] + ["no newline", "to stderr"] * 8)  # each whole
+         for minute in (0, 2, 4, 6)] + ["no newline", "to stderr in two parts"] * 8)
     for line in done.stderr.splitlines():
         if line.startswith("{"):
             json.loads(line)  # every log line whole
@@ -591,3 +593,31 @@ def test_a_second_signal_does_not_cut_the_clean_up_short(
     assert query(database_url, "SELECT rolname FROM pg_roles WHERE rolname IN "
                                "('users_owner', 'orders_owner') AND rolcanlogin") == []
     assert lock_is_free(database_url)
+
+
+# Kind: a lane's log line written while a Python revision has half a line out on stderr
+# (breaker: `print(..., end='', file=sys.stderr)` then a lane's JSON line on the same line).
+def test_a_lanes_log_line_never_joins_a_revisions_half_line(
+        tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    previous = "users_202601010000"
+    for minute in range(3):
+        stamp = f"2026-02-01T00{minute:02d}"
+        body = ("    import sys\n"
+                "    for _ in range(5):\n"
+                "        print('half', end=' ', file=sys.stderr, flush=True)\n"
+                "        time.sleep(0.05)\n"
+                "        print('and half', file=sys.stderr)\n")
+        add(root, "users", stamp, python_revision("users", stamp, previous, body), "py")
+        previous = f"users_20260201{stamp[-4:]}"
+    for minute in range(40):
+        add(root, "orders", f"2026-02-01T01{minute:02d}", f"CREATE TABLE o{minute} (id int);\n"
+            "SELECT pg_sleep(0.05);\n")
+    done = run_cli(root, "migrate", "--json", "--log-format", "json",
+                   database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    for line in done.stderr.splitlines():
+        if line.startswith("{"):
+            json.loads(line)
+        else:
+            assert line == "half and half", line

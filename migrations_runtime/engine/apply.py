@@ -1110,7 +1110,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                 lane_log = _one_line_at_a_time(log)
                 runners.extend(Runner(conn, url, settings, lane_log, prepared, schemas)
                                for _ in lanes)
-                run_lanes(plan.steps, runners, lanes, applying)
+                run_lanes(plan.steps, runners, lanes, applying, signals_held.hold)
             except MigrationFailed as err:
                 err.applied, err.locks = applying.applied(), LockStats.combined(
                     [runner.stats for runner in runners])

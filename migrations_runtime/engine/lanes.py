@@ -252,11 +252,13 @@ class _Call:
 
 
 def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
-              lanes: Sequence[Sequence[int]], into: LaneRun) -> None:
+              lanes: Sequence[Sequence[int]], into: LaneRun,
+              interrupted: Callable[[], None] = lambda: None) -> None:
     """Apply `steps`, lane k's (`lanes[k]`, from `assign_lanes`) with `runners[k]`. One lane
     runs on this thread; more run on threads of their own while this one applies the Python
     revisions they hand it. Returns once every lane has stopped; raises the first failure
-    (`into` keeps what was applied either way)."""
+    (`into` keeps what was applied either way). `interrupted` is called first when Ctrl-C or
+    SIGTERM arrives (the caller ignores further ones while the lanes are cancelled)."""
     stopping = threading.Event()
     for runner in runners:
         runner.stopping = stopping
@@ -313,6 +315,7 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
                     call.error = err
             call.done.set()
         except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM: stop now, cancel what runs
+            interrupted()
             progress.stop(into, err)
             if call is not None and not call.done.is_set():
                 if call.result is None:  # a revision that committed is reported as applied

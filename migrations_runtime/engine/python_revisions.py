@@ -10,6 +10,7 @@ import io
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
@@ -189,6 +190,7 @@ class _WholeLines(io.TextIOBase):
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self._pending = ""
+        self._thread = threading.get_ident()  # the revision's; other threads write through
 
     def writable(self) -> bool:
         return True
@@ -208,6 +210,9 @@ class _WholeLines(io.TextIOBase):
         return self.stream.buffer
 
     def write(self, text: str) -> int:
+        if threading.get_ident() != self._thread:  # a lane's log line, whole: not the revision's
+            self._emit(text)
+            return len(text)
         self._pending += text
         if "\n" in self._pending:
             whole, self._pending = self._pending.rsplit("\n", 1)
