@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -42,6 +44,15 @@ def fail(message: str, code: int = EXIT_PROBLEM) -> NoReturn:
     sys.exit(code)
 
 
+def ignore_further_interrupts() -> None:
+    """Once a command reports an interrupt, a second Ctrl-C (or SIGTERM) must not cut the
+    report short or end the exit with -2 instead of 130 (the interpreter's shutdown after
+    `sys.exit` takes a while)."""
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+
+
 def exit_code(err: SvcmigError) -> int:
     """2 for a usage problem (bad arguments, unknown names), 1 for any other svcmig error."""
     return EXIT_USAGE if isinstance(err, UsageProblem) else EXIT_PROBLEM
@@ -56,6 +67,7 @@ def run(action: Callable[[], Any]) -> Any:
     except SvcmigError as err:
         fail(str(err), exit_code(err))
     except KeyboardInterrupt:
+        ignore_further_interrupts()
         fail("interrupted", EXIT_INTERRUPTED)
     except Exception as err:
         if not _lost_connection(err):

@@ -27,6 +27,7 @@ from .common import (
     exit_code,
     fail,
     finite,
+    ignore_further_interrupts,
     json_option,
     project_root,
     repair_action_options,
@@ -113,9 +114,8 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, log_for
             raise RunStopped(f"interrupted; {STOPPED}", (), interrupted=True) from err
     except SvcmigError as err:
         interrupted = isinstance(err, RunStopped) and err.interrupted
-        if interrupted:  # a second signal must not cut the report short or end in -2
-            for number in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(number, signal.SIG_IGN)
+        if interrupted:
+            ignore_further_interrupts()
         if as_json:
             failure = failure_dict(err, phase)
             if database is not None:
