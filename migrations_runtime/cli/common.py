@@ -11,9 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -22,6 +20,7 @@ import click
 
 from ..engine.discover import find_project_root
 from ..engine.errors import SvcmigError, UsageProblem
+from ..engine.interrupts import InterruptsHeld
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +39,10 @@ def finite(_ctx: click.Context, param: click.Parameter, value: float) -> float:
 
 
 def fail(message: str, code: int = EXIT_PROBLEM) -> NoReturn:
+    """Print `error: <message>` on stderr and exit with `code`; an interrupt's report is not
+    cut short by a further Ctrl-C (see `ignore_further_interrupts`)."""
+    if code == EXIT_INTERRUPTED:
+        ignore_further_interrupts()
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -48,9 +51,7 @@ def ignore_further_interrupts() -> None:
     """Once a command reports an interrupt, a second Ctrl-C (or SIGTERM) must not cut the
     report short or end the exit with -2 instead of 130 (the interpreter's shutdown after
     `sys.exit` takes a while)."""
-    if threading.current_thread() is threading.main_thread():
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, signal.SIG_IGN)
+    InterruptsHeld().hold()  # never released: the process is on its way out
 
 
 def exit_code(err: SvcmigError) -> int:
@@ -67,7 +68,6 @@ def run(action: Callable[[], Any]) -> Any:
     except SvcmigError as err:
         fail(str(err), exit_code(err))
     except KeyboardInterrupt:
-        ignore_further_interrupts()
         fail("interrupted", EXIT_INTERRUPTED)
     except Exception as err:
         if not _lost_connection(err):

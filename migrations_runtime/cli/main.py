@@ -80,8 +80,8 @@ def main() -> None:
         fail(f"{err.format_message().rstrip('.')}; see `{where} --help`", EXIT_USAGE)
     except click.ClickException as err:
         fail(err.format_message(), err.exit_code)
-    except click.Abort:
-        fail("interrupted", EXIT_INTERRUPTED)
+    except (click.Abort, KeyboardInterrupt):  # click makes Ctrl-C an Abort; a second one may
+        fail("interrupted", EXIT_INTERRUPTED)  # arrive while it does
     # without standalone mode click returns the exit code of `--help`, `--version`, ctx.exit()
     sys.exit(outcome if isinstance(outcome, int) else 0)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gc
 import json
 import secrets
-import signal
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ from . import ledger
 from .database import DEFAULT_IDLE_IN_TRANSACTION_MS, connect, refuse_pooler
 from .discover import Service
 from .errors import MigrationFailed, MigrationFileError, PlanError, RunStopped
+from .interrupts import InterruptsHeld
 from .lanes import DEFAULT_JOBS, LaneRun, assign_lanes, linked_services, run_lanes
 from .load import Revision, checksum, read_text
 from .lock import alive_marker, migrator_lock, session_alive_sql
@@ -1017,27 +1017,6 @@ STOPPED = ("the revision running then was rolled back (a non-transactional one i
            "and the lock is released with the session; see `svcmig status`, then run again")
 
 
-class _SignalsHeld:
-    """After the first Ctrl-C (or SIGTERM), further ones are ignored until the run has closed
-    its sessions, put its owners back to NOLOGIN and reported: a second signal used to cut
-    that short (owners left LOGIN, a traceback instead of the report). Only on the main
-    thread, where Python delivers signals; the previous handlers come back at `release`."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self._saved: list[Any] = []
-
-    def hold(self) -> None:
-        if not self._saved and threading.current_thread() is threading.main_thread():
-            self._saved = [signal.signal(number, signal.SIG_IGN) for number in self.SIGNALS]
-
-    def release(self) -> None:
-        for number, handler in zip(self.SIGNALS, self._saved, strict=False):
-            signal.signal(number, handler)
-        self._saved = []
-
-
 def _committed_anyway(conn: psycopg.Connection, running: Sequence[Revision]) -> list[Revision]:
     """Of the revisions running when the run was interrupted, those the ledger says are
     applied: the interrupt came after their COMMIT, before the runner heard back."""
@@ -1082,7 +1061,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     results: list[RevisionResult] = []
     running: list[Revision] = []  # the revisions being applied, for an interruption's message
     collection = _CollectionPause()
-    signals_held = _SignalsHeld()
+    signals_held = InterruptsHeld()
     try:
         def waiting(seconds: float, holders: str) -> None:
             log({"event": "migrator_lock_wait", "waited_s": round(seconds, 1),

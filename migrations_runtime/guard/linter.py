@@ -29,6 +29,7 @@ from pglast import ast, parse_plpgsql, parser
 from ..engine import load
 from ..engine.discover import Service
 from ..engine.errors import MigrationFileError, SvcmigError
+from ..engine.interrupts import InterruptsHeld
 from . import rules
 from .backfills import (
     BACKFILLS_FOLDER,
@@ -425,8 +426,14 @@ class Linter:
                     raise outcome.error()
                 results.append(outcome)
         except BaseException as err:  # Ctrl-C included: the services not started never are
-            _stop_workers(pool)  # nor are those running waited for (a second Ctrl-C hung)
-            pool.shutdown(wait=False, cancel_futures=True)
+            while True:  # nor are those running waited for (a second Ctrl-C hung)
+                try:  # a second Ctrl-C on its way may be raised before the hold begins
+                    with InterruptsHeld():
+                        _stop_workers(pool)
+                        pool.shutdown(wait=False, cancel_futures=True)
+                    break
+                except KeyboardInterrupt:
+                    continue
             if isinstance(err, BrokenProcessPool):
                 raise SvcmigError(
                     "a lint process ended abruptly, so nothing is reported: it was killed or ran "
