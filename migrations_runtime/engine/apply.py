@@ -976,10 +976,10 @@ SCHEMA_ACCESS_SQL = (
 
 
 def _linked(conn: psycopg.Connection, graph: Graph, plan: Plan,
-            prepared: dict[str, Prepared]) -> list[tuple[str, str]]:
-    """The plan's services that must share a lane (`lanes.linked_services`)."""
+            prepared: dict[str, Prepared]) -> dict[str, str]:
+    """The plan's services' groups, those that must share a lane (`lanes.linked_services`)."""
     if len({revision.service for revision in plan.steps}) < 2:
-        return []
+        return {}
     access = conn.execute(SCHEMA_ACCESS_SQL,
                           {"services": [s.name for s in graph.services]}).fetchall()
 
@@ -1082,7 +1082,7 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                 return RunResult(plan=plan, results=())
             log({"event": "plan", "phase": phase, "steps": len(plan.steps)})
             lanes = assign_lanes(plan.steps, settings.jobs, _linked(
-                conn, graph, plan, prepared) if settings.jobs > 1 else ())
+                conn, graph, plan, prepared) if settings.jobs > 1 else None)
             runners: list[Runner] = []
             applying = LaneRun()
             try:

@@ -64,39 +64,33 @@ class LaneRunner(Protocol):
 
 
 def assign_lanes(steps: Sequence[Revision], jobs: int,
-                 linked: Iterable[tuple[str, str]] = ()) -> list[list[int]]:
+                 group_of: Mapping[str, str] | None = None) -> list[list[int]]:
     """The steps' indexes, per lane: at most `jobs` lanes, each service's steps on one lane
-    with those of the services `linked` to it (pairs of service names), in plan order."""
+    with those of its group (`group_of`: service → its group's name, from `linked_services`;
+    a service not in it is a group of its own), in plan order."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
-    group = {revision.service: revision.service for revision in steps}
-
-    def root(service: str) -> str:
-        while group[service] != service:
-            service = group[service]
-        return service
-
-    for one, other in linked:
-        if one in group and other in group:
-            group[root(other)] = root(one)
+    group_of = group_of or {}
+    groups = [group_of.get(revision.service, revision.service) for revision in steps]
     sizes: dict[str, int] = {}  # per group, in plan order (a dict keeps insertion order)
-    for revision in steps:
-        sizes[root(revision.service)] = sizes.get(root(revision.service), 0) + 1
+    for group in groups:
+        sizes[group] = sizes.get(group, 0) + 1
     loads = [0] * min(jobs, len(sizes))
     lane_of: dict[str, int] = {}
     for name, size in sizes.items():
         lane_of[name] = min(range(len(loads)), key=loads.__getitem__)
         loads[lane_of[name]] += size
     lanes: list[list[int]] = [[] for _ in loads]
-    for index, revision in enumerate(steps):
-        lanes[lane_of[root(revision.service)]].append(index)
+    for index, group in enumerate(groups):
+        lanes[lane_of[group]].append(index)
     return lanes
 
 
 def linked_services(steps: Sequence[Revision], text_of: Callable[[Revision], str],
                     known: Mapping[str, Revision],
-                    access: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-    """Pairs of the plan's services that must share a lane (`assign_lanes`), so they run in
+                    access: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
+    """Each of the plan's services → the first service in the plan of its group: the services
+    that must share a lane (`assign_lanes`), so they run in
     plan order as in a serial run: one depends on the other (`depends_on`); one's owner may
     already use the other's schema (`access`: pairs of any services, from the database,
     followed through services outside the plan); a pending revision of one names the other's
@@ -130,7 +124,7 @@ def linked_services(steps: Sequence[Revision], text_of: Callable[[Revision], str
     first: dict[str, str] = {}  # group → its first service in the plan
     for name in services:
         first.setdefault(root(name), name)
-    return [(first[root(name)], name) for name in services if first[root(name)] != name]
+    return {name: first[root(name)] for name in services}
 
 
 def _grants_beyond(text: str, service: str) -> bool:
@@ -264,7 +258,8 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
         runner.stopping = stopping
     progress = _Progress(steps, stopping)
     if len(lanes) == 1:
-        _run_lane(steps, runners[0], lanes[0], progress, into, 0, _apply)
+        _run_lane(steps, runners[0], lanes[0], progress, into, 0,
+                  lambda runner, revision: runner.apply(revision))
         return
     calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
 
@@ -327,10 +322,6 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
         thread.join()
     if into.failure is not None:
         raise into.failure
-
-
-def _apply(runner: LaneRunner, revision: Revision) -> RevisionResult:
-    return runner.apply(revision)
 
 
 def _run_lane(steps: Sequence[Revision], runner: LaneRunner, indexes: Sequence[int],
