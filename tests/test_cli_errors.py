@@ -7,6 +7,8 @@ start-up per case)."""
 
 from __future__ import annotations
 
+import json
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import click
 import pytest
 
+from migrations_runtime.cli import main as cli_main
 from migrations_runtime.cli.main import cli, main
 from tests.conftest import copy_project, run_cli
 
@@ -311,3 +314,29 @@ def test_a_connection_lost_midway_is_one_line_exit_1(message: str,
 
     with pytest.raises(psycopg.ProgrammingError):
         run(bug)
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["--json", "text"])
+def test_ctrl_c_while_a_command_loads_is_130_and_one_json_object(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        as_json: bool) -> None:
+    """From a breaker: Ctrl-C in the first moments of `migrate --json`, while its modules were
+    imported, printed no JSON (and a second one during the exit ended it with -2)."""
+    def interrupted(_name: str, _package: str | None = None) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_main.importlib, "import_module", interrupted)
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code, out, err = svcmig(capsys, "migrate", *(["--json"] if as_json else []))
+        held = [signal.getsignal(number) for number in saved]
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == "error: interrupted"
+    assert held == [signal.SIG_IGN, signal.SIG_IGN]  # a second Ctrl-C cannot cut the exit short
+    if as_json:
+        assert json.loads(out)["outcome"] == "interrupted"
+    else:
+        assert out == ""

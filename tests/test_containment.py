@@ -1597,12 +1597,13 @@ def test_sys_exit_in_a_revision_fails_the_revision_not_the_run(
 
 
 def interrupted_migrate(root: Path, url: str, signal_number: int, running: str,
-                        *params: object) -> tuple[str, str]:
+                        *params: object, args: tuple[str, ...] = ()) -> tuple[str, str]:
     """`svcmig migrate --json` in its own process, sent `signal_number` once a session of
     the database matches `running` (SQL over pg_stat_activity); its stdout and stderr, after
     it exited with 130."""
     env = {**os.environ, "SVCMIG_PROJECT_ROOT": str(root), "DATABASE_URL": url}
-    run = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate", "--json"],
+    run = subprocess.Popen([sys.executable, "-m", "migrations_runtime.cli", "migrate", "--json",
+                            *args],
                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     try:

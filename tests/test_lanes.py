@@ -621,3 +621,167 @@ def test_a_lanes_log_line_never_joins_a_revisions_half_line(
             json.loads(line)
         else:
             assert line == "half and half", line
+
+
+# Kind: a grant the revision's text does not show (a function an earlier release shipped, a
+# helper module of the project, SQL put together without the word) — no reading of the text
+# links the services, so the revision that needs the grant fails on its lane while the one
+# that grants has not committed yet: it runs again once every revision before it in the plan
+# has, and the run gets the serial result.
+SHARE_FUNCTION = ("CREATE FUNCTION share_with(service text) RETURNS void LANGUAGE plpgsql AS $f$\n"
+                  "BEGIN\n"
+                  "  EXECUTE format('GRANT USAGE ON SCHEMA users TO %I', service || '_owner');\n"
+                  "  EXECUTE format('GRANT SELECT ON users.t TO %I', service || '_owner');\n"
+                  "END $f$;\n")
+HELPER_MODULE = ('def share(op, table, service):\n'
+                 '    op.execute(f"GRANT USAGE ON SCHEMA users TO {service}_owner")\n'
+                 '    op.execute(f"GRANT SELECT ON users.{table} TO {service}_owner")\n')
+HELPER_REVISION = ("    import importlib.util\n    import pathlib\n"
+                   "    path = pathlib.Path(__file__).parents[1] / 'dbhelpers.py'\n"
+                   "    spec = importlib.util.spec_from_file_location('users_dbhelpers', path)\n"
+                   "    helpers = importlib.util.module_from_spec(spec)\n"
+                   "    spec.loader.exec_module(helpers)\n"
+                   "    op.execute('SELECT pg_sleep(0.5)')\n"
+                   "    helpers.share(op, 't', 'orders')\n")
+UNSEEN_GRANTS = {
+    "an earlier release's function": "SELECT pg_sleep(0.5);\nSELECT share_with('orders');\n",
+    "SQL put together without the word": (
+        "SELECT pg_sleep(0.5);\nDO $$ BEGIN EXECUTE 'GR' || 'ANT USAGE ON SCHEMA users TO ' "
+        "|| 'orders' || '_ow' || 'ner'; EXECUTE 'GR' || 'ANT SELECT ON users.t TO ' || "
+        "'orders' || '_ow' || 'ner'; END $$;\n"),
+    "a helper module": "python",
+}
+
+
+@pytest.mark.parametrize("transactional", [True, False], ids=["in a transaction", "without"])
+@pytest.mark.parametrize("grant", list(UNSEEN_GRANTS))
+def test_a_grant_the_text_does_not_show_still_gives_the_serial_result(
+        tmp_path: Path, server_url: str, grant: str, transactional: bool) -> None:
+    """Without a transaction the needing revision could not run again (left dirty), so it
+    starts only once every revision before it in the plan has committed."""
+    columns = {}
+    for jobs in (1, 2):
+        with fresh_database(server_url) as url:
+            root = write_project(tmp_path / f"p{jobs}", {
+                "users": {"2026-01-01T0000__users__create.sql":
+                          "CREATE TABLE t (id int);\n" + SHARE_FUNCTION},
+                "orders": {"2026-01-01T0100__orders__create.sql": "CREATE TABLE o (id int);\n"},
+            })
+            migrate(url, root, settings=RunSettings(jobs=jobs), log=lambda _line: None)
+            # the revision before it leaves a gap a revision waiting to run alone could take
+            add(root, "users", "2026-01-31T0000", "SELECT pg_sleep(0.3);\n")
+            if UNSEEN_GRANTS[grant] == "python":
+                (root / "services" / "users" / "dbhelpers.py").write_text(HELPER_MODULE)
+                add(root, "users", "2026-02-01T0000", python_revision(
+                    "users", "2026-02-01T0000", "users_202601310000", HELPER_REVISION), "py")
+            else:
+                add(root, "users", "2026-02-01T0000", UNSEEN_GRANTS[grant])
+            add(root, "orders", "2026-02-01T0100",
+                ("" if transactional else "-- migrate:no-transaction\n")
+                + "CREATE VIEW v AS SELECT * FROM users.t;\n")
+            lines: list[dict[str, object]] = []
+            migrate(url, root, settings=RunSettings(jobs=jobs), log=lines.append)
+            columns[jobs] = query(url, "SELECT column_name FROM information_schema.columns "
+                                       "WHERE table_schema = 'orders' AND table_name = 'v'")
+            assert applied(url) >= {"users_202602010000", "orders_202602010100"}
+            outcomes = [line["outcome"] for line in lines
+                        if line.get("revision") == "orders_202602010100"]
+            if jobs == 2 and transactional:  # it ran before the grant, and again after it
+                assert outcomes == ["retrying", "applied"], lines
+            else:
+                assert outcomes == ["applied"], lines
+    assert columns[2] == columns[1] == [("id",)]
+
+
+# Kind: a failure is final once a serial run would meet it too.
+def test_a_failure_is_tried_again_only_while_an_earlier_revision_was_pending(
+        tmp_path: Path, database_url: str) -> None:
+    root = applied_base(tmp_path, database_url)
+    add(root, "users", "2026-02-01T0000", "SELECT pg_sleep(0.5);\nCREATE TABLE later (id int);\n")
+    add(root, "orders", "2026-02-01T0100", "CREATE VIEW v AS SELECT * FROM users.users;\n")
+    lines: list[dict[str, object]] = []
+    with pytest.raises(MigrationFailed, match="permission denied"):
+        migrate(database_url, root, settings=RunSettings(jobs=2), log=lines.append)
+    outcomes = [line["outcome"] for line in lines if line.get("revision") == "orders_202602010100"]
+    assert outcomes == ["retrying", "failed"]  # once more after users', then final
+    assert applied(database_url) == {"users_202601010000", "orders_202601010100",
+                                     "users_202602010000"}
+    assert lock_is_free(database_url)
+    add(root, "orders", "2026-02-01T0100", "CREATE VIEW v AS SELECT 1 AS one;\n")
+    add(root, "orders", "2026-02-01T0200", "CREATE TABLE broken (id int REFERENCES nowhere);\n")
+    lines.clear()
+    with pytest.raises(MigrationFailed, match="nowhere"):
+        migrate(database_url, root, settings=RunSettings(jobs=2), log=lines.append)
+    outcomes = [line["outcome"] for line in lines if line.get("revision") == "orders_202602010200"]
+    assert outcomes == ["failed"]  # nothing before it was pending: a serial run fails too
+
+
+# Kind: code that swallows the KeyboardInterrupt (a bare `except:`, `except BaseException`,
+# `contextlib.suppress`) in a Python revision: the run still stops, with 130, and the other
+# lane stops after its running revision.
+SWALLOWERS = {
+    "bare except": "        try:\n            time.sleep(0.2)\n        except:  # noqa: E722\n"
+                   "            pass\n",
+    "except BaseException": "        try:\n            time.sleep(0.2)\n"
+                            "        except BaseException:\n            pass\n",
+    "contextlib.suppress": "        import contextlib\n"
+                           "        with contextlib.suppress(KeyboardInterrupt):\n"
+                           "            time.sleep(0.2)\n",
+}
+
+
+@pytest.mark.parametrize(("swallower", "jobs", "signal_number"), [
+    ("bare except", 1, signal.SIGINT), ("bare except", 2, signal.SIGINT),
+    ("bare except", 2, signal.SIGTERM), ("except BaseException", 2, signal.SIGINT),
+    ("contextlib.suppress", 1, signal.SIGTERM)])
+def test_a_revision_that_swallows_the_interrupt_does_not_keep_the_run_going(
+        tmp_path: Path, database_url: str, swallower: str, jobs: int,
+        signal_number: int) -> None:
+    root = applied_base(tmp_path, database_url)
+    body = ("    op.execute(\"SELECT 'swallowing'\")\n    for _ in range(15):\n"
+            + SWALLOWERS[swallower])
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000", body), "py")
+    add(root, "users", "2026-02-01T0001", "CREATE TABLE after_it (id int);\n")
+    for minute in range(10):
+        add(root, "orders", f"2026-02-01T01{minute:02d}",
+            f"CREATE TABLE o{minute} (id int);\nSELECT pg_sleep(0.5);\n")
+    stdout, stderr = interrupted_migrate(root, database_url, signal_number,
+                                         "query LIKE '%%swallowing%%'",
+                                         args=("--jobs", str(jobs)))
+    result = json.loads(stdout)
+    assert result["outcome"] == "interrupted", stdout
+    assert "Traceback" not in stderr
+    state = ledger(database_url)
+    assert {r["revision"] for r in result["applied"]} == {  # this run's, as in the ledger
+        rev for rev, done in state.items() if done == "applied"} - {
+        "users_202601010000", "orders_202601010100"}
+    assert "users_202602010001" not in state  # nothing after it started
+    assert "after_it" not in tables(database_url, "users")
+    assert sum(rev.startswith("orders_2026020101") for rev in state) < 10  # the lane stopped
+    assert lock_is_free(database_url)
+
+
+# Kind: whatever writes to stdout during a `--json` run — a thread a revision started that
+# prints after the revision ended, `os.write(1, ...)`, a subprocess — stdout stays one object.
+def test_json_stdout_stays_one_object_whatever_a_revision_leaves_running(
+        tmp_path: Path, server_url: str) -> None:
+    root = base_project(tmp_path)
+    body = ("    import subprocess, sys, threading\n"
+            "    def chatter():\n"
+            "        while True:\n"
+            "            print('tick')\n"
+            "            os.write(1, b'raw tick\\n')\n"
+            "            time.sleep(0.01)\n"
+            "    threading.Thread(target=chatter, daemon=True).start()\n"
+            "    subprocess.run([sys.executable, '-c', 'print(\"from a child\")'])\n")
+    add(root, "users", "2026-02-01T0000", python_revision(
+        "users", "2026-02-01T0000", "users_202601010000", body), "py")
+    for minute in range(10):
+        add(root, "orders", f"2026-02-01T01{minute:02d}", f"CREATE TABLE o{minute} (id int);\n")
+    for jobs in ("1", "2"):
+        with fresh_database(server_url) as url:
+            done = run_cli(root, "migrate", "--json", "--jobs", jobs, database_url=url)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["outcome"] == "applied"
+            assert "tick" in done.stderr and "from a child" in done.stderr

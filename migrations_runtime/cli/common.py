@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +54,12 @@ def ignore_further_interrupts() -> None:
     report short or end the exit with -2 instead of 130 (the interpreter's shutdown after
     `sys.exit` takes a while)."""
     InterruptsHeld().hold()  # never released: the process is on its way out
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a deploy tool or a CI job stopping the command) ends it as Ctrl-C does: its
+    clean-up runs and it exits 130, instead of dying at once with nothing said."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def exit_code(err: SvcmigError) -> int:
@@ -96,8 +104,36 @@ def project_root() -> Path:
     return run(find_project_root)  # type: ignore[no-any-return]
 
 
+RESERVED_STDOUT = "svcmig.stdout"  # click context meta key: the stream `echo_json` writes to
+json_written = False  # whether this process printed its JSON object (`main` reads it)
+
+
+def reserve_stdout() -> None:
+    """Keep stdout for the command's one JSON object (`echo_json`): from now on, whatever else
+    writes to stdout — a thread a Python revision started that prints after it ended, a
+    subprocess, `os.write(1, ...)` — goes to stderr. For the rest of the process: such a
+    thread may print until the very end."""
+    sys.stdout.flush()
+    reserved: Any = sys.stdout
+    try:
+        fd = sys.stdout.fileno()
+        reserved = os.fdopen(os.dup(fd), "w", encoding=sys.stdout.encoding or "utf-8")
+        os.dup2(sys.stderr.fileno(), fd)
+    except (AttributeError, OSError, ValueError):  # not a file (a test's runner): Python only
+        pass
+    click.get_current_context().meta[RESERVED_STDOUT] = reserved
+    sys.stdout = sys.stderr
+
+
 def echo_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Print the command's JSON object on stdout (the one `reserve_stdout` kept, if any)."""
+    global json_written
+    context = click.get_current_context(silent=True)
+    out = context.meta.get(RESERVED_STDOUT) if context is not None else None
+    click.echo(json.dumps(data, indent=2, default=str), file=out)
+    if out is not None:
+        out.flush()
+    json_written = True
 
 
 database_url_option = click.option("--database-url", envvar=None, default=None,

@@ -4,7 +4,6 @@ adapters over `engine.apply`, `engine.manifest` and `engine.repair`."""
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     database_url_option,
+    echo_json,
     exit_code,
     fail,
     finite,
@@ -32,7 +32,9 @@ from .common import (
     project_root,
     repair_action_options,
     require_action,
+    reserve_stdout,
     run,
+    stop_on_sigterm,
 )
 from .output import event_log, log_format_option
 
@@ -98,8 +100,9 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, log_for
                            statement_timeout_ms=statement_timeout_ms,
                            idle_timeout_ms=idle_timeout_ms, long_hold_ms=long_hold_ms,
                            jobs=jobs)
-    # a deploy tool stops the migrator with SIGTERM: end it as Ctrl-C does, cleanly
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop_on_sigterm()
+    if as_json:
+        reserve_stdout()
     database: Database | None = None
     try:
         try:
@@ -120,11 +123,10 @@ def migrate_command(phase: str, database_url: str | None, as_json: bool, log_for
             failure = failure_dict(err, phase)
             if database is not None:
                 failure["database"] = database.as_dict()
-            click.echo(json.dumps(failure, indent=2, default=str))
+            echo_json(failure)
         fail(str(err), EXIT_INTERRUPTED if interrupted else exit_code(err))
     if as_json:
-        click.echo(json.dumps({**result.as_dict(), "outcome": "applied",
-                               "database": database.as_dict()}, indent=2, default=str))
+        echo_json({**result.as_dict(), "outcome": "applied", "database": database.as_dict()})
     else:
         click.echo(f"applied {len(result.results)} revision(s) ({phase} phase)")
         click.echo(status_text(result.plan))

@@ -13,13 +13,14 @@ import click
 
 from ..engine.discover import Service, discover_services, find_project_root
 from ..engine.errors import SvcmigError
+from ..engine.interrupts import InterruptLatch
 from ..guard import rules
 from ..guard.backfills import backfill_paths
 from ..guard.findings import Finding, Severity
 from ..guard.formatters import FORMATTERS
 from ..guard.gitbase import diff_against
 from ..guard.linter import Linter, is_revision_file
-from .common import EXIT_PROBLEM, EXIT_USAGE, fail
+from .common import EXIT_PROBLEM, EXIT_USAGE, fail, stop_on_sigterm
 
 DEFAULT_PG_VERSION = 16
 
@@ -94,27 +95,31 @@ def lint(paths: tuple[Path, ...], base: str | None, lint_all: bool, output_forma
         raise click.UsageError("--database-url is for --trace")
     if lint_all and (base or paths):
         raise click.UsageError("--all lints everything; do not combine it with PATHS or --base")
+    stop_on_sigterm()
     try:
-        root = find_project_root()
-        services = discover_services(root)
-        findings: list[Finding] = []
-        if base:
-            diff = diff_against(root, base)
-            targets = diff.changed
-            findings.extend(diff.findings)
-            if paths:
-                roots = [p.resolve() for p in paths]
-                targets = [p for p in targets if _under(p, roots)]
-                findings = [f for f in findings if _under(f.path, roots)]
-        elif paths:
-            targets = _expand(paths, services)
-        else:
-            targets = _all_revision_files(services)
-        findings.extend(Linter(services, pg_version, workers=jobs).lint_paths(targets))
-        if trace and not any(f.rule is rules.PARSE_ERROR for f in findings):
-            from ..tools.trace import trace as run_trace
+        with InterruptLatch() as latch:
+            root = find_project_root()
+            services = discover_services(root)
+            findings: list[Finding] = []
+            if base:
+                diff = diff_against(root, base)
+                targets = diff.changed
+                findings.extend(diff.findings)
+                if paths:
+                    roots = [p.resolve() for p in paths]
+                    targets = [p for p in targets if _under(p, roots)]
+                    findings = [f for f in findings if _under(f.path, roots)]
+            elif paths:
+                targets = _expand(paths, services)
+            else:
+                targets = _all_revision_files(services)
+            findings.extend(Linter(services, pg_version, workers=jobs).lint_paths(targets))
+            if trace and not any(f.rule is rules.PARSE_ERROR for f in findings):
+                from ..tools.trace import trace as run_trace
 
-            findings.extend(run_trace(root, targets, database_url).findings)
+                findings.extend(run_trace(root, targets, database_url).findings)
+        if latch.requested:  # a Python revision swallowed the KeyboardInterrupt
+            raise KeyboardInterrupt
     except SvcmigError as err:  # the guard could not run: 2, apart from what it finds (1)
         fail(str(err), EXIT_USAGE)
     findings.sort(key=Finding.sort_key)

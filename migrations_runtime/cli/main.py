@@ -8,11 +8,15 @@ Exit codes: 0 ok, 1 a problem was found, 2 usage error.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+from typing import NoReturn
 
 import click
 from click.exceptions import NoArgsIsHelpError
 
+from ..engine.interrupts import InterruptsHeld
+from . import common
 from .common import EXIT_INTERRUPTED, EXIT_USAGE, fail
 
 # One line per command, imported on use.
@@ -81,9 +85,20 @@ def main() -> None:
     except click.ClickException as err:
         fail(err.format_message(), err.exit_code)
     except (click.Abort, KeyboardInterrupt):  # click makes Ctrl-C an Abort; a second one may
-        fail("interrupted", EXIT_INTERRUPTED)  # arrive while it does
+        interrupted_early()  # arrive while it does
     # without standalone mode click returns the exit code of `--help`, `--version`, ctx.exit()
     sys.exit(outcome if isinstance(outcome, int) else 0)
+
+
+def interrupted_early() -> NoReturn:
+    """Ctrl-C or SIGTERM before a command could report it (while its modules were imported, its
+    arguments parsed): exit 130, and with --json still one JSON object on stdout."""
+    InterruptsHeld().hold()
+    if "--json" in sys.argv[1:] and not common.json_written:
+        click.echo(json.dumps({"applied": [], "outcome": "interrupted",
+                               "error": "interrupted before the command could report"},
+                              indent=2))
+    fail("interrupted", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from . import ledger
 from .database import DEFAULT_IDLE_IN_TRANSACTION_MS, connect, refuse_pooler
 from .discover import Service
 from .errors import MigrationFailed, MigrationFileError, PlanError, RunStopped
-from .interrupts import InterruptsHeld
+from .interrupts import InterruptLatch, InterruptsHeld
 from .lanes import DEFAULT_JOBS, LaneRun, assign_lanes, linked_services, run_lanes
 from .load import Revision, checksum, read_text
 from .lock import alive_marker, migrator_lock, session_alive_sql
@@ -236,6 +236,8 @@ class Runner:
         self._timeout_ms = settings.lock.first_timeout_ms  # the current attempt's
         self._active: psycopg.Connection | None = None  # the session a revision last used
         self.stopping = threading.Event()  # set when the run stops early (`lanes.py`)
+        self.retry_on_failure = False  # the next revision may run again if it fails (`lanes.py`)
+        self._held_line: dict[str, object] | None = None
         self._alive = alive_marker(migrator)  # see `_finish_sql`
         rows = migrator.execute(EXISTING_RELATIONS_SQL, (schemas or [],)).fetchall()
         self._existing = {(schema, name): table for schema, name, table in rows}
@@ -400,7 +402,11 @@ class Runner:
             else:
                 self._apply_autocommit(revision, upgrade, statements, started)
         except MigrationFailed as err:
-            self.log(json_log(revision, upgrade, started, "failed", error=str(err)))
+            line = json_log(revision, upgrade, started, "failed", error=str(err))
+            if self.retry_on_failure and not err.dirty:
+                self._held_line = line  # the lane says whether it runs again (`log_held`)
+            else:
+                self.log(line)
             raise
         self._tokens.pop((revision.id, upgrade), None)  # used: its transaction committed
         self._code.pop((revision.id, upgrade), None)
@@ -408,6 +414,13 @@ class Runner:
         result = RevisionResult.of(revision, started, "applied" if upgrade else "reverted")
         self.log(json_log(revision, upgrade, started, result.outcome))
         return result
+
+    def log_held(self, again: bool) -> None:
+        """Log the failed revision's line `apply` held back: `retrying` when it runs again,
+        else `failed`."""
+        line, self._held_line = self._held_line, None
+        if line is not None:
+            self.log({**line, "outcome": "retrying" if again else "failed"})
 
     def _statements(self, revision: Revision, upgrade: bool) -> list[Statement] | None:
         """A SQL revision's statements, checked before anything runs (None for Python). What
@@ -1062,72 +1075,74 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
     running: list[Revision] = []  # the revisions being applied, for an interruption's message
     collection = _CollectionPause()
     signals_held = InterruptsHeld()
-    try:
-        def waiting(seconds: float, holders: str) -> None:
-            log({"event": "migrator_lock_wait", "waited_s": round(seconds, 1),
-                 "limit_s": settings.lock_wait_seconds, "holders": holders})
+    with InterruptLatch() as latch:  # around the hold, which puts the latch's handlers back
+        try:
+            def waiting(seconds: float, holders: str) -> None:
+                log({"event": "migrator_lock_wait", "waited_s": round(seconds, 1),
+                     "limit_s": settings.lock_wait_seconds, "holders": holders})
 
-        with migrator_lock(conn, settings.lock_wait_seconds, settings.idle_timeout_ms,
-                           waiting):
-            ledger.bootstrap(conn, graph.services)
-            plan = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
-            with collection:
-                plan, prepared = preflight(graph, plan)
-            for warning in plan.warnings:
-                log({"event": "warning", "kind": warning.kind, "revision": warning.revision,
-                     "message": warning.message})
-            if plan.errors:
-                raise PlanError("\n".join(a.message for a in plan.errors), plan)
-            if not plan.steps:
-                return RunResult(plan=plan, results=())
-            log({"event": "plan", "phase": phase, "steps": len(plan.steps)})
-            lanes = assign_lanes(plan.steps, settings.jobs, _linked(
-                conn, graph, plan, prepared) if settings.jobs > 1 else None)
-            runners: list[Runner] = []
-            applying = LaneRun()
-            try:
-                lane_log = _one_line_at_a_time(log)
-                runners.extend(Runner(conn, url, settings, lane_log, prepared, schemas)
-                               for _ in lanes)
-                run_lanes(plan.steps, runners, lanes, applying, signals_held.hold)
-            except MigrationFailed as err:
-                err.applied, err.locks = applying.applied(), LockStats.combined(
-                    [runner.stats for runner in runners])
-                for other in applying.failures:
-                    if other is not err and isinstance(other, MigrationFailed):
-                        err.add(f"; meanwhile, on another lane: {other}"
-                                + (" (left dirty)" if other.dirty else ""))
-                raise
-            except KeyboardInterrupt:
-                signals_held.hold()  # a second Ctrl-C must not cut the clean-up short
-                raise
-            finally:
-                running = list(applying.running.values())
-                results = list(applying.applied())
-                for runner in runners:
-                    runner.close()
-                stats = LockStats.combined([runner.stats for runner in runners])
-                log({"event": "lock_summary", **stats.as_dict()})
-            # imported here: a run with nothing to apply never needs the backfill runner (2.4 ms)
-            from .backfill_runner import record_waived
+            with migrator_lock(conn, settings.lock_wait_seconds, settings.idle_timeout_ms,
+                               waiting):
+                ledger.bootstrap(conn, graph.services)
+                plan = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
+                with collection:
+                    plan, prepared = preflight(graph, plan)
+                for warning in plan.warnings:
+                    log({"event": "warning", "kind": warning.kind, "revision": warning.revision,
+                         "message": warning.message})
+                if plan.errors:
+                    raise PlanError("\n".join(a.message for a in plan.errors), plan)
+                if not plan.steps:
+                    return RunResult(plan=plan, results=())
+                log({"event": "plan", "phase": phase, "steps": len(plan.steps)})
+                lanes = assign_lanes(plan.steps, settings.jobs, _linked(
+                    conn, graph, plan, prepared) if settings.jobs > 1 else None)
+                runners: list[Runner] = []
+                applying = LaneRun()
+                try:
+                    lane_log = _one_line_at_a_time(log)
+                    runners.extend(Runner(conn, url, settings, lane_log, prepared, schemas)
+                                   for _ in lanes)
+                    run_lanes(plan.steps, runners, lanes, applying, signals_held.hold,
+                              lambda: latch.requested)
+                except MigrationFailed as err:
+                    err.applied, err.locks = applying.applied(), LockStats.combined(
+                        [runner.stats for runner in runners])
+                    for other in applying.failures:
+                        if other is not err and isinstance(other, MigrationFailed):
+                            err.add(f"; meanwhile, on another lane: {other}"
+                                    + (" (left dirty)" if other.dirty else ""))
+                    raise
+                except KeyboardInterrupt:
+                    signals_held.hold()  # a second Ctrl-C must not cut the clean-up short
+                    raise
+                finally:
+                    running = list(applying.running.values())
+                    results = list(applying.applied())
+                    for runner in runners:
+                        runner.close()
+                    stats = LockStats.combined([runner.stats for runner in runners])
+                    log({"event": "lock_summary", **stats.as_dict()})
+                # imported here: a run with nothing to apply never needs it (2.4 ms)
+                from .backfill_runner import record_waived
 
-            record_waived(conn, graph.root, plan.waived_backfills)
-            after = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
-    except KeyboardInterrupt as err:
-        committed = _committed_anyway(conn, running)  # the interrupt came after COMMIT
-        running = [revision for revision in running if revision not in committed]
-        results.extend(RevisionResult.of(revision, time.monotonic(), "applied")
-                       for revision in committed)
-        raise RunStopped(_interrupted(running, len(results)), tuple(results),
-                         interrupted=True) from err
-    except psycopg.Error as err:
-        raise RunStopped(f"a database error outside any revision, after {len(results)} "
-                         f"revision(s): {_describe(err)}; {STOPPED}", tuple(results),
-                         interrupted=False) from err
-    finally:
-        collection.thaw()
-        conn.close()
-        signals_held.release()
+                record_waived(conn, graph.root, plan.waived_backfills)
+                after = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
+        except KeyboardInterrupt as err:
+            committed = _committed_anyway(conn, running)  # the interrupt came after COMMIT
+            running = [revision for revision in running if revision not in committed]
+            results.extend(RevisionResult.of(revision, time.monotonic(), "applied")
+                           for revision in committed)
+            raise RunStopped(_interrupted(running, len(results)), tuple(results),
+                             interrupted=True) from err
+        except psycopg.Error as err:
+            raise RunStopped(f"a database error outside any revision, after {len(results)} "
+                             f"revision(s): {_describe(err)}; {STOPPED}", tuple(results),
+                             interrupted=False) from err
+        finally:
+            collection.thaw()
+            conn.close()
+            signals_held.release()
     return RunResult(plan=after, results=tuple(results), locks=stats,
                      hold_warnings=tuple(w for runner in runners for w in runner.warnings))
 

@@ -1,9 +1,10 @@
-"""Holding Ctrl-C and SIGTERM while a run cleans up after the first one.
+"""Ctrl-C and SIGTERM during a run: remembered while it runs, held while it cleans up.
 
-A second signal used to cut a clean-up short: owners left LOGIN, lint workers left running
-(the exit then waited for them), a traceback or exit -2 instead of the report and 130.
-Python delivers signals on the main thread only, so holding is done there and is a no-op
-elsewhere.
+A revision that swallowed the KeyboardInterrupt (a bare `except:`) made a run carry on to the
+end with exit 0 (`InterruptLatch`). A second signal used to cut a clean-up short: owners left
+LOGIN, lint workers left running (the exit then waited for them), a traceback or exit -2
+instead of the report and 130 (`InterruptsHeld`). Python delivers signals on the main thread
+only, so both act there and are no-ops elsewhere.
 """
 
 from __future__ import annotations
@@ -51,3 +52,36 @@ class InterruptsHeld:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.release()
+
+
+class InterruptLatch:
+    """While entered (on the main thread), Ctrl-C and SIGTERM are remembered as well as handled
+    as before: code that swallows the KeyboardInterrupt (a bare `except:` in a revision's retry
+    loop) cannot make a run carry on, since the run reads `requested` between revisions. Only
+    signals with a Python handler are wrapped (SIGTERM too once the CLI made it raise
+    KeyboardInterrupt); one left at its default kills the process as before."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._saved: dict[int, Any] = {}
+
+    def _remember(self, previous: Any) -> Any:
+        def handler(number: int, frame: Any) -> Any:
+            self.requested = True
+            return previous(number, frame)
+        return handler
+
+    def __enter__(self) -> InterruptLatch:
+        if threading.current_thread() is threading.main_thread():
+            for number in InterruptsHeld.SIGNALS:
+                previous = signal.getsignal(number)
+                if callable(previous):
+                    self._saved[number] = previous
+                    signal.signal(number, self._remember(previous))
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        for number, handler in self._saved.items():
+            signal.signal(number, handler)
+        self._saved = {}

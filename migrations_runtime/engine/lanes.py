@@ -16,8 +16,11 @@ Alembic's `op` and stdout are the process's), where signals are delivered and `s
 works, as in a serial run. The calling thread also takes Ctrl-C and SIGTERM: the run stops
 then, and the lanes' running statements are cancelled.
 
-A revision without a transaction (a concurrent index build) runs alone: no other lane starts
-one while it waits or runs, as its build waits for every older transaction.
+A revision without a transaction (a concurrent index build) runs alone, once every revision
+before it in the plan has committed: no other lane starts one while it waits or runs, as its
+build waits for every older transaction. A transactional revision that fails while a revision
+before it in the plan had not committed yet runs once more after all of them have (`_run_lane`):
+linking reads text, and a grant can come from code the text does not show.
 
 The first failure (in time) stops every lane after the revision it is running, which makes no
 further lock attempt (each revision commits or rolls back whole, with its ledger row): the run
@@ -40,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .discover import Service
+from .errors import MigrationFailed
 from .load import Revision
 from .lockwait import LockStats
 from .report import RevisionResult
@@ -55,12 +59,14 @@ class LaneRunner(Protocol):
     stats: LockStats
     warnings: list[dict[str, object]]
     stopping: threading.Event  # set: waits for locks end, the revision is not applied
+    retry_on_failure: bool  # set: a failure's log line waits for `log_held`
 
     def issue_tokens(self, revisions: Iterable[Revision], upgrade: bool = True) -> None: ...
     def prefetch(self, service: Service, python: bool) -> None: ...
     def apply(self, revision: Revision, upgrade: bool = True) -> RevisionResult: ...
     def release(self, service: str) -> None: ...
     def cancel(self) -> None: ...
+    def log_held(self, again: bool) -> None: ...
 
 
 def assign_lanes(steps: Sequence[Revision], jobs: int,
@@ -165,37 +171,50 @@ class _Stopped(Exception):
 
 class _Progress:
     """Which of the plan's revisions have committed, and whether the run is stopping (then
-    `stopping`, each runner's, is set too)."""
+    `stopping`, each runner's, is set too, or an interrupt was `requested`)."""
 
-    def __init__(self, steps: Sequence[Revision], stopping: threading.Event) -> None:
-        self._in_plan = {revision.id for revision in steps}
+    def __init__(self, steps: Sequence[Revision], stopping: threading.Event,
+                 requested: Callable[[], bool]) -> None:
+        self._index = {revision.id: index for index, revision in enumerate(steps)}
         self._done: set[str] = set()
+        self._committed = 0  # steps [0, _committed) of the plan have all committed
+        self._steps = steps
         self.stopping = stopping
+        self._requested = requested
         self._changed = threading.Condition()
         self._running = 0  # lanes inside a revision
         self._alone = False  # a revision without a transaction is running
         self._alone_waiting = 0  # revisions without a transaction waiting to run
 
+    def stopped(self) -> bool:
+        return self.stopping.is_set() or self._requested()
+
+    def _wait(self) -> None:
+        self._changed.wait(0.1)  # an interrupt is a flag, not a notification: look again soon
+
     def begin(self, revision: Revision) -> bool:
         """Wait until `revision` may start: every parent of it in the plan has committed, and
-        a revision without a transaction runs alone (a concurrent index build waits for every
-        older transaction, so another lane's revision would hold it up, or outlast its lock
-        budget, as no serial run does): none starts while one waits or runs. False when the
+        a revision without a transaction runs alone, once every revision before it in the plan
+        has committed (a concurrent index build waits for every older transaction, so another
+        lane's revision would hold it up, or outlast its lock budget, as no serial run does;
+        and it cannot be run again as a failed transactional one is, `retry`). False when the
         run is stopping (then the revision must not start)."""
-        needed = [p for p in parents(revision) if p in self._in_plan]
+        needed = [p for p in parents(revision) if p in self._index]
         with self._changed:
-            while not self.stopping.is_set() and not all(p in self._done for p in needed):
-                self._changed.wait()
+            while not self.stopped() and not all(p in self._done for p in needed):
+                self._wait()
             if revision.transactional:
-                while not self.stopping.is_set() and (self._alone or self._alone_waiting):
-                    self._changed.wait()
+                while not self.stopped() and (self._alone or self._alone_waiting):
+                    self._wait()
             else:
+                while not self.stopped() and self._committed < self._index[revision.id]:
+                    self._wait()
                 self._alone_waiting += 1
-                while not self.stopping.is_set() and (self._alone or self._running):
-                    self._changed.wait()
+                while not self.stopped() and (self._alone or self._running):
+                    self._wait()
                 self._alone_waiting -= 1
                 self._changed.notify_all()
-            if self.stopping.is_set():
+            if self.stopped():
                 return False
             self._running += 1
             self._alone = not revision.transactional
@@ -207,7 +226,23 @@ class _Progress:
             self._alone = False
             if committed:
                 self._done.add(revision.id)
+                while (self._committed < len(self._steps)
+                       and self._steps[self._committed].id in self._done):
+                    self._committed += 1
             self._changed.notify_all()
+
+    def earlier_pending(self, revision: Revision) -> bool:
+        """Whether a revision before `revision` in the plan has not committed yet."""
+        with self._changed:
+            return self._committed < self._index[revision.id]
+
+    def wait_for_earlier(self, revision: Revision) -> bool:
+        """Wait until every revision before `revision` in the plan has committed; False when
+        the run stops first."""
+        with self._changed:
+            while not self.stopped() and self._committed < self._index[revision.id]:
+                self._wait()
+            return not self.stopped()
 
     def stop(self, into: LaneRun, failure: BaseException) -> None:
         """Stop every lane after its running revision; `failure` is the run's when first."""
@@ -247,19 +282,25 @@ class _Call:
 
 def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
               lanes: Sequence[Sequence[int]], into: LaneRun,
-              interrupted: Callable[[], None] = lambda: None) -> None:
+              interrupted: Callable[[], None] = lambda: None,
+              requested: Callable[[], bool] = lambda: False) -> None:
     """Apply `steps`, lane k's (`lanes[k]`, from `assign_lanes`) with `runners[k]`. One lane
     runs on this thread; more run on threads of their own while this one applies the Python
     revisions they hand it. Returns once every lane has stopped; raises the first failure
     (`into` keeps what was applied either way). `interrupted` is called first when Ctrl-C or
-    SIGTERM arrives (the caller ignores further ones while the lanes are cancelled)."""
+    SIGTERM arrives (the caller ignores further ones while the lanes are cancelled);
+    `requested` says whether one arrived, in case a revision swallowed its KeyboardInterrupt
+    (`interrupts.InterruptLatch`): the lanes stop after their running revision, and this
+    raises KeyboardInterrupt."""
     stopping = threading.Event()
     for runner in runners:
         runner.stopping = stopping
-    progress = _Progress(steps, stopping)
+    progress = _Progress(steps, stopping, requested)
     if len(lanes) == 1:
         _run_lane(steps, runners[0], lanes[0], progress, into, 0,
-                  lambda runner, revision: runner.apply(revision))
+                  lambda runner, revision: runner.apply(revision), retry=False)
+        if requested():
+            raise KeyboardInterrupt
         return
     calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
 
@@ -279,7 +320,7 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
     def lane(number: int) -> None:
         try:
             _run_lane(steps, runners[number], lanes[number], progress, into, number,
-                      on_this_thread)
+                      on_this_thread, retry=True)
         except BaseException as err:
             progress.stop(into, err)
         finally:
@@ -292,6 +333,8 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
     call: _Call | None = None
     while True:
         try:  # the whole loop: a signal may land on any of its lines
+            if requested() and not stopping.is_set():  # a revision swallowed it
+                raise KeyboardInterrupt
             if all(event.is_set() for event in ended):
                 break
             try:
@@ -326,25 +369,46 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
 
 def _run_lane(steps: Sequence[Revision], runner: LaneRunner, indexes: Sequence[int],
               progress: _Progress, into: LaneRun, lane: int,
-              apply: Callable[[LaneRunner, Revision], RevisionResult]) -> None:
+              apply: Callable[[LaneRunner, Revision], RevisionResult], retry: bool) -> None:
+    """Lane `lane`'s steps in plan order. With `retry` (more than one lane), a transactional
+    revision that fails while a revision before it in the plan had not committed yet runs once
+    more after all of them have: one of those may have been about to give it what it needs (a
+    grant from a function or a helper module, which no reading of the text finds), and a
+    serial run would have run them first. So a failure is final only when a serial run would
+    meet it too."""
     own = [steps[index] for index in indexes]
     runner.issue_tokens(own)
     last = {revision.service: position for position, revision in enumerate(own)}
     upcoming = next_services(own)
     python = {revision.service for revision in own if revision.kind == "python"}
     for position, (index, revision) in enumerate(zip(indexes, own, strict=True)):
-        if not progress.begin(revision):
-            return
-        committed = False
-        try:
-            following = upcoming[position]
-            if following is not None:
-                runner.prefetch(following, following.name in python)
-            into.running[lane] = revision
-            into.results[index] = apply(runner, revision)
-            del into.running[lane]
-            committed = True
-        finally:
-            progress.ended(revision, committed)
+        again = retry and revision.transactional
+        while True:
+            if not progress.begin(revision):
+                return
+            committed = False
+            runner.retry_on_failure = again = again and progress.earlier_pending(revision)
+            try:
+                following = upcoming[position]
+                if following is not None:
+                    runner.prefetch(following, following.name in python)
+                into.running[lane] = revision
+                into.results[index] = apply(runner, revision)
+                del into.running[lane]
+                committed = True
+            except MigrationFailed as err:
+                if not again or err.dirty:
+                    raise
+                del into.running[lane]
+                failure = err
+            finally:
+                progress.ended(revision, committed)
+                runner.retry_on_failure = False
+            if committed:
+                break
+            again = progress.wait_for_earlier(revision)
+            runner.log_held(again)
+            if not again:
+                raise failure
         if last[revision.service] == position:
             runner.release(revision.service)

@@ -303,3 +303,49 @@ def test_jobs_below_one_is_a_usage_error(project: Project, value: str) -> None:
     assert done.stdout == ""
     [line] = done.stderr.splitlines()
     assert line.startswith("error: ") and "'--jobs'" in line, line
+
+
+SWALLOWING_REVISION = """import time
+
+revision = "{service}_202611251400"
+down_revision = None
+
+
+def upgrade():
+    for _ in range(25):  # 5 s
+        try:
+            time.sleep(0.2)
+        except:  # noqa: E722 - a retry idiom that swallows Ctrl-C
+            pass
+
+
+def downgrade():
+    pass
+"""
+
+
+@pytest.mark.parametrize("case", ["SIGTERM to svcmig alone", "a revision swallows Ctrl-C"])
+def test_an_interrupted_lint_in_one_process_ends_with_130(project: Project, case: str) -> None:
+    """From a breaker: linting in this process (`--jobs 1`, the default below 500 files), SIGTERM
+    killed svcmig with nothing said (-15), and a Python revision's bare `except:` swallowed
+    Ctrl-C, so the lint went on and exited 0."""
+    text = SWALLOWING_REVISION if "swallows" in case else SLOW_REVISION
+    project.write("services/users/migrations/2026-11-25T1400__users__slow.py",
+                  text.format(service="users"))
+    lint = subprocess.Popen(
+        [sys.executable, "-m", "migrations_runtime.cli", "lint", "--all", "--jobs", "1"],
+        cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    time.sleep(3)  # inside the revision's sleeps
+    if "SIGTERM" in case:
+        lint.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(lint.pid, signal.SIGINT)
+    try:
+        stdout, stderr = lint.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(lint.pid, signal.SIGKILL)
+        lint.communicate()
+        pytest.fail(f"svcmig lint did not end after {case}")
+    assert lint.returncode == 130, stderr
+    assert stdout == "" and stderr.strip() == "error: interrupted", stderr
