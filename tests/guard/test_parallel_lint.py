@@ -210,6 +210,25 @@ def downgrade():
 """
 
 
+def start_lint(project: Project, jobs: str) -> subprocess.Popen[str]:
+    """`svcmig lint --all --jobs <jobs>` in a process group of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "migrations_runtime.cli", "lint", "--all", "--jobs", jobs],
+        cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+
+
+def ended(lint: subprocess.Popen[str], after: str, timeout: float) -> tuple[str, str]:
+    """The lint's stdout and stderr once it ended, or a failure (its group killed) when it
+    outlives `timeout` seconds `after` what was done to it."""
+    try:
+        return lint.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(lint.pid, signal.SIGKILL)
+        lint.communicate()
+        pytest.fail(f"svcmig lint did not end after {after}")
+
+
 @pytest.mark.parametrize("stop", [
     "two Ctrl-C to the group, 0.2 s apart", "two Ctrl-C to the group, back to back",
     "a second Ctrl-C once the report is out", "SIGTERM to svcmig alone"])
@@ -225,10 +244,7 @@ def test_an_interrupted_parallel_lint_ends_at_once_and_leaves_no_worker(
     for service in ("users", "orders", "billing"):
         project.write(f"services/{service}/migrations/2026-11-25T1400__{service}__slow.py",
                       SLOW_REVISION.format(service=service))
-    lint = subprocess.Popen(
-        [sys.executable, "-m", "migrations_runtime.cli", "lint", "--all", "--jobs", "2"],
-        cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+    lint = start_lint(project, "2")
     time.sleep(3)  # the workers are inside the revisions' sleeps
     report = ""
     if stop == "SIGTERM to svcmig alone":
@@ -243,12 +259,7 @@ def test_an_interrupted_parallel_lint_ends_at_once_and_leaves_no_worker(
                 report += line
         with contextlib.suppress(ProcessLookupError):  # it may have ended already
             os.killpg(lint.pid, signal.SIGINT)
-    try:
-        stdout, stderr = lint.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(lint.pid, signal.SIGKILL)
-        lint.communicate()
-        pytest.fail(f"svcmig lint did not end after {stop}")
+    stdout, stderr = ended(lint, stop, timeout=20)
     stderr = report + stderr
     assert lint.returncode == 130, stderr
     assert stdout == "" and stderr.strip() == "error: interrupted", stderr
@@ -332,20 +343,12 @@ def test_an_interrupted_lint_in_one_process_ends_with_130(project: Project, case
     text = SWALLOWING_REVISION if "swallows" in case else SLOW_REVISION
     project.write("services/users/migrations/2026-11-25T1400__users__slow.py",
                   text.format(service="users"))
-    lint = subprocess.Popen(
-        [sys.executable, "-m", "migrations_runtime.cli", "lint", "--all", "--jobs", "1"],
-        cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+    lint = start_lint(project, "1")
     time.sleep(3)  # inside the revision's sleeps
     if "SIGTERM" in case:
         lint.send_signal(signal.SIGTERM)
     else:
         os.killpg(lint.pid, signal.SIGINT)
-    try:
-        stdout, stderr = lint.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(lint.pid, signal.SIGKILL)
-        lint.communicate()
-        pytest.fail(f"svcmig lint did not end after {case}")
+    stdout, stderr = ended(lint, case, timeout=120)
     assert lint.returncode == 130, stderr
     assert stdout == "" and stderr.strip() == "error: interrupted", stderr
