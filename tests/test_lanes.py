@@ -717,37 +717,47 @@ def test_a_failure_is_tried_again_only_while_an_earlier_revision_was_pending(
 
 
 # Kind: code that swallows the KeyboardInterrupt (a bare `except:`, `except BaseException`,
-# `contextlib.suppress`) in a Python revision: the run still stops, with 130, and the other
-# lane stops after its running revision.
+# `contextlib.suppress`, around a sleep or around a statement the interrupt cancels) or leaves
+# signals ignored behind it: the run still stops, with 130; the revision that caught it is
+# rolled back, and the other lane stops after its running revision.
 SWALLOWERS = {
-    "bare except": "        try:\n            time.sleep(0.2)\n        except:  # noqa: E722\n"
-                   "            pass\n",
-    "except BaseException": "        try:\n            time.sleep(0.2)\n"
+    "bare except": "    for _ in range(15):\n        try:\n            time.sleep(0.2)\n"
+                   "        except:  # noqa: E722\n            pass\n",
+    "except BaseException": "    for _ in range(15):\n        try:\n            time.sleep(0.2)\n"
                             "        except BaseException:\n            pass\n",
-    "contextlib.suppress": "        import contextlib\n"
+    "contextlib.suppress": "    import contextlib\n    for _ in range(15):\n"
                            "        with contextlib.suppress(KeyboardInterrupt):\n"
                            "            time.sleep(0.2)\n",
+    "a cancelled statement caught": "    try:\n        op.execute('SELECT pg_sleep(3)')\n"
+                                    "    except BaseException:\n        pass\n",
+    "SIG_IGN left behind": "    import signal\n    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                           "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n",
 }
 
 
 @pytest.mark.parametrize(("swallower", "jobs", "signal_number"), [
     ("bare except", 1, signal.SIGINT), ("bare except", 2, signal.SIGINT),
     ("bare except", 2, signal.SIGTERM), ("except BaseException", 2, signal.SIGINT),
-    ("contextlib.suppress", 1, signal.SIGTERM)])
+    ("contextlib.suppress", 1, signal.SIGTERM), ("a cancelled statement caught", 1, signal.SIGINT),
+    ("a cancelled statement caught", 2, signal.SIGTERM), ("SIG_IGN left behind", 1, signal.SIGINT),
+    ("SIG_IGN left behind", 2, signal.SIGTERM)])
 def test_a_revision_that_swallows_the_interrupt_does_not_keep_the_run_going(
         tmp_path: Path, database_url: str, swallower: str, jobs: int,
         signal_number: int) -> None:
     root = applied_base(tmp_path, database_url)
-    body = ("    op.execute(\"SELECT 'swallowing'\")\n    for _ in range(15):\n"
-            + SWALLOWERS[swallower])
+    body = ("    op.execute(\"SELECT 'swallowing'\")\n" + SWALLOWERS[swallower]
+            + "    op.execute('CREATE TABLE swallowed (id int)')\n")
     add(root, "users", "2026-02-01T0000", python_revision(
         "users", "2026-02-01T0000", "users_202601010000", body), "py")
-    add(root, "users", "2026-02-01T0001", "CREATE TABLE after_it (id int);\n")
+    add(root, "users", "2026-02-01T0001", "CREATE TABLE after_it (id int);\nSELECT pg_sleep(3);\n")
+    add(root, "users", "2026-02-01T0002", "CREATE TABLE last_one (id int);\n")
     for minute in range(10):
         add(root, "orders", f"2026-02-01T01{minute:02d}",
             f"CREATE TABLE o{minute} (id int);\nSELECT pg_sleep(0.5);\n")
-    stdout, stderr = interrupted_migrate(root, database_url, signal_number,
-                                         "query LIKE '%%swallowing%%'",
+    left_behind = "SIG_IGN" in swallower  # interrupted in the next revision, after it
+    running = ("query LIKE '%%pg_sleep(3)%%'" if left_behind or "statement" in swallower
+               else "query LIKE '%%swallowing%%'")
+    stdout, stderr = interrupted_migrate(root, database_url, signal_number, running,
                                          args=("--jobs", str(jobs)))
     result = json.loads(stdout)
     assert result["outcome"] == "interrupted", stdout
@@ -756,9 +766,35 @@ def test_a_revision_that_swallows_the_interrupt_does_not_keep_the_run_going(
     assert {r["revision"] for r in result["applied"]} == {  # this run's, as in the ledger
         rev for rev, done in state.items() if done == "applied"} - {
         "users_202601010000", "orders_202601010100"}
-    assert "users_202602010001" not in state  # nothing after it started
-    assert "after_it" not in tables(database_url, "users")
+    if left_behind:
+        assert "users_202602010000" in state and "users_202602010001" not in state
+    else:  # it caught the interrupt, so it is rolled back, whatever it did next
+        assert "users_202602010000" not in state and "users_202602010001" not in state
+        assert "swallowed" not in tables(database_url, "users")
+        assert "interrupted during users_202602010000" in stderr
+    assert "last_one" not in tables(database_url, "users")
     assert sum(rev.startswith("orders_2026020101") for rev in state) < 10  # the lane stopped
+    assert lock_is_free(database_url)
+
+
+# Kind: what an interrupt's message says a revision without a transaction left is what the
+# ledger holds: dirty when it stopped halfway (a serial run), nothing when the lane that ran it
+# was cancelled and cleaned up.
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_interrupted_revision_without_a_transaction_is_reported_as_the_ledger_has_it(
+        tmp_path: Path, database_url: str, jobs: int) -> None:
+    root = applied_base(tmp_path, database_url)
+    add(root, "users", "2026-02-01T0000", "SELECT pg_sleep(0.2);\n")
+    add(root, "orders", "2026-02-01T0100", "-- migrate:no-transaction\n"
+        "CREATE INDEX CONCURRENTLY orders_id ON orders (id);\nSELECT pg_sleep(60);\n")
+    stdout, stderr = interrupted_migrate(root, database_url, signal.SIGINT,
+                                         "query LIKE '%%pg_sleep(60)%%'",
+                                         args=("--jobs", str(jobs)))
+    assert json.loads(stdout)["outcome"] == "interrupted"
+    last = stderr.strip().splitlines()[-1]
+    state = ledger(database_url).get("orders_202602010100")
+    assert ("left dirty" in last) == (state == "dirty"), (last, state)
+    assert "interrupted during orders_202602010100" in last
     assert lock_is_free(database_url)
 
 
@@ -772,7 +808,7 @@ def test_json_stdout_stays_one_object_whatever_a_revision_leaves_running(
             "        while True:\n"
             "            print('tick')\n"
             "            os.write(1, b'raw tick\\n')\n"
-            "            time.sleep(0.01)\n"
+            "            time.sleep(0.001)\n"
             "    threading.Thread(target=chatter, daemon=True).start()\n"
             "    subprocess.run([sys.executable, '-c', 'print(\"from a child\")'])\n")
     add(root, "users", "2026-02-01T0000", python_revision(

@@ -1030,31 +1030,36 @@ STOPPED = ("the revision running then was rolled back (a non-transactional one i
            "and the lock is released with the session; see `svcmig status`, then run again")
 
 
-def _committed_anyway(conn: psycopg.Connection, running: Sequence[Revision]) -> list[Revision]:
-    """Of the revisions running when the run was interrupted, those the ledger says are
-    applied: the interrupt came after their COMMIT, before the runner heard back."""
-    if not running or conn.closed:
-        return []
+def _ledger_states(conn: psycopg.Connection, running: Sequence[Revision]) -> dict[str, str] | None:
+    """The ledger's state of each revision running when the run was interrupted (none for a
+    revision without a row): `applied` when the interrupt came after its COMMIT, before the
+    runner heard back; `dirty` for one without a transaction that stopped halfway (one a lane
+    cancelled was cleaned up and has no row). None when the ledger cannot be read."""
+    if not running:
+        return {}
+    if conn.closed:
+        return None
     try:
-        rows = conn.execute(f"SELECT revision FROM {ledger.LEDGER_TABLE} WHERE revision = "
-                            "ANY(%s) AND state = 'applied'",
-                            ([revision.id for revision in running],)).fetchall()
+        rows = conn.execute(f"SELECT revision, state FROM {ledger.LEDGER_TABLE} WHERE revision "
+                            "= ANY(%s)", ([revision.id for revision in running],)).fetchall()
     except psycopg.Error:
-        return []
-    found = {row[0] for row in rows}
-    return [revision for revision in running if revision.id in found]
+        return None
+    return dict(rows)
 
 
-def _interrupted(running: Sequence[Revision], applied: int) -> str:
-    """What an interruption left: `running`, the revisions that were running (one a lane)."""
-    loose = [revision for revision in running if not revision.transactional]
-    if not loose:
-        during = f" during {', '.join(r.id for r in running)}" if running else ""
-        return f"interrupted{during} after {applied} revision(s); {STOPPED}"
-    return (f"interrupted during {loose[0].id}, which runs without a transaction: it is left "
-            f"dirty, after {applied} revision(s); check what it left behind (e.g. an INVALID "
-            f"index), then `svcmig repair {loose[0].id} --applied` or `--rolled-back`; the lock "
-            "is released with the session")
+def _interrupted(running: Sequence[Revision], dirty: Sequence[Revision], applied: int) -> str:
+    """What an interruption left: `running`, the revisions that were running (one a lane) and
+    did not commit; `dirty`, those of them without a transaction left halfway."""
+    if dirty:
+        return (f"interrupted during {dirty[0].id}, which runs without a transaction: it is "
+                f"left dirty, after {applied} revision(s); check what it left behind (e.g. an "
+                f"INVALID index), then `svcmig repair {dirty[0].id} --applied` or "
+                "`--rolled-back`; the lock is released with the session")
+    if not running:
+        return (f"interrupted between revisions, after {applied} revision(s); the lock is "
+                "released with the session; see `svcmig status`, then run again")
+    return (f"interrupted during {', '.join(r.id for r in running)} after {applied} "
+            f"revision(s); {STOPPED}")
 
 
 def migrate(url: str, root: Path, phase: PhaseChoice = "all",
@@ -1129,11 +1134,14 @@ def migrate(url: str, root: Path, phase: PhaseChoice = "all",
                 record_waived(conn, graph.root, plan.waived_backfills)
                 after = make_plan(graph, ledger.read_state(conn, schemas, graph), phase, target)
         except KeyboardInterrupt as err:
-            committed = _committed_anyway(conn, running)  # the interrupt came after COMMIT
+            states = _ledger_states(conn, running)
+            committed = [r for r in running if states and states.get(r.id) == "applied"]
             running = [revision for revision in running if revision not in committed]
             results.extend(RevisionResult.of(revision, time.monotonic(), "applied")
                            for revision in committed)
-            raise RunStopped(_interrupted(running, len(results)), tuple(results),
+            dirty = [r for r in running if not r.transactional  # unknown: it may be dirty
+                     and (states is None or states.get(r.id) == "dirty")]
+            raise RunStopped(_interrupted(running, dirty, len(results)), tuple(results),
                              interrupted=True) from err
         except psycopg.Error as err:
             raise RunStopped(f"a database error outside any revision, after {len(results)} "

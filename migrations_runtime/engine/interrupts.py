@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -85,3 +87,28 @@ class InterruptLatch:
         for number, handler in self._saved.items():
             signal.signal(number, handler)
         self._saved = {}
+
+
+@contextmanager
+def not_swallowed() -> Iterator[None]:
+    """Run code that may catch Ctrl-C or SIGTERM itself (a Python revision, run or rendered):
+    the handlers it leaves behind (`SIG_IGN`, one of its own) are put back to what they were,
+    so the rest of the run still stops on a signal; and a signal that arrived meanwhile is
+    raised as KeyboardInterrupt when it returns or fails, whatever it did with the first one
+    (a bare `except:`, a statement the interrupt cancelled and the revision caught)."""
+    latch = InterruptLatch()
+    saved = {number: signal.getsignal(number) for number in InterruptsHeld.SIGNALS}
+    try:
+        with latch:
+            yield
+    except BaseException as err:
+        if latch.requested and not isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
+        raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for number, handler in saved.items():
+                if handler is not None:
+                    signal.signal(number, handler)
+    if latch.requested:
+        raise KeyboardInterrupt

@@ -20,6 +20,7 @@ from types import CodeType, ModuleType
 from typing import Any, TextIO
 
 from .errors import MigrationFileError
+from .interrupts import not_swallowed
 from .load import Revision, read_text
 from .lockwait import HoldTracker
 from .report import OUTPUT_LOCK
@@ -122,7 +123,7 @@ class PythonRevisions:
         try:
             # stdout is the CLI's (`--json` prints one object there); what a revision prints is
             # a log line, so it goes to stderr with the rest of the log
-            with Operations.context(context), _stdout_to_stderr():
+            with not_swallowed(), Operations.context(context), _stdout_to_stderr():
                 module = _import_revision(revision, code)
                 (module.upgrade if upgrade else module.downgrade)()
             if self._refused is not None:  # caught by the revision: it still fails
@@ -175,11 +176,19 @@ def _stdout_to_stderr() -> Iterator[None]:
         with redirect_stdout(lines), redirect_stderr(errors):
             yield
     finally:
-        lines.close()
-        errors.close()
+        lines.finish()
+        errors.finish()
+        _KEPT.extend((lines, errors))
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+# Every `_WholeLines` a revision printed through, kept for the life of the process: a thread the
+# revision started may still be inside `print()` on it, which holds `sys.stdout` as a borrowed
+# reference (CPython), so freeing it when the revision ends crashed the process (a breaker's
+# revision printing from a daemon thread in a loop: AttributeError, then a segfault).
+_KEPT: list[_WholeLines] = []
 
 
 class _WholeLines(io.TextIOBase):
@@ -219,11 +228,16 @@ class _WholeLines(io.TextIOBase):
             self._emit(whole + "\n")
         return len(text)
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """The revision ended: its last line, without a newline, goes out with one. Later
+        writes (a thread it started) still go out, whole, to `stream`."""
         if self._pending:
             self._emit(self._pending + "\n")
             self._pending = ""
-        super().close()
+        self._thread = -1  # no thread's: every write goes straight through
+
+    def flush(self) -> None:
+        self.stream.flush()
 
     def _emit(self, text: str) -> None:
         with OUTPUT_LOCK:

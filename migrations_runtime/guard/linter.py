@@ -537,16 +537,17 @@ class Linter:
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Kill the pool's workers now: they ignore Ctrl-C, and waiting for the services they are
-    linting kept an interrupted run alive for as long as those took (for ever, after a second
-    Ctrl-C, in the interpreter's exit handler). `terminate_workers` is Python 3.14's; before,
-    the pool's own table of its processes."""
-    terminate = getattr(pool, "terminate_workers", None)
-    if terminate is not None:
-        terminate()
+    """Kill the pool's workers now (SIGKILL): they ignore Ctrl-C, and waiting for the services
+    they are linting kept an interrupted run alive for as long as those took (for ever, after a
+    second Ctrl-C, in the interpreter's exit handler); a revision may have made its worker
+    ignore SIGTERM too. `kill_workers` is Python 3.14's; before, the pool's own table of its
+    processes."""
+    kill = getattr(pool, "kill_workers", None)
+    if kill is not None:
+        kill()
         return
     for process in list(getattr(pool, "_processes", {}).values()):
-        process.terminate()
+        process.kill()
 
 
 def default_jobs() -> int:

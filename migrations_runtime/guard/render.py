@@ -14,6 +14,7 @@ from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
 from ..engine.errors import MigrationFileError
+from ..engine.interrupts import not_swallowed
 
 
 def upgrade_line(text: str) -> int:
@@ -41,12 +42,13 @@ def render_upgrade(text: str, path: Path) -> tuple[str, int]:
         opts={"as_sql": True, "output_buffer": buffer, "literal_binds": True},
     )
     try:
-        spec.loader.exec_module(module)
-        upgrade = getattr(module, "upgrade", None)
-        if upgrade is None:
-            raise MigrationFileError(path, "no upgrade() function", 1)
-        with Operations.context(context):
-            upgrade()
+        with not_swallowed():  # Ctrl-C stops the guard even if the revision catches it
+            spec.loader.exec_module(module)
+            upgrade = getattr(module, "upgrade", None)
+            if upgrade is None:
+                raise MigrationFileError(path, "no upgrade() function", 1)
+            with Operations.context(context):
+                upgrade()
     except MigrationFileError:
         raise
     except (Exception, SystemExit) as err:  # a revision can raise anything (sys.exit too):

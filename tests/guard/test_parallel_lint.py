@@ -352,3 +352,35 @@ def test_an_interrupted_lint_in_one_process_ends_with_130(project: Project, case
     stdout, stderr = ended(lint, case, timeout=120)
     assert lint.returncode == 130, stderr
     assert stdout == "" and stderr.strip() == "error: interrupted", stderr
+
+
+STUBBORN_REVISION = """import signal
+import time
+
+revision = "{service}_202611251400"
+down_revision = None
+
+
+def upgrade():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(60)
+
+
+def downgrade():
+    pass
+"""
+
+
+def test_workers_whose_revision_ignores_every_signal_are_stopped_too(project: Project) -> None:
+    """From a breaker: a revision ignoring SIGTERM in its worker kept the lint (and the worker)
+    alive after `error: interrupted`; the workers are killed (SIGKILL)."""
+    for service in ("users", "orders", "billing"):
+        project.write(f"services/{service}/migrations/2026-11-25T1400__{service}__slow.py",
+                      STUBBORN_REVISION.format(service=service))
+    lint = start_lint(project, "2")
+    time.sleep(3)
+    os.killpg(lint.pid, signal.SIGINT)
+    stdout, stderr = ended(lint, "Ctrl-C", timeout=20)
+    assert lint.returncode == 130, stderr
+    assert stdout == "" and stderr.strip() == "error: interrupted", stderr
