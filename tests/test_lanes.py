@@ -821,3 +821,41 @@ def test_json_stdout_stays_one_object_whatever_a_revision_leaves_running(
             assert done.returncode == 0, done.stderr
             assert json.loads(done.stdout)["outcome"] == "applied"
             assert "tick" in done.stderr and "from a child" in done.stderr
+
+
+# Kind: a revision that fails for good, on any lane, in any way (a statement, a Python revision
+# that ends its own transaction and is left dirty): the revisions before it in the plan are
+# applied on every lane, as a serial run applies them, and none after it starts. (Plan order
+# groups a service's revisions: users' three come before orders'.)
+FAILURES = {
+    "a statement fails": "CREATE TABLE broken (id int);\nSELECT 1 / 0;\n",
+    "a revision ends its own transaction": python_revision(
+        "orders", "2026-02-01T0100", "orders_202601010100",
+        "    raw = op.get_bind().connection.driver_connection\n"
+        "    raw.pgconn.exec_(b'CREATE TABLE escaped (id int); COMMIT; BEGIN')\n"
+        "    op.execute('SELECT 1 / 0')\n"),
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_a_failed_run_applies_what_a_serial_run_applies(
+        tmp_path: Path, server_url: str, failure: str) -> None:
+    states = {}
+    for jobs in (1, 2):
+        with fresh_database(server_url) as url:
+            root = applied_base(tmp_path / f"p{jobs}", url)
+            add(root, "users", "2026-02-01T0000", "SELECT pg_sleep(1);\n")
+            add(root, "users", "2026-02-01T0001", "CREATE TABLE second (id int);\n")
+            add(root, "users", "2026-02-01T0200", "CREATE TABLE third (id int);\n")
+            text = FAILURES[failure]
+            add(root, "orders", "2026-02-01T0100", text, "py" if "import" in text else "sql")
+            add(root, "orders", "2026-02-01T0300", "CREATE TABLE after_it (id int);\n")
+            with pytest.raises(MigrationFailed) as failed:
+                migrate(url, root, settings=RunSettings(jobs=jobs), log=lambda _line: None)
+            assert failed.value.revision == "orders_202602010100"
+            states[jobs] = ledger(url)
+            assert {"second", "third"} <= tables(url, "users")
+            assert "after_it" not in tables(url, "orders")
+            assert lock_is_free(url)
+    assert states[2] == states[1]
+    assert "orders_202602010300" not in states[1]

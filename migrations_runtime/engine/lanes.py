@@ -22,10 +22,12 @@ build waits for every older transaction. A transactional revision that fails whi
 before it in the plan had not committed yet runs once more after all of them have (`_run_lane`):
 linking reads text, and a grant can come from code the text does not show.
 
-The first failure (in time) stops every lane after the revision it is running, which makes no
-further lock attempt (each revision commits or rolls back whole, with its ledger row): the run
-then raises that failure (naming the other lanes' failures), with every revision that
-committed, in plan order.
+A revision that fails for good ends the run as a serial run would end: the revisions before
+it in the plan still run on every lane, none after it starts, and one after it waiting for its
+locks makes no further attempt (each revision commits or rolls back whole, with its ledger
+row); the run then raises the earliest failure in the plan (naming the other lanes'), with
+every revision that committed, in plan order. Ctrl-C or SIGTERM stops every lane after its
+running revision.
 `jobs = 1` is the serial run, in plan order, on the calling thread.
 
 At 50 services x 200 revisions, two lanes apply the plan in about 0.56 of the serial time on
@@ -166,21 +168,26 @@ def next_services(steps: Sequence[Revision]) -> list[Service | None]:
 
 
 class _Stopped(Exception):
-    """The run stopped before a lane's revision began (it is not applied, and not a failure)."""
+    """The run stopped (or failed before it in the plan) before a lane's Python revision began
+    on the calling thread: it is not applied, and not a failure."""
 
 
 class _Progress:
-    """Which of the plan's revisions have committed, and whether the run is stopping (then
-    `stopping`, each runner's, is set too, or an interrupt was `requested`)."""
+    """Which of the plan's revisions have committed, and whether the run is stopping: for every
+    revision (`stopping`, each runner's event too, or an interrupt was `requested`), or for
+    those after a revision that failed (`failed`)."""
 
     def __init__(self, steps: Sequence[Revision], stopping: threading.Event,
-                 requested: Callable[[], bool]) -> None:
+                 requested: Callable[[], bool], events: Sequence[threading.Event]) -> None:
         self._index = {revision.id: index for index, revision in enumerate(steps)}
         self._done: set[str] = set()
         self._committed = 0  # steps [0, _committed) of the plan have all committed
+        self._limit = len(steps)  # no step after this one starts: it failed
         self._steps = steps
         self.stopping = stopping
         self._requested = requested
+        self._events = events  # each runner's: set, it stops waiting for locks
+        self._active: dict[str, threading.Event] = {}  # running revision → its runner's event
         self._changed = threading.Condition()
         self._running = 0  # lanes inside a revision
         self._alone = False  # a revision without a transaction is running
@@ -189,41 +196,48 @@ class _Progress:
     def stopped(self) -> bool:
         return self.stopping.is_set() or self._requested()
 
+    def halted(self, revision: Revision) -> bool:
+        """Whether `revision` must not start (or be waited for): the run is stopping, or a
+        revision before it in the plan failed — a serial run would never have started it."""
+        return self.stopped() or self._index[revision.id] > self._limit
+
     def _wait(self) -> None:
         self._changed.wait(0.1)  # an interrupt is a flag, not a notification: look again soon
 
-    def begin(self, revision: Revision) -> bool:
+    def begin(self, revision: Revision, event: threading.Event) -> bool:
         """Wait until `revision` may start: every parent of it in the plan has committed, and
         a revision without a transaction runs alone, once every revision before it in the plan
         has committed (a concurrent index build waits for every older transaction, so another
         lane's revision would hold it up, or outlast its lock budget, as no serial run does;
-        and it cannot be run again as a failed transactional one is, `retry`). False when the
-        run is stopping (then the revision must not start)."""
+        and it cannot be run again as a failed transactional one is, `retry`). False when it
+        is `halted` (then it must not start). `event` is its runner's."""
         needed = [p for p in parents(revision) if p in self._index]
         with self._changed:
-            while not self.stopped() and not all(p in self._done for p in needed):
+            while not self.halted(revision) and not all(p in self._done for p in needed):
                 self._wait()
             if revision.transactional:
-                while not self.stopped() and (self._alone or self._alone_waiting):
+                while not self.halted(revision) and (self._alone or self._alone_waiting):
                     self._wait()
             else:
-                while not self.stopped() and self._committed < self._index[revision.id]:
+                while not self.halted(revision) and self._committed < self._index[revision.id]:
                     self._wait()
                 self._alone_waiting += 1
-                while not self.stopped() and (self._alone or self._running):
+                while not self.halted(revision) and (self._alone or self._running):
                     self._wait()
                 self._alone_waiting -= 1
                 self._changed.notify_all()
-            if self.stopped():
+            if self.halted(revision):
                 return False
             self._running += 1
             self._alone = not revision.transactional
+            self._active[revision.id] = event
             return True
 
     def ended(self, revision: Revision, committed: bool) -> None:
         with self._changed:
             self._running -= 1
             self._alone = False
+            self._active.pop(revision.id, None)
             if committed:
                 self._done.add(revision.id)
                 while (self._committed < len(self._steps)
@@ -238,20 +252,38 @@ class _Progress:
 
     def wait_for_earlier(self, revision: Revision) -> bool:
         """Wait until every revision before `revision` in the plan has committed; False when
-        the run stops first."""
+        it is `halted` first."""
         with self._changed:
-            while not self.stopped() and self._committed < self._index[revision.id]:
+            while not self.halted(revision) and self._committed < self._index[revision.id]:
                 self._wait()
-            return not self.stopped()
+            return not self.halted(revision)
+
+    def failed(self, into: LaneRun, failure: MigrationFailed) -> None:
+        """A revision failed for good: the revisions before it in the plan still run, on every
+        lane, as a serial run would have run them; none after it starts, and those running
+        stop waiting for their locks. The run's failure is the earliest in the plan."""
+        with self._changed:
+            index = self._index.get(failure.revision, -1)
+            into.failures.append(failure)
+            first = into.failure
+            if first is None or (isinstance(first, MigrationFailed)
+                                 and index < self._index.get(first.revision, -1)):
+                into.failure = failure
+            self._limit = min(self._limit, index)
+            for running, event in self._active.items():
+                if self._index[running] > self._limit:
+                    event.set()
+            self._changed.notify_all()
 
     def stop(self, into: LaneRun, failure: BaseException) -> None:
         """Stop every lane after its running revision; `failure` is the run's when first."""
         with self._changed:
-            if not isinstance(failure, _Stopped):
-                into.failures.append(failure)
-            if into.failure is None and not isinstance(failure, _Stopped):
+            into.failures.append(failure)
+            if into.failure is None:
                 into.failure = failure
             self.stopping.set()
+            for event in self._events:
+                event.set()
             self._changed.notify_all()
 
 
@@ -286,7 +318,7 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
               requested: Callable[[], bool] = lambda: False) -> None:
     """Apply `steps`, lane k's (`lanes[k]`, from `assign_lanes`) with `runners[k]`. One lane
     runs on this thread; more run on threads of their own while this one applies the Python
-    revisions they hand it. Returns once every lane has stopped; raises the first failure
+    revisions they hand it. Returns once every lane has stopped; raises the run's failure
     (`into` keeps what was applied either way). `interrupted` is called first when Ctrl-C or
     SIGTERM arrives (the caller ignores further ones while the lanes are cancelled);
     `requested` says whether one arrived, in case a revision swallowed its KeyboardInterrupt
@@ -294,8 +326,8 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
     raises KeyboardInterrupt."""
     stopping = threading.Event()
     for runner in runners:
-        runner.stopping = stopping
-    progress = _Progress(steps, stopping, requested)
+        runner.stopping = threading.Event()
+    progress = _Progress(steps, stopping, requested, [runner.stopping for runner in runners])
     if len(lanes) == 1:
         _run_lane(steps, runners[0], lanes[0], progress, into, 0,
                   lambda runner, revision: runner.apply(revision), retry=False)
@@ -321,6 +353,10 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
         try:
             _run_lane(steps, runners[number], lanes[number], progress, into, number,
                       on_this_thread, retry=True)
+        except MigrationFailed as err:
+            progress.failed(into, err)
+        except _Stopped:  # halted between its start and the calling thread's turn
+            pass
         except BaseException as err:
             progress.stop(into, err)
         finally:
@@ -341,7 +377,7 @@ def run_lanes(steps: Sequence[Revision], runners: Sequence[LaneRunner],
                 call = calls.get(timeout=0.05)
             except queue.Empty:
                 continue
-            if stopping.is_set():
+            if progress.halted(call.revision):
                 call.error = _Stopped()
             else:
                 try:
@@ -384,7 +420,7 @@ def _run_lane(steps: Sequence[Revision], runner: LaneRunner, indexes: Sequence[i
     for position, (index, revision) in enumerate(zip(indexes, own, strict=True)):
         again = retry and revision.transactional
         while True:
-            if not progress.begin(revision):
+            if not progress.begin(revision, runner.stopping):
                 return
             committed = False
             runner.retry_on_failure = again = again and progress.earlier_pending(revision)
