@@ -859,3 +859,25 @@ def test_a_failed_run_applies_what_a_serial_run_applies(
             assert lock_is_free(url)
     assert states[2] == states[1]
     assert "orders_202602010300" not in states[1]
+
+
+def test_nothing_after_a_revision_waiting_to_run_again_starts(
+        tmp_path: Path, server_url: str) -> None:
+    """From a third breaker: a revision failed once and waited to run again; meanwhile a later
+    service's revision started on the freed lane and was applied, though the second attempt
+    failed too and a serial run stops before it."""
+    states = {}
+    for jobs in (1, 2):
+        with fresh_database(server_url) as url:
+            root = write_project(tmp_path / f"p{jobs}", {
+                "users": {"2026-01-01T0000__users__slow.sql": "SELECT pg_sleep(1.5);\n",
+                          "2026-01-01T0001__users__next.sql": "CREATE TABLE u (id int);\n"},
+                "orders": {"2026-01-01T0100__orders__ok.sql": "CREATE TABLE o (id int);\n",
+                           "2026-01-01T0101__orders__bad.sql": "SELECT 1 / 0;\n"},
+                "billing": {"2026-01-01T0200__billing__later.sql": "CREATE TABLE b (id int);\n"},
+            })
+            with pytest.raises(MigrationFailed, match="division by zero"):
+                migrate(url, root, settings=RunSettings(jobs=jobs), log=lambda _line: None)
+            states[jobs] = ledger(url)
+    assert "billing_202601010200" not in states[1]
+    assert states[2] == states[1]

@@ -188,6 +188,7 @@ class _Progress:
         self._requested = requested
         self._events = events  # each runner's: set, it stops waiting for locks
         self._active: dict[str, threading.Event] = {}  # running revision → its runner's event
+        self._to_retry: set[int] = set()  # failed once, to run again: nothing after them starts
         self._changed = threading.Condition()
         self._running = 0  # lanes inside a revision
         self._alone = False  # a revision without a transaction is running
@@ -212,8 +213,11 @@ class _Progress:
         and it cannot be run again as a failed transactional one is, `retry`). False when it
         is `halted` (then it must not start). `event` is its runner's."""
         needed = [p for p in parents(revision) if p in self._index]
+        index = self._index[revision.id]
         with self._changed:
-            while not self.halted(revision) and not all(p in self._done for p in needed):
+            while not self.halted(revision) and (
+                    not all(p in self._done for p in needed)
+                    or any(failed < index for failed in self._to_retry)):
                 self._wait()
             if revision.transactional:
                 while not self.halted(revision) and (self._alone or self._alone_waiting):
@@ -238,6 +242,7 @@ class _Progress:
             self._running -= 1
             self._alone = False
             self._active.pop(revision.id, None)
+            self._to_retry.discard(self._index[revision.id])
             if committed:
                 self._done.add(revision.id)
                 while (self._committed < len(self._steps)
@@ -252,11 +257,18 @@ class _Progress:
 
     def wait_for_earlier(self, revision: Revision) -> bool:
         """Wait until every revision before `revision` in the plan has committed; False when
-        it is `halted` first."""
+        it is `halted` first. Meanwhile, and while it runs again, no revision after it starts:
+        if it fails again, a serial run would have started none of them."""
+        index = self._index[revision.id]
         with self._changed:
-            while not self.halted(revision) and self._committed < self._index[revision.id]:
+            self._to_retry.add(index)  # until its second attempt ends (`ended`)
+            while not self.halted(revision) and self._committed < index:
                 self._wait()
-            return not self.halted(revision)
+            if self.halted(revision):
+                self._to_retry.discard(index)
+                self._changed.notify_all()
+                return False
+            return True
 
     def failed(self, into: LaneRun, failure: MigrationFailed) -> None:
         """A revision failed for good: the revisions before it in the plan still run, on every
