@@ -8,14 +8,12 @@ Exit codes: 0 ok, 1 a problem was found, 2 usage error.
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from typing import NoReturn
 
 import click
 from click.exceptions import NoArgsIsHelpError
 
-from ..engine.interrupts import InterruptsHeld
 from . import common
 from .common import EXIT_INTERRUPTED, EXIT_USAGE, fail
 
@@ -93,11 +91,10 @@ def main() -> None:
 def interrupted_early() -> NoReturn:
     """Ctrl-C or SIGTERM before a command could report it (while its modules were imported, its
     arguments parsed): exit 130, and with --json still one JSON object on stdout."""
-    InterruptsHeld().hold()
+    common.ignore_further_interrupts()
     if "--json" in sys.argv[1:] and not common.json_written:
-        click.echo(json.dumps({"applied": [], "outcome": "interrupted",
-                               "error": "interrupted before the command could report"},
-                              indent=2))
+        common.echo_json({"applied": [], "outcome": "interrupted",
+                          "error": "interrupted before the command could report"})
     fail("interrupted", EXIT_INTERRUPTED)
 
 
